@@ -1,0 +1,144 @@
+// lowbit/cpu/quantize.hpp
+// Multithreaded CPU quantize / dequantize for every format, scale kind and
+// float dtype. Each block is processed by the shared functions of
+// formats/block_codec.hpp and formats/nested_scales.hpp, the same ones the
+// CUDA kernels call, so both produce identical codes and scales.
+//
+// Non-finite input: quantize throws lowbit::error(errc::non_finite) naming
+// the first offending block; the destination's contents are then
+// unspecified (the source is never modified).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "../core/dtype.hpp"
+#include "../core/error.hpp"
+#include "../core/view.hpp"
+#include "../formats/block_codec.hpp"
+#include "../formats/codebooks.hpp"
+#include "../formats/nested_scales.hpp"
+#include "../formats/quantized_view.hpp"
+#include "parallel.hpp"
+
+namespace lowbit {
+namespace cpu {
+
+namespace detail {
+
+inline void check_host_pair(const tensor_view& dense, const quantized_view& q, const char* dense_name) {
+  require_contiguous(dense, dense_name);
+  q.validate("quantized tensor");
+  require(dense.dev.host_accessible(), errc::invalid_argument,
+          std::string(dense_name) + " is on device memory; the CPU path needs host memory");
+  require(q.dev.host_accessible(), errc::invalid_argument,
+          "quantized tensor is on device memory; the CPU path needs host memory");
+  require(dense.numel() == q.layout.n, errc::invalid_argument,
+          std::string(dense_name) + " has " + std::to_string(dense.numel()) + " elements but the quantized layout has " +
+              std::to_string(q.layout.n));
+}
+
+inline int64_t block_grain(int block_size) { return std::max<int64_t>(1, 32768 / block_size); }
+
+template <format F, class T>
+void quantize_blocks(const T* x, const blockwise_layout& l, uint8_t* codes, float* absmax) {
+  const float* dyn = dynamic_table(F);
+  std::atomic<int64_t> first_bad{-1};
+  parallel_for(l.n_blocks(), block_grain(l.block_size), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t start = b * l.block_size;
+      const int64_t count = std::min<int64_t>(l.block_size, l.n - start);
+      const float am = block_absmax(x + start, count);
+      absmax[b] = am;
+      if (!is_finite_scale(am)) {
+        int64_t expected = -1;
+        first_bad.compare_exchange_strong(expected, b);
+        continue;
+      }
+      encode_block<F>(x + start, count, am, dyn, codes + (is_4bit(F) ? start / 2 : start));
+    }
+  });
+  if (first_bad.load() >= 0) {
+    const int64_t b = first_bad.load();
+    throw error(errc::non_finite, "quantize: input contains NaN or infinity in block " + std::to_string(b) +
+                                      " (elements " + std::to_string(b * l.block_size) + ".." +
+                                      std::to_string(std::min<int64_t>(l.n, (b + 1) * l.block_size) - 1) + ")");
+  }
+}
+
+inline void quantize_nested(const float* absmax, const blockwise_layout& l, uint8_t* absmax_codes,
+                            float* nested_absmax, float* nested_offset) {
+  const float offset = deterministic_mean(absmax, l.n_blocks());
+  *nested_offset = offset;
+  const float* map = signed_dynamic_map().data();
+  const int64_t nb = l.n_blocks();
+  parallel_for(l.n_nested_blocks(), 64, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t start = c * nested_block_size;
+      encode_nested_block(absmax + start, std::min<int64_t>(nested_block_size, nb - start), offset, map,
+                          absmax_codes + start, nested_absmax + c);
+    }
+  });
+}
+
+}  // namespace detail
+
+// Quantizes `input` (float32 / bfloat16 / float16, contiguous, host memory,
+// input.numel() == out.layout.n) into `out`.
+inline void quantize(const tensor_view& input, const quantized_view& out) {
+  detail::check_host_pair(input, out, "quantize input");
+  const blockwise_layout& l = out.layout;
+  if (l.n == 0) {
+    if (l.nested) *out.nested_offset = 0.0f;
+    return;
+  }
+  std::vector<float> tmp;
+  float* absmax = out.absmax;
+  if (l.nested) {
+    tmp.resize(size_t(l.n_blocks()));
+    absmax = tmp.data();
+  }
+  dispatch_float_dtype(input.type, "quantize input", [&](auto t) {
+    using T = decltype(t);
+    dispatch_format(l.fmt, [&](auto tag) {
+      detail::quantize_blocks<decltype(tag)::value>(static_cast<const T*>(input.data), l, out.codes, absmax);
+    });
+  });
+  if (l.nested) detail::quantize_nested(absmax, l, out.absmax_codes, out.nested_absmax, out.nested_offset);
+}
+
+// Block b's decoded scale.
+inline float block_scale(const quantized_view& q, int64_t b) {
+  if (!q.layout.nested) return q.absmax[b];
+  return decode_nested_scale(q.absmax_codes[b], q.nested_absmax[b / nested_block_size], *q.nested_offset,
+                             signed_dynamic_map().data());
+}
+
+// Dequantizes `in` into `output` (float32 / bfloat16 / float16, contiguous,
+// host memory, output.numel() == in.layout.n).
+inline void dequantize(const quantized_view& in, const tensor_view& output) {
+  detail::check_host_pair(output, in, "dequantize output");
+  const blockwise_layout& l = in.layout;
+  if (l.n == 0) return;
+  const code_table table = make_code_table(l.fmt);
+  dispatch_float_dtype(output.type, "dequantize output", [&](auto t) {
+    using T = decltype(t);
+    T* y = static_cast<T*>(output.data);
+    dispatch_format(l.fmt, [&](auto tag) {
+      constexpr format F = decltype(tag)::value;
+      parallel_for(l.n_blocks(), detail::block_grain(l.block_size), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t start = b * l.block_size;
+          const int64_t count = std::min<int64_t>(l.block_size, l.n - start);
+          decode_block<F>(in.codes + (is_4bit(F) ? start / 2 : start), count, block_scale(in, b), table.value,
+                          y + start);
+        }
+      });
+    });
+  });
+}
+
+}  // namespace cpu
+}  // namespace lowbit
