@@ -28,7 +28,7 @@ inline double max_normalized_error(lowbit::format f) {
   v.erase(std::unique(v.begin(), v.end()), v.end());
   double worst = 0;
   for (size_t i = 0; i + 1 < v.size(); ++i) worst = std::max(worst, (v[i + 1] - v[i]) / 2);
-  const double lo = f == lowbit::format::udynamic8 ? 0.0 : -1.0;
+  const double lo = lowbit::is_unsigned_format(f) ? 0.0 : -1.0;
   worst = std::max(worst, v.front() - lo);
   worst = std::max(worst, 1.0 - v.back());
   return worst;

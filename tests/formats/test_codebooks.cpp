@@ -113,23 +113,44 @@ TEST_CASE("dynamic maps match the published anchors and construction") {
   for (int k = 0; k < 256; ++k) CHECK(std::fabs(double(s[k]) - ref[k]) <= 4e-7 * std::fabs(ref[k]) + 1e-12);
 }
 
+TEST_CASE("4-bit optimizer-state maps") {
+  const auto& d4 = signed_dynamic4_map();
+  const double mags[7] = {0.0055, 0.0325, 0.0775, 0.2125, 0.4375, 0.6625, 0.8875};
+  for (int k = 0; k < 7; ++k) {
+    CHECK(d4[size_t(6 - k)] == doctest::Approx(-mags[k]).epsilon(1e-6));
+    CHECK(d4[size_t(8 + k)] == doctest::Approx(mags[k]).epsilon(1e-6));
+  }
+  CHECK(d4[7] == 0.0f);
+  CHECK(d4[15] == 1.0f);
+  for (int c = 0; c < 16; ++c) {
+    CHECK(ulinear4_value(c) == float(c + 1) / 16.0f);
+    CHECK(ulinear4_encode(float(c + 1) / 16.0f) == c);
+    if (c < 15) {
+      CHECK(ulinear4_encode(float(c + 1.5) / 16.0f) == c);  // tie -> lower
+      CHECK(ulinear4_encode(std::nextafter(float(c + 1.5) / 16.0f, 2.0f)) == c + 1);
+    }
+  }
+  CHECK(ulinear4_encode(0.0f) == 0);
+  for (int c = 0; c < 16; ++c) CHECK(dynamic_encode<4>(d4[size_t(c)], d4.data()) == c);
+}
+
 TEST_CASE("dynamic encode picks the nearest entry, ties to the lower") {
   const auto& s = signed_dynamic_map();
-  for (int k = 0; k < 256; ++k) CHECK(dynamic_encode(s[k], s.data()) == k);
+  for (int k = 0; k < 256; ++k) CHECK(dynamic_encode<8>(s[k], s.data()) == k);
   for (int k = 0; k < 255; ++k) {
     const double mid = (double(s[k]) + double(s[k + 1])) / 2.0;
     const float below = std::nextafter(float(mid), -2.0f), above = std::nextafter(float(mid), 2.0f);
-    if (double(below) < mid) CHECK(dynamic_encode(below, s.data()) == k);
-    if (double(above) > mid) CHECK(dynamic_encode(above, s.data()) == k + 1);
+    if (double(below) < mid) CHECK(dynamic_encode<8>(below, s.data()) == k);
+    if (double(above) > mid) CHECK(dynamic_encode<8>(above, s.data()) == k + 1);
   }
-  CHECK(dynamic_encode(-1.0f, s.data()) == 0);
-  CHECK(dynamic_encode(2.0f, s.data()) == 255);
+  CHECK(dynamic_encode<8>(-1.0f, s.data()) == 0);
+  CHECK(dynamic_encode<8>(2.0f, s.data()) == 255);
 }
 
 TEST_CASE("decode tables agree with the per-format value functions") {
   for (int f = 0; f < format_count; ++f) {
     const code_table t = make_code_table(format(f));
-    CHECK(t.value[zero_code(format(f))] == 0.0f);
+    if (format(f) != format::ulinear4) CHECK(t.value[zero_code(format(f))] == 0.0f);
   }
   CHECK(make_code_table(format::dynamic8).value[0] == signed_dynamic_map()[0]);
 }

@@ -50,4 +50,20 @@ LOWBIT_HD float reciprocal_rn(float x) {
 #endif
 }
 
+LOWBIT_HD float div_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
+LOWBIT_HD float sqrt_rn(float x) {
+#if defined(__CUDA_ARCH__)
+  return __fsqrt_rn(x);
+#else
+  return __builtin_sqrtf(x);
+#endif
+}
+
 }  // namespace lowbit

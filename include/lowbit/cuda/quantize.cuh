@@ -75,7 +75,7 @@ __global__ void quantize_kernel(const T* __restrict__ x, int64_t n, int block_si
                                 float* __restrict__ absmax, int* __restrict__ nonfinite_flag, code_table dyn_param) {
   __shared__ float dyn[256];
   __shared__ float warp_max[32];
-  if (F == format::dynamic8 || F == format::udynamic8) {
+  if (uses_dynamic_table(F)) {
     for (int i = threadIdx.x; i < 256; i += blockDim.x) dyn[i] = dyn_param.value[i];
     __syncthreads();
   }

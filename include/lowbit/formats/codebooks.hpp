@@ -115,17 +115,28 @@ LOWBIT_HD uint8_t int8_encode(float x) {
   return uint8_t(int8_t(int(q)));
 }
 
-// ---- 8-bit dynamic maps -------------------------------------------------------
-// Nearest entry of a sorted 256-entry table by binary search; on an exact tie
-// the lower entry wins, as with the 4-bit thresholds.
+// ---- zero-free linear 4-bit ----------------------------------------------------
+LOWBIT_HD float ulinear4_value(int code) { return float((code & 15) + 1) / 16.0f; }
+// Nearest of (c+1)/16 for x in [0, 1]; ties to the lower code.
+LOWBIT_HD uint8_t ulinear4_encode(float x) {
+  float q = ceilf(mul_rn(x, 16.0f) - 0.5f) - 1.0f;  // nearest level, ties down
+  q = q > 15.0f ? 15.0f : (q < 0.0f ? 0.0f : q);
+  return uint8_t(int(q));
+}
+
+// ---- dynamic maps -------------------------------------------------------------
+// Nearest entry of a sorted table of 2^Bits entries by binary search; on an
+// exact tie the lower entry wins, as with the 4-bit thresholds.
+template <int Bits = 8>
 LOWBIT_HD uint8_t dynamic_encode(float x, const float* table) {
+  constexpr int last = (1 << Bits) - 1;
   int lo = 0;  // ends as the last index with table[lo] <= x (0 when x < table[0])
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-  for (int step = 128; step >= 1; step >>= 1)
+  for (int step = 1 << (Bits - 1); step >= 1; step >>= 1)
     if (table[lo + step] <= x) lo += step;
-  if (lo < 255 && table[lo + 1] - x < x - table[lo]) return uint8_t(lo + 1);
+  if (lo < last && table[lo + 1] - x < x - table[lo]) return uint8_t(lo + 1);
   return uint8_t(lo);
 }
 
@@ -142,6 +153,8 @@ LOWBIT_HD float code_value(int code, const float* dyn) {
   else if constexpr (F == format::fp4) return fp4_value(code);
   else if constexpr (F == format::int4) return int4_value(code);
   else if constexpr (F == format::int8) return int8_value(code);
+  else if constexpr (F == format::ulinear4) return ulinear4_value(code);
+  else if constexpr (F == format::dynamic4) return dyn[code & 15];
   else return dyn[code & 255];
 }
 
@@ -151,13 +164,16 @@ LOWBIT_HD uint8_t encode_normalized(float x, const float* dyn) {
   else if constexpr (F == format::fp4) return fp4_encode(x);
   else if constexpr (F == format::int4) return int4_encode(x);
   else if constexpr (F == format::int8) return int8_encode(x);
-  else return dynamic_encode(x, dyn);
+  else if constexpr (F == format::ulinear4) return ulinear4_encode(x);
+  else if constexpr (F == format::dynamic4) return dynamic_encode<4>(x, dyn);
+  else return dynamic_encode<8>(x, dyn);
 }
 
 // The 256-entry dynamic table a format needs (nullptr for formats without one).
 inline const float* dynamic_table(format f) {
   if (f == format::dynamic8) return signed_dynamic_map().data();
   if (f == format::udynamic8) return unsigned_dynamic_map().data();
+  if (f == format::dynamic4) return signed_dynamic4_map().data();
   return nullptr;
 }
 

@@ -28,12 +28,16 @@ inline std::vector<float> torch_style_linspace(float start, float end, int steps
   return out;
 }
 
-inline std::array<float, 256> make_dynamic_map(bool is_signed) {
+// total_bits 8 gives the 256-entry maps; total_bits 4 (max_exponent_bits 3)
+// the 16-entry signed map of 4-bit optimizer states. Unused entries are 0.
+inline std::array<float, 256> make_dynamic_map(bool is_signed, int total_bits = 8) {
+  const int max_exponent_bits = total_bits - 1;
+  const int non_sign_bits = total_bits - (is_signed ? 1 : 0);
   std::vector<float> data;
-  for (int i = 0; i < 7; ++i) {
-    const int k = is_signed ? (1 << i) : (1 << (i + 1));
+  for (int i = 0; i < max_exponent_bits; ++i) {
+    const int k = 1 << (i + non_sign_bits - max_exponent_bits);
     const std::vector<float> b = torch_style_linspace(0.1f, 1.0f, k + 1);
-    const float scale = float(std::pow(10.0, double(i - 6)));
+    const float scale = float(std::pow(10.0, double(i - (max_exponent_bits - 1))));
     for (int j = 0; j < k; ++j) {
       const float mean = (b[j] + b[j + 1]) / 2.0f;
       data.push_back(scale * mean);
@@ -43,7 +47,7 @@ inline std::array<float, 256> make_dynamic_map(bool is_signed) {
   data.push_back(0.0f);
   data.push_back(1.0f);
   std::sort(data.begin(), data.end());
-  std::array<float, 256> out{};
+  std::array<float, 256> out{};  // 4-bit maps use entries 0..15
   std::copy(data.begin(), data.end(), out.begin());
   return out;
 }
@@ -59,6 +63,14 @@ inline const std::array<float, 256>& signed_dynamic_map() {
 // Unsigned map: [0] = 0, [255] = 1.
 inline const std::array<float, 256>& unsigned_dynamic_map() {
   static const std::array<float, 256> m = detail::make_dynamic_map(false);
+  return m;
+}
+
+// Signed 4-bit map (entries 0..15): +-{0.0055, 0.0325, 0.0775, 0.2125,
+// 0.4375, 0.6625, 0.8875}, 0 and 1, sorted; the first-moment map of 4-bit
+// optimizer states ("Memory Efficient Optimizers with 4-bit States").
+inline const std::array<float, 256>& signed_dynamic4_map() {
+  static const std::array<float, 256> m = detail::make_dynamic_map(true, 4);
   return m;
 }
 

@@ -19,12 +19,33 @@ enum class format : uint8_t {
   int8,       // symmetric integer absmax: code q in -127..127 (int8 byte), value q/127
   dynamic8,   // bitsandbytes signed 8-bit dynamic tree map
   udynamic8,  // bitsandbytes unsigned 8-bit dynamic tree map (non-negative data)
+  dynamic4,   // signed 4-bit dynamic tree map (4-bit optimizer first moment)
+  ulinear4,   // zero-free linear 4-bit map (c+1)/16 (4-bit optimizer second moment)
 };
 
-constexpr int format_count = 6;
+constexpr int format_count = 8;
 
-constexpr int format_bits(format f) { return (f == format::nf4 || f == format::fp4 || f == format::int4) ? 4 : 8; }
+constexpr int format_bits(format f) {
+  return (f == format::nf4 || f == format::fp4 || f == format::int4 || f == format::dynamic4 ||
+          f == format::ulinear4)
+             ? 4
+             : 8;
+}
+// Formats whose table only covers [0, 1]: for non-negative data such as
+// Adam's second moment.
+constexpr bool is_unsigned_format(format f) { return f == format::udynamic8 || f == format::ulinear4; }
 constexpr bool is_4bit(format f) { return format_bits(f) == 4; }
+
+// Formats whose codes index a generated table (dynamic_table() in codebooks.hpp)
+// that kernels must be given, rather than constants compiled into the code.
+constexpr bool uses_dynamic_table(format f) {
+  return f == format::dynamic8 || f == format::udynamic8 || f == format::dynamic4;
+}
+
+// False only for ulinear4, whose table has no 0: its all-zero blocks decode
+// to exact zeros only through a zero float32 scale, so it cannot use
+// double-quantized scales (layout.hpp rejects that combination).
+constexpr bool has_zero_code(format f) { return f != format::ulinear4; }
 
 // The code whose decoded value is exactly 0.0; used for padding nibbles and
 // for all-zero blocks.
@@ -36,6 +57,8 @@ constexpr uint8_t zero_code(format f) {
     case format::int8: return 0;
     case format::dynamic8: return 127;
     case format::udynamic8: return 0;
+    case format::dynamic4: return 7;
+    case format::ulinear4: return 0;  // no exact zero: a zero block decodes to 0 through its zero scale
   }
   return 0;
 }
@@ -48,6 +71,8 @@ inline const char* format_name(format f) {
     case format::int8: return "int8";
     case format::dynamic8: return "dynamic8";
     case format::udynamic8: return "udynamic8";
+    case format::dynamic4: return "dynamic4";
+    case format::ulinear4: return "ulinear4";
   }
   return "?";
 }
@@ -56,7 +81,7 @@ inline format parse_format(const std::string& s) {
   for (int i = 0; i < format_count; ++i)
     if (s == format_name(format(i))) return format(i);
   throw error(errc::invalid_argument,
-              "unknown format '" + s + "' (expected nf4, fp4, int4, int8, dynamic8 or udynamic8)");
+              "unknown format '" + s + "' (expected nf4, fp4, int4, int8, dynamic8, udynamic8, dynamic4 or ulinear4)");
 }
 
 // Calls f(std::integral_constant<format, F>{}) for the runtime format value,
@@ -75,6 +100,8 @@ decltype(auto) dispatch_format(format f, Fn&& fn) {
     case format::int8: return fn(format_tag<format::int8>{});
     case format::dynamic8: return fn(format_tag<format::dynamic8>{});
     case format::udynamic8: return fn(format_tag<format::udynamic8>{});
+    case format::dynamic4: return fn(format_tag<format::dynamic4>{});
+    case format::ulinear4: return fn(format_tag<format::ulinear4>{});
   }
   throw error(errc::invalid_argument, "invalid lowbit::format value " + std::to_string(int(f)));
 }

@@ -45,6 +45,9 @@ struct blockwise_layout {
     require(is_valid_block_size(block_size), errc::invalid_argument,
             std::string(what) + ": block_size " + std::to_string(block_size) +
                 " is not a power of two in [32, 4096]");
+    require(!nested || has_zero_code(fmt), errc::unsupported,
+            std::string(what) + ": format " + format_name(fmt) +
+                " has no zero code and cannot use double-quantized scales (its zero blocks would not decode to 0)");
   }
 };
 
