@@ -40,6 +40,22 @@ LOWBIT_HD float add_rn(float a, float b) {
 #endif
 }
 
+LOWBIT_HD double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+LOWBIT_HD double add_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
 // IEEE round-to-nearest reciprocal on both sides (nvcc's default 1.0f/x is
 // also IEEE, but the intrinsic makes the intent independent of -prec-div).
 LOWBIT_HD float reciprocal_rn(float x) {

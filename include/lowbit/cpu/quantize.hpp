@@ -68,8 +68,15 @@ void quantize_blocks(const T* x, const blockwise_layout& l, uint8_t* codes, floa
   }
 }
 
-inline void quantize_nested(const float* absmax, const blockwise_layout& l, uint8_t* absmax_codes,
-                            float* nested_absmax, float* nested_offset) {
+}  // namespace detail
+
+// Double-quantizes the float32 block scales `absmax` (n_blocks of them) into
+// q's absmax_codes, nested_absmax and nested_offset (q.layout.nested).
+inline void quantize_nested_scales(const float* absmax, const quantized_view& q) {
+  const blockwise_layout& l = q.layout;
+  uint8_t* absmax_codes = q.absmax_codes;
+  float* nested_absmax = q.nested_absmax;
+  float* nested_offset = q.nested_offset;
   const float offset = deterministic_mean(absmax, l.n_blocks());
   *nested_offset = offset;
   const float* map = signed_dynamic_map().data();
@@ -82,8 +89,6 @@ inline void quantize_nested(const float* absmax, const blockwise_layout& l, uint
     }
   });
 }
-
-}  // namespace detail
 
 // Quantizes `input` (float32 / bfloat16 / float16, contiguous, host memory,
 // input.numel() == out.layout.n) into `out`.
@@ -106,7 +111,7 @@ inline void quantize(const tensor_view& input, const quantized_view& out) {
       detail::quantize_blocks<decltype(tag)::value>(static_cast<const T*>(input.data), l, out.codes, absmax);
     });
   });
-  if (l.nested) detail::quantize_nested(absmax, l, out.absmax_codes, out.nested_absmax, out.nested_offset);
+  if (l.nested) quantize_nested_scales(absmax, out);
 }
 
 // Block b's decoded scale.

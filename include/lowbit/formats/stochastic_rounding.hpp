@@ -1,5 +1,6 @@
 // lowbit/formats/stochastic_rounding.hpp
-// Unbiased stochastic rounding, shared by CPU and CUDA code: fp32 -> bf16,
+// Rounding onto a format's sorted codebook (nearest, and stochastic) and
+// unbiased stochastic rounding, shared by CPU and CUDA code: fp32 -> bf16,
 // fp32 -> fp16, and fp32 -> a blockwise code of any lowbit format, rounding
 // to one of the two neighbouring representable values with probabilities
 // that make E[result] equal the input (inside the representable range).
@@ -87,6 +88,21 @@ inline sorted_codebook make_sorted_codebook(format f) {
     ++t.size;
   }
   return t;
+}
+
+// Nearest code for a block-normalized value u by searching the sorted
+// codebook (ties go to the lower value). Used where one generic routine must
+// serve every format at run time, e.g. re-encoding optimizer states.
+LOWBIT_HD uint8_t encode_nearest(float u, const float* sorted, const uint8_t* codes, int size) {
+  if (!(u > sorted[0])) return codes[0];
+  if (u >= sorted[size - 1]) return codes[size - 1];
+  int lo = 0, hi = size - 1;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) >> 1;
+    if (sorted[mid] <= u) lo = mid;
+    else hi = mid;
+  }
+  return (sorted[hi] - u < u - sorted[lo]) ? codes[hi] : codes[lo];
 }
 
 // Stochastic code for a block-normalized value u: with sorted neighbours

@@ -1,0 +1,327 @@
+// lowbit/optim/optimizer.hpp
+// The composed optimizer: optimizer<Rule, StatePolicy, WeightPolicy,
+// MemoryPolicy>. Register the caller's weights (views, never copied except
+// for an fp32 master when the weight policy asks for one), then either
+//   step(grads)            : one pass over every gradient for finiteness and
+//                            the global norm (clipping), then one fused
+//                            update per tensor; or
+//   begin_step(); step_param(i, grad) ...; end_step()
+//                          : update each tensor as soon as its gradient is
+//                            ready (fused backward-update, no full gradient
+//                            buffer; global-norm clipping then needs the
+//                            caller's own norm pass, passed as grad_scale).
+// A tensor whose gradient holds NaN or infinity is skipped: its weight and
+// states are untouched and the skip is reported. States are owned by the
+// optimizer and allocated through the memory policy.
+#pragma once
+
+#include <cmath>
+#include <map>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "../core/error.hpp"
+#include "../core/view.hpp"
+#include "policies.hpp"
+#include "rules.hpp"
+#include "storage.hpp"
+
+namespace lowbit {
+namespace optim {
+
+struct optimizer_options {
+  uint64_t seed = 0;           // stochastic rounding stream
+  float max_grad_norm = 0.0f;  // > 0: scale all gradients so the global L2 norm is at most this
+  float max_update = 0.0f;     // > 0: clamp each element's update to +-max_update
+};
+
+struct step_report {
+  int64_t step = 0;              // the optimizer step just taken (1-based)
+  double grad_norm = 0.0;        // global L2 norm of the finite gradients (step() only)
+  float grad_scale = 1.0f;       // clipping factor applied
+  int skipped = 0;               // tensors skipped for non-finite gradients
+  std::vector<int> skipped_params;
+};
+
+struct memory_report {
+  int64_t params = 0;
+  int64_t weight_bytes = 0;  // caller's weights as stored (codes + scales for quantized)
+  int64_t master_bytes = 0;  // optimizer-owned fp32 master weights
+  int64_t state_bytes = 0;   // optimizer states (+ their scales)
+  double bytes_per_param() const { return params ? double(weight_bytes + master_bytes + state_bytes) / params : 0.0; }
+};
+
+// Everything the optimizer keeps about one registered tensor.
+struct param_record {
+  std::string name;
+  int group = 0;
+  uint32_t id = 0;
+  int64_t steps = 0;    // updates applied (Adam's bias-correction t)
+  int64_t skipped = 0;  // updates skipped for non-finite gradients
+  std::vector<int64_t> shape;
+  storage_view weight, weight_copy, state1, state2;
+  const format_tables* weight_tables = nullptr;
+  const format_tables* state1_tables = nullptr;
+  const format_tables* state2_tables = nullptr;
+};
+
+template <class Rule, class StatePolicy = states::fp32, class WeightPolicy = weights::fp32,
+          class MemoryPolicy = memory::host>
+class optimizer {
+  static_assert(std::is_base_of<state_policy_tag, StatePolicy>::value,
+                "StatePolicy must be one of lowbit::optim::states::{fp32, bf16, int8, int4}");
+  static_assert(std::is_base_of<weight_policy_tag, WeightPolicy>::value,
+                "WeightPolicy must be one of lowbit::optim::weights::{fp32, bf16, fp32_master_bf16, quantized<F>}");
+  static_assert(std::is_base_of<memory_policy_tag, MemoryPolicy>::value,
+                "MemoryPolicy must be lowbit::optim::memory::host (or device / paged / cpu_offload from "
+                "<lowbit/optim/cuda_memory.cuh>)");
+  static_assert(Rule::n_states >= 1 && Rule::n_states <= 2, "a Rule keeps one or two states");
+
+ public:
+  using rule = Rule;
+  using hparams = typename Rule::hparams;
+  using weight_arg = std::conditional_t<WeightPolicy::is_quantized, quantized_view, tensor_view>;
+
+  explicit optimizer(const hparams& defaults = hparams{}, const optimizer_options& options = {})
+      : options_(options) {
+    defaults.validate();
+    require(std::isfinite(options.max_grad_norm) && options.max_grad_norm >= 0.0f, errc::invalid_argument,
+            "optimizer_options.max_grad_norm must be >= 0");
+    require(std::isfinite(options.max_update) && options.max_update >= 0.0f, errc::invalid_argument,
+            "optimizer_options.max_update must be >= 0");
+    groups_.push_back(defaults);
+  }
+  optimizer(const optimizer&) = delete;
+  optimizer& operator=(const optimizer&) = delete;
+  ~optimizer() {
+    for (void* p : owned_) MemoryPolicy::release(p);
+  }
+
+  // A parameter group with its own hyperparameters; returns its index.
+  int add_group(const hparams& h) {
+    h.validate();
+    groups_.push_back(h);
+    return int(groups_.size()) - 1;
+  }
+  hparams& group(int g) {
+    require(g >= 0 && g < int(groups_.size()), errc::invalid_argument, "optimizer: no parameter group " + std::to_string(g));
+    return groups_[size_t(g)];
+  }
+  const optimizer_options& options() const { return options_; }
+
+  // Registers a weight (the caller keeps ownership); returns its index.
+  int add_param(const weight_arg& w, int group_index = 0, std::string name = {}) {
+    require(group_index >= 0 && group_index < int(groups_.size()), errc::invalid_argument,
+            "optimizer.add_param: no parameter group " + std::to_string(group_index));
+    param_record r;
+    r.name = name.empty() ? "param" + std::to_string(params_.size()) : std::move(name);
+    r.group = group_index;
+    r.id = uint32_t(params_.size());
+    const std::string what = "weight '" + r.name + "'";
+    if constexpr (WeightPolicy::is_quantized) {
+      require(MemoryPolicy::accepts(w.dev), errc::invalid_argument,
+              what + " is in " + device_name(w.dev.kind) + " memory, which memory::" + MemoryPolicy::name +
+                  " cannot update");
+      require(w.layout.fmt == WeightPolicy::weight_format, errc::invalid_argument,
+              what + " is " + format_name(w.layout.fmt) + " but the weight policy expects " +
+                  format_name(WeightPolicy::weight_format));
+      r.weight = blockwise_storage(w, what.c_str());
+      r.weight_tables = tables(w.layout.fmt);
+      r.shape = {w.layout.n};
+    } else {
+      require(MemoryPolicy::accepts(w.dev), errc::invalid_argument,
+              what + " is in " + device_name(w.dev.kind) + " memory, which memory::" + MemoryPolicy::name +
+                  " cannot update");
+      require(w.type == WeightPolicy::weight_dtype, errc::invalid_argument,
+              what + " has dtype " + dtype_name(w.type) + " but the weight policy " + WeightPolicy::name +
+                  " expects " + dtype_name(WeightPolicy::weight_dtype));
+      storage_view caller = dense_storage(w, what.c_str());
+      r.shape.assign(w.shape, w.shape + w.ndim);
+      if constexpr (WeightPolicy::has_master) {
+        r.weight_copy = caller;
+        r.weight.kind = storage_kind::f32;
+        r.weight.n = caller.n;
+        r.weight.data = allocate(size_t(caller.n) * sizeof(float));
+        MemoryPolicy::init_master(static_cast<float*>(r.weight.data), caller);
+      } else {
+        r.weight = caller;
+      }
+    }
+    const int64_t n = r.weight.n;
+    r.state1 = make_state(0, n, r.state1_tables);
+    if (Rule::n_states == 2) r.state2 = make_state(1, n, r.state2_tables);
+    params_.push_back(std::move(r));
+    return int(params_.size()) - 1;
+  }
+
+  int size() const { return int(params_.size()); }
+  const param_record& param(int i) const { return params_.at(size_t(i)); }
+  param_record& param_mutable(int i) { return params_.at(size_t(i)); }
+  int64_t step_count() const { return step_; }
+  void set_step_count(int64_t s) { step_ = s; }
+
+  // Starts a step for step_param(); returns its 1-based number.
+  int64_t begin_step() {
+    require(!in_step_, errc::invalid_argument, "optimizer.begin_step: previous step not ended");
+    in_step_ = true;
+    report_ = step_report{};
+    report_.step = ++step_;
+    return step_;
+  }
+
+  // Updates parameter i with `grad` now (fused backward-update). Returns
+  // false, leaving weight and states untouched, when grad is not finite.
+  bool step_param(int i, const tensor_view& grad, float grad_scale = 1.0f) {
+    require(in_step_, errc::invalid_argument, "optimizer.step_param: call begin_step() first");
+    param_record& r = params_.at(size_t(i));
+    check_grad(r, grad);
+    const grad_stats st = MemoryPolicy::gradient_stats(grad.data, grad.type, r.weight.n);
+    return apply(i, grad, grad_scale, st.finite);
+  }
+
+  step_report end_step() {
+    require(in_step_, errc::invalid_argument, "optimizer.end_step: no step in progress");
+    MemoryPolicy::synchronize();
+    in_step_ = false;
+    return report_;
+  }
+
+  // One full step: gradient statistics for all tensors (global clipping),
+  // then the fused updates. grads[i] belongs to param(i).
+  step_report step(const std::vector<tensor_view>& grads) {
+    require(grads.size() == params_.size(), errc::invalid_argument,
+            "optimizer.step: got " + std::to_string(grads.size()) + " gradients for " +
+                std::to_string(params_.size()) + " parameters");
+    for (size_t i = 0; i < grads.size(); ++i) check_grad(params_[i], grads[i]);
+    begin_step();
+    std::vector<grad_stats> stats(grads.size());
+    double total = 0.0;
+    for (size_t i = 0; i < grads.size(); ++i) {
+      stats[i] = MemoryPolicy::gradient_stats(grads[i].data, grads[i].type, params_[i].weight.n);
+      if (stats[i].finite) total += stats[i].sumsq;
+    }
+    report_.grad_norm = std::sqrt(total);
+    float scale = 1.0f;
+    if (options_.max_grad_norm > 0.0f && report_.grad_norm > double(options_.max_grad_norm))
+      scale = float(double(options_.max_grad_norm) / (report_.grad_norm + 1e-6));
+    report_.grad_scale = scale;
+    for (size_t i = 0; i < grads.size(); ++i) apply(int(i), grads[i], scale, stats[i].finite);
+    return end_step();
+  }
+
+  // Storage of weights and states, measured on what is allocated.
+  memory_report memory() const {
+    memory_report m;
+    for (const param_record& r : params_) {
+      m.params += r.weight.n;
+      if (WeightPolicy::has_master) {
+        m.master_bytes += r.weight.bytes();
+        m.weight_bytes += r.weight_copy.bytes();
+      } else {
+        m.weight_bytes += r.weight.bytes();
+      }
+      m.state_bytes += r.state1.bytes() + r.state2.bytes();
+    }
+    return m;
+  }
+
+  // Optimizer-state bytes for a tensor of n elements under this policy.
+  static int64_t state_bytes_for(int64_t n) {
+    int64_t b = 0;
+    for (int s = 0; s < Rule::n_states; ++s) {
+      const storage_plan p = StatePolicy::plan(s, n);
+      if (p.kind == storage_kind::blockwise) b += make_layout(p.fmt, n, p.block_size, false).total_bytes();
+      else b += int64_t(p.kind == storage_kind::f32 ? 4 : 2) * n;
+    }
+    return b;
+  }
+
+ private:
+  void* allocate(size_t bytes) {
+    void* p = MemoryPolicy::allocate(bytes);
+    owned_.push_back(p);
+    return p;
+  }
+
+  const format_tables* tables(format f) {
+    auto it = tables_.find(f);
+    if (it == tables_.end()) it = tables_.emplace(f, std::make_unique<format_tables>(make_format_tables(f))).first;
+    return it->second.get();
+  }
+
+  storage_view make_state(int index, int64_t n, const format_tables*& tab) {
+    const storage_plan p = StatePolicy::plan(index, n);
+    storage_view s;
+    s.kind = p.kind;
+    s.n = n;
+    if (p.kind == storage_kind::blockwise) {
+      const blockwise_layout l = make_layout(p.fmt, n, p.block_size, false);
+      s.q.layout = l;
+      s.q.codes = static_cast<uint8_t*>(allocate(size_t(l.code_bytes())));
+      s.q.absmax = static_cast<float*>(allocate(size_t(l.n_blocks()) * sizeof(float)));
+      s.q.dev = MemoryPolicy::runs_on_device ? device::cuda() : device::cpu();
+      s.data = s.q.codes;
+      tab = tables(p.fmt);
+    } else {
+      s.data = allocate(size_t(n) * (p.kind == storage_kind::f32 ? 4 : 2));
+    }
+    return s;
+  }
+
+  void check_grad(const param_record& r, const tensor_view& g) const {
+    const std::string what = "gradient of '" + r.name + "'";
+    require_contiguous(g, what.c_str());
+    require(g.numel() == r.weight.n, errc::invalid_argument,
+            what + " has " + std::to_string(g.numel()) + " elements, the weight has " + std::to_string(r.weight.n));
+    require(g.type == dtype::f32 || g.type == dtype::bf16 || g.type == dtype::f16, errc::invalid_argument,
+            what + " must be float32, bfloat16 or float16, got " + dtype_name(g.type));
+    require(MemoryPolicy::accepts(g.dev), errc::invalid_argument,
+            what + " is in " + device_name(g.dev.kind) + " memory, which memory::" + MemoryPolicy::name +
+                " cannot read");
+  }
+
+  bool apply(int i, const tensor_view& grad, float grad_scale, bool finite) {
+    param_record& r = params_[size_t(i)];
+    if (!finite) {
+      ++r.skipped;
+      ++report_.skipped;
+      report_.skipped_params.push_back(i);
+      return false;
+    }
+    ++r.steps;
+    const hparams& h = groups_[size_t(r.group)];
+    fused_step_args a;
+    a.weight = r.weight;
+    a.weight_copy = r.weight_copy;
+    a.state1 = r.state1;
+    a.state2 = r.state2;
+    a.weight_tables = r.weight_tables;
+    a.state1_tables = r.state1_tables;
+    a.state2_tables = r.state2_tables;
+    a.grad = grad.data;
+    a.grad_type = grad.type;
+    a.grad_scale = grad_scale;
+    a.max_update = options_.max_update;
+    a.weight_stochastic = WeightPolicy::stochastic;
+    a.state_stochastic = StatePolicy::stochastic;
+    a.seed = options_.seed;
+    a.tensor_id = r.id;
+    a.step = uint32_t(step_);
+    MemoryPolicy::template run<Rule>(a, Rule::make_consts(h, r.steps));
+    return true;
+  }
+
+  optimizer_options options_;
+  std::vector<hparams> groups_;
+  std::vector<param_record> params_;
+  std::vector<void*> owned_;
+  std::map<format, std::unique_ptr<format_tables>> tables_;
+  int64_t step_ = 0;
+  bool in_step_ = false;
+  step_report report_;
+};
+
+}  // namespace optim
+}  // namespace lowbit

@@ -1,0 +1,221 @@
+// Behaviour of the composed optimizer: non-finite gradients leave everything
+// untouched and are reported; global-norm clipping equals pre-scaled
+// gradients; the per-tensor entry point equals step(); resuming from copied
+// states continues bit for bit; memory accounting; argument errors.
+#include <doctest/doctest.h>
+
+#include <lowbit/optim/optimizer.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "../formats/format_reference.hpp"
+
+using namespace lowbit;
+using namespace lowbit::optim;
+
+namespace {
+
+std::vector<uint8_t> snapshot(const storage_view& s) {
+  std::vector<uint8_t> out;
+  auto add = [&](const void* p, size_t bytes) {
+    const uint8_t* b = static_cast<const uint8_t*>(p);
+    out.insert(out.end(), b, b + bytes);
+  };
+  if (s.kind == storage_kind::none) return out;
+  if (!s.is_blockwise()) {
+    add(s.data, size_t(s.bytes()));
+    return out;
+  }
+  add(s.q.codes, size_t(s.q.layout.code_bytes()));
+  if (s.q.layout.nested) {
+    add(s.q.absmax_codes, size_t(s.q.layout.n_blocks()));
+    add(s.q.nested_absmax, size_t(s.q.layout.n_nested_blocks()) * 4);
+    add(s.q.nested_offset, 4);
+  } else {
+    add(s.q.absmax, size_t(s.q.layout.n_blocks()) * 4);
+  }
+  return out;
+}
+
+template <class Opt>
+std::vector<uint8_t> snapshot_all(const Opt& o, int i) {
+  std::vector<uint8_t> a = snapshot(o.param(i).weight), b = snapshot(o.param(i).state1),
+                       c = snapshot(o.param(i).state2);
+  a.insert(a.end(), b.begin(), b.end());
+  a.insert(a.end(), c.begin(), c.end());
+  return a;
+}
+
+}  // namespace
+
+TEST_CASE("a non-finite gradient skips that tensor and leaves it untouched") {
+  const int n = 6000;
+  quantized_tensor q(make_layout(format::nf4, n, 64, true));
+  std::vector<float> x = ref::normal(n, 4);
+  cpu::quantize(make_flat_view(x.data(), n), q.view());
+  std::vector<float> w2 = ref::normal(n, 5);
+  optimizer<adamw, states::int8, weights::quantized<format::nf4>> opt;
+  opt.add_param(q.view(), 0, "a");
+  optimizer<adamw, states::int8> opt2;
+  opt2.add_param(make_flat_view(w2.data(), n), 0, "b");
+  std::vector<float> g = ref::normal(n, 6);
+  opt.step({make_flat_view(g.data(), n)});  // non-trivial states first
+  opt2.step({make_flat_view(g.data(), n)});
+  for (float bad : {NAN, INFINITY}) {
+    const std::vector<uint8_t> before = snapshot_all(opt, 0), before2 = snapshot_all(opt2, 0);
+    std::vector<float> gb = g;
+    gb[4321] = bad;
+    const step_report r = opt.step({make_flat_view(gb.data(), n)});
+    CHECK(r.skipped == 1);
+    CHECK(r.skipped_params == std::vector<int>{0});
+    CHECK(snapshot_all(opt, 0) == before);
+    opt2.begin_step();
+    CHECK_FALSE(opt2.step_param(0, make_flat_view(gb.data(), n)));
+    CHECK(opt2.end_step().skipped == 1);
+    CHECK(snapshot_all(opt2, 0) == before2);
+  }
+  CHECK(opt.param(0).skipped == 2);
+  CHECK(opt.param(0).steps == 1);
+}
+
+TEST_CASE("global-norm clipping equals stepping with pre-scaled gradients") {
+  const int n = 5000;
+  std::vector<float> a = ref::normal(n, 1), b = a, ga = ref::normal(n, 2, 3.0f), gb = ref::normal(300, 3, 3.0f);
+  std::vector<float> a2(300, 0.5f), b2(300, 0.5f);
+  optimizer_options clip;
+  clip.max_grad_norm = 1.0f;
+  optimizer<adamw, states::fp32> clipped({}, clip), manual;
+  clipped.add_param(make_flat_view(a.data(), n));
+  clipped.add_param(make_flat_view(a2.data(), 300));
+  manual.add_param(make_flat_view(b.data(), n));
+  manual.add_param(make_flat_view(b2.data(), 300));
+  const step_report r = clipped.step({make_flat_view(ga.data(), n), make_flat_view(gb.data(), 300)});
+  double norm = 0;
+  for (float v : ga) norm += double(v) * v;
+  for (float v : gb) norm += double(v) * v;
+  norm = std::sqrt(norm);
+  CHECK(r.grad_norm == doctest::Approx(norm).epsilon(1e-12));
+  CHECK(r.grad_scale == doctest::Approx(1.0 / norm).epsilon(1e-6));
+  manual.begin_step();
+  manual.step_param(0, make_flat_view(ga.data(), n), r.grad_scale);
+  manual.step_param(1, make_flat_view(gb.data(), 300), r.grad_scale);
+  manual.end_step();
+  CHECK(a == b);
+  CHECK(a2 == b2);
+}
+
+TEST_CASE("step_param equals step without clipping, for every weight policy") {
+  const int n = 4500;
+  std::vector<float> g = ref::normal(n, 8);
+  std::vector<bf16> w1(n), w2(n);
+  for (int i = 0; i < n; ++i) w1[size_t(i)] = w2[size_t(i)] = to_bf16(0.01f * float(i % 100));
+  optimizer<lion, states::bf16, weights::bf16> o1, o2;
+  o1.add_param(make_flat_view(w1.data(), n));
+  o2.add_param(make_flat_view(w2.data(), n));
+  for (int t = 0; t < 3; ++t) {
+    o1.step({make_flat_view(g.data(), n)});
+    o2.begin_step();
+    o2.step_param(0, make_flat_view(g.data(), n));
+    o2.end_step();
+  }
+  CHECK(std::memcmp(w1.data(), w2.data(), n * 2) == 0);
+  CHECK(snapshot_all(o1, 0) == snapshot_all(o2, 0));
+}
+
+TEST_CASE("copying states into a fresh optimizer resumes bit for bit") {
+  const int n = 9000;
+  quantized_tensor qa(make_layout(format::int8, n, 256, false)), qb(qa.layout);
+  std::vector<float> x = ref::normal(n, 12);
+  cpu::quantize(make_flat_view(x.data(), n), qa.view());
+  using opt_t = optimizer<lion, states::int8, weights::quantized<format::int8>>;
+  optimizer_options o;
+  o.seed = 77;
+  opt_t a(lion::hparams{}, o);
+  a.add_param(qa.view());
+  for (int t = 0; t < 5; ++t) {
+    std::vector<float> g = ref::normal(n, unsigned(100 + t));
+    a.step({make_flat_view(g.data(), n)});
+  }
+  // a fresh optimizer with the same weights, states and counters
+  qb = qa;
+  opt_t b(lion::hparams{}, o);
+  b.add_param(qb.view());
+  const storage_view &sa = a.param(0).state1, &sb = b.param(0).state1;
+  std::memcpy(sb.q.codes, sa.q.codes, size_t(sa.q.layout.code_bytes()));
+  std::memcpy(sb.q.absmax, sa.q.absmax, size_t(sa.q.layout.n_blocks()) * 4);
+  b.set_step_count(a.step_count());
+  b.param_mutable(0).steps = a.param(0).steps;
+  for (int t = 5; t < 10; ++t) {
+    std::vector<float> g = ref::normal(n, unsigned(100 + t));
+    a.step({make_flat_view(g.data(), n)});
+    b.step({make_flat_view(g.data(), n)});
+  }
+  CHECK(qa.codes == qb.codes);
+  CHECK(qa.absmax == qb.absmax);
+}
+
+TEST_CASE("memory accounting: bytes per parameter of each combination") {
+  const int n = 64 * 256 * 4;
+  std::vector<float> w(n);
+  std::vector<bf16> wb(n);
+  quantized_tensor q(make_layout(format::nf4, n, 64, true)), q8(make_layout(format::int8, n, 256, false));
+  optimizer<adamw> fp;
+  fp.add_param(make_flat_view(w.data(), n));
+  CHECK(fp.memory().bytes_per_param() == doctest::Approx(12.0));
+  optimizer<adamw, states::int8, weights::bf16> bf;
+  bf.add_param(make_flat_view(wb.data(), n));
+  CHECK(bf.memory().bytes_per_param() == doctest::Approx(2.0 + 2 * (1.0 + 4.0 / 256)));
+  optimizer<lion, states::int8, weights::quantized<format::int8>> qft;
+  qft.add_param(q8.view());
+  CHECK(qft.memory().bytes_per_param() == doctest::Approx(1.0 + 4.0 / 256 + 1.0 + 4.0 / 256));
+  optimizer<lion, states::int8, weights::quantized<format::nf4>> nf;
+  nf.add_param(q.view());
+  CHECK(nf.memory().bytes_per_param() == doctest::Approx(4.127 / 8 + 1.0 + 4.0 / 256).epsilon(1e-3));
+  optimizer<adamw, states::int4, weights::fp32_master_bf16> m4;
+  m4.add_param(make_flat_view(wb.data(), n));
+  CHECK(m4.memory().master_bytes == int64_t(n) * 4);
+  CHECK(m4.memory().bytes_per_param() == doctest::Approx(2.0 + 4.0 + 2 * (0.5 + 4.0 / 128)));
+  CHECK((optimizer<adamw, states::int8>::state_bytes_for(n)) == 2 * (n + n / 256 * 4));
+  CHECK((optimizer<adamw, states::int8>::state_bytes_for(100)) == 800);
+}
+
+TEST_CASE("fp32 master with a bf16 working copy") {
+  const int n = 4096;
+  std::vector<bf16> w(n, to_bf16(1.0f));
+  sgd_momentum::hparams h;
+  h.lr = 1e-4f;
+  h.momentum = 0.0f;
+  optimizer<sgd_momentum, states::fp32, weights::fp32_master_bf16> opt(h);
+  opt.add_param(make_flat_view(w.data(), n));
+  std::vector<float> g(n, -1.0f);
+  for (int t = 0; t < 100; ++t) opt.step({make_flat_view(g.data(), n)});
+  const float* master = static_cast<const float*>(opt.param(0).weight.data);
+  CHECK(master[0] == doctest::Approx(1.01).epsilon(1e-5));  // 100 steps of +1e-4 kept in fp32
+  CHECK(to_float(w[0]) == to_float(to_bf16(master[0])));    // working copy = nearest bf16 of the master
+}
+
+TEST_CASE("argument errors name what is wrong") {
+  std::vector<float> w(100);
+  std::vector<bf16> wb(100);
+  optimizer<adamw> opt;
+  CHECK_THROWS_AS(opt.add_param(make_flat_view(wb.data(), 100)), error);
+  CHECK_THROWS_AS(opt.add_param(make_flat_view(w.data(), 100), 3), error);
+  CHECK_THROWS_AS(opt.add_param(make_flat_view(w.data(), 100, device::cuda())), error);
+  opt.add_param(make_flat_view(w.data(), 100), 0, "layer.weight");
+  std::vector<float> g(99);
+  try {
+    opt.step({make_flat_view(g.data(), 99)});
+    FAIL("expected an error");
+  } catch (const error& e) {
+    CHECK(std::string(e.what()).find("layer.weight") != std::string::npos);
+  }
+  CHECK_THROWS_AS(opt.step({}), error);
+  adamw::hparams bad;
+  bad.beta1 = 1.0f;
+  CHECK_THROWS_AS((optimizer<adamw>(bad)), error);
+  quantized_tensor q(make_layout(format::int4, 100, 64, false));
+  optimizer<lion, states::fp32, weights::quantized<format::nf4>> qopt;
+  CHECK_THROWS_AS(qopt.add_param(q.view()), error);
+}
