@@ -4,7 +4,11 @@
 //             int8 (bitsandbytes blockwise dynamic, block 256) or int4
 //             (signed 4-bit dynamic / zero-free linear, block 128); the
 //             quantized ones keep float32 states for tensors under 4096
-//             elements, as bitsandbytes does.
+//             elements, as bitsandbytes does. Quantized states are
+//             re-encoded with stochastic rounding (bitsandbytes rounds to
+//             nearest): with nearest rounding a momentum's small per-step
+//             increments (1 - beta) g fall below half a code step and are
+//             lost, which stalls Lion (tests/optim/test_convergence.cpp).
 //   weights:: how the weight the optimizer updates is stored: fp32; bf16 with
 //             stochastic rounding and no master copy; an fp32 master with a
 //             bf16 working copy; or blockwise quantized (int8 / int4 / nf4 /
@@ -60,7 +64,7 @@ struct bf16 : state_policy_tag {
 // first moment, unsigned for the second, block 256.
 struct int8 : state_policy_tag {
   static constexpr const char* name = "int8";
-  static constexpr bool stochastic = false;
+  static constexpr bool stochastic = true;
   static constexpr int block_size = 256;
   static constexpr int64_t min_quantized_numel = 4096;
   static storage_plan plan(int state_index, int64_t n) {
@@ -74,7 +78,7 @@ struct int8 : state_policy_tag {
 // linear map, block 128.
 struct int4 : state_policy_tag {
   static constexpr const char* name = "int4";
-  static constexpr bool stochastic = false;
+  static constexpr bool stochastic = true;
   static constexpr int block_size = 128;
   static constexpr int64_t min_quantized_numel = 4096;
   static storage_plan plan(int state_index, int64_t n) {
