@@ -1,5 +1,6 @@
 // lowbit/lowbit.hpp
-// Umbrella header for host code: core types, formats, CPU kernels and I/O.
+// Umbrella header for host code: core types, formats, CPU kernels,
+// optimizers and I/O (safetensors, bitsandbytes keys, DLPack).
 // Compiles with any C++17 compiler; CUDA code lives in lowbit/lowbit.cuh.
 #pragma once
 
@@ -16,3 +17,8 @@
 #include "formats/layout.hpp"
 #include "formats/nested_scales.hpp"
 #include "formats/quantized_view.hpp"
+#include "formats/stochastic_rounding.hpp"
+#include "core/reduce.hpp"
+#include "core/rng.hpp"
+#include "io/io.hpp"
+#include "optim/optimizer.hpp"

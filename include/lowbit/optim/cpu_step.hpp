@@ -76,18 +76,23 @@ inline void load_tile(const storage_view& st, const format_tables* tab, int64_t 
 // Encodes vals into elements [s, s+cnt) of a storage. Blockwise storages get
 // fresh block scales, written to `absmax_out` (the storage's own absmax, or a
 // float32 scratch when its scales are nested).
+inline void store_dense_tile(const storage_view& st, int64_t s, int64_t cnt, const float* vals, bool stochastic,
+                             const rng_stream& rng) {
+  if (st.kind == storage_kind::none || st.is_blockwise()) return;
+  if (stochastic && st.kind != storage_kind::f32) {
+    for (int64_t j = 0; j < cnt; j += 4) {
+      const philox_result r = rng.quad(uint64_t(s + j) >> 2);  // s is a multiple of 4
+      for (int k = 0; k < 4 && j + k < cnt; ++k) store_dense(st.kind, st.data, s + j + k, vals[j + k], true, r.w[k]);
+    }
+  } else {
+    for (int64_t j = 0; j < cnt; ++j) store_dense(st.kind, st.data, s + j, vals[j], false, 0);
+  }
+}
+
 inline void store_tile(const storage_view& st, const format_tables* tab, int64_t s, int64_t cnt, const float* vals,
                        bool stochastic, const rng_stream& rng, float* absmax_out) {
-  if (st.kind == storage_kind::none) return;
   if (!st.is_blockwise()) {
-    if (stochastic && st.kind != storage_kind::f32) {
-      for (int64_t j = 0; j < cnt; j += 4) {
-        const philox_result r = rng.quad(uint64_t(s + j) >> 2);  // s is a multiple of 4
-        for (int k = 0; k < 4 && j + k < cnt; ++k) store_dense(st.kind, st.data, s + j + k, vals[j + k], true, r.w[k]);
-      }
-    } else {
-      for (int64_t j = 0; j < cnt; ++j) store_dense(st.kind, st.data, s + j, vals[j], false, 0);
-    }
+    store_dense_tile(st, s, cnt, vals, stochastic, rng);
     return;
   }
   const quantized_view& q = st.q;
@@ -156,7 +161,7 @@ void cpu_fused_step(const fused_step_args& a, const typename Rule::consts& c) {
       detail::store_tile(a.state1, a.state1_tables, s, cnt, m.data(), a.state_stochastic, r1, a.state1.q.absmax);
       detail::store_tile(a.state2, a.state2_tables, s, cnt, v.data(), a.state_stochastic, r2, a.state2.q.absmax);
       detail::store_tile(a.weight, a.weight_tables, s, cnt, p.data(), a.weight_stochastic, rw, weight_absmax);
-      detail::store_tile(a.weight_copy, nullptr, s, cnt, p.data(), false, rw, nullptr);
+      detail::store_dense_tile(a.weight_copy, s, cnt, p.data(), false, rw);
     }
   });
   if (nested_weight) cpu::quantize_nested_scales(weight_scratch.data(), a.weight.q);
