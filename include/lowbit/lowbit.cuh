@@ -6,3 +6,5 @@
 #include "lowbit.hpp"
 #include "cuda/check.cuh"
 #include "cuda/quantize.cuh"
+#include "optim/cuda_step.cuh"
+#include "optim/cuda_memory.cuh"

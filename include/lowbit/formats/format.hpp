@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 
+#include "../core/config.hpp"
 #include "../core/error.hpp"
 
 namespace lowbit {
@@ -25,7 +26,7 @@ enum class format : uint8_t {
 
 constexpr int format_count = 8;
 
-constexpr int format_bits(format f) {
+LOWBIT_HD constexpr int format_bits(format f) {
   return (f == format::nf4 || f == format::fp4 || f == format::int4 || f == format::dynamic4 ||
           f == format::ulinear4)
              ? 4
@@ -33,23 +34,23 @@ constexpr int format_bits(format f) {
 }
 // Formats whose table only covers [0, 1]: for non-negative data such as
 // Adam's second moment.
-constexpr bool is_unsigned_format(format f) { return f == format::udynamic8 || f == format::ulinear4; }
-constexpr bool is_4bit(format f) { return format_bits(f) == 4; }
+LOWBIT_HD constexpr bool is_unsigned_format(format f) { return f == format::udynamic8 || f == format::ulinear4; }
+LOWBIT_HD constexpr bool is_4bit(format f) { return format_bits(f) == 4; }
 
 // Formats whose codes index a generated table (dynamic_table() in codebooks.hpp)
 // that kernels must be given, rather than constants compiled into the code.
-constexpr bool uses_dynamic_table(format f) {
+LOWBIT_HD constexpr bool uses_dynamic_table(format f) {
   return f == format::dynamic8 || f == format::udynamic8 || f == format::dynamic4;
 }
 
 // False only for ulinear4, whose table has no 0: its all-zero blocks decode
 // to exact zeros only through a zero float32 scale, so it cannot use
 // double-quantized scales (layout.hpp rejects that combination).
-constexpr bool has_zero_code(format f) { return f != format::ulinear4; }
+LOWBIT_HD constexpr bool has_zero_code(format f) { return f != format::ulinear4; }
 
 // The code whose decoded value is exactly 0.0; used for padding nibbles and
 // for all-zero blocks.
-constexpr uint8_t zero_code(format f) {
+LOWBIT_HD constexpr uint8_t zero_code(format f) {
   switch (f) {
     case format::nf4: return 7;
     case format::fp4: return 0;

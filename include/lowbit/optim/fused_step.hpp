@@ -34,7 +34,7 @@ struct fused_step_args {
   uint32_t tensor_id = 0;
   uint32_t step = 0;
 
-  rng_stream stream(rng_purpose p) const { return {seed, tensor_id, p, step}; }
+  LOWBIT_HD rng_stream stream(rng_purpose p) const { return {seed, tensor_id, p, step}; }
 };
 
 inline int storage_block(const storage_view& s) { return s.is_blockwise() ? s.q.layout.block_size : 1; }

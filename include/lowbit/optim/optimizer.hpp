@@ -96,8 +96,12 @@ class optimizer {
   optimizer(const optimizer&) = delete;
   optimizer& operator=(const optimizer&) = delete;
   ~optimizer() {
-    for (void* p : owned_) MemoryPolicy::release(p);
+    for (void* p : owned_) memory_.release(p);
   }
+
+  // The memory policy instance (e.g. to set the CUDA stream of memory::device).
+  MemoryPolicy& memory_policy() { return memory_; }
+  const MemoryPolicy& memory_policy() const { return memory_; }
 
   // A parameter group with its own hyperparameters; returns its index.
   int add_group(const hparams& h) {
@@ -121,7 +125,7 @@ class optimizer {
     r.id = uint32_t(params_.size());
     const std::string what = "weight '" + r.name + "'";
     if constexpr (WeightPolicy::is_quantized) {
-      require(MemoryPolicy::accepts(w.dev), errc::invalid_argument,
+      require(memory_.accepts(w.dev), errc::invalid_argument,
               what + " is in " + device_name(w.dev.kind) + " memory, which memory::" + MemoryPolicy::name +
                   " cannot update");
       require(w.layout.fmt == WeightPolicy::weight_format, errc::invalid_argument,
@@ -131,7 +135,7 @@ class optimizer {
       r.weight_tables = tables(w.layout.fmt);
       r.shape = {w.layout.n};
     } else {
-      require(MemoryPolicy::accepts(w.dev), errc::invalid_argument,
+      require(memory_.accepts(w.dev), errc::invalid_argument,
               what + " is in " + device_name(w.dev.kind) + " memory, which memory::" + MemoryPolicy::name +
                   " cannot update");
       require(w.type == WeightPolicy::weight_dtype, errc::invalid_argument,
@@ -144,7 +148,7 @@ class optimizer {
         r.weight.kind = storage_kind::f32;
         r.weight.n = caller.n;
         r.weight.data = allocate(size_t(caller.n) * sizeof(float));
-        MemoryPolicy::init_master(static_cast<float*>(r.weight.data), caller);
+        memory_.init_master(static_cast<float*>(r.weight.data), caller);
       } else {
         r.weight = caller;
       }
@@ -177,13 +181,13 @@ class optimizer {
     require(in_step_, errc::invalid_argument, "optimizer.step_param: call begin_step() first");
     param_record& r = params_.at(size_t(i));
     check_grad(r, grad);
-    const grad_stats st = MemoryPolicy::gradient_stats(grad.data, grad.type, r.weight.n);
+    const grad_stats st = memory_.gradient_stats(grad.data, grad.type, r.weight.n);
     return apply(i, grad, grad_scale, st.finite);
   }
 
   step_report end_step() {
     require(in_step_, errc::invalid_argument, "optimizer.end_step: no step in progress");
-    MemoryPolicy::synchronize();
+    memory_.synchronize();
     in_step_ = false;
     return report_;
   }
@@ -199,7 +203,7 @@ class optimizer {
     std::vector<grad_stats> stats(grads.size());
     double total = 0.0;
     for (size_t i = 0; i < grads.size(); ++i) {
-      stats[i] = MemoryPolicy::gradient_stats(grads[i].data, grads[i].type, params_[i].weight.n);
+      stats[i] = memory_.gradient_stats(grads[i].data, grads[i].type, params_[i].weight.n);
       if (stats[i].finite) total += stats[i].sumsq;
     }
     report_.grad_norm = std::sqrt(total);
@@ -240,7 +244,7 @@ class optimizer {
 
  private:
   void* allocate(size_t bytes) {
-    void* p = MemoryPolicy::allocate(bytes);
+    void* p = memory_.allocate(bytes);
     owned_.push_back(p);
     return p;
   }
@@ -261,7 +265,7 @@ class optimizer {
       s.q.layout = l;
       s.q.codes = static_cast<uint8_t*>(allocate(size_t(l.code_bytes())));
       s.q.absmax = static_cast<float*>(allocate(size_t(l.n_blocks()) * sizeof(float)));
-      s.q.dev = MemoryPolicy::runs_on_device ? device::cuda() : device::cpu();
+      s.q.dev = memory_.state_device();
       s.data = s.q.codes;
       tab = tables(p.fmt);
     } else {
@@ -277,7 +281,7 @@ class optimizer {
             what + " has " + std::to_string(g.numel()) + " elements, the weight has " + std::to_string(r.weight.n));
     require(g.type == dtype::f32 || g.type == dtype::bf16 || g.type == dtype::f16, errc::invalid_argument,
             what + " must be float32, bfloat16 or float16, got " + dtype_name(g.type));
-    require(MemoryPolicy::accepts(g.dev), errc::invalid_argument,
+    require(memory_.accepts(g.dev), errc::invalid_argument,
             what + " is in " + device_name(g.dev.kind) + " memory, which memory::" + MemoryPolicy::name +
                 " cannot read");
   }
@@ -309,11 +313,12 @@ class optimizer {
     a.seed = options_.seed;
     a.tensor_id = r.id;
     a.step = uint32_t(step_);
-    MemoryPolicy::template run<Rule>(a, Rule::make_consts(h, r.steps));
+    memory_.template run<Rule>(a, Rule::make_consts(h, r.steps));
     return true;
   }
 
   optimizer_options options_;
+  MemoryPolicy memory_;
   std::vector<hparams> groups_;
   std::vector<param_record> params_;
   std::vector<void*> owned_;

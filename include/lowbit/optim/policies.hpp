@@ -134,27 +134,34 @@ struct quantized : weight_policy_tag {
 
 namespace memory {
 
-// Everything in host memory; the step runs on CPU threads.
+// Everything in host memory; the step runs on CPU threads. A memory policy
+// is an object owned by the optimizer: allocate / release state buffers
+// (zero-filled), say which devices' tensors it accepts, compute gradient
+// statistics, run the fused step, and synchronize at the end of a step.
 struct host : memory_policy_tag {
   static constexpr const char* name = "host";
   static constexpr bool runs_on_device = false;
-  static void* allocate(size_t bytes) {
+  void* allocate(size_t bytes) {
     void* p = std::calloc(bytes ? bytes : 1, 1);
     require(p != nullptr, errc::invalid_argument, "optimizer: out of host memory allocating " + std::to_string(bytes) + " bytes");
     return p;
   }
-  static void release(void* p) { std::free(p); }
+  void release(void* p) { std::free(p); }
+  device state_device() const { return device::cpu(); }
+  // Optimizer-owned buffers are ordinary host memory.
+  void copy_to_host(void* dst, const void* src, size_t bytes) const { std::memcpy(dst, src, bytes); }
+  void copy_from_host(void* dst, const void* src, size_t bytes) const { std::memcpy(dst, src, bytes); }
   // Fills an fp32 master copy from the caller's 16-bit working weights.
-  static void init_master(float* master, const storage_view& working) {
+  void init_master(float* master, const storage_view& working) {
     for (int64_t i = 0; i < working.n; ++i) master[i] = load_dense(working.kind, working.data, i);
   }
-  static bool accepts(const device& d) { return d.host_accessible(); }
-  static grad_stats gradient_stats(const void* g, dtype t, int64_t n) { return cpu_grad_stats(g, t, n); }
+  bool accepts(const device& d) const { return d.host_accessible(); }
+  grad_stats gradient_stats(const void* g, dtype t, int64_t n) { return cpu_grad_stats(g, t, n); }
   template <class Rule>
-  static void run(const fused_step_args& a, const typename Rule::consts& c) {
+  void run(const fused_step_args& a, const typename Rule::consts& c) {
     cpu_fused_step<Rule>(a, c);
   }
-  static void synchronize() {}
+  void synchronize() {}
 };
 
 }  // namespace memory

@@ -41,7 +41,7 @@ struct storage_view {
   void* data = nullptr;  // values (f32 / bf16 / f16) or packed codes (blockwise)
   quantized_view q;      // blockwise only (q.codes == data)
 
-  bool is_blockwise() const { return kind == storage_kind::blockwise; }
+  LOWBIT_HD bool is_blockwise() const { return kind == storage_kind::blockwise; }
   // Bytes this tensor occupies (codes + scales + nested scales for blockwise).
   int64_t bytes() const {
     switch (kind) {

@@ -1,0 +1,233 @@
+// lowbit/optim/cuda_memory.cuh
+// Memory policies for optimizers whose tensors live on a CUDA device:
+//   memory::device      states in cudaMalloc'd memory; the fused step runs as
+//                       a CUDA kernel on `stream`.
+//   memory::paged       states in CUDA managed memory, prefetched to the GPU
+//                       before each tensor's step and, with evict_after_step,
+//                       back to the host after it (bitsandbytes' paged
+//                       optimizers). Where the device cannot access managed
+//                       memory concurrently it falls back to device memory
+//                       and says so once on stderr. It never asks for more
+//                       managed memory than the device has free.
+//   memory::cpu_offload states (and a mirror of each weight) in pinned host
+//                       memory; each step copies the gradient to the host,
+//                       runs the CPU executor, and copies the weight back.
+// All three give the same bits as memory::host for the same inputs.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <vector>
+
+#include "../cuda/check.cuh"
+#include "cpu_step.hpp"
+#include "cuda_step.cuh"
+#include "policies.hpp"
+
+namespace lowbit {
+namespace optim {
+namespace memory {
+
+struct device : memory_policy_tag {
+  static constexpr const char* name = "device";
+  static constexpr bool runs_on_device = true;
+  cudaStream_t stream = nullptr;
+
+  void* allocate(size_t bytes) {
+    void* p = nullptr;
+    LOWBIT_CUDA_CHECK(cudaMalloc(&p, bytes ? bytes : 1));
+    LOWBIT_CUDA_CHECK(cudaMemset(p, 0, bytes ? bytes : 1));
+    return p;
+  }
+  void release(void* p) { cudaFree(p); }
+  lowbit::device state_device() const { return lowbit::device::cuda(); }
+  bool accepts(const lowbit::device& d) const { return d.device_accessible(); }
+  void copy_to_host(void* dst, const void* src, size_t bytes) const {
+    LOWBIT_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
+  }
+  void copy_from_host(void* dst, const void* src, size_t bytes) const {
+    LOWBIT_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
+  }
+  void init_master(float* master, const storage_view& working) {
+    cuda_widen_to_f32(master, working, stream);
+    LOWBIT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+  grad_stats gradient_stats(const void* g, dtype t, int64_t n) { return cuda_grad_stats(g, t, n, stream); }
+  template <class Rule>
+  void run(const fused_step_args& a, const typename Rule::consts& c) {
+    cuda_fused_step<Rule>(a, c, stream);
+  }
+  void synchronize() { LOWBIT_CUDA_CHECK(cudaStreamSynchronize(stream)); }
+};
+
+struct paged : device {
+  static constexpr const char* name = "paged";
+  bool evict_after_step = false;  // prefetch states back to the host after each tensor's step
+  bool managed = true;            // false after falling back to device memory
+  std::map<const void*, size_t> sizes;
+
+  void* allocate(size_t bytes) {
+    int dev = 0, concurrent = 0;
+    LOWBIT_CUDA_CHECK(cudaGetDevice(&dev));
+    LOWBIT_CUDA_CHECK(cudaDeviceGetAttribute(&concurrent, cudaDevAttrConcurrentManagedAccess, dev));
+    if (!concurrent && managed) {
+      managed = false;
+      std::fprintf(stderr,
+                   "lowbit: memory::paged: this device has no concurrent managed access; using device memory\n");
+    }
+    if (!managed) return device::allocate(bytes);
+    size_t free_b = 0, total_b = 0;
+    LOWBIT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    require(bytes < free_b, errc::unsupported,
+            "memory::paged: refusing to allocate " + std::to_string(bytes) + " bytes of managed memory with only " +
+                std::to_string(free_b) + " bytes free on the device (oversubscription can hang the GPU)");
+    void* p = nullptr;
+    LOWBIT_CUDA_CHECK(cudaMallocManaged(&p, bytes ? bytes : 1));
+    std::memset(p, 0, bytes ? bytes : 1);
+    sizes[p] = bytes ? bytes : 1;
+    return p;
+  }
+  lowbit::device state_device() const { return managed ? lowbit::device::managed() : lowbit::device::cuda(); }
+  void prefetch(const storage_view& s, bool to_device) {
+    if (!managed || s.kind == storage_kind::none) return;
+    const void* ptrs[2] = {s.data, s.is_blockwise() ? static_cast<const void*>(s.q.absmax) : nullptr};
+    for (const void* p : ptrs) {
+      auto it = sizes.find(p);
+      if (it == sizes.end()) continue;
+      int dev = 0;
+      LOWBIT_CUDA_CHECK(cudaGetDevice(&dev));
+#if CUDART_VERSION >= 13000
+      cudaMemLocation loc{};
+      loc.type = to_device ? cudaMemLocationTypeDevice : cudaMemLocationTypeHost;
+      loc.id = to_device ? dev : 0;
+      LOWBIT_CUDA_CHECK(cudaMemPrefetchAsync(p, it->second, loc, 0, stream));
+#else
+      LOWBIT_CUDA_CHECK(cudaMemPrefetchAsync(p, it->second, to_device ? dev : cudaCpuDeviceId, stream));
+#endif
+    }
+  }
+  template <class Rule>
+  void run(const fused_step_args& a, const typename Rule::consts& c) {
+    prefetch(a.state1, true);
+    prefetch(a.state2, true);
+    cuda_fused_step<Rule>(a, c, stream);
+    if (evict_after_step) {
+      prefetch(a.state1, false);
+      prefetch(a.state2, false);
+    }
+  }
+  // Managed buffers are released with cudaFree like device ones.
+};
+
+struct cpu_offload : memory_policy_tag {
+  static constexpr const char* name = "cpu_offload";
+  static constexpr bool runs_on_device = false;
+  cudaStream_t stream = nullptr;
+  // per weight (keyed by its device codes/data pointer): a pinned host mirror
+  struct mirror {
+    storage_view host;
+    std::vector<std::pair<void*, const void*>> pairs;  // (host, device)
+    std::vector<size_t> bytes;
+  };
+  std::map<const void*, mirror> mirrors;
+  void* staging = nullptr;
+  size_t staging_bytes = 0;
+
+  ~cpu_offload() {
+    for (auto& m : mirrors)
+      for (auto& p : m.second.pairs) cudaFreeHost(p.first);
+    if (staging) cudaFreeHost(staging);
+  }
+  void* allocate(size_t bytes) {
+    void* p = nullptr;
+    LOWBIT_CUDA_CHECK(cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocDefault));
+    std::memset(p, 0, bytes ? bytes : 1);
+    return p;
+  }
+  void release(void* p) { cudaFreeHost(p); }
+  lowbit::device state_device() const { return lowbit::device::cpu(); }
+  // Weights and gradients are device tensors; states are host-side.
+  bool accepts(const lowbit::device& d) const { return d.device_accessible(); }
+  void copy_to_host(void* dst, const void* src, size_t bytes) const { std::memcpy(dst, src, bytes); }
+  void copy_from_host(void* dst, const void* src, size_t bytes) const { std::memcpy(dst, src, bytes); }
+  void init_master(float* master, const storage_view& working) {
+    // the master lives in pinned host memory; widen from a host copy
+    std::vector<uint16_t> tmp(size_t(working.n));
+    LOWBIT_CUDA_CHECK(cudaMemcpy(tmp.data(), working.data, size_t(working.n) * 2, cudaMemcpyDefault));
+    for (int64_t i = 0; i < working.n; ++i) master[i] = load_dense(working.kind, tmp.data(), i);
+  }
+  grad_stats gradient_stats(const void* g, dtype t, int64_t n) { return cuda_grad_stats(g, t, n, stream); }
+
+  mirror& mirror_of(const storage_view& w) {
+    auto it = mirrors.find(w.data);
+    if (it != mirrors.end()) return it->second;
+    mirror m;
+    m.host = w;
+    auto add = [&](void* dev_ptr, size_t bytes) -> void* {
+      if (!dev_ptr) return nullptr;
+      void* h = allocate(bytes);
+      m.pairs.push_back({h, dev_ptr});
+      m.bytes.push_back(bytes);
+      return h;
+    };
+    if (w.is_blockwise()) {
+      const blockwise_layout& l = w.q.layout;
+      m.host.q.codes = static_cast<uint8_t*>(add(w.q.codes, size_t(l.code_bytes())));
+      m.host.data = m.host.q.codes;
+      m.host.q.absmax = static_cast<float*>(add(w.q.absmax, size_t(l.n_blocks()) * 4));
+      m.host.q.absmax_codes = static_cast<uint8_t*>(add(w.q.absmax_codes, size_t(l.n_blocks())));
+      m.host.q.nested_absmax = static_cast<float*>(add(w.q.nested_absmax, size_t(l.n_nested_blocks()) * 4));
+      m.host.q.nested_offset = static_cast<float*>(add(w.q.nested_offset, 4));
+      m.host.q.dev = lowbit::device::cpu();
+    } else {
+      m.host.data = add(w.data, size_t(w.bytes()));
+    }
+    return mirrors.emplace(w.data, std::move(m)).first->second;
+  }
+  void copy_mirror(mirror& m, bool to_host) {
+    for (size_t i = 0; i < m.pairs.size(); ++i)
+      LOWBIT_CUDA_CHECK(cudaMemcpyAsync(to_host ? m.pairs[i].first : const_cast<void*>(m.pairs[i].second),
+                                        to_host ? m.pairs[i].second : m.pairs[i].first, m.bytes[i],
+                                        cudaMemcpyDefault, stream));
+  }
+  template <class Rule>
+  void run(const fused_step_args& a, const typename Rule::consts& c) {
+    fused_step_args h = a;
+    // the weight: device tensor mirrored in pinned memory (unless it is the
+    // optimizer-owned fp32 master, which already lives in host memory)
+    mirror* wm = nullptr;
+    cudaPointerAttributes attr{};
+    LOWBIT_CUDA_CHECK(cudaPointerGetAttributes(&attr, a.weight.data));
+    if (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged) {
+      wm = &mirror_of(a.weight);
+      copy_mirror(*wm, true);
+      h.weight = wm->host;
+    }
+    mirror* cm = nullptr;
+    if (a.weight_copy.kind != storage_kind::none) {
+      cm = &mirror_of(a.weight_copy);
+      h.weight_copy = cm->host;
+    }
+    const size_t gbytes = size_t(a.weight.n) * dtype_size(a.grad_type);
+    if (gbytes > staging_bytes) {
+      if (staging) cudaFreeHost(staging);
+      LOWBIT_CUDA_CHECK(cudaHostAlloc(&staging, gbytes, cudaHostAllocDefault));
+      staging_bytes = gbytes;
+    }
+    LOWBIT_CUDA_CHECK(cudaMemcpyAsync(staging, a.grad, gbytes, cudaMemcpyDefault, stream));
+    LOWBIT_CUDA_CHECK(cudaStreamSynchronize(stream));
+    h.grad = staging;
+    cpu_fused_step<Rule>(h, c);
+    if (wm) copy_mirror(*wm, false);
+    if (cm) copy_mirror(*cm, false);
+    LOWBIT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+  void synchronize() { LOWBIT_CUDA_CHECK(cudaStreamSynchronize(stream)); }
+};
+
+}  // namespace memory
+}  // namespace optim
+}  // namespace lowbit

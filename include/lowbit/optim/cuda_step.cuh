@@ -1,0 +1,287 @@
+// lowbit/optim/cuda_step.cuh
+// The CUDA executor of the fused optimizer step and the GPU gradient
+// statistics. One kernel pass reads the gradient, decodes weight and states,
+// applies the rule, re-encodes states with fresh block scales and writes the
+// weight back (stochastic rounding where the policy says), with no full-size
+// temporary. Each thread owns 8 consecutive elements; the threads of one
+// quantization block reduce its absmax with warp shuffles (shared memory for
+// blocks over 256 elements). Every element operation, the random stream and
+// the reduction orders are those of cpu_step.hpp, so results are
+// bit-identical to the CPU executor. Nested (double-quantized) weight scales
+// are finished by the nested kernels of cuda/quantize.cuh.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../core/reduce.hpp"
+#include "../core/rng.hpp"
+#include "../cuda/check.cuh"
+#include "../cuda/quantize.cuh"
+#include "cpu_step.hpp"
+#include "fused_step.hpp"
+#include "storage.hpp"
+
+namespace lowbit {
+namespace optim {
+namespace cuda_detail {
+
+// Tables for the three storages plus the signed map of nested scales, passed
+// by value (about 8 KB of kernel parameters; CUDA 12.1+ allows 32 KB).
+struct step_tables {
+  format_tables weight, state1, state2;
+  code_table nested_map;
+};
+
+struct shared_tables {
+  float decode[3][256];
+  float sorted[3][256];
+  uint8_t code[3][256];
+  int size[3];
+  float nested_map[256];
+};
+
+constexpr int per_thread = 8;
+
+__device__ __forceinline__ void load8(const storage_view& st, const shared_tables& t, int which, int64_t idx, int64_t n,
+                                      float (&v)[8]) {
+  if (st.kind == storage_kind::none) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = 0.0f;
+    return;
+  }
+  if (st.kind != storage_kind::blockwise) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = idx + k < n ? load_dense(st.kind, st.data, idx + k) : 0.0f;
+    return;
+  }
+  const quantized_view& q = st.q;
+  const float scale = idx < n ? stored_block_scale(q, idx / q.layout.block_size, t.nested_map) : 0.0f;
+  const bool four = is_4bit(q.layout.fmt);
+#pragma unroll
+  for (int k = 0; k < 8; ++k)
+    v[k] = idx + k < n ? mul_rn(t.decode[which][load_code(q.codes, idx + k, four)], scale) : 0.0f;
+}
+
+// Absmax over the `bs / 8` consecutive threads of one block (bs >= 32).
+__device__ __forceinline__ float block_absmax8(const float (&v)[8], int64_t idx, int64_t n, int bs, float* warp_max) {
+  float m = 0.0f;
+#pragma unroll
+  for (int k = 0; k < 8; ++k)
+    if (idx + k < n) m = absmax_step(m, v[k]);
+  const int tpq = bs / per_thread;
+  const int width = tpq < 32 ? tpq : 32;
+  for (int off = width / 2; off >= 1; off /= 2) m = absmax_combine(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
+  if (tpq > 32) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();
+    if (lane == 0) warp_max[warp] = m;
+    __syncthreads();
+    const int wpq = tpq / 32, first = (warp / wpq) * wpq;
+    m = warp_max[first];
+    for (int w = 1; w < wpq; ++w) m = absmax_combine(m, warp_max[first + w]);
+  }
+  return m;
+}
+
+__device__ __forceinline__ void store8(const storage_view& st, const shared_tables& t, int which, int64_t idx,
+                                       int64_t n, const float (&v)[8], bool stochastic, const rng_stream& rng,
+                                       float* absmax_out, float* warp_max) {
+  if (st.kind == storage_kind::none) return;
+  uint32_t bits[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  if (stochastic) {
+    const philox_result r0 = rng.quad(uint64_t(idx) >> 2), r1 = rng.quad((uint64_t(idx) >> 2) + 1);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) bits[k] = r0.w[k], bits[4 + k] = r1.w[k];
+  }
+  if (st.kind != storage_kind::blockwise) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+      if (idx + k < n) store_dense(st.kind, st.data, idx + k, v[k], stochastic && st.kind != storage_kind::f32, bits[k]);
+    return;
+  }
+  const quantized_view& q = st.q;
+  const int bs = q.layout.block_size;
+  const float m = block_absmax8(v, idx, n, bs, warp_max);  // every thread of the CUDA block takes part
+  if (idx >= n) return;
+  if (idx % bs == 0) absmax_out[idx / bs] = m;
+  const float inv = inverse_scale(m);
+  uint8_t c[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    const float u = mul_rn(v[k], inv);
+    c[k] = stochastic ? encode_stochastic(u, bits[k], t.sorted[which], t.code[which], t.size[which])
+                      : encode_nearest(u, t.sorted[which], t.code[which], t.size[which]);
+  }
+  if (is_4bit(q.layout.fmt)) {
+    const uint8_t zero = zero_code(q.layout.fmt);
+    for (int j = 0; j < 4 && idx + 2 * j < n; ++j)
+      q.codes[(idx >> 1) + j] = uint8_t((c[2 * j] << 4) | (idx + 2 * j + 1 < n ? c[2 * j + 1] : zero));
+  } else {
+    for (int k = 0; k < 8 && idx + k < n; ++k) q.codes[idx + k] = c[k];
+  }
+}
+
+template <class Rule>
+__global__ void fused_step_kernel(fused_step_args a, typename Rule::consts c, step_tables tables_param,
+                                  float* weight_absmax) {
+  __shared__ shared_tables t;
+  __shared__ float warp_max[32];
+  const storage_view* sts[3] = {&a.weight, &a.state1, &a.state2};
+  const format_tables* src[3] = {&tables_param.weight, &tables_param.state1, &tables_param.state2};
+  for (int s = 0; s < 3; ++s) {
+    if (!sts[s]->is_blockwise()) continue;
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) {
+      t.decode[s][i] = src[s]->decode.value[i];
+      t.sorted[s][i] = src[s]->sorted.value[i];
+      t.code[s][i] = src[s]->sorted.code[i];
+    }
+    if (threadIdx.x == 0) t.size[s] = src[s]->sorted.size;
+  }
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) t.nested_map[i] = tables_param.nested_map.value[i];
+  __syncthreads();
+
+  const int64_t n = a.weight.n;
+  const storage_kind gk = a.grad_type == dtype::f32    ? storage_kind::f32
+                          : a.grad_type == dtype::bf16 ? storage_kind::bf16
+                                                       : storage_kind::f16;
+  const rng_stream rw = a.stream(rng_purpose::weight), r1 = a.stream(rng_purpose::state1),
+                   r2 = a.stream(rng_purpose::state2);
+  const int64_t span = int64_t(blockDim.x) * per_thread;
+  for (int64_t base = int64_t(blockIdx.x) * span; base < n; base += int64_t(gridDim.x) * span) {
+    const int64_t idx = base + int64_t(threadIdx.x) * per_thread;
+    float p[8], m[8], v[8];
+    load8(a.weight, t, 0, idx, n, p);
+    load8(a.state1, t, 1, idx, n, m);
+    load8(a.state2, t, 2, idx, n, v);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      if (idx + k >= n) continue;
+      const float g = mul_rn(load_dense(gk, a.grad, idx + k), a.grad_scale);
+      const float old = p[k];
+      float next = Rule::apply(old, g, m[k], v[k], c);
+      if (a.max_update > 0.0f) {
+        const float d = add_rn(next, -old);
+        next = add_rn(old, d > a.max_update ? a.max_update : (d < -a.max_update ? -a.max_update : d));
+      }
+      p[k] = next;
+    }
+    store8(a.state1, t, 1, idx, n, m, a.state_stochastic, r1, a.state1.q.absmax, warp_max);
+    store8(a.state2, t, 2, idx, n, v, a.state_stochastic, r2, a.state2.q.absmax, warp_max);
+    store8(a.weight, t, 0, idx, n, p, a.weight_stochastic, rw, weight_absmax, warp_max);
+    if (a.weight_copy.kind != storage_kind::none && idx < n)
+      for (int k = 0; k < 8 && idx + k < n; ++k) store_dense(a.weight_copy.kind, a.weight_copy.data, idx + k, p[k], false, 0);
+  }
+}
+
+// Chunk sums of squares: one CUDA block of sumsq_chunk_lanes threads per chunk.
+template <class T>
+__global__ void sumsq_chunk_kernel(const T* __restrict__ g, int64_t n, double* __restrict__ chunk_sum) {
+  __shared__ double lane[sumsq_chunk_lanes];
+  const int64_t chunks = (n + sumsq_chunk - 1) / sumsq_chunk;
+  for (int64_t c = blockIdx.x; c < chunks; c += gridDim.x) {
+    lane[threadIdx.x] = sumsq_lane(g, n, c, int(threadIdx.x));
+    __syncthreads();
+    for (int stride = sumsq_chunk_lanes / 2; stride >= 1; stride /= 2) {
+      if (int(threadIdx.x) < stride) lane[threadIdx.x] = add_rn(lane[threadIdx.x], lane[threadIdx.x + stride]);
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) chunk_sum[c] = lane[0];
+    __syncthreads();
+  }
+}
+
+// Sum of chunk results in the host's lane order (one block of 1024 threads).
+__global__ void sumsq_final_kernel(const double* __restrict__ chunk_sum, int64_t chunks, double* __restrict__ out) {
+  __shared__ double lane[sumsq_final_lanes];
+  double s = 0.0;
+  for (int64_t i = threadIdx.x; i < chunks; i += sumsq_final_lanes) s = add_rn(s, chunk_sum[i]);
+  lane[threadIdx.x] = s;
+  __syncthreads();
+  for (int stride = sumsq_final_lanes / 2; stride >= 1; stride /= 2) {
+    if (int(threadIdx.x) < stride) lane[threadIdx.x] = add_rn(lane[threadIdx.x], lane[threadIdx.x + stride]);
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *out = lane[0];
+}
+
+__global__ void widen_to_f32_kernel(float* __restrict__ out, storage_kind kind, const void* __restrict__ in,
+                                    int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = load_dense(kind, in, i);
+}
+
+}  // namespace cuda_detail
+
+// Gradient statistics on the GPU (synchronizes `stream` to return them).
+inline grad_stats cuda_grad_stats(const void* grad, dtype type, int64_t n, cudaStream_t stream) {
+  grad_stats out;
+  if (n == 0) return out;
+  const int64_t chunks = (n + sumsq_chunk - 1) / sumsq_chunk;
+  double* scratch = nullptr;
+  LOWBIT_CUDA_CHECK(cudaMallocAsync(&scratch, size_t(chunks + 1) * sizeof(double), stream));
+  const int grid = int(chunks < int64_t(cuda::sm_count()) * 32 ? chunks : int64_t(cuda::sm_count()) * 32);
+  dispatch_float_dtype(type, "gradient", [&](auto t) {
+    using T = decltype(t);
+    cuda_detail::sumsq_chunk_kernel<T><<<grid, sumsq_chunk_lanes, 0, stream>>>(static_cast<const T*>(grad), n, scratch);
+  });
+  LOWBIT_CUDA_CHECK(cudaGetLastError());
+  cuda_detail::sumsq_final_kernel<<<1, sumsq_final_lanes, 0, stream>>>(scratch, chunks, scratch + chunks);
+  LOWBIT_CUDA_CHECK(cudaGetLastError());
+  double total = 0.0;
+  LOWBIT_CUDA_CHECK(cudaMemcpyAsync(&total, scratch + chunks, sizeof(double), cudaMemcpyDeviceToHost, stream));
+  LOWBIT_CUDA_CHECK(cudaFreeAsync(scratch, stream));
+  LOWBIT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  out.sumsq = total;
+  out.finite = total <= 1.7976931348623157e308;
+  return out;
+}
+
+// Runs Rule's fused update over a.weight (all storages in device-accessible
+// memory) on `stream`.
+template <class Rule>
+void cuda_fused_step(const fused_step_args& a, const typename Rule::consts& c, cudaStream_t stream) {
+  const int64_t n = a.weight.n;
+  if (n == 0) return;
+  cuda_detail::step_tables tables{};
+  if (a.weight_tables) tables.weight = *a.weight_tables;
+  if (a.state1_tables) tables.state1 = *a.state1_tables;
+  if (a.state2_tables) tables.state2 = *a.state2_tables;
+  const auto& map = signed_dynamic_map();
+  for (int i = 0; i < 256; ++i) tables.nested_map.value[i] = map[size_t(i)];
+
+  const bool nested_weight = a.weight.is_blockwise() && a.weight.q.layout.nested;
+  const int64_t nb = nested_weight ? a.weight.q.layout.n_blocks() : 0;
+  float* weight_absmax = a.weight.is_blockwise() ? a.weight.q.absmax : nullptr;
+  if (nested_weight) LOWBIT_CUDA_CHECK(cudaMallocAsync(&weight_absmax, size_t(nb) * sizeof(float), stream));
+
+  const int64_t tile = fused_tile_size(a);
+  const int threads = int(tile / cuda_detail::per_thread > 256 ? tile / cuda_detail::per_thread : 256);
+  const int64_t spans = (n + int64_t(threads) * cuda_detail::per_thread - 1) / (int64_t(threads) * cuda_detail::per_thread);
+  const int grid = int(spans < int64_t(cuda::sm_count()) * 8 ? spans : int64_t(cuda::sm_count()) * 8);
+  cuda_detail::fused_step_kernel<Rule><<<grid, threads, 0, stream>>>(a, c, tables, weight_absmax);
+  LOWBIT_CUDA_CHECK(cudaGetLastError());
+  if (nested_weight) {
+    const quantized_view& q = a.weight.q;
+    cuda::detail::nested_mean_kernel<<<1, mean_lanes, 0, stream>>>(weight_absmax, nb, q.nested_offset);
+    LOWBIT_CUDA_CHECK(cudaGetLastError());
+    const int64_t chunks = q.layout.n_nested_blocks();
+    const int g2 = int(chunks < int64_t(cuda::sm_count()) * 16 ? chunks : int64_t(cuda::sm_count()) * 16);
+    cuda::detail::nested_encode_kernel<<<g2, nested_block_size, 0, stream>>>(
+        weight_absmax, nb, q.nested_offset, q.absmax_codes, q.nested_absmax, tables.nested_map);
+    LOWBIT_CUDA_CHECK(cudaGetLastError());
+    LOWBIT_CUDA_CHECK(cudaFreeAsync(weight_absmax, stream));
+  }
+}
+
+// Fills an fp32 master copy from 16-bit working weights on the device.
+inline void cuda_widen_to_f32(float* out, const storage_view& in, cudaStream_t stream) {
+  if (in.n == 0) return;
+  const int grid = int(in.n / 256 + 1 < int64_t(cuda::sm_count()) * 16 ? in.n / 256 + 1 : int64_t(cuda::sm_count()) * 16);
+  cuda_detail::widen_to_f32_kernel<<<grid, 256, 0, stream>>>(out, in.kind, in.data, in.n);
+  LOWBIT_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace optim
+}  // namespace lowbit

@@ -1,0 +1,211 @@
+// GPU optimizer steps against the CPU executor: for a spread of rules, state
+// policies and weight policies, N steps with memory::device, memory::paged
+// (with and without eviction) and memory::cpu_offload must leave weights and
+// states bit-identical to memory::host given the same inputs; gradient
+// statistics must match bit for bit; a non-finite gradient is skipped on the
+// GPU with everything untouched.
+#include <doctest/doctest.h>
+
+#include <lowbit/lowbit.cuh>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "device_buffer.cuh"
+
+using namespace lowbit;
+using namespace lowbit::optim;
+
+namespace {
+
+std::vector<float> normal(size_t n, unsigned seed, float sd = 1.0f) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.0f, sd);
+  std::vector<float> x(n);
+  for (auto& v : x) v = d(g);
+  return x;
+}
+
+// Bytes of a storage, fetched from wherever it lives.
+std::vector<uint8_t> fetch(const void* p, size_t bytes) {
+  std::vector<uint8_t> out(bytes);
+  if (bytes) LOWBIT_CUDA_CHECK(cudaMemcpy(out.data(), p, bytes, cudaMemcpyDefault));
+  return out;
+}
+
+std::vector<uint8_t> fetch_storage(const storage_view& s) {
+  if (s.kind == storage_kind::none) return {};
+  if (!s.is_blockwise()) return fetch(s.data, size_t(s.bytes()));
+  std::vector<uint8_t> a = fetch(s.q.codes, size_t(s.q.layout.code_bytes()));
+  std::vector<uint8_t> b = s.q.layout.nested ? fetch(s.q.absmax_codes, size_t(s.q.layout.n_blocks()))
+                                             : fetch(s.q.absmax, size_t(s.q.layout.n_blocks()) * 4);
+  a.insert(a.end(), b.begin(), b.end());
+  if (s.q.layout.nested) {
+    std::vector<uint8_t> c = fetch(s.q.nested_absmax, size_t(s.q.layout.n_nested_blocks()) * 4), d = fetch(s.q.nested_offset, 4);
+    a.insert(a.end(), c.begin(), c.end());
+    a.insert(a.end(), d.begin(), d.end());
+  }
+  return a;
+}
+
+template <class Opt>
+std::vector<uint8_t> fetch_all(const Opt& o) {
+  std::vector<uint8_t> out;
+  for (int i = 0; i < o.size(); ++i)
+    for (const storage_view* s : {&o.param(i).weight, &o.param(i).weight_copy, &o.param(i).state1, &o.param(i).state2}) {
+      std::vector<uint8_t> b = fetch_storage(*s);
+      out.insert(out.end(), b.begin(), b.end());
+    }
+  return out;
+}
+
+constexpr int sizes[] = {5000, 1000, 70001};  // quantized states, fp32 fallback, odd large
+
+// Runs `steps` steps with dense weights of dtype T on memory policy M.
+template <class Rule, class S, class W, class M, class T>
+std::vector<uint8_t> run_dense(int steps, const typename Rule::hparams& h, optimizer_options o,
+                               void (*configure)(M&) = nullptr) {
+  optimizer<Rule, S, W, M> opt(h, o);
+  if (configure) configure(opt.memory_policy());
+  const bool on_gpu = !std::is_same<M, memory::host>::value;
+  std::vector<std::vector<T>> host_w;
+  std::vector<std::unique_ptr<device_buffer<T>>> dev_w;
+  for (int k = 0; k < 3; ++k) {
+    std::vector<float> init = normal(size_t(sizes[k]), unsigned(10 + k), 0.2f);
+    std::vector<T> w(init.size());
+    for (size_t i = 0; i < w.size(); ++i) w[i] = from_float<T>(init[i]);
+    host_w.push_back(w);
+    if (on_gpu) {
+      dev_w.push_back(std::make_unique<device_buffer<T>>(w.size()));
+      dev_w.back()->upload(w);
+      opt.add_param(make_flat_view(dev_w.back()->ptr, sizes[k], device::cuda()), 0, "w" + std::to_string(k));
+    } else {
+      opt.add_param(make_flat_view(host_w.back().data(), sizes[k]), 0, "w" + std::to_string(k));
+    }
+  }
+  std::vector<std::unique_ptr<device_buffer<float>>> dev_g;
+  for (int t = 0; t < steps; ++t) {
+    std::vector<tensor_view> grads;
+    std::vector<std::vector<float>> host_g;
+    for (int k = 0; k < 3; ++k) host_g.push_back(normal(size_t(sizes[k]), unsigned(1000 * t + k)));
+    dev_g.clear();
+    for (int k = 0; k < 3; ++k) {
+      if (on_gpu) {
+        dev_g.push_back(std::make_unique<device_buffer<float>>(host_g[size_t(k)].size()));
+        dev_g.back()->upload(host_g[size_t(k)]);
+        grads.push_back(make_flat_view(dev_g.back()->ptr, sizes[k], device::cuda()));
+      } else {
+        grads.push_back(make_flat_view(host_g[size_t(k)].data(), sizes[k]));
+      }
+    }
+    opt.step(grads);
+  }
+  LOWBIT_CUDA_CHECK(cudaDeviceSynchronize());
+  return fetch_all(opt);
+}
+
+template <class Rule, class S, class W>
+void dense_all_policies(const typename Rule::hparams& h, optimizer_options o) {
+  using T = std::conditional_t<W::weight_dtype == dtype::f32, float, bf16>;
+  const std::vector<uint8_t> ref = run_dense<Rule, S, W, memory::host, T>(4, h, o);
+  CHECK(run_dense<Rule, S, W, memory::device, T>(4, h, o) == ref);
+  CHECK(run_dense<Rule, S, W, memory::paged, T>(4, h, o) == ref);
+  CHECK(run_dense<Rule, S, W, memory::paged, T>(4, h, o, [](memory::paged& p) { p.evict_after_step = true; }) == ref);
+  CHECK(run_dense<Rule, S, W, memory::cpu_offload, T>(4, h, o) == ref);
+}
+
+template <class Rule, class S, format F, class M>
+std::vector<uint8_t> run_quantized(int steps, bool nested, optimizer_options o) {
+  const int n = 70001;
+  std::vector<float> init = normal(n, 3, 0.2f);
+  const blockwise_layout l = make_layout(F, n, 64, nested);
+  quantized_tensor q(l);
+  cpu::quantize(make_flat_view(init.data(), n), q.view());
+  optimizer<Rule, S, weights::quantized<F>, M> opt(typename Rule::hparams{}, o);
+  const bool on_gpu = !std::is_same<M, memory::host>::value;
+  std::unique_ptr<device_quantized> dq;
+  if (on_gpu) {
+    dq = std::make_unique<device_quantized>(l);
+    dq->codes.upload(q.codes);
+    if (nested) {
+      dq->absmax_codes.upload(q.absmax_codes);
+      dq->nested_absmax.upload(q.nested_absmax);
+      dq->offset.upload({q.nested_offset});
+    } else {
+      dq->absmax.upload(q.absmax);
+    }
+    opt.add_param(dq->view());
+  } else {
+    opt.add_param(q.view());
+  }
+  for (int t = 0; t < steps; ++t) {
+    std::vector<float> g = normal(n, unsigned(77 + t));
+    if (on_gpu) {
+      device_buffer<float> dg(g.size());
+      dg.upload(g);
+      opt.step({make_flat_view(dg.ptr, n, device::cuda())});
+      LOWBIT_CUDA_CHECK(cudaDeviceSynchronize());
+    } else {
+      opt.step({make_flat_view(g.data(), n)});
+    }
+  }
+  LOWBIT_CUDA_CHECK(cudaDeviceSynchronize());
+  return fetch_all(opt);
+}
+
+}  // namespace
+
+TEST_CASE("GPU gradient statistics equal the CPU's bit for bit") {
+  for (int64_t n : {int64_t(1), int64_t(4095), int64_t(4097), int64_t(1000003)}) {
+    std::vector<float> g = normal(size_t(n), unsigned(n));
+    device_buffer<float> dg(g.size());
+    dg.upload(g);
+    const grad_stats c = cpu_grad_stats(g.data(), dtype::f32, n);
+    const grad_stats d = cuda_grad_stats(dg.ptr, dtype::f32, n, nullptr);
+    CHECK(std::memcmp(&c.sumsq, &d.sumsq, sizeof(double)) == 0);
+    CHECK(d.finite);
+  }
+}
+
+TEST_CASE("device, paged and offloaded steps equal the CPU step: dense weights") {
+  optimizer_options o;
+  o.seed = 123;
+  o.max_grad_norm = 50.0f;
+  dense_all_policies<adamw, states::int8, weights::fp32>({}, o);
+  dense_all_policies<adamw, states::int4, weights::bf16>({}, o);
+  dense_all_policies<lion, states::bf16, weights::bf16>({}, o);
+  dense_all_policies<sgd_momentum, states::fp32, weights::fp32_master_bf16>({}, o);
+  o.max_update = 1e-3f;
+  dense_all_policies<adam, states::fp32, weights::fp32>({}, o);
+}
+
+TEST_CASE("device, paged and offloaded steps equal the CPU step: quantized weights") {
+  optimizer_options o;
+  o.seed = 9;
+  for (bool nested : {false, true}) {
+    const auto ref = run_quantized<lion, states::int8, format::nf4, memory::host>(3, nested, o);
+    CHECK(run_quantized<lion, states::int8, format::nf4, memory::device>(3, nested, o) == ref);
+    CHECK(run_quantized<lion, states::int8, format::nf4, memory::paged>(3, nested, o) == ref);
+    CHECK(run_quantized<lion, states::int8, format::nf4, memory::cpu_offload>(3, nested, o) == ref);
+    const auto ref8 = run_quantized<adamw, states::int4, format::int8, memory::host>(3, nested, o);
+    CHECK(run_quantized<adamw, states::int4, format::int8, memory::device>(3, nested, o) == ref8);
+  }
+}
+
+TEST_CASE("a non-finite gradient is skipped on the GPU") {
+  const int n = 8192;
+  std::vector<float> w = normal(n, 1), g = normal(n, 2);
+  device_buffer<float> dw(n), dg(n);
+  dw.upload(w);
+  optimizer<adamw, states::int8, weights::fp32, memory::device> opt;
+  opt.add_param(make_flat_view(dw.ptr, n, device::cuda()));
+  dg.upload(g);
+  opt.step({make_flat_view(dg.ptr, n, device::cuda())});
+  const std::vector<uint8_t> before = fetch_all(opt);
+  g[77] = NAN;
+  dg.upload(g);
+  const step_report r = opt.step({make_flat_view(dg.ptr, n, device::cuda())});
+  CHECK(r.skipped == 1);
+  CHECK(fetch_all(opt) == before);
+}
