@@ -82,13 +82,13 @@ TEST_CASE("stochastic encoding into every format is unbiased between neighbours"
         if (!(double(u) > lo && double(u) < hi)) continue;
         check_unbiased(double(u), lo, hi,
                        [&](uint32_t r) {
-                         return double(dec.value[encode_stochastic(u, r, t.value, t.code, t.size)]);
+                         return double(dec.value[encode_stochastic(u, r, t.value, t.code, t.size, t.steps)]);
                        },
                        uint32_t(1000 + f * 300 + k));
       }
-      CHECK(dec.value[encode_stochastic(float(lo), 0xFFFFFFFFu, t.value, t.code, t.size)] == float(lo));
+      CHECK(dec.value[encode_stochastic(float(lo), 0xFFFFFFFFu, t.value, t.code, t.size, t.steps)] == float(lo));
     }
-    CHECK(dec.value[encode_stochastic(2.0f, 0, t.value, t.code, t.size)] == t.value[t.size - 1]);
+    CHECK(dec.value[encode_stochastic(2.0f, 0, t.value, t.code, t.size, t.steps)] == t.value[t.size - 1]);
   }
   CHECK(make_sorted_codebook(format::int8).size == 255);
   CHECK(make_sorted_codebook(format::int4).size == 15);

@@ -58,13 +58,24 @@ template <>
 LOWBIT_HD fp16 from_float_stochastic<fp16>(float x, uint32_t r) { return to_fp16_stochastic(x, r); }
 
 // A format's distinct representable normalized values in ascending order with
-// the code of each: what stochastic encoding searches. Passed by value to
-// CUDA kernels (about 1.3 KB).
+// the code of each: what stochastic encoding searches. Entries past `size`
+// are +infinity up to the next power of two (2^steps), so the search below
+// runs a fixed number of branch-free steps. Passed by value to CUDA kernels
+// (about 1.3 KB).
 struct sorted_codebook {
   float value[256];
   uint8_t code[256];
   int size;
+  int steps;  // log2 of the padded size
 };
+
+// Index of the last entry <= u, for sorted[0] <= u (branch-free: a fixed
+// number of conditional moves, no data-dependent jumps).
+LOWBIT_HD int sorted_floor_index(float u, const float* sorted, int steps) {
+  int lo = 0;
+  for (int step = 1 << (steps - 1); step >= 1; step >>= 1) lo = sorted[lo + step] <= u ? lo + step : lo;
+  return lo;
+}
 
 inline sorted_codebook make_sorted_codebook(format f) {
   std::vector<std::pair<float, int>> entries;
@@ -87,21 +98,22 @@ inline sorted_codebook make_sorted_codebook(format f) {
     t.code[t.size] = uint8_t(e.second);
     ++t.size;
   }
+  t.steps = 0;
+  while ((1 << t.steps) < t.size) ++t.steps;
+  for (int i = t.size; i < (1 << t.steps); ++i) {
+    t.value[i] = bits_float(0x7F800000u);  // +inf: never <= a finite u
+    t.code[i] = t.code[t.size - 1];
+  }
   return t;
 }
 
 // Nearest code for a block-normalized value u by searching the sorted
 // codebook (ties go to the lower value). Used where one generic routine must
 // serve every format at run time, e.g. re-encoding optimizer states.
-LOWBIT_HD uint8_t encode_nearest(float u, const float* sorted, const uint8_t* codes, int size) {
+LOWBIT_HD uint8_t encode_nearest(float u, const float* sorted, const uint8_t* codes, int size, int steps) {
   if (!(u > sorted[0])) return codes[0];
   if (u >= sorted[size - 1]) return codes[size - 1];
-  int lo = 0, hi = size - 1;
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (sorted[mid] <= u) lo = mid;
-    else hi = mid;
-  }
+  const int lo = sorted_floor_index(u, sorted, steps), hi = lo + 1;
   return (sorted[hi] - u < u - sorted[lo]) ? codes[hi] : codes[lo];
 }
 
@@ -109,15 +121,10 @@ LOWBIT_HD uint8_t encode_nearest(float u, const float* sorted, const uint8_t* co
 // v_lo <= u <= v_hi, returns hi's code with probability (u - v_lo)/(v_hi - v_lo).
 // Values outside the table's range clamp to its ends.
 LOWBIT_HD uint8_t encode_stochastic(float u, uint32_t random_bits, const float* sorted, const uint8_t* codes,
-                                    int size) {
+                                    int size, int steps) {
   if (!(u > sorted[0])) return codes[0];  // also maps NaN to the first code
   if (u >= sorted[size - 1]) return codes[size - 1];
-  int lo = 0, hi = size - 1;  // sorted[lo] < u < sorted[hi] or sorted[lo] == u
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (sorted[mid] <= u) lo = mid;
-    else hi = mid;
-  }
+  const int lo = sorted_floor_index(u, sorted, steps), hi = lo + 1;  // sorted[lo] <= u < sorted[hi]
   const float p = div_rn(u - sorted[lo], sorted[hi] - sorted[lo]);
   return uniform_from_bits(random_bits) < p ? codes[hi] : codes[lo];
 }

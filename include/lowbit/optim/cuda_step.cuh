@@ -39,6 +39,7 @@ struct shared_tables {
   float sorted[3][256];
   uint8_t code[3][256];
   int size[3];
+  int steps[3];
   float nested_map[256];
 };
 
@@ -111,8 +112,8 @@ __device__ __forceinline__ void store8(const storage_view& st, const shared_tabl
 #pragma unroll
   for (int k = 0; k < 8; ++k) {
     const float u = mul_rn(v[k], inv);
-    c[k] = stochastic ? encode_stochastic(u, bits[k], t.sorted[which], t.code[which], t.size[which])
-                      : encode_nearest(u, t.sorted[which], t.code[which], t.size[which]);
+    c[k] = stochastic ? encode_stochastic(u, bits[k], t.sorted[which], t.code[which], t.size[which], t.steps[which])
+                      : encode_nearest(u, t.sorted[which], t.code[which], t.size[which], t.steps[which]);
   }
   if (is_4bit(q.layout.fmt)) {
     const uint8_t zero = zero_code(q.layout.fmt);
@@ -137,7 +138,7 @@ __global__ void fused_step_kernel(fused_step_args a, typename Rule::consts c, st
       t.sorted[s][i] = src[s]->sorted.value[i];
       t.code[s][i] = src[s]->sorted.code[i];
     }
-    if (threadIdx.x == 0) t.size[s] = src[s]->sorted.size;
+    if (threadIdx.x == 0) t.size[s] = src[s]->sorted.size, t.steps[s] = src[s]->sorted.steps;
   }
   for (int i = threadIdx.x; i < 256; i += blockDim.x) t.nested_map[i] = tables_param.nested_map.value[i];
   __syncthreads();

@@ -129,8 +129,8 @@ LOWBIT_HD float stored_block_scale(const quantized_view& q, int64_t b, const flo
 }
 
 LOWBIT_HD uint8_t encode_code(float u, bool stochastic, uint32_t random_bits, const sorted_codebook& t) {
-  return stochastic ? encode_stochastic(u, random_bits, t.value, t.code, t.size)
-                    : encode_nearest(u, t.value, t.code, t.size);
+  return stochastic ? encode_stochastic(u, random_bits, t.value, t.code, t.size, t.steps)
+                    : encode_nearest(u, t.value, t.code, t.size, t.steps);
 }
 
 }  // namespace optim
