@@ -110,11 +110,34 @@ inline sorted_codebook make_sorted_codebook(format f) {
 // Nearest code for a block-normalized value u by searching the sorted
 // codebook (ties go to the lower value). Used where one generic routine must
 // serve every format at run time, e.g. re-encoding optimizer states.
-LOWBIT_HD uint8_t encode_nearest(float u, const float* sorted, const uint8_t* codes, int size, int steps) {
+// The final choice once lo = sorted_floor_index(u) is known (any u: values
+// outside the table clamp to its ends, NaN to the first code).
+LOWBIT_HD uint8_t nearest_from_floor(float u, int lo, const float* sorted, const uint8_t* codes, int size) {
   if (!(u > sorted[0])) return codes[0];
   if (u >= sorted[size - 1]) return codes[size - 1];
-  const int lo = sorted_floor_index(u, sorted, steps), hi = lo + 1;
+  const int hi = lo + 1;
   return (sorted[hi] - u < u - sorted[lo]) ? codes[hi] : codes[lo];
+}
+
+LOWBIT_HD uint8_t stochastic_from_floor(float u, int lo, uint32_t random_bits, const float* sorted,
+                                        const uint8_t* codes, int size) {
+  if (!(u > sorted[0])) return codes[0];
+  if (u >= sorted[size - 1]) return codes[size - 1];
+  const int hi = lo + 1;  // sorted[lo] <= u < sorted[hi]
+  const float p = div_rn(u - sorted[lo], sorted[hi] - sorted[lo]);
+  return uniform_from_bits(random_bits) < p ? codes[hi] : codes[lo];
+}
+
+// Floor indices of 8 values at once: the eight searches are independent, so
+// interleaving them hides the load latency that bounds a single search.
+LOWBIT_HD void sorted_floor_index8(const float* u, const float* sorted, int steps, int* lo) {
+  for (int k = 0; k < 8; ++k) lo[k] = 0;
+  for (int step = 1 << (steps - 1); step >= 1; step >>= 1)
+    for (int k = 0; k < 8; ++k) lo[k] = sorted[lo[k] + step] <= u[k] ? lo[k] + step : lo[k];
+}
+
+LOWBIT_HD uint8_t encode_nearest(float u, const float* sorted, const uint8_t* codes, int size, int steps) {
+  return nearest_from_floor(u, sorted_floor_index(u, sorted, steps), sorted, codes, size);
 }
 
 // Stochastic code for a block-normalized value u: with sorted neighbours
@@ -122,11 +145,7 @@ LOWBIT_HD uint8_t encode_nearest(float u, const float* sorted, const uint8_t* co
 // Values outside the table's range clamp to its ends.
 LOWBIT_HD uint8_t encode_stochastic(float u, uint32_t random_bits, const float* sorted, const uint8_t* codes,
                                     int size, int steps) {
-  if (!(u > sorted[0])) return codes[0];  // also maps NaN to the first code
-  if (u >= sorted[size - 1]) return codes[size - 1];
-  const int lo = sorted_floor_index(u, sorted, steps), hi = lo + 1;  // sorted[lo] <= u < sorted[hi]
-  const float p = div_rn(u - sorted[lo], sorted[hi] - sorted[lo]);
-  return uniform_from_bits(random_bits) < p ? codes[hi] : codes[lo];
+  return stochastic_from_floor(u, sorted_floor_index(u, sorted, steps), random_bits, sorted, codes, size);
 }
 
 }  // namespace lowbit

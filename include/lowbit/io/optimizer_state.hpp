@@ -26,8 +26,11 @@
 // dtype and shape against the file's own metadata and the optimizer's
 // storages (errc::malformed_file), and that every qmap equals lowbit's table
 // for the format (errc::invalid_argument). On any error the optimizer is left
-// exactly as it was. The memory policy is recorded but not checked: states
-// saved from one memory policy load into another. States of device-resident
+// exactly as it was. The memory policy, seed and parameter groups are
+// recorded but not checked: states saved under one memory policy load into
+// another, and hyperparameters and options stay the caller's (the same seed
+// is needed for a bit-identical continuation). Save and load between steps,
+// never inside begin_step() / end_step(). States of device-resident
 // memory policies pass through the policy's copy_to_host / copy_from_host;
 // a policy without them raises errc::unsupported.
 #pragma once

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "../core/reduce.hpp"
@@ -40,7 +41,18 @@ inline grad_stats cpu_grad_stats(const void* grad, dtype type, int64_t n) {
     cpu::parallel_for(chunks, 8, [&](int64_t c0, int64_t c1) {
       std::vector<double> lane(sumsq_chunk_lanes);
       for (int64_t c = c0; c < c1; ++c) {
-        for (int l = 0; l < sumsq_chunk_lanes; ++l) lane[size_t(l)] = sumsq_lane(g, n, c, l);
+        // row by row: lane l accumulates elements l, l + 256, l + 512, ... in
+        // increasing order, exactly sumsq_lane's order, but with contiguous
+        // (vectorizable) loads
+        std::fill(lane.begin(), lane.end(), 0.0);
+        const int64_t begin = c * sumsq_chunk, end = std::min<int64_t>(n, begin + sumsq_chunk);
+        for (int64_t r = begin; r < end; r += sumsq_chunk_lanes) {
+          const int width = int(std::min<int64_t>(sumsq_chunk_lanes, end - r));
+          for (int l = 0; l < width; ++l) {
+            const double x = double(to_float(g[r + l]));
+            lane[size_t(l)] += x * x;
+          }
+        }
         chunk_sum[size_t(c)] = tree_sum(lane);
       }
     });
@@ -52,6 +64,30 @@ inline grad_stats cpu_grad_stats(const void* grad, dtype type, int64_t n) {
 
 namespace detail {
 
+// out[j] = element s + j of a dense buffer, with the dtype switch outside the
+// loop so each loop vectorizes.
+inline void load_dense_run(storage_kind kind, const void* data, int64_t s, int64_t cnt, float* out) {
+  switch (kind) {
+    case storage_kind::f32: {
+      const float* p = static_cast<const float*>(data) + s;
+      for (int64_t j = 0; j < cnt; ++j) out[j] = p[j];
+      break;
+    }
+    case storage_kind::bf16: {
+      const bf16* p = static_cast<const bf16*>(data) + s;
+      for (int64_t j = 0; j < cnt; ++j) out[j] = to_float(p[j]);
+      break;
+    }
+    case storage_kind::f16: {
+      const fp16* p = static_cast<const fp16*>(data) + s;
+      for (int64_t j = 0; j < cnt; ++j) out[j] = to_float(p[j]);
+      break;
+    }
+    default:
+      for (int64_t j = 0; j < cnt; ++j) out[j] = 0.0f;
+  }
+}
+
 // Decodes elements [s, s+cnt) of a storage into out.
 inline void load_tile(const storage_view& st, const format_tables* tab, int64_t s, int64_t cnt, float* out) {
   if (st.kind == storage_kind::none) {
@@ -59,7 +95,7 @@ inline void load_tile(const storage_view& st, const format_tables* tab, int64_t 
     return;
   }
   if (!st.is_blockwise()) {
-    for (int64_t j = 0; j < cnt; ++j) out[j] = load_dense(st.kind, st.data, s + j);
+    load_dense_run(st.kind, st.data, s, cnt, out);
     return;
   }
   const quantized_view& q = st.q;
@@ -84,6 +120,12 @@ inline void store_dense_tile(const storage_view& st, int64_t s, int64_t cnt, con
       const philox_result r = rng.quad(uint64_t(s + j) >> 2);  // s is a multiple of 4
       for (int k = 0; k < 4 && j + k < cnt; ++k) store_dense(st.kind, st.data, s + j + k, vals[j + k], true, r.w[k]);
     }
+  } else if (st.kind == storage_kind::f32) {
+    float* p = static_cast<float*>(st.data) + s;
+    for (int64_t j = 0; j < cnt; ++j) p[j] = vals[j];
+  } else if (st.kind == storage_kind::bf16) {
+    bf16* p = static_cast<bf16*>(st.data) + s;
+    for (int64_t j = 0; j < cnt; ++j) p[j] = to_bf16(vals[j]);
   } else {
     for (int64_t j = 0; j < cnt; ++j) store_dense(st.kind, st.data, s + j, vals[j], false, 0);
   }
@@ -105,22 +147,86 @@ inline void store_tile(const storage_view& st, const format_tables* tab, int64_t
     for (int64_t j = j0; j < j1; ++j) m = absmax_step(m, vals[j]);
     absmax_out[(s + j0) / bs] = m;
     const float inv = inverse_scale(m);
-    for (int64_t j = j0; j < j1; j += 4) {
-      philox_result r{};
-      if (stochastic) r = rng.quad(uint64_t(s + j) >> 2);
-      for (int k = 0; k < 4 && j + k < j1; ++k) {
-        const int64_t i = s + j + k;
-        const uint8_t c = encode_code(mul_rn(vals[j + k], inv), stochastic, r.w[k], tab->sorted);
-        if (!four) {
-          q.codes[i] = c;
-        } else if ((i & 1) == 0) {
-          q.codes[i >> 1] = uint8_t((c << 4) | zero);  // low nibble filled by the next element, if any
-        } else {
-          q.codes[i >> 1] = uint8_t((q.codes[i >> 1] & 0xF0) | c);
-        }
+    const sorted_codebook& t = tab->sorted;
+    // Whole-block passes over small arrays, each branch-free so the compiler
+    // can vectorize it (gathers for the table reads). The arithmetic is that
+    // of nearest_from_floor / stochastic_from_floor, so the codes equal the
+    // CUDA kernel's.
+    const int len = int(j1 - j0);
+    float u[max_block_size];
+    int lo[max_block_size];
+    uint32_t bits[max_block_size];
+    for (int k = 0; k < len; ++k) u[k] = mul_rn(vals[j0 + k], inv);
+    for (int k = 0; k < len; ++k) lo[k] = 0;
+    for (int step = 1 << (t.steps - 1); step >= 1; step >>= 1)
+      for (int k = 0; k < len; ++k) lo[k] = t.value[lo[k] + step] <= u[k] ? lo[k] + step : lo[k];
+    if (stochastic)
+      for (int k = 0; k < len; k += 4) {  // s + j0 is a multiple of 4
+        const philox_result r = rng.quad(uint64_t(s + j0 + k) >> 2);
+        for (int w = 0; w < 4; ++w) bits[k + w] = r.w[w];
       }
+    const float first = t.value[0], last = t.value[t.size - 1];
+    for (int k = 0; k < len; ++k) {
+      const int hi = lo[k] + 1 < t.size ? lo[k] + 1 : t.size - 1;
+      const float below = t.value[lo[k]], above = t.value[hi];
+      int idx;
+      if (stochastic) {
+        const float pr = div_rn(u[k] - below, above - below);
+        idx = uniform_from_bits(bits[k]) < pr ? hi : lo[k];
+      } else {
+        idx = (above - u[k] < u[k] - below) ? hi : lo[k];
+      }
+      idx = !(u[k] > first) ? 0 : (u[k] >= last ? t.size - 1 : idx);
+      lo[k] = t.code[idx];
+    }
+    const int64_t base = s + j0;
+    if (!four) {
+      for (int k = 0; k < len; ++k) q.codes[base + k] = uint8_t(lo[k]);
+    } else {  // base is even (block starts are); an odd tail pads with the zero code
+      for (int k = 0; k + 1 < len; k += 2) q.codes[(base + k) >> 1] = uint8_t((lo[k] << 4) | lo[k + 1]);
+      if (len & 1) q.codes[(base + len - 1) >> 1] = uint8_t((lo[len - 1] << 4) | zero);
     }
   }
+}
+
+}  // namespace detail
+
+namespace detail {
+
+inline bool is_plain_f32(const storage_view& s) { return s.kind == storage_kind::f32 || s.kind == storage_kind::none; }
+
+// All-float32 case (weights, states and gradient): update the arrays in place
+// in one vectorizable loop, no tile buffers. Same arithmetic as the tiled path.
+template <class Rule>
+void fused_step_f32(const fused_step_args& a, const typename Rule::consts& c) {
+  float* p = static_cast<float*>(a.weight.data);
+  float* m = static_cast<float*>(a.state1.data);
+  float* v = static_cast<float*>(a.state2.data);
+  const float* g = static_cast<const float*>(a.grad);
+  const float scale = a.grad_scale, max_update = a.max_update;
+  // one loop per (number of states, clamping) so each body is branch-free and vectorizes
+  auto run = [&](auto two_states, auto clamp) {
+    cpu::parallel_for(a.weight.n, 1 << 16, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        float unused = 0.0f;
+        float& vi = decltype(two_states)::value ? v[i] : unused;
+        const float old = p[i];
+        float next = Rule::apply(old, mul_rn(g[i], scale), m[i], vi, c);
+        if (decltype(clamp)::value) {
+          const float d = add_rn(next, -old);
+          next = add_rn(old, d > max_update ? max_update : (d < -max_update ? -max_update : d));
+        }
+        p[i] = next;
+      }
+    });
+  };
+  using yes = std::true_type;
+  using no = std::false_type;
+  const bool two = Rule::n_states == 2;
+  if (two && max_update > 0.0f) run(yes{}, yes{});
+  else if (two) run(yes{}, no{});
+  else if (max_update > 0.0f) run(no{}, yes{});
+  else run(no{}, no{});
 }
 
 }  // namespace detail
@@ -130,6 +236,12 @@ template <class Rule>
 void cpu_fused_step(const fused_step_args& a, const typename Rule::consts& c) {
   const int64_t n = a.weight.n;
   if (n == 0) return;
+  if (a.weight.kind == storage_kind::f32 && detail::is_plain_f32(a.state1) && detail::is_plain_f32(a.state2) &&
+      a.weight_copy.kind == storage_kind::none && a.grad_type == dtype::f32 && a.state1.kind == storage_kind::f32 &&
+      (Rule::n_states == 1 || a.state2.kind == storage_kind::f32)) {
+    detail::fused_step_f32<Rule>(a, c);
+    return;
+  }
   const int64_t tile = fused_tile_size(a);
   const int64_t tiles = (n + tile - 1) / tile;
   const bool nested_weight = a.weight.is_blockwise() && a.weight.q.layout.nested;
@@ -148,7 +260,9 @@ void cpu_fused_step(const fused_step_args& a, const typename Rule::consts& c) {
       const storage_kind gk = a.grad_type == dtype::f32    ? storage_kind::f32
                               : a.grad_type == dtype::bf16 ? storage_kind::bf16
                                                            : storage_kind::f16;
-      for (int64_t j = 0; j < cnt; ++j) g[size_t(j)] = mul_rn(load_dense(gk, a.grad, s + j), a.grad_scale);
+      detail::load_dense_run(gk, a.grad, s, cnt, g.data());
+      if (a.grad_scale != 1.0f)
+        for (int64_t j = 0; j < cnt; ++j) g[size_t(j)] = mul_rn(g[size_t(j)], a.grad_scale);
       for (int64_t j = 0; j < cnt; ++j) {
         const float old = p[size_t(j)];
         float next = Rule::apply(old, g[size_t(j)], m[size_t(j)], v[size_t(j)], c);
