@@ -73,6 +73,13 @@ struct int8 : state_policy_tag {
   }
 };
 
+// The same storage re-encoded with nearest rounding, as bitsandbytes does:
+// kept to measure what stochastic re-encoding buys (Lion stalls with it).
+struct int8_nearest : int8 {
+  static constexpr const char* name = "int8+rn";
+  static constexpr bool stochastic = false;
+};
+
 // 4-bit states ("Memory Efficient Optimizers with 4-bit States"): first
 // moment on the signed 4-bit dynamic map, second moment on the zero-free
 // linear map, block 128.
