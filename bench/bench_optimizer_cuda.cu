@@ -115,15 +115,7 @@ void bm_dense(benchmark::State& state) {
   {
     optimizer<Rule, States, Weights, memory::device> opt;
     opt.add_param(make_view(w, wt, {n}, device::cuda()));
-    const param_record& r = opt.param(0);
-    fused_step_args a;
-    a.weight = r.weight;
-    a.weight_copy = r.weight_copy;
-    a.state1 = r.state1;
-    a.state2 = r.state2;
-    a.weight_tables = r.weight_tables;
-    a.state1_tables = r.state1_tables;
-    a.state2_tables = r.state2_tables;
+    fused_step_args a = step_args_for(opt.param(0));
     a.grad = g;
     a.grad_type = dtype::bf16;
     a.weight_stochastic = Weights::stochastic;
@@ -156,14 +148,7 @@ void bm_quantized(benchmark::State& state) {
   {
     optimizer<Rule, States, weights::quantized<F>, memory::device> opt;
     opt.add_param(q);
-    const param_record& r = opt.param(0);
-    fused_step_args a;
-    a.weight = r.weight;
-    a.state1 = r.state1;
-    a.state2 = r.state2;
-    a.weight_tables = r.weight_tables;
-    a.state1_tables = r.state1_tables;
-    a.state2_tables = r.state2_tables;
+    fused_step_args a = step_args_for(opt.param(0));
     a.grad = g;
     a.grad_type = dtype::bf16;
     a.state_stochastic = States::stochastic;

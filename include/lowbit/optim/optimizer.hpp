@@ -67,6 +67,21 @@ struct param_record {
   const format_tables* state2_tables = nullptr;
 };
 
+// The storage part of a fused step for one registered tensor (gradient,
+// scaling, rounding and random stream are filled in by the caller).
+inline fused_step_args step_args_for(const param_record& r) {
+  fused_step_args a;
+  a.weight = r.weight;
+  a.weight_copy = r.weight_copy;
+  a.state1 = r.state1;
+  a.state2 = r.state2;
+  a.weight_tables = r.weight_tables;
+  a.state1_tables = r.state1_tables;
+  a.state2_tables = r.state2_tables;
+  a.tensor_id = r.id;
+  return a;
+}
+
 template <class Rule, class StatePolicy = states::fp32, class WeightPolicy = weights::fp32,
           class MemoryPolicy = memory::host>
 class optimizer {
@@ -296,14 +311,7 @@ class optimizer {
     }
     ++r.steps;
     const hparams& h = groups_[size_t(r.group)];
-    fused_step_args a;
-    a.weight = r.weight;
-    a.weight_copy = r.weight_copy;
-    a.state1 = r.state1;
-    a.state2 = r.state2;
-    a.weight_tables = r.weight_tables;
-    a.state1_tables = r.state1_tables;
-    a.state2_tables = r.state2_tables;
+    fused_step_args a = step_args_for(r);
     a.grad = grad.data;
     a.grad_type = grad.type;
     a.grad_scale = grad_scale;
@@ -311,7 +319,6 @@ class optimizer {
     a.weight_stochastic = WeightPolicy::stochastic;
     a.state_stochastic = StatePolicy::stochastic;
     a.seed = options_.seed;
-    a.tensor_id = r.id;
     a.step = uint32_t(step_);
     memory_.template run<Rule>(a, Rule::make_consts(h, r.steps));
     return true;
