@@ -218,7 +218,10 @@ run_sanitizers() {
       for tool in memcheck racecheck; do
         echo "--- $tool $(basename "$f")" | tee -a "$san_log"
         t0=$SECONDS
-        timeout "$SANITIZER_TIMEOUT" "$sanitizer" --tool "$tool" --error-exitcode 99 "$f" >>"$san_log" 2>&1
+        # the >2^31-element case is left out under the sanitizers (it would run
+        # for far longer than the timeout there); ctest above runs it
+        timeout "$SANITIZER_TIMEOUT" "$sanitizer" --tool "$tool" --error-exitcode 99 "$f" \
+          --test-case-exclude='*2^31*' >>"$san_log" 2>&1
         rc=$?
         tail -n 3 "$san_log"
         if [[ $rc -eq 0 ]]; then
