@@ -195,8 +195,28 @@ namespace detail {
 
 inline bool is_plain_f32(const storage_view& s) { return s.kind == storage_kind::f32 || s.kind == storage_kind::none; }
 
+// One contiguous range of the all-float32 case; restrict-qualified pointers
+// and values held in locals so the loop vectorizes.
+template <class Rule, bool TwoStates, bool Clamp>
+void f32_range(float* __restrict p, float* __restrict m, float* __restrict v, const float* __restrict g, int64_t i0,
+               int64_t i1, float scale, float max_update, const typename Rule::consts c) {
+  for (int64_t i = i0; i < i1; ++i) {
+    float mi = m[i];
+    float vi = TwoStates ? v[i] : 0.0f;
+    const float old = p[i];
+    float next = Rule::apply(old, mul_rn(g[i], scale), mi, vi, c);
+    if (Clamp) {
+      const float d = add_rn(next, -old);
+      next = add_rn(old, d > max_update ? max_update : (d < -max_update ? -max_update : d));
+    }
+    m[i] = mi;
+    if (TwoStates) v[i] = vi;
+    p[i] = next;
+  }
+}
+
 // All-float32 case (weights, states and gradient): update the arrays in place
-// in one vectorizable loop, no tile buffers. Same arithmetic as the tiled path.
+// in one pass, no tile buffers. Same arithmetic as the tiled path.
 template <class Rule>
 void fused_step_f32(const fused_step_args& a, const typename Rule::consts& c) {
   float* p = static_cast<float*>(a.weight.data);
@@ -204,29 +224,11 @@ void fused_step_f32(const fused_step_args& a, const typename Rule::consts& c) {
   float* v = static_cast<float*>(a.state2.data);
   const float* g = static_cast<const float*>(a.grad);
   const float scale = a.grad_scale, max_update = a.max_update;
-  // one loop per (number of states, clamping) so each body is branch-free and vectorizes
-  auto run = [&](auto two_states, auto clamp) {
-    cpu::parallel_for(a.weight.n, 1 << 16, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        float unused = 0.0f;
-        float& vi = decltype(two_states)::value ? v[i] : unused;
-        const float old = p[i];
-        float next = Rule::apply(old, mul_rn(g[i], scale), m[i], vi, c);
-        if (decltype(clamp)::value) {
-          const float d = add_rn(next, -old);
-          next = add_rn(old, d > max_update ? max_update : (d < -max_update ? -max_update : d));
-        }
-        p[i] = next;
-      }
-    });
-  };
-  using yes = std::true_type;
-  using no = std::false_type;
-  const bool two = Rule::n_states == 2;
-  if (two && max_update > 0.0f) run(yes{}, yes{});
-  else if (two) run(yes{}, no{});
-  else if (max_update > 0.0f) run(no{}, yes{});
-  else run(no{}, no{});
+  constexpr bool two = Rule::n_states == 2;
+  cpu::parallel_for(a.weight.n, 1 << 16, [&](int64_t i0, int64_t i1) {
+    if (max_update > 0.0f) f32_range<Rule, two, true>(p, m, v, g, i0, i1, scale, max_update, c);
+    else f32_range<Rule, two, false>(p, m, v, g, i0, i1, scale, max_update, c);
+  });
 }
 
 }  // namespace detail
@@ -263,15 +265,14 @@ void cpu_fused_step(const fused_step_args& a, const typename Rule::consts& c) {
       detail::load_dense_run(gk, a.grad, s, cnt, g.data());
       if (a.grad_scale != 1.0f)
         for (int64_t j = 0; j < cnt; ++j) g[size_t(j)] = mul_rn(g[size_t(j)], a.grad_scale);
-      for (int64_t j = 0; j < cnt; ++j) {
-        const float old = p[size_t(j)];
-        float next = Rule::apply(old, g[size_t(j)], m[size_t(j)], v[size_t(j)], c);
-        if (a.max_update > 0.0f) {
-          const float d = add_rn(next, -old);
-          next = add_rn(old, d > a.max_update ? a.max_update : (d < -a.max_update ? -a.max_update : d));
-        }
-        p[size_t(j)] = next;
-      }
+      // the rule over the tile (gradient already scaled): the same vectorized
+      // loop as the all-float32 path
+      if (a.max_update > 0.0f)
+        detail::f32_range<Rule, Rule::n_states == 2, true>(p.data(), m.data(), v.data(), g.data(), 0, cnt, 1.0f,
+                                                           a.max_update, c);
+      else
+        detail::f32_range<Rule, Rule::n_states == 2, false>(p.data(), m.data(), v.data(), g.data(), 0, cnt, 1.0f,
+                                                            a.max_update, c);
       detail::store_tile(a.state1, a.state1_tables, s, cnt, m.data(), a.state_stochastic, r1, a.state1.q.absmax);
       detail::store_tile(a.state2, a.state2_tables, s, cnt, v.data(), a.state_stochastic, r2, a.state2.q.absmax);
       detail::store_tile(a.weight, a.weight_tables, s, cnt, p.data(), a.weight_stochastic, rw, weight_absmax);
