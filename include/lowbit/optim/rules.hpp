@@ -114,7 +114,7 @@ struct lion {
   LOWBIT_HD static float apply(float p, float g, float& m, float&, const consts& c) {
     p = mul_rn(p, c.decay_factor);
     const float u = add_rn(mul_rn(c.beta1, m), mul_rn(c.one_minus_beta1, g));
-    const float s = u > 0.0f ? 1.0f : (u < 0.0f ? -1.0f : 0.0f);
+    const float s = float(u > 0.0f) - float(u < 0.0f);  // sign, 0 for 0 and NaN; vectorizes without blends
     m = add_rn(mul_rn(c.beta2, m), mul_rn(c.one_minus_beta2, g));
     return add_rn(p, -mul_rn(c.lr, s));
   }
