@@ -124,9 +124,13 @@ __device__ __forceinline__ void store8(const storage_view& st, const shared_tabl
   }
 }
 
+// The large by-value parameters are __grid_constant__: the kernel takes their
+// addresses (references to the storages and tables), which would otherwise
+// make nvcc copy them into every thread's local memory.
 template <class Rule>
-__global__ void fused_step_kernel(fused_step_args a, typename Rule::consts c, step_tables tables_param,
-                                  float* weight_absmax) {
+__global__ void fused_step_kernel(const __grid_constant__ fused_step_args a,
+                                  const __grid_constant__ typename Rule::consts c,
+                                  const __grid_constant__ step_tables tables_param, float* weight_absmax) {
   __shared__ shared_tables t;
   __shared__ float warp_max[32];
   const storage_view* sts[3] = {&a.weight, &a.state1, &a.state2};
