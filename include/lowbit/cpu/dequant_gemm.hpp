@@ -1,0 +1,407 @@
+// lowbit/cpu/dequant_gemm.hpp
+// CPU matrix products with a blockwise-quantized weight W (a quantized_view
+// holding a row-major N x K matrix, any format, float32 or nested scales):
+// the forward Y = X W^T (+ bias), the input gradient dX = dY W, and the plain
+// weight gradient dW = dY^T X. W is never dequantized as a whole: each task
+// decodes one small tile of it (with the same code table and block scales as
+// cpu::dequantize, so the weights used are bit-identical to dequantize's
+// float32 output) into a packed float buffer that a cache-blocked fp32
+// micro-kernel consumes. Both W products read the same packed codes; the
+// backward pass only changes which way the tile is packed. Work is split over
+// output columns (and rows of X when there are few columns) with
+// cpu::parallel_for; every output element is summed in one fixed order
+// (k = 0, 1, ..., K-1 in fp32), so results do not depend on the thread count.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "../core/dtype.hpp"
+#include "../core/error.hpp"
+#include "../core/view.hpp"
+#include "../formats/codebooks.hpp"
+#include "../formats/quantized_view.hpp"
+#include "parallel.hpp"
+#include "quantize.hpp"
+
+#if defined(__GNUC__) || defined(__clang__)
+#define LOWBIT_RESTRICT __restrict__
+#else
+#define LOWBIT_RESTRICT
+#endif
+
+// g++'s loop vectorizer otherwise vectorizes the micro-kernel's reduction
+// loop over r (products in vectors, then an in-order scalar fold with
+// shuffles, about 3x slower); with it off, the SLP vectorizer turns the
+// unrolled i/j body into the intended broadcast-multiply-add on whole
+// registers with the accumulators held in registers. Clang does the latter
+// by itself.
+#if defined(__GNUC__) && !defined(__clang__)
+#define LOWBIT_GEMM_KERNEL_ATTR __attribute__((optimize("no-tree-loop-vectorize")))
+#else
+#define LOWBIT_GEMM_KERNEL_ATTR
+#endif
+
+namespace lowbit {
+namespace cpu {
+
+namespace gemm_detail {
+
+// Micro-tile: mr rows of the output times nr columns, held in mr*nr float
+// accumulators. nr is one or two vector registers wide per row so that the
+// mr*nr accumulators fit the register file (8 of 16 xmm with SSE, 8 of 16
+// ymm with AVX) next to the B row and the broadcast A value.
+#if defined(__AVX__)
+constexpr int nr = 16;
+#else
+constexpr int nr = 8;
+#endif
+constexpr int mr = 4;
+constexpr int64_t pc = 64;   // output columns per task: a W tile of pc x rc floats (64 KiB) stays in L2
+constexpr int64_t rc = 256;  // reduction chunk: one packed panel (rc x nr floats) stays in L1
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// c[MR][nr] (row stride ldc) = (load ? c : 0) + a[MR][0:rlen] (row stride lda)
+// * b[rlen][nr]. Constant trip counts on the i/j loops let g++ unroll them and
+// keep acc in registers; the j loop is the vectorized one.
+template <int MR>
+LOWBIT_GEMM_KERNEL_ATTR inline void micro_kernel(const float* LOWBIT_RESTRICT a, int64_t lda, const float* LOWBIT_RESTRICT b, int64_t rlen,
+                         float* LOWBIT_RESTRICT c, int64_t ldc, bool load) {
+  float acc[MR][nr];
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 16
+    for (int j = 0; j < nr; ++j) acc[i][j] = load ? c[i * ldc + j] : 0.0f;
+  for (int64_t r = 0; r < rlen; ++r) {
+    const float* LOWBIT_RESTRICT br = b + r * nr;
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) {
+      const float av = a[i * lda + r];
+#pragma GCC unroll 16
+      for (int j = 0; j < nr; ++j) acc[i][j] += av * br[j];
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 16
+    for (int j = 0; j < nr; ++j) c[i * ldc + j] = acc[i][j];
+}
+
+inline void micro_dispatch(int rows, const float* a, int64_t lda, const float* b, int64_t rlen, float* c, int64_t ldc,
+                           bool load) {
+  switch (rows) {
+    case 4: micro_kernel<4>(a, lda, b, rlen, c, ldc, load); break;
+    case 3: micro_kernel<3>(a, lda, b, rlen, c, ldc, load); break;
+    case 2: micro_kernel<2>(a, lda, b, rlen, c, ldc, load); break;
+    default: micro_kernel<1>(a, lda, b, rlen, c, ldc, load); break;
+  }
+}
+
+// C[M, P] = A[M, R] B[R, P] in fp32 with A a dense float matrix (row stride
+// lda). B is never materialized: pack_b(r0, rlen, p0, plen, buf) writes
+// B[r0:r0+rlen, p0:p0+plen] as ceil(plen/nr) panels of [rlen][nr] floats
+// (panel-major, columns past plen zero). store(m0, mlen, p0, plen, c, ldc)
+// receives finished output rows m0.. (c row stride ldc, plen valid columns).
+// Tasks are (column tile, row tile) pairs; row tiles exist only when there are
+// too few column tiles to occupy the threads (small N or N = K tiny), at the
+// price of decoding a W tile once per row tile.
+template <class PackB, class Store>
+void blocked_gemm(int64_t M, int64_t P, int64_t R, const float* A, int64_t lda, PackB&& pack_b, Store&& store) {
+  if (M <= 0 || P <= 0) return;
+  const int64_t p_tiles = ceil_div(P, pc);
+  const int64_t threads = thread_count();
+  int64_t m_tiles = 1;
+  if (p_tiles < 2 * threads) m_tiles = std::max<int64_t>(1, std::min(ceil_div(M, 32), ceil_div(2 * threads, p_tiles)));
+  const int64_t m_step = ceil_div(ceil_div(M, m_tiles), mr) * mr;
+  m_tiles = ceil_div(M, m_step);
+  const int64_t tasks = p_tiles * m_tiles;
+  // Spawning threads costs tens of microseconds; tiny products run inline.
+  const int64_t grain = (M * P * std::max<int64_t>(R, 1) < (int64_t(1) << 18)) ? tasks : 1;
+  parallel_for(tasks, grain, [&](int64_t t0, int64_t t1) {
+    std::vector<float> bbuf(size_t(pc * rc));
+    std::vector<float> cbuf;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t p0 = (t / m_tiles) * pc, plen = std::min(pc, P - p0);
+      const int64_t m0 = (t % m_tiles) * m_step, mlen = std::min(m_step, M - m0);
+      const int64_t panels = ceil_div(plen, nr), ldc = panels * nr;
+      cbuf.assign(size_t(mlen * ldc), 0.0f);  // stays 0 when R == 0
+      for (int64_t r0 = 0; r0 < R; r0 += rc) {
+        const int64_t rlen = std::min(rc, R - r0);
+        pack_b(r0, rlen, p0, plen, bbuf.data());
+        // The mr x rlen slice of A stays in L1 while it meets every panel.
+        for (int64_t m = 0; m < mlen; m += mr) {
+          const int rows = int(std::min<int64_t>(mr, mlen - m));
+          const float* a = A + (m0 + m) * lda + r0;
+          for (int64_t jp = 0; jp < panels; ++jp)
+            micro_dispatch(rows, a, lda, bbuf.data() + jp * rlen * nr, rlen, cbuf.data() + m * ldc + jp * nr, ldc,
+                           r0 > 0);
+        }
+      }
+      store(m0, mlen, p0, plen, static_cast<const float*>(cbuf.data()), ldc);
+    }
+  });
+}
+
+// Calls put(j, value) for the decoded elements i0 .. i0+count-1 of w, value
+// = table[code] * scale(block) exactly as cpu::dequantize computes it. Runs
+// are cut at block boundaries so each block's scale is decoded once per run.
+template <bool Is4, class Put>
+inline void decode_run(const quantized_view& w, const float* table, int64_t i0, int64_t count, Put&& put) {
+  const int64_t bs = w.layout.block_size;
+  const uint8_t* codes = w.codes;
+  int64_t i = i0;
+  const int64_t end = i0 + count;
+  while (i < end) {
+    const int64_t b = i / bs;
+    const int64_t seg_end = std::min(end, (b + 1) * bs);
+    const float s = block_scale(w, b);
+    for (; i < seg_end; ++i) {
+      int c;
+      if constexpr (Is4) {
+        const uint8_t byte = codes[i >> 1];
+        c = (i & 1) ? (byte & 15) : (byte >> 4);
+      } else {
+        c = codes[i];
+      }
+      put(i - i0, mul_rn(table[c], s));
+    }
+  }
+}
+
+// Zeroes the columns plen.. of the last panel so padded lanes add exact 0.
+inline void zero_pad(float* buf, int64_t rlen, int64_t plen) {
+  const int64_t panels = ceil_div(plen, nr);
+  const int64_t used = plen - (panels - 1) * nr;
+  if (used == nr) return;
+  float* last = buf + (panels - 1) * rlen * nr;
+  for (int64_t r = 0; r < rlen; ++r)
+    for (int64_t j = used; j < nr; ++j) last[r * nr + j] = 0.0f;
+}
+
+// A dense operand as a contiguous float matrix: the data itself for float32,
+// else a converted copy in `storage` (activations only, never W).
+inline const float* as_float(const tensor_view& v, std::vector<float>& storage) {
+  if (v.type == dtype::f32) return static_cast<const float*>(v.data);
+  const int64_t n = v.numel();
+  storage.resize(size_t(n));
+  float* out = storage.data();
+  dispatch_float_dtype(v.type, "operand", [&](auto t) {
+    using T = decltype(t);
+    const T* in = static_cast<const T*>(v.data);
+    parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) out[i] = to_float(in[i]);
+    });
+  });
+  return out;
+}
+
+inline std::string fn_arg(const char* fn, const char* arg) { return std::string(fn) + ": " + arg; }
+
+inline void check_dense(const tensor_view& v, const char* fn, const char* name, int ndim) {
+  const std::string w = fn_arg(fn, name);
+  require(v.ndim == ndim, errc::invalid_argument,
+          w + " must be " + std::to_string(ndim) + "-D, got shape " + v.shape_string());
+  require(v.type == dtype::f32 || v.type == dtype::bf16 || v.type == dtype::f16, errc::invalid_argument,
+          w + " must be float32, bfloat16 or float16, got " + dtype_name(v.type));
+  require(v.dev.host_accessible(), errc::invalid_argument,
+          w + " is on device memory; the CPU path needs host memory");
+  require_contiguous(v, w.c_str());
+}
+
+inline void check_shape(const tensor_view& v, const char* fn, const char* name, int64_t rows, int64_t cols) {
+  require(v.shape[0] == rows && v.shape[1] == cols, errc::invalid_argument,
+          fn_arg(fn, name) + " has shape " + v.shape_string() + ", expected [" + std::to_string(rows) + ", " +
+              std::to_string(cols) + "]");
+}
+
+inline void check_weight(const quantized_view& w, const char* fn, int64_t n, int64_t k) {
+  require(n >= 0 && k >= 0, errc::invalid_argument,
+          std::string(fn) + ": n and k must be >= 0, got n = " + std::to_string(n) + ", k = " + std::to_string(k));
+  w.validate((std::string(fn) + ": w").c_str());
+  require(w.dev.host_accessible(), errc::invalid_argument,
+          fn_arg(fn, "w") + " is on device memory; the CPU path needs host memory");
+  require(k == 0 || n <= w.layout.n / k, errc::invalid_argument,
+          fn_arg(fn, "w") + " holds " + std::to_string(w.layout.n) + " elements, expected n * k = " +
+              std::to_string(n) + " * " + std::to_string(k));
+  require(w.layout.n == n * k, errc::invalid_argument,
+          fn_arg(fn, "w") + " holds " + std::to_string(w.layout.n) + " elements, expected n * k = " +
+              std::to_string(n) + " * " + std::to_string(k));
+}
+
+}  // namespace gemm_detail
+
+// Y[M, N] = X[M, K] W^T (+ bias[N]). x: [M, k], y: [M, n], both float32 /
+// bfloat16 / float16, contiguous, host memory; w: quantized n x k row-major
+// (w.layout.n == n * k); bias: 1-D [n] float32 / bfloat16 / float16 /
+// float64 or nullptr. Products and sums in fp32 (bias added last), one
+// round-to-nearest into y's dtype. y must not overlap x or bias.
+inline void dequant_gemm_forward(const tensor_view& x, const quantized_view& w, int64_t n, int64_t k,
+                                 const tensor_view* bias, const tensor_view& y) {
+  using namespace gemm_detail;
+  const char* fn = "dequant_gemm_forward";
+  check_weight(w, fn, n, k);
+  check_dense(x, fn, "x", 2);
+  check_dense(y, fn, "y", 2);
+  const int64_t M = x.shape[0];
+  check_shape(x, fn, "x", M, k);
+  check_shape(y, fn, "y", M, n);
+  std::vector<float> bias_f;
+  if (bias) {
+    require(bias->ndim == 1 && bias->shape[0] == n, errc::invalid_argument,
+            fn_arg(fn, "bias") + " has shape " + bias->shape_string() + ", expected [" + std::to_string(n) + "]");
+    require(bias->dev.host_accessible(), errc::invalid_argument,
+            fn_arg(fn, "bias") + " is on device memory; the CPU path needs host memory");
+    require_contiguous(*bias, fn_arg(fn, "bias").c_str());
+    bias_f.resize(size_t(n));
+    if (bias->type == dtype::f64) {
+      for (int64_t j = 0; j < n; ++j) bias_f[size_t(j)] = float(static_cast<const double*>(bias->data)[j]);
+    } else {
+      dispatch_float_dtype(bias->type, "dequant_gemm_forward: bias", [&](auto t) {
+        using T = decltype(t);
+        for (int64_t j = 0; j < n; ++j) bias_f[size_t(j)] = to_float(static_cast<const T*>(bias->data)[j]);
+      });
+    }
+  }
+  if (M == 0 || n == 0) return;
+  std::vector<float> x_storage;
+  const float* xf = as_float(x, x_storage);
+  const code_table table = make_code_table(w.layout.fmt);
+  const float* bptr = bias ? bias_f.data() : nullptr;
+  dispatch_float_dtype(y.type, "dequant_gemm_forward: y", [&](auto yt) {
+    using TY = decltype(yt);
+    TY* yp = static_cast<TY*>(y.data);
+    auto store = [&](int64_t m0, int64_t mlen, int64_t p0, int64_t plen, const float* c, int64_t ldc) {
+      for (int64_t m = 0; m < mlen; ++m) {
+        TY* yrow = yp + (m0 + m) * n + p0;
+        const float* crow = c + m * ldc;
+        if (bptr) {
+          for (int64_t j = 0; j < plen; ++j) yrow[j] = from_float<TY>(add_rn(crow[j], bptr[p0 + j]));
+        } else {
+          for (int64_t j = 0; j < plen; ++j) yrow[j] = from_float<TY>(crow[j]);
+        }
+      }
+    };
+    auto run = [&](auto is4) {
+      constexpr bool Is4 = decltype(is4)::value;
+      // B[kk][j] = W[j][kk]: row j of W (contiguous in k) becomes lane j % nr
+      // of its panel, so the kernel reads nr consecutive output columns.
+      auto pack = [&](int64_t r0, int64_t rlen, int64_t p0, int64_t plen, float* buf) {
+        for (int64_t j = 0; j < plen; ++j) {
+          float* dst = buf + (j / nr) * rlen * nr + (j % nr);
+          decode_run<Is4>(w, table.value, (p0 + j) * k + r0, rlen, [&](int64_t r, float v) { dst[r * nr] = v; });
+        }
+        zero_pad(buf, rlen, plen);
+      };
+      blocked_gemm(M, n, k, xf, k, pack, store);
+    };
+    if (is_4bit(w.layout.fmt)) run(std::true_type{});
+    else run(std::false_type{});
+  });
+}
+
+// dX[M, K] = dY[M, N] W. dy: [M, n], dx: [M, k], float32 / bfloat16 /
+// float16, contiguous, host memory; w as in dequant_gemm_forward (the same
+// packed codes; tiles are decoded, never a transposed or full copy). fp32
+// products and sums over n = 0..N-1, one rounding into dx's dtype.
+inline void dequant_gemm_backward_input(const tensor_view& dy, const quantized_view& w, int64_t n, int64_t k,
+                                        const tensor_view& dx) {
+  using namespace gemm_detail;
+  const char* fn = "dequant_gemm_backward_input";
+  check_weight(w, fn, n, k);
+  check_dense(dy, fn, "dy", 2);
+  check_dense(dx, fn, "dx", 2);
+  const int64_t M = dy.shape[0];
+  check_shape(dy, fn, "dy", M, n);
+  check_shape(dx, fn, "dx", M, k);
+  if (M == 0 || k == 0) return;
+  std::vector<float> dy_storage;
+  const float* dyf = as_float(dy, dy_storage);
+  const code_table table = make_code_table(w.layout.fmt);
+  dispatch_float_dtype(dx.type, "dequant_gemm_backward_input: dx", [&](auto xt) {
+    using TX = decltype(xt);
+    TX* xp = static_cast<TX*>(dx.data);
+    auto store = [&](int64_t m0, int64_t mlen, int64_t p0, int64_t plen, const float* c, int64_t ldc) {
+      for (int64_t m = 0; m < mlen; ++m)
+        for (int64_t j = 0; j < plen; ++j) xp[(m0 + m) * k + p0 + j] = from_float<TX>(c[m * ldc + j]);
+    };
+    auto run = [&](auto is4) {
+      constexpr bool Is4 = decltype(is4)::value;
+      // B[nn][kk] = W[nn][kk]: a run of row nn fills row nn of consecutive
+      // panels, so W is read in its stored order.
+      auto pack = [&](int64_t r0, int64_t rlen, int64_t p0, int64_t plen, float* buf) {
+        for (int64_t r = 0; r < rlen; ++r) {
+          float* row = buf + r * nr;
+          decode_run<Is4>(w, table.value, (r0 + r) * k + p0, plen,
+                          [&](int64_t j, float v) { row[(j / nr) * rlen * nr + (j % nr)] = v; });
+        }
+        zero_pad(buf, rlen, plen);
+      };
+      blocked_gemm(M, k, n, dyf, n, pack, store);
+    };
+    if (is_4bit(w.layout.fmt)) run(std::true_type{});
+    else run(std::false_type{});
+  });
+}
+
+// dW[N, K] = dY[M, N]^T X[M, K] (accumulate: dW += dY^T X). dy and x:
+// float32 / bfloat16 / float16; dw: float32 or bfloat16; all 2-D, contiguous,
+// host memory. fp32 products and sums over m = 0..M-1 (the old dW, when
+// accumulating, added last), one rounding into dw's dtype. dw must not
+// overlap dy or x.
+inline void gemm_weight_grad(const tensor_view& dy, const tensor_view& x, const tensor_view& dw, bool accumulate) {
+  using namespace gemm_detail;
+  const char* fn = "gemm_weight_grad";
+  check_dense(dy, fn, "dy", 2);
+  check_dense(x, fn, "x", 2);
+  check_dense(dw, fn, "dw", 2);
+  require(dw.type == dtype::f32 || dw.type == dtype::bf16, errc::invalid_argument,
+          fn_arg(fn, "dw") + " must be float32 or bfloat16, got " + dtype_name(dw.type));
+  const int64_t M = dy.shape[0], N = dy.shape[1], K = x.shape[1];
+  check_shape(x, fn, "x", M, K);
+  check_shape(dw, fn, "dw", N, K);
+  if (N == 0 || K == 0) return;
+  // A = dY^T as a dense [N][M] float matrix (activations-sized, cheap next
+  // to the N*M*K products); B = X read straight from its float copy.
+  std::vector<float> x_storage, dyt(size_t(N * M));
+  const float* xf = as_float(x, x_storage);
+  dispatch_float_dtype(dy.type, "gemm_weight_grad: dy", [&](auto t) {
+    using T = decltype(t);
+    const T* in = static_cast<const T*>(dy.data);
+    float* out = dyt.data();
+    parallel_for(N, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(M, 1)), [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j)
+        for (int64_t m = 0; m < M; ++m) out[j * M + m] = to_float(in[m * N + j]);
+    });
+  });
+  auto pack = [&](int64_t r0, int64_t rlen, int64_t p0, int64_t plen, float* buf) {
+    for (int64_t r = 0; r < rlen; ++r) {
+      const float* src = xf + (r0 + r) * K + p0;
+      for (int64_t j = 0; j < plen; ++j) buf[(j / nr) * rlen * nr + r * nr + (j % nr)] = src[j];
+    }
+    zero_pad(buf, rlen, plen);
+  };
+  auto run = [&](auto wt) {
+    using TW = decltype(wt);
+    TW* wp = static_cast<TW*>(dw.data);
+    auto store = [&](int64_t m0, int64_t mlen, int64_t p0, int64_t plen, const float* c, int64_t ldc) {
+      for (int64_t i = 0; i < mlen; ++i) {
+        TW* row = wp + (m0 + i) * K + p0;
+        const float* crow = c + i * ldc;
+        if (accumulate) {
+          for (int64_t j = 0; j < plen; ++j) row[j] = from_float<TW>(add_rn(crow[j], to_float(row[j])));
+        } else {
+          for (int64_t j = 0; j < plen; ++j) row[j] = from_float<TW>(crow[j]);
+        }
+      }
+    };
+    blocked_gemm(N, K, M, dyt.data(), M, pack, store);
+  };
+  if (dw.type == dtype::f32) run(float{});
+  else run(bf16{});
+}
+
+}  // namespace cpu
+}  // namespace lowbit
