@@ -44,6 +44,15 @@
 #define LOWBIT_GEMM_KERNEL_ATTR
 #endif
 
+// Loop unrolling hints for g++ only (nvcc's front end, which also reads this
+// header in CUDA translation units, does not know the GCC pragma).
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#define LOWBIT_PRAGMA(x) _Pragma(#x)
+#define LOWBIT_UNROLL(n) LOWBIT_PRAGMA(GCC unroll n)
+#else
+#define LOWBIT_UNROLL(n)
+#endif
+
 namespace lowbit {
 namespace cpu {
 
@@ -71,22 +80,22 @@ template <int MR>
 LOWBIT_GEMM_KERNEL_ATTR inline void micro_kernel(const float* LOWBIT_RESTRICT a, int64_t lda, const float* LOWBIT_RESTRICT b, int64_t rlen,
                          float* LOWBIT_RESTRICT c, int64_t ldc, bool load) {
   float acc[MR][nr];
-#pragma GCC unroll 4
+LOWBIT_UNROLL(4)
   for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 16
+LOWBIT_UNROLL(16)
     for (int j = 0; j < nr; ++j) acc[i][j] = load ? c[i * ldc + j] : 0.0f;
   for (int64_t r = 0; r < rlen; ++r) {
     const float* LOWBIT_RESTRICT br = b + r * nr;
-#pragma GCC unroll 4
+LOWBIT_UNROLL(4)
     for (int i = 0; i < MR; ++i) {
       const float av = a[i * lda + r];
-#pragma GCC unroll 16
+LOWBIT_UNROLL(16)
       for (int j = 0; j < nr; ++j) acc[i][j] += av * br[j];
     }
   }
-#pragma GCC unroll 4
+LOWBIT_UNROLL(4)
   for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 16
+LOWBIT_UNROLL(16)
     for (int j = 0; j < nr; ++j) c[i * ldc + j] = acc[i][j];
 }
 

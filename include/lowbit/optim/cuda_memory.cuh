@@ -56,6 +56,9 @@ struct device : memory_policy_tag {
     LOWBIT_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
   grad_stats gradient_stats(const void* g, dtype t, int64_t n) { return cuda_grad_stats(g, t, n, stream); }
+  std::vector<grad_stats> gradient_stats_all(const std::vector<tensor_view>& grads, const std::vector<int64_t>& n) {
+    return cuda_grad_stats_all(grads, n, stream);
+  }
   template <class Rule>
   void run(const fused_step_args& a, const typename Rule::consts& c) {
     cuda_fused_step<Rule>(a, c, stream);
@@ -160,6 +163,9 @@ struct cpu_offload : memory_policy_tag {
     for (int64_t i = 0; i < working.n; ++i) master[i] = load_dense(working.kind, tmp.data(), i);
   }
   grad_stats gradient_stats(const void* g, dtype t, int64_t n) { return cuda_grad_stats(g, t, n, stream); }
+  std::vector<grad_stats> gradient_stats_all(const std::vector<tensor_view>& grads, const std::vector<int64_t>& n) {
+    return cuda_grad_stats_all(grads, n, stream);
+  }
 
   mirror& mirror_of(const storage_view& w) {
     auto it = mirrors.find(w.data);

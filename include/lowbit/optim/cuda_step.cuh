@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "../core/reduce.hpp"
 #include "../core/rng.hpp"
@@ -219,28 +220,61 @@ __global__ void widen_to_f32_kernel(float* __restrict__ out, storage_kind kind, 
 
 }  // namespace cuda_detail
 
-// Gradient statistics on the GPU (synchronizes `stream` to return them).
-inline grad_stats cuda_grad_stats(const void* grad, dtype type, int64_t n, cudaStream_t stream) {
-  grad_stats out;
-  if (n == 0) return out;
-  const int64_t chunks = (n + sumsq_chunk - 1) / sumsq_chunk;
-  double* scratch = nullptr;
-  LOWBIT_CUDA_CHECK(cudaMallocAsync(&scratch, size_t(chunks + 1) * sizeof(double), stream));
-  const int grid = int(chunks < int64_t(cuda::sm_count()) * 32 ? chunks : int64_t(cuda::sm_count()) * 32);
-  dispatch_float_dtype(type, "gradient", [&](auto t) {
-    using T = decltype(t);
-    cuda_detail::sumsq_chunk_kernel<T><<<grid, sumsq_chunk_lanes, 0, stream>>>(static_cast<const T*>(grad), n, scratch);
-  });
-  LOWBIT_CUDA_CHECK(cudaGetLastError());
-  cuda_detail::sumsq_final_kernel<<<1, sumsq_final_lanes, 0, stream>>>(scratch, chunks, scratch + chunks);
-  LOWBIT_CUDA_CHECK(cudaGetLastError());
-  double total = 0.0;
-  LOWBIT_CUDA_CHECK(cudaMemcpyAsync(&total, scratch + chunks, sizeof(double), cudaMemcpyDeviceToHost, stream));
+// Gradient statistics of several tensors on the GPU: the kernels of every
+// tensor are queued, then one copy and one synchronization of `stream`
+// return all results (a step over hundreds of tensors waits once).
+inline std::vector<grad_stats> cuda_grad_stats_all(const std::vector<const void*>& grads,
+                                                   const std::vector<dtype>& types, const std::vector<int64_t>& n,
+                                                   cudaStream_t stream) {
+  const size_t count = grads.size();
+  std::vector<grad_stats> out(count);
+  std::vector<int64_t> offset(count + 1, 0);  // chunk-sum slots of tensor i start at offset[i]
+  for (size_t i = 0; i < count; ++i) offset[i + 1] = offset[i] + (n[i] + sumsq_chunk - 1) / sumsq_chunk;
+  if (offset[count] == 0) return out;
+  double* scratch = nullptr;  // chunk sums of all tensors, then one total per tensor
+  LOWBIT_CUDA_CHECK(cudaMallocAsync(&scratch, size_t(offset[count] + int64_t(count)) * sizeof(double), stream));
+  double* totals = scratch + offset[count];
+  LOWBIT_CUDA_CHECK(cudaMemsetAsync(totals, 0, count * sizeof(double), stream));
+  const int64_t max_grid = int64_t(cuda::sm_count()) * 32;
+  for (size_t i = 0; i < count; ++i) {
+    const int64_t chunks = offset[i + 1] - offset[i];
+    if (chunks == 0) continue;
+    const int grid = int(chunks < max_grid ? chunks : max_grid);
+    dispatch_float_dtype(types[i], "gradient", [&](auto t) {
+      using T = decltype(t);
+      cuda_detail::sumsq_chunk_kernel<T>
+          <<<grid, sumsq_chunk_lanes, 0, stream>>>(static_cast<const T*>(grads[i]), n[i], scratch + offset[i]);
+    });
+    LOWBIT_CUDA_CHECK(cudaGetLastError());
+    cuda_detail::sumsq_final_kernel<<<1, sumsq_final_lanes, 0, stream>>>(scratch + offset[i], chunks, totals + i);
+    LOWBIT_CUDA_CHECK(cudaGetLastError());
+  }
+  std::vector<double> host(count, 0.0);
+  LOWBIT_CUDA_CHECK(cudaMemcpyAsync(host.data(), totals, count * sizeof(double), cudaMemcpyDeviceToHost, stream));
   LOWBIT_CUDA_CHECK(cudaFreeAsync(scratch, stream));
   LOWBIT_CUDA_CHECK(cudaStreamSynchronize(stream));
-  out.sumsq = total;
-  out.finite = total <= 1.7976931348623157e308;
+  for (size_t i = 0; i < count; ++i) {
+    out[i].sumsq = host[i];
+    out[i].finite = host[i] <= 1.7976931348623157e308;
+  }
   return out;
+}
+
+// Gradient statistics of one tensor on the GPU (synchronizes `stream`).
+inline grad_stats cuda_grad_stats(const void* grad, dtype type, int64_t n, cudaStream_t stream) {
+  return cuda_grad_stats_all({grad}, {type}, {n}, stream)[0];
+}
+
+// The optimizer-facing form: statistics of every gradient view of a step.
+inline std::vector<grad_stats> cuda_grad_stats_all(const std::vector<tensor_view>& grads,
+                                                   const std::vector<int64_t>& n, cudaStream_t stream) {
+  std::vector<const void*> ptrs;
+  std::vector<dtype> types;
+  for (const tensor_view& g : grads) {
+    ptrs.push_back(g.data);
+    types.push_back(g.type);
+  }
+  return cuda_grad_stats_all(ptrs, types, n, stream);
 }
 
 // Runs Rule's fused update over a.weight (all storages in device-accessible

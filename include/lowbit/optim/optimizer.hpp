@@ -215,12 +215,12 @@ class optimizer {
                 std::to_string(params_.size()) + " parameters");
     for (size_t i = 0; i < grads.size(); ++i) check_grad(params_[i], grads[i]);
     begin_step();
-    std::vector<grad_stats> stats(grads.size());
+    std::vector<int64_t> counts(grads.size());
+    for (size_t i = 0; i < grads.size(); ++i) counts[i] = params_[i].weight.n;
+    const std::vector<grad_stats> stats = memory_.gradient_stats_all(grads, counts);  // one sync on a GPU
     double total = 0.0;
-    for (size_t i = 0; i < grads.size(); ++i) {
-      stats[i] = memory_.gradient_stats(grads[i].data, grads[i].type, params_[i].weight.n);
+    for (size_t i = 0; i < grads.size(); ++i)
       if (stats[i].finite) total += stats[i].sumsq;
-    }
     report_.grad_norm = std::sqrt(total);
     float scale = 1.0f;
     if (options_.max_grad_norm > 0.0f && report_.grad_norm > double(options_.max_grad_norm))

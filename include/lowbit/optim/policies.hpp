@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "../core/error.hpp"
 #include "../formats/format.hpp"
@@ -164,6 +165,12 @@ struct host : memory_policy_tag {
   }
   bool accepts(const device& d) const { return d.host_accessible(); }
   grad_stats gradient_stats(const void* g, dtype t, int64_t n) { return cpu_grad_stats(g, t, n); }
+  // Statistics of every gradient of a step (element counts in `n`).
+  std::vector<grad_stats> gradient_stats_all(const std::vector<tensor_view>& grads, const std::vector<int64_t>& n) {
+    std::vector<grad_stats> out(grads.size());
+    for (size_t i = 0; i < grads.size(); ++i) out[i] = gradient_stats(grads[i].data, grads[i].type, n[i]);
+    return out;
+  }
   template <class Rule>
   void run(const fused_step_args& a, const typename Rule::consts& c) {
     cpu_fused_step<Rule>(a, c);
