@@ -9,6 +9,7 @@
 // unspecified (the source is never modified).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <string>
@@ -143,6 +144,33 @@ inline void dequantize(const quantized_view& in, const tensor_view& output) {
       });
     });
   });
+}
+
+// Dequantizes elements [first, first + count) of `in` into out[0, count) as
+// float32, bit-identical to the same elements of dequantize's output. For
+// gathers such as an embedding lookup, which need a few rows of a large
+// quantized matrix without decoding all of it. Single-threaded (rows are
+// small); `in` must be in host memory.
+inline void dequantize_range(const quantized_view& in, int64_t first, int64_t count, float* out) {
+  in.validate("dequantize_range: input");
+  require(in.dev.host_accessible(), errc::invalid_argument,
+          "dequantize_range: input is on device memory; the CPU path needs host memory");
+  require(first >= 0 && count >= 0 && first <= in.layout.n - count, errc::invalid_argument,
+          "dequantize_range: range [" + std::to_string(first) + ", " + std::to_string(first + count) +
+              ") is outside the tensor's " + std::to_string(in.layout.n) + " elements");
+  require(out != nullptr || count == 0, errc::invalid_argument, "dequantize_range: null output pointer");
+  if (count == 0) return;
+  const code_table table = make_code_table(in.layout.fmt);
+  const int64_t bs = in.layout.block_size;
+  const bool four = is_4bit(in.layout.fmt);
+  for (int64_t i = first, end = first + count; i < end;) {
+    const int64_t b = i / bs, seg_end = std::min(end, (b + 1) * bs);
+    const float s = block_scale(in, b);
+    for (; i < seg_end; ++i) {
+      const int c = four ? ((i & 1) ? (in.codes[i >> 1] & 15) : (in.codes[i >> 1] >> 4)) : in.codes[i];
+      out[i - first] = mul_rn(table.value[c], s);
+    }
+  }
 }
 
 }  // namespace cpu

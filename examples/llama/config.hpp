@@ -1,0 +1,186 @@
+// examples/llama/config.hpp
+// The model's hyperparameters (llama_config): named presets (the tiny
+// default trained by the README's main command, and the LLaMA-2-7B and
+// LLaMA-3.2-1B shapes used for benchmarks), reading and writing a Hugging
+// Face LlamaConfig `config.json`, validation with errors naming the bad
+// field, and the parameter count.
+#pragma once
+
+#include <cstdint>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include <lowbit/core/error.hpp>
+
+namespace llama {
+
+struct llama_config {
+  int vocab_size = 256;   // byte-level tokenizer by default
+  int dim = 128;          // hidden size
+  int n_layers = 4;
+  int n_heads = 4;
+  int n_kv_heads = 2;     // grouped-query attention: n_heads % n_kv_heads == 0
+  int hidden_dim = 352;   // SwiGLU inner size (about 8/3 dim, rounded up to 32)
+  int max_seq_len = 256;  // longest sequence the model is trained or sampled with
+  float norm_eps = 1e-5f;
+  float rope_theta = 10000.0f;
+  bool tied_embeddings = false;  // output head shares the token embedding
+
+  int head_dim() const { return dim / n_heads; }
+  int q_dim() const { return n_heads * head_dim(); }
+  int kv_dim() const { return n_kv_heads * head_dim(); }
+
+  void validate() const {
+    auto need = [](bool ok, const std::string& msg) {
+      lowbit::require(ok, lowbit::errc::invalid_argument, "model config: " + msg);
+    };
+    need(vocab_size > 0, "vocab_size must be > 0");
+    need(dim > 0 && n_layers > 0 && n_heads > 0 && n_kv_heads > 0 && hidden_dim > 0 && max_seq_len > 0,
+         "dim, n_layers, n_heads, n_kv_heads, hidden_dim and max_seq_len must be > 0");
+    need(dim % n_heads == 0, "dim " + std::to_string(dim) + " is not a multiple of n_heads " + std::to_string(n_heads));
+    need(head_dim() % 2 == 0, "head_dim " + std::to_string(head_dim()) + " must be even for rotary embeddings");
+    need(n_kv_heads <= n_heads && n_heads % n_kv_heads == 0,
+         "n_heads " + std::to_string(n_heads) + " must be a multiple of n_kv_heads " + std::to_string(n_kv_heads));
+    need(norm_eps > 0.0f, "norm_eps must be > 0");
+    need(rope_theta > 1.0f, "rope_theta must be > 1");
+  }
+
+  // Parameters per layer and in total.
+  int64_t layer_params() const {
+    const int64_t d = dim;
+    return 2 * d + d * q_dim() + 2 * d * kv_dim() + int64_t(q_dim()) * d + 3 * d * hidden_dim;
+  }
+  int64_t n_params() const {
+    return int64_t(n_layers) * layer_params() + int64_t(vocab_size) * dim * (tied_embeddings ? 1 : 2) + dim;
+  }
+
+  // Hugging Face LlamaConfig fields.
+  nlohmann::json to_hf_json() const {
+    nlohmann::json j;
+    j["architectures"] = {"LlamaForCausalLM"};
+    j["model_type"] = "llama";
+    j["vocab_size"] = vocab_size;
+    j["hidden_size"] = dim;
+    j["num_hidden_layers"] = n_layers;
+    j["num_attention_heads"] = n_heads;
+    j["num_key_value_heads"] = n_kv_heads;
+    j["intermediate_size"] = hidden_dim;
+    j["max_position_embeddings"] = max_seq_len;
+    j["rms_norm_eps"] = norm_eps;
+    j["rope_theta"] = rope_theta;
+    j["tie_word_embeddings"] = tied_embeddings;
+    j["hidden_act"] = "silu";
+    j["attention_bias"] = false;
+    j["mlp_bias"] = false;
+    return j;
+  }
+
+  static llama_config from_hf_json(const nlohmann::json& j, const std::string& source) {
+    auto fail = [&](const std::string& msg) {
+      throw lowbit::error(lowbit::errc::invalid_argument, source + ": " + msg);
+    };
+    if (!j.is_object()) fail("not a JSON object");
+    auto get_int = [&](const char* key, bool required, int fallback) {
+      if (!j.contains(key) || j[key].is_null()) {
+        if (required) fail(std::string("lacks '") + key + "'");
+        return fallback;
+      }
+      if (!j[key].is_number_integer()) fail(std::string("'") + key + "' must be an integer");
+      return j[key].get<int>();
+    };
+    auto get_float = [&](const char* key, float fallback) {
+      if (!j.contains(key) || j[key].is_null()) return fallback;
+      if (!j[key].is_number()) fail(std::string("'") + key + "' must be a number");
+      return j[key].get<float>();
+    };
+    if (j.contains("model_type") && j["model_type"] != "llama")
+      fail("model_type is " + j["model_type"].dump() + ", only \"llama\" is supported");
+    if (j.contains("hidden_act") && j["hidden_act"] != "silu")
+      fail("hidden_act is " + j["hidden_act"].dump() + ", only \"silu\" (SwiGLU) is supported");
+    for (const char* key : {"attention_bias", "mlp_bias"})
+      if (j.contains(key) && j[key].is_boolean() && j[key].get<bool>())
+        fail(std::string(key) + " = true is not supported (LLaMA has no biases)");
+    // Rotary parameters: top-level rope_theta (older files) or
+    // rope_parameters {rope_type, rope_theta} (transformers 5); only plain
+    // ("default") rotary embeddings are implemented.
+    float theta = get_float("rope_theta", 10000.0f);
+    for (const char* key : {"rope_scaling", "rope_parameters"}) {
+      if (!j.contains(key) || j[key].is_null()) continue;
+      const nlohmann::json& r = j[key];
+      if (!r.is_object()) fail(std::string("'") + key + "' must be an object");
+      const std::string type = r.value("rope_type", r.value("type", std::string("default")));
+      if (type != "default") fail(std::string(key) + " rope_type '" + type + "' is not supported (only plain rotary embeddings)");
+      if (r.contains("rope_theta") && r["rope_theta"].is_number()) theta = r["rope_theta"].get<float>();
+    }
+    llama_config c;
+    c.vocab_size = get_int("vocab_size", true, 0);
+    c.dim = get_int("hidden_size", true, 0);
+    c.n_layers = get_int("num_hidden_layers", true, 0);
+    c.n_heads = get_int("num_attention_heads", true, 0);
+    c.n_kv_heads = get_int("num_key_value_heads", false, c.n_heads);
+    c.hidden_dim = get_int("intermediate_size", true, 0);
+    c.max_seq_len = get_int("max_position_embeddings", false, 2048);
+    c.norm_eps = get_float("rms_norm_eps", 1e-6f);
+    c.rope_theta = theta;
+    if (j.contains("head_dim") && j["head_dim"].is_number_integer() && c.n_heads > 0 &&
+        j["head_dim"].get<int>() != c.dim / c.n_heads)
+      fail("head_dim != hidden_size / num_attention_heads is not supported");
+    c.tied_embeddings = j.value("tie_word_embeddings", false);
+    try {
+      c.validate();
+    } catch (const lowbit::error& e) {
+      fail(e.what());
+    }
+    return c;
+  }
+
+  static llama_config from_hf_file(const std::string& path) {
+    std::ifstream f(path);
+    if (!f) throw lowbit::error(lowbit::errc::io, "cannot open model config '" + path + "'");
+    nlohmann::json j;
+    try {
+      f >> j;
+    } catch (const std::exception& e) {
+      throw lowbit::error(lowbit::errc::malformed_file, "'" + path + "' is not valid JSON: " + e.what());
+    }
+    return from_hf_json(j, path);
+  }
+
+  // Named shapes. "tiny" is the default trained on tinyshakespeare; the
+  // others are the published shapes (random init) for memory and speed runs.
+  static llama_config preset(const std::string& name) {
+    llama_config c;
+    if (name == "tiny") return c;
+    if (name == "llama2-7b") {
+      c.vocab_size = 32000, c.dim = 4096, c.n_layers = 32, c.n_heads = 32, c.n_kv_heads = 32;
+      c.hidden_dim = 11008, c.max_seq_len = 4096, c.norm_eps = 1e-5f, c.rope_theta = 10000.0f;
+      return c;
+    }
+    if (name == "llama3.2-1b") {
+      c.vocab_size = 128256, c.dim = 2048, c.n_layers = 16, c.n_heads = 32, c.n_kv_heads = 8;
+      c.hidden_dim = 8192, c.max_seq_len = 131072, c.norm_eps = 1e-5f, c.rope_theta = 500000.0f;
+      c.tied_embeddings = true;
+      return c;
+    }
+    if (name == "tinyllama-1.1b") {
+      c.vocab_size = 32000, c.dim = 2048, c.n_layers = 22, c.n_heads = 32, c.n_kv_heads = 4;
+      c.hidden_dim = 5632, c.max_seq_len = 2048, c.norm_eps = 1e-5f, c.rope_theta = 10000.0f;
+      return c;
+    }
+    throw lowbit::error(lowbit::errc::invalid_argument,
+                        "unknown preset '" + name + "' (tiny, llama2-7b, llama3.2-1b, tinyllama-1.1b)");
+  }
+
+  std::string summary() const {
+    std::ostringstream s;
+    s << "dim " << dim << ", " << n_layers << " layers, " << n_heads << " heads (" << n_kv_heads << " kv), ffn "
+      << hidden_dim << ", vocab " << vocab_size << (tied_embeddings ? ", tied head" : "") << ", "
+      << n_params() << " parameters";
+    return s.str();
+  }
+};
+
+}  // namespace llama

@@ -1,0 +1,207 @@
+// examples/llama/modes.hpp
+// The training modes and the optimizers behind them. A mode fixes how the
+// matrices are stored (float32, bfloat16 updated with stochastic rounding,
+// or int8 / NF4 blocks updated in place) and which lowbit optimizer updates
+// them (rule x state policy x weight policy). The RMSNorm gains, a few
+// thousand numbers, always stay float32 with float32 states under the same
+// rule. trainer_optimizer hides the composed types behind a small virtual
+// interface so the training loop is written once; make_optimizer builds the
+// one a mode names. Each mode is one template instantiation.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <lowbit/lowbit.hpp>
+
+#include "parameters.hpp"
+
+namespace llama {
+
+enum class rule_kind { adamw, lion };
+
+struct mode_info {
+  std::string name;
+  std::string description;
+  rule_kind rule = rule_kind::adamw;
+  matrix_storage storage = matrix_storage::f32;
+  quantized_spec qspec;     // when storage == quantized
+  bool stochastic = true;   // rounding of the weight update
+  bool gpu_only = false;    // needs the CUDA trainer (device-side memory policy)
+  float default_lr = 1e-3f;
+};
+
+inline const std::vector<mode_info>& training_modes() {
+  static const std::vector<mode_info> modes = [] {
+    std::vector<mode_info> m;
+    auto add = [&](std::string name, std::string desc, rule_kind r, matrix_storage s, quantized_spec q, bool sr,
+                   bool gpu, float lr) { m.push_back({std::move(name), std::move(desc), r, s, q, sr, gpu, lr}); };
+    const quantized_spec int8_blocks{lowbit::format::int8, 256, false};
+    const quantized_spec nf4_blocks{lowbit::format::nf4, 64, true};
+    add("fp32-adamw", "baseline: float32 weights, AdamW with float32 states", rule_kind::adamw, matrix_storage::f32, {},
+        false, false, 1e-3f);
+    add("bf16-adamw8", "bfloat16 weights (stochastic rounding), AdamW with 8-bit states", rule_kind::adamw,
+        matrix_storage::bf16, {}, true, false, 1e-3f);
+    add("bf16-lion8", "bfloat16 weights (stochastic rounding), Lion with 8-bit momentum", rule_kind::lion,
+        matrix_storage::bf16, {}, true, false, 3e-4f);
+    add("qft", "QFT: int8 blockwise weights updated in place (stochastic rounding), Lion with 8-bit momentum",
+        rule_kind::lion, matrix_storage::quantized, int8_blocks, true, false, 3e-4f);
+    add("qft-rn", "QFT with round-to-nearest weight updates (to show what stochastic rounding buys)",
+        rule_kind::lion, matrix_storage::quantized, int8_blocks, false, false, 3e-4f);
+    add("nf4", "NF4 weights (nested scales) updated in place (stochastic rounding), Lion with 8-bit momentum",
+        rule_kind::lion, matrix_storage::quantized, nf4_blocks, true, false, 3e-4f);
+    add("nf4-rn", "NF4 weights with round-to-nearest updates", rule_kind::lion, matrix_storage::quantized, nf4_blocks,
+        false, false, 3e-4f);
+    add("paged-adamw8", "bfloat16 weights, AdamW 8-bit states in paged (CUDA managed) memory", rule_kind::adamw,
+        matrix_storage::bf16, {}, true, true, 1e-3f);
+    add("offload-adamw8", "bfloat16 weights, AdamW 8-bit states offloaded to pinned CPU memory", rule_kind::adamw,
+        matrix_storage::bf16, {}, true, true, 1e-3f);
+    return m;
+  }();
+  return modes;
+}
+
+inline const mode_info& find_mode(const std::string& name) {
+  std::string names;
+  for (const mode_info& m : training_modes()) {
+    if (m.name == name) return m;
+    names += (names.empty() ? "" : ", ") + m.name;
+  }
+  throw lowbit::error(lowbit::errc::invalid_argument, "unknown mode '" + name + "' (modes: " + names + ")");
+}
+
+struct optimizer_hparams {
+  float lr = 1e-3f;
+  float beta1 = 0.9f, beta2 = 0.95f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;  // matrices only; the RMSNorm gains are never decayed
+  uint64_t seed = 0;
+};
+
+// What the training loop needs from its optimizer(s). Parameters are named
+// by their index in the param_layout.
+class trainer_optimizer {
+ public:
+  virtual ~trainer_optimizer() = default;
+  virtual void set_lr(float lr) = 0;
+  virtual void begin_step() = 0;
+  // Updates parameter p with its gradient now; false if it was skipped
+  // (non-finite gradient: weight and states untouched).
+  virtual bool step_param(int p, const float* grad, float grad_scale) = 0;
+  virtual lowbit::optim::step_report end_step() = 0;
+  virtual int64_t step_count() const = 0;
+  virtual int64_t state_bytes() const = 0;  // optimizer states, their scales, any master copy
+  virtual void save(lowbit::safetensors_writer& w) const = 0;
+  virtual void load(const lowbit::safetensors_reader& r) = 0;
+};
+
+template <class Rule, class States, class Weights>
+class composed_optimizer final : public trainer_optimizer {
+  using matrix_opt = lowbit::optim::optimizer<Rule, States, Weights>;
+  using vector_opt = lowbit::optim::optimizer<Rule, lowbit::optim::states::fp32, lowbit::optim::weights::fp32>;
+
+ public:
+  composed_optimizer(weight_store<float>& w, const optimizer_hparams& h)
+      : matrices_(make_hparams(h, h.weight_decay), options(h.seed)),
+        vectors_(make_hparams(h, 0.0f), options(h.seed + 1)) {
+    const param_layout& L = *w.layout;
+    index_.assign(L.params.size(), -1);
+    for (size_t p = 0; p < L.params.size(); ++p) {
+      const param_info& i = L.params[p];
+      if (!i.matrix) {
+        index_[p] = vectors_.add_param(lowbit::make_flat_view(w.vector(int(p)), i.numel), 0, i.name);
+      } else if constexpr (Weights::is_quantized) {
+        index_[p] = matrices_.add_param(w.quantized_view(int(p)), 0, i.name);
+      } else {
+        index_[p] = matrices_.add_param(w.dense_view(int(p)), 0, i.name);
+      }
+    }
+    matrix_flag_.resize(L.params.size());
+    numel_.resize(L.params.size());
+    for (size_t p = 0; p < L.params.size(); ++p) {
+      matrix_flag_[p] = L.params[p].matrix;
+      numel_[p] = L.params[p].numel;
+    }
+  }
+
+  void set_lr(float lr) override {
+    matrices_.group(0).lr = lr;
+    vectors_.group(0).lr = lr;
+  }
+  void begin_step() override {
+    matrices_.begin_step();
+    vectors_.begin_step();
+  }
+  bool step_param(int p, const float* grad, float grad_scale) override {
+    const lowbit::tensor_view g = lowbit::make_flat_view(grad, numel_[size_t(p)]);
+    return matrix_flag_[size_t(p)] ? matrices_.step_param(index_[size_t(p)], g, grad_scale)
+                                   : vectors_.step_param(index_[size_t(p)], g, grad_scale);
+  }
+  lowbit::optim::step_report end_step() override {
+    lowbit::optim::step_report r = matrices_.end_step();
+    const lowbit::optim::step_report v = vectors_.end_step();
+    r.skipped += v.skipped;
+    return r;
+  }
+  int64_t step_count() const override { return matrices_.step_count(); }
+  int64_t state_bytes() const override {
+    const auto a = matrices_.memory(), b = vectors_.memory();
+    return a.state_bytes + a.master_bytes + b.state_bytes + b.master_bytes;
+  }
+  void save(lowbit::safetensors_writer& w) const override {
+    lowbit::save_optimizer_state(matrices_, w, "optimizer.");
+    lowbit::save_optimizer_state(vectors_, w, "optimizer_norms.");
+  }
+  void load(const lowbit::safetensors_reader& r) override {
+    lowbit::load_optimizer_state(matrices_, r, "optimizer.");
+    lowbit::load_optimizer_state(vectors_, r, "optimizer_norms.");
+  }
+
+ private:
+  static typename Rule::hparams make_hparams(const optimizer_hparams& h, float wd) {
+    typename Rule::hparams r;
+    r.lr = h.lr;
+    r.beta1 = h.beta1;
+    r.beta2 = h.beta2;
+    r.weight_decay = wd;
+    if constexpr (std::is_same<Rule, lowbit::optim::adamw>::value) r.eps = h.eps;
+    return r;
+  }
+  static lowbit::optim::optimizer_options options(uint64_t seed) {
+    lowbit::optim::optimizer_options o;
+    o.seed = seed;
+    return o;
+  }
+
+  matrix_opt matrices_;
+  vector_opt vectors_;
+  std::vector<int> index_;
+  std::vector<char> matrix_flag_;
+  std::vector<int64_t> numel_;
+};
+
+inline std::unique_ptr<trainer_optimizer> make_optimizer(const mode_info& m, weight_store<float>& w,
+                                                         const optimizer_hparams& h) {
+  using namespace lowbit::optim;
+  using lowbit::format;
+  lowbit::require(!m.gpu_only, lowbit::errc::unsupported,
+                  "mode '" + m.name + "' keeps optimizer states in CUDA memory; it needs the trainer's CUDA path, "
+                  "which is not implemented yet (the CPU trainer runs the other modes)");
+  if (m.name == "fp32-adamw") return std::make_unique<composed_optimizer<adamw, states::fp32, weights::fp32>>(w, h);
+  if (m.name == "bf16-adamw8") return std::make_unique<composed_optimizer<adamw, states::int8, weights::bf16>>(w, h);
+  if (m.name == "bf16-lion8") return std::make_unique<composed_optimizer<lion, states::int8, weights::bf16>>(w, h);
+  if (m.name == "qft")
+    return std::make_unique<composed_optimizer<lion, states::int8, weights::quantized<format::int8>>>(w, h);
+  if (m.name == "qft-rn")
+    return std::make_unique<
+        composed_optimizer<lion, states::int8, weights::quantized<format::int8, rounding::nearest>>>(w, h);
+  if (m.name == "nf4")
+    return std::make_unique<composed_optimizer<lion, states::int8, weights::quantized<format::nf4>>>(w, h);
+  if (m.name == "nf4-rn")
+    return std::make_unique<
+        composed_optimizer<lion, states::int8, weights::quantized<format::nf4, rounding::nearest>>>(w, h);
+  throw lowbit::error(lowbit::errc::invalid_argument, "mode '" + m.name + "' has no optimizer");
+}
+
+}  // namespace llama

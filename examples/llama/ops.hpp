@@ -1,0 +1,264 @@
+// examples/llama/ops.hpp
+// The model's non-matmul layers, forward and backward, on the CPU: RMSNorm,
+// rotary position embeddings (Hugging Face's "rotate half" pairing), causal
+// grouped-query attention, the SwiGLU gate, token embedding and the
+// cross-entropy loss. Templated on the scalar T: float for training, double
+// for the finite-difference gradient check. Every output element is computed
+// by one thread in a fixed order, so results never depend on the thread
+// count (lowbit::cpu::parallel_for only splits independent rows).
+// Shapes: M = batch * seq rows of activations, row m is position m % seq of
+// sequence m / seq.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include <lowbit/cpu/parallel.hpp>
+
+namespace llama {
+namespace ops {
+
+using lowbit::cpu::parallel_for;
+
+// Rows per task: enough work to amortize a thread start.
+inline int64_t row_grain(int64_t row_len) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(1, row_len)); }
+
+// y = x / rms(x) * w per row; rstd[m] = 1 / sqrt(mean(x^2) + eps).
+template <class T>
+void rmsnorm_forward(const T* x, const T* w, T* y, T* rstd, int64_t M, int64_t D, float eps) {
+  parallel_for(M, row_grain(D), [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      const T* xr = x + m * D;
+      T ss = 0;
+      for (int64_t j = 0; j < D; ++j) ss += xr[j] * xr[j];
+      const T r = T(1) / std::sqrt(ss / T(D) + T(eps));
+      rstd[m] = r;
+      T* yr = y + m * D;
+      for (int64_t j = 0; j < D; ++j) yr[j] = (xr[j] * r) * w[j];
+    }
+  });
+}
+
+// dx += d(rmsnorm)/dx . dy ; dw = sum over rows of dy * x * rstd (written).
+template <class T>
+void rmsnorm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx, T* dw, int64_t M, int64_t D) {
+  parallel_for(M, row_grain(D), [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      const T* xr = x + m * D;
+      const T* dyr = dy + m * D;
+      const T r = rstd[m];
+      T dot = 0;  // sum_j (dy_j w_j) (x_j r)
+      for (int64_t j = 0; j < D; ++j) dot += (dyr[j] * w[j]) * (xr[j] * r);
+      const T c = dot / T(D);
+      T* dxr = dx + m * D;
+      for (int64_t j = 0; j < D; ++j) dxr[j] += r * (dyr[j] * w[j] - (xr[j] * r) * c);
+    }
+  });
+  // Columns in parallel, rows summed in order: deterministic.
+  parallel_for(D, std::max<int64_t>(1, 8192 / std::max<int64_t>(1, M)), [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      T s = 0;
+      for (int64_t m = 0; m < M; ++m) s += dy[m * D + j] * (x[m * D + j] * rstd[m]);
+      dw[j] = s;
+    }
+  });
+}
+
+// cos / sin of position p times frequency i: table[p * half + i], with
+// inv_freq_i = theta^(-2i / head_dim) (Hugging Face LLaMA's convention),
+// computed in double and rounded once.
+template <class T>
+struct rope_table {
+  int64_t half = 0;
+  std::vector<T> cos, sin;
+  rope_table() = default;
+  rope_table(int64_t seq, int64_t head_dim, double theta) : half(head_dim / 2) {
+    cos.resize(size_t(seq * half));
+    sin.resize(size_t(seq * half));
+    for (int64_t p = 0; p < seq; ++p)
+      for (int64_t i = 0; i < half; ++i) {
+        const double inv_freq = std::pow(theta, -double(2 * i) / double(head_dim));
+        const double a = double(p) * inv_freq;
+        cos[size_t(p * half + i)] = T(std::cos(a));
+        sin[size_t(p * half + i)] = T(std::sin(a));
+      }
+  }
+};
+
+// Rotates each head of x [M, heads * head_dim] in place: element i pairs
+// with i + head_dim/2. inverse = true applies the transpose (the backward).
+template <class T>
+void rope_apply(T* x, int64_t M, int64_t seq, int64_t heads, const rope_table<T>& t, bool inverse) {
+  const int64_t half = t.half, hd = 2 * half;
+  parallel_for(M, row_grain(heads * hd), [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      const T* c = t.cos.data() + (m % seq) * half;
+      const T* s = t.sin.data() + (m % seq) * half;
+      for (int64_t h = 0; h < heads; ++h) {
+        T* v = x + (m * heads + h) * hd;
+        for (int64_t i = 0; i < half; ++i) {
+          const T a = v[i], b = v[i + half];
+          const T sn = inverse ? -s[i] : s[i];
+          v[i] = a * c[i] - b * sn;
+          v[i + half] = b * c[i] + a * sn;
+        }
+      }
+    }
+  });
+}
+
+struct attention_shape {
+  int64_t batch, seq, heads, kv_heads, head_dim;
+  int64_t q_width() const { return heads * head_dim; }
+  int64_t kv_width() const { return kv_heads * head_dim; }
+};
+
+// Causal attention. q [M, H*hd], k and v [M, KV*hd] (query head h reads kv
+// head h / (H / KV)); probs [B, H, S, S] keeps the softmax for the backward
+// (upper triangle zero); out [M, H*hd].
+template <class T>
+void attention_forward(const T* q, const T* k, const T* v, T* probs, T* out, const attention_shape& a) {
+  const int64_t S = a.seq, hd = a.head_dim, qw = a.q_width(), kw = a.kv_width(), group = a.heads / a.kv_heads;
+  const T scale = T(1) / std::sqrt(T(hd));
+  parallel_for(a.batch * a.heads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / a.heads, h = t % a.heads, kvh = h / group;
+      T* P = probs + t * S * S;
+      for (int64_t i = 0; i < S; ++i) {
+        const T* qi = q + (b * S + i) * qw + h * hd;
+        T* p = P + i * S;
+        T mx = -INFINITY;
+        for (int64_t j = 0; j <= i; ++j) {
+          const T* kj = k + (b * S + j) * kw + kvh * hd;
+          T s = 0;
+          for (int64_t d = 0; d < hd; ++d) s += qi[d] * kj[d];
+          p[j] = s * scale;
+          mx = p[j] > mx ? p[j] : mx;
+        }
+        T sum = 0;
+        for (int64_t j = 0; j <= i; ++j) {
+          p[j] = std::exp(p[j] - mx);
+          sum += p[j];
+        }
+        const T inv = T(1) / sum;
+        for (int64_t j = 0; j <= i; ++j) p[j] *= inv;
+        for (int64_t j = i + 1; j < S; ++j) p[j] = 0;
+        T* o = out + (b * S + i) * qw + h * hd;
+        for (int64_t d = 0; d < hd; ++d) o[d] = 0;
+        for (int64_t j = 0; j <= i; ++j) {
+          const T* vj = v + (b * S + j) * kw + kvh * hd;
+          for (int64_t d = 0; d < hd; ++d) o[d] += p[j] * vj[d];
+        }
+      }
+    }
+  });
+}
+
+// Gradients of attention_forward: dq written, dk and dv written (summed over
+// the query heads sharing a kv head; one task owns each (batch, kv head), so
+// the sums have a fixed order).
+template <class T>
+void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* probs, T* dq, T* dk, T* dv,
+                        const attention_shape& a) {
+  const int64_t S = a.seq, hd = a.head_dim, qw = a.q_width(), kw = a.kv_width(), group = a.heads / a.kv_heads;
+  const T scale = T(1) / std::sqrt(T(hd));
+  parallel_for(a.batch * a.kv_heads, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<T> dp(static_cast<size_t>(S));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / a.kv_heads, kvh = t % a.kv_heads;
+      for (int64_t j = 0; j < S; ++j)
+        for (int64_t d = 0; d < hd; ++d) {
+          dk[(b * S + j) * kw + kvh * hd + d] = 0;
+          dv[(b * S + j) * kw + kvh * hd + d] = 0;
+        }
+      for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
+        const T* P = probs + (b * a.heads + h) * S * S;
+        for (int64_t i = 0; i < S; ++i) {
+          const T* p = P + i * S;
+          const T* doi = dout + (b * S + i) * qw + h * hd;
+          // dP_j = dout_i . v_j ; dv_j += p_j dout_i
+          T dot = 0;
+          for (int64_t j = 0; j <= i; ++j) {
+            const T* vj = v + (b * S + j) * kw + kvh * hd;
+            T* dvj = dv + (b * S + j) * kw + kvh * hd;
+            T s = 0;
+            for (int64_t d = 0; d < hd; ++d) {
+              s += doi[d] * vj[d];
+              dvj[d] += p[j] * doi[d];
+            }
+            dp[size_t(j)] = s;
+            dot += p[j] * s;
+          }
+          // dS_j = p_j (dP_j - sum_l p_l dP_l); scores were scaled q.k
+          const T* qi = q + (b * S + i) * qw + h * hd;
+          T* dqi = dq + (b * S + i) * qw + h * hd;
+          for (int64_t d = 0; d < hd; ++d) dqi[d] = 0;
+          for (int64_t j = 0; j <= i; ++j) {
+            const T ds = p[j] * (dp[size_t(j)] - dot) * scale;
+            const T* kj = k + (b * S + j) * kw + kvh * hd;
+            T* dkj = dk + (b * S + j) * kw + kvh * hd;
+            for (int64_t d = 0; d < hd; ++d) {
+              dqi[d] += ds * kj[d];
+              dkj[d] += ds * qi[d];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+template <class T>
+T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+// h = silu(gate) * up, elementwise over n.
+template <class T>
+void swiglu_forward(const T* gate, const T* up, T* h, int64_t n) {
+  parallel_for(n, 1 << 15, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) h[i] = gate[i] * sigmoid(gate[i]) * up[i];
+  });
+}
+
+template <class T>
+void swiglu_backward(const T* dh, const T* gate, const T* up, T* dgate, T* dup, int64_t n) {
+  parallel_for(n, 1 << 15, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const T g = gate[i], s = sigmoid(g), silu = g * s;
+      dup[i] = dh[i] * silu;
+      dgate[i] = dh[i] * up[i] * (s * (T(1) + g * (T(1) - s)));
+    }
+  });
+}
+
+// Mean next-token cross-entropy over M rows of logits [M, V]; targets[m] is
+// the token row m should predict. Replaces logits by dloss/dlogits when
+// `grad` is set. The loss is summed in double in row order.
+template <class T>
+double cross_entropy(T* logits, const int32_t* targets, int64_t M, int64_t V, bool grad) {
+  std::vector<double> row_loss(static_cast<size_t>(M));
+  parallel_for(M, row_grain(V), [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      T* l = logits + m * V;
+      T mx = l[0];
+      for (int64_t j = 1; j < V; ++j) mx = l[j] > mx ? l[j] : mx;
+      T sum = 0;
+      for (int64_t j = 0; j < V; ++j) sum += std::exp(l[j] - mx);
+      const T lse = mx + std::log(sum);
+      row_loss[size_t(m)] = double(lse - l[targets[m]]);
+      if (grad) {
+        const T inv_m = T(1) / T(M);
+        for (int64_t j = 0; j < V; ++j) l[j] = std::exp(l[j] - lse) * inv_m;
+        l[targets[m]] -= inv_m;
+      }
+    }
+  });
+  double total = 0;
+  for (double r : row_loss) total += r;
+  return M ? total / double(M) : 0.0;
+}
+
+}  // namespace ops
+}  // namespace llama

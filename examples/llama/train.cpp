@@ -1,0 +1,440 @@
+// examples/llama/train.cpp
+// llama_train: trains a LLaMA model on the CPU with every model state in the
+// format its training mode names (see modes.hpp), using only lowbit's public
+// headers. Run `llama_train --help` for the options. One step: draw the
+// batch of this step, forward, backward (gradients into one buffer, or with
+// --fused-update each layer's weights updated as soon as its gradients
+// exist), global-norm clipping, optimizer update. Prints a memory table at
+// the start, a progress line per --log-every steps, the validation loss per
+// --eval-every steps, a generated sample at the end; writes every step to a
+// JSONL log; saves and resumes checkpoints.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <lowbit/lowbit.hpp>
+
+#include "checkpoint.hpp"
+#include "config.hpp"
+#include "dataset.hpp"
+#include "hf_checkpoint.hpp"
+#include "init.hpp"
+#include "model.hpp"
+#include "modes.hpp"
+#include "parameters.hpp"
+#include "tokenizer.hpp"
+
+#ifndef LLAMA_DEFAULT_DATA
+#define LLAMA_DEFAULT_DATA "examples/llama/data/tinyshakespeare.txt"
+#endif
+
+namespace {
+
+using namespace llama;
+
+struct options {
+  std::string mode = "fp32-adamw";
+  std::string preset = "tiny";
+  std::string config_path, init_dir, resume_path, save_path, log_path;
+  std::string data = LLAMA_DEFAULT_DATA, data_format = "text", tokenizer_spec = "byte";
+  int64_t steps = 600, batch = 16, seq = 128;
+  float lr = -1.0f, min_lr_ratio = 0.1f, weight_decay = 0.0f, clip = 1.0f, beta1 = 0.9f, beta2 = 0.95f;
+  int64_t warmup = 30, eval_every = 100, eval_batches = 8, log_every = 10, save_every = 0, stop_after = -1;
+  uint64_t seed = 1337;
+  bool checkpointing = false, fused_update = false, quiet = false;
+  int64_t sample_tokens = 200;
+  std::string prompt = "ROMEO:";
+  float temperature = 0.8f;
+};
+
+void print_help() {
+  std::printf(
+      "usage: llama_train [options]\n"
+      "Trains a LLaMA model on the CPU through lowbit's low-bit optimizers.\n\n"
+      "model:\n"
+      "  --preset NAME         tiny (default), llama2-7b, llama3.2-1b, tinyllama-1.1b (random init)\n"
+      "  --config FILE         Hugging Face config.json instead of a preset (random init)\n"
+      "  --init DIR            start from a Hugging Face checkpoint (config.json + model.safetensors,\n"
+      "                        sharded index, F32/BF16/F16 or bitsandbytes NF4 keys)\n"
+      "  --checkpointing       activation checkpointing per layer (recompute in the backward)\n"
+      "training:\n"
+      "  --mode NAME           training mode (default fp32-adamw); see --list-modes\n"
+      "  --steps N             optimizer steps (default 600)\n"
+      "  --batch N, --seq N    sequences per step and their length (default 16 x 128)\n"
+      "  --lr X                peak learning rate (default per mode: AdamW 1e-3, Lion 3e-4)\n"
+      "  --warmup N            linear warmup steps (default 30), then cosine to --min-lr-ratio (0.1)\n"
+      "  --weight-decay X      decoupled weight decay on matrices (default 0)\n"
+      "  --beta1 X --beta2 X   (default 0.9, 0.95)\n"
+      "  --clip X              global gradient-norm clip, 0 = off (default 1.0)\n"
+      "  --fused-update        update each layer as soon as its gradients exist (no full gradient\n"
+      "                        buffer); global-norm clipping is then unavailable (needs --clip 0)\n"
+      "  --seed N              data order, init and stochastic rounding (default 1337)\n"
+      "data:\n"
+      "  --data FILE           corpus (default: tinyshakespeare)\n"
+      "  --data-format F       text (default), u16 or u32 (pre-tokenized little-endian ids)\n"
+      "  --tokenizer T         byte (default) or a SentencePiece tokenizer.model\n"
+      "output:\n"
+      "  --log FILE            JSONL log of every step and evaluation\n"
+      "  --log-every N         progress line every N steps (default 10)\n"
+      "  --eval-every N        validation loss every N steps (default 100), --eval-batches N (8)\n"
+      "  --save FILE           checkpoint at the end (and every --save-every N steps)\n"
+      "  --resume FILE         continue from a checkpoint (same mode and model)\n"
+      "  --stop-after N        stop after step N (as if interrupted; for resume tests)\n"
+      "  --sample-tokens N     tokens generated at the end (default 200), --prompt TEXT, --temperature X\n"
+      "  --quiet               only the final summary\n"
+      "  --list-modes          list the training modes\n"
+      "Threads: LOWBIT_NUM_THREADS (default: all cores).\n");
+}
+
+bool parse_args(int argc, char** argv, options& o) {
+  auto need = [&](int& i) -> std::string {
+    if (i + 1 >= argc) throw lowbit::error(lowbit::errc::invalid_argument, std::string(argv[i]) + " needs a value");
+    return argv[++i];
+  };
+  auto to_int = [](const std::string& flag, const std::string& v) {
+    size_t used = 0;
+    long long x = 0;
+    try {
+      x = std::stoll(v, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != v.size() || v.empty())
+      throw lowbit::error(lowbit::errc::invalid_argument, flag + " expects an integer, got '" + v + "'");
+    return int64_t(x);
+  };
+  auto to_float = [](const std::string& flag, const std::string& v) {
+    size_t used = 0;
+    float x = 0;
+    try {
+      x = std::stof(v, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != v.size() || v.empty() || !std::isfinite(x))
+      throw lowbit::error(lowbit::errc::invalid_argument, flag + " expects a number, got '" + v + "'");
+    return x;
+  };
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      print_help();
+      return false;
+    } else if (a == "--list-modes") {
+      for (const mode_info& m : training_modes())
+        std::printf("  %-15s %s%s\n", m.name.c_str(), m.description.c_str(), m.gpu_only ? " [CUDA only]" : "");
+      return false;
+    } else if (a == "--mode") o.mode = need(i);
+    else if (a == "--preset") o.preset = need(i);
+    else if (a == "--config") o.config_path = need(i);
+    else if (a == "--init") o.init_dir = need(i);
+    else if (a == "--resume") o.resume_path = need(i);
+    else if (a == "--save") o.save_path = need(i);
+    else if (a == "--log") o.log_path = need(i);
+    else if (a == "--data") o.data = need(i);
+    else if (a == "--data-format") o.data_format = need(i);
+    else if (a == "--tokenizer") o.tokenizer_spec = need(i);
+    else if (a == "--prompt") o.prompt = need(i);
+    else if (a == "--steps") o.steps = to_int(a, need(i));
+    else if (a == "--batch") o.batch = to_int(a, need(i));
+    else if (a == "--seq") o.seq = to_int(a, need(i));
+    else if (a == "--warmup") o.warmup = to_int(a, need(i));
+    else if (a == "--eval-every") o.eval_every = to_int(a, need(i));
+    else if (a == "--eval-batches") o.eval_batches = to_int(a, need(i));
+    else if (a == "--log-every") o.log_every = to_int(a, need(i));
+    else if (a == "--save-every") o.save_every = to_int(a, need(i));
+    else if (a == "--stop-after") o.stop_after = to_int(a, need(i));
+    else if (a == "--sample-tokens") o.sample_tokens = to_int(a, need(i));
+    else if (a == "--seed") o.seed = uint64_t(to_int(a, need(i)));
+    else if (a == "--lr") o.lr = to_float(a, need(i));
+    else if (a == "--min-lr-ratio") o.min_lr_ratio = to_float(a, need(i));
+    else if (a == "--weight-decay") o.weight_decay = to_float(a, need(i));
+    else if (a == "--clip") o.clip = to_float(a, need(i));
+    else if (a == "--beta1") o.beta1 = to_float(a, need(i));
+    else if (a == "--beta2") o.beta2 = to_float(a, need(i));
+    else if (a == "--temperature") o.temperature = to_float(a, need(i));
+    else if (a == "--checkpointing") o.checkpointing = true;
+    else if (a == "--fused-update") o.fused_update = true;
+    else if (a == "--quiet") o.quiet = true;
+    else throw lowbit::error(lowbit::errc::invalid_argument, "unknown option '" + a + "' (try --help)");
+  }
+  auto positive = [](int64_t v, const char* flag) {
+    lowbit::require(v > 0, lowbit::errc::invalid_argument, std::string(flag) + " must be > 0");
+  };
+  positive(o.steps, "--steps");
+  positive(o.batch, "--batch");
+  positive(o.seq, "--seq");
+  positive(o.eval_batches, "--eval-batches");
+  positive(o.log_every, "--log-every");
+  lowbit::require(o.warmup >= 0 && o.eval_every >= 0 && o.save_every >= 0 && o.sample_tokens >= 0,
+                  lowbit::errc::invalid_argument, "--warmup, --eval-every, --save-every, --sample-tokens must be >= 0");
+  lowbit::require(o.clip >= 0.0f, lowbit::errc::invalid_argument, "--clip must be >= 0");
+  lowbit::require(o.min_lr_ratio >= 0.0f && o.min_lr_ratio <= 1.0f, lowbit::errc::invalid_argument,
+                  "--min-lr-ratio must be in [0, 1]");
+  lowbit::require(o.temperature > 0.0f, lowbit::errc::invalid_argument, "--temperature must be > 0");
+  lowbit::require(!(o.fused_update && o.clip > 0.0f), lowbit::errc::invalid_argument,
+                  "--fused-update updates each layer before the global gradient norm is known, so global-norm "
+                  "clipping is unavailable; pass --clip 0 with it");
+  lowbit::require(o.config_path.empty() || o.init_dir.empty(), lowbit::errc::invalid_argument,
+                  "--config and --init both give the model config; use one");
+  return true;
+}
+
+// Warmup then cosine decay to min_lr_ratio * lr.
+float lr_at(const options& o, float peak, int64_t step) {
+  if (step < o.warmup) return peak * float(step + 1) / float(o.warmup + 1);
+  const double t = o.steps > o.warmup ? double(step - o.warmup) / double(o.steps - o.warmup) : 1.0;
+  const double cosine = 0.5 * (1.0 + std::cos(3.141592653589793 * std::min(1.0, t)));
+  return float(peak * (o.min_lr_ratio + (1.0 - o.min_lr_ratio) * cosine));
+}
+
+std::string human_time(double s) {
+  char buf[32];
+  if (s < 60) std::snprintf(buf, sizeof buf, "%.0fs", s);
+  else if (s < 3600) std::snprintf(buf, sizeof buf, "%dm%02ds", int(s) / 60, int(s) % 60);
+  else std::snprintf(buf, sizeof buf, "%dh%02dm", int(s) / 3600, (int(s) % 3600) / 60);
+  return buf;
+}
+
+void print_memory_table(const mode_info& m, int64_t P, int64_t weight_bytes, int64_t state_bytes, int64_t grad_bytes,
+                        int64_t act_bytes, const options& o) {
+  const double mib = 1024.0 * 1024.0;
+  const int64_t std_w = 4 * P, std_s = 8 * P, std_g = 4 * P;
+  auto row = [&](const char* what, int64_t ours, int64_t standard) {
+    std::printf("  %-22s %8.3f B/param %10.1f MiB  | %6.2f B/param %10.1f MiB\n", what, double(ours) / double(P),
+                double(ours) / mib, double(standard) / double(P), double(standard) / mib);
+  };
+  std::printf("memory (%s)                          this run              | fp32 weights + fp32 AdamW\n",
+              m.name.c_str());
+  row("weights", weight_bytes, std_w);
+  row("optimizer states", state_bytes, std_s);
+  row(o.fused_update ? "gradients (fused)" : "gradients", grad_bytes, std_g);
+  const int64_t ours_states = weight_bytes + state_bytes + grad_bytes, std_states = std_w + std_s + std_g;
+  row("model states", ours_states, std_states);
+  std::printf("  %-22s %8s         %10.1f MiB  | %6s         %10.1f MiB   (batch %lld x seq %lld%s)\n",
+              "activations", "", double(act_bytes) / mib, "", double(act_bytes) / mib,
+              static_cast<long long>(o.batch), static_cast<long long>(o.seq),
+              o.checkpointing ? ", checkpointing" : "");
+  std::printf("  %-22s %8s         %10.1f MiB  | %6s         %10.1f MiB   ratio %.3f (model states %.3f)\n",
+              "total", "", double(ours_states + act_bytes) / mib, "", double(std_states + act_bytes) / mib,
+              double(ours_states + act_bytes) / double(std_states + act_bytes),
+              double(ours_states) / double(std_states));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  options o;
+  try {
+    if (!parse_args(argc, argv, o)) return 0;
+    const mode_info& mode = find_mode(o.mode);
+    lowbit::require(!mode.gpu_only, lowbit::errc::unsupported,
+                    "mode '" + mode.name + "' keeps optimizer states in CUDA memory and needs the trainer's CUDA "
+                    "path, which is not implemented yet; the CPU trainer runs the other modes (--list-modes)");
+    const float peak_lr = o.lr > 0.0f ? o.lr : mode.default_lr;
+
+    // Model config: checkpoint > HF dir > config.json > preset.
+    llama_config cfg;
+    if (!o.resume_path.empty()) cfg = checkpoint_config(o.resume_path);
+    else if (!o.init_dir.empty()) cfg = load_hf_config(o.init_dir);
+    else if (!o.config_path.empty()) cfg = llama_config::from_hf_file(o.config_path);
+    else cfg = llama_config::preset(o.preset);
+    cfg.validate();
+
+    std::unique_ptr<tokenizer> tok = make_tokenizer(o.tokenizer_spec);
+    lowbit::require(tok->vocab_size() <= cfg.vocab_size, lowbit::errc::invalid_argument,
+                    "tokenizer '" + tok->name() + "' has " + std::to_string(tok->vocab_size()) +
+                        " tokens, more than the model's vocabulary of " + std::to_string(cfg.vocab_size));
+    lowbit::require(o.seq <= cfg.max_seq_len, lowbit::errc::invalid_argument,
+                    "--seq " + std::to_string(o.seq) + " exceeds the model's max_seq_len " +
+                        std::to_string(cfg.max_seq_len));
+    const dataset data = dataset::load(o.data, parse_corpus_format(o.data_format), *tok, cfg.vocab_size, 0.1);
+    data.require_fits(o.seq);
+
+    const param_layout layout(cfg);
+    weight_store<float> weights(layout, mode.storage, mode.qspec);
+    if (!o.init_dir.empty()) {
+      const size_t unused = load_hf_weights(o.init_dir, weights);
+      if (unused) std::fprintf(stderr, "llama_train: note: %zu tensors in '%s' are not used by the model\n", unused, o.init_dir.c_str());
+    } else {
+      init_random(weights, cfg, o.seed);
+    }
+    optimizer_hparams h;
+    h.lr = peak_lr;
+    h.beta1 = o.beta1;
+    h.beta2 = o.beta2;
+    h.weight_decay = o.weight_decay;
+    h.seed = o.seed;
+    std::unique_ptr<trainer_optimizer> opt = make_optimizer(mode, weights, h);
+    train_state st;
+    st.seed = o.seed;
+    if (!o.resume_path.empty()) {
+      st = load_checkpoint(o.resume_path, cfg, mode, weights, *opt);
+      lowbit::require(st.seed == o.seed, lowbit::errc::invalid_argument,
+                      "checkpoint was trained with --seed " + std::to_string(st.seed) + ", this run uses " +
+                          std::to_string(o.seed) + " (the data order and rounding would differ)");
+    }
+
+    llama_model<float> model(cfg, layout, weights, o.batch, o.seq, o.checkpointing);
+    const gradient_plan plan(layout, o.fused_update);
+    std::vector<float> grads(static_cast<size_t>(plan.size));
+    const int64_t P = layout.total();
+
+    if (!o.quiet) {
+      std::printf("llama_train: mode %s: %s\n", mode.name.c_str(), mode.description.c_str());
+      std::printf("model: %s\n", cfg.summary().c_str());
+      std::printf("data: %s (%s tokenizer): %zu training / %zu validation tokens; %lld threads\n", o.data.c_str(),
+                  tok->name().c_str(), data.train.size(), data.val.size(),
+                  static_cast<long long>(lowbit::cpu::thread_count()));
+      print_memory_table(mode, P, weights.bytes(), opt->state_bytes(), int64_t(grads.size() * sizeof(float)),
+                         model.activation_bytes(), o);
+      std::printf("steps %lld, batch %lld x seq %lld, lr %.3g (warmup %lld, cosine to %.2gx), clip %.3g, seed %llu%s\n",
+                  static_cast<long long>(o.steps), static_cast<long long>(o.batch), static_cast<long long>(o.seq),
+                  double(peak_lr), static_cast<long long>(o.warmup), double(o.min_lr_ratio), double(o.clip),
+                  static_cast<unsigned long long>(o.seed), st.step ? (", resuming at step " + std::to_string(st.step)).c_str() : "");
+      std::fflush(stdout);
+    }
+
+    std::ofstream log;
+    if (!o.log_path.empty()) {
+      log.open(o.log_path, st.step ? std::ios::app : std::ios::trunc);
+      lowbit::require(bool(log), lowbit::errc::io, "cannot write log '" + o.log_path + "'");
+    }
+    const int64_t M = o.batch * o.seq;
+    std::vector<int32_t> x(static_cast<size_t>(M)), y(static_cast<size_t>(M));
+
+    auto evaluate = [&]() {
+      double total = 0;
+      for (int64_t b = 0; b < o.eval_batches; ++b) {
+        for (int64_t r = 0; r < o.batch; ++r) data.val_window(b * o.batch + r, o.seq, x.data() + r * o.seq, y.data() + r * o.seq);
+        total += model.forward(x.data(), y.data(), o.batch, o.seq);
+      }
+      return total / double(o.eval_batches);
+    };
+    auto log_eval = [&](int64_t step, double v) {
+      if (!o.quiet) std::printf("step %5lld | validation loss %.4f\n", static_cast<long long>(step), v);
+      if (log) log << "{\"step\":" << step << ",\"val_loss\":" << v << "}\n" << std::flush;
+    };
+    auto save = [&]() {
+      save_checkpoint(o.save_path, cfg, mode, weights, *opt, st);
+      if (!o.quiet) std::printf("saved checkpoint %s (step %lld)\n", o.save_path.c_str(), static_cast<long long>(st.step));
+    };
+
+    double first_val = std::nan(""), last_val = std::nan("");
+    if (st.step == 0 && o.eval_every > 0) {
+      first_val = evaluate();
+      log_eval(0, first_val);
+    }
+    const int64_t end = o.stop_after >= 0 ? std::min(o.steps, o.stop_after) : o.steps;
+    const auto t_start = std::chrono::steady_clock::now();
+    auto t_last = t_start;
+    int64_t steps_run = 0, skipped_steps = 0;
+    double loss = 0;
+    double train_seconds = 0;  // excludes evaluation, checkpoints and sampling
+    for (; st.step < end; ++steps_run) {
+      const int64_t step = st.step;
+      const auto t_step = std::chrono::steady_clock::now();
+      const float lr = lr_at(o, peak_lr, step);
+      opt->set_lr(lr);
+      data.train_batch(o.seed, step, o.batch, o.seq, x.data(), y.data());
+      loss = model.forward(x.data(), y.data(), o.batch, o.seq);
+      double grad_norm = std::nan("");
+      if (o.fused_update) {
+        opt->begin_step();
+        model.backward(grads.data(), plan, [&](const std::vector<int>& ready) {
+          for (int p : ready) opt->step_param(p, grads.data() + plan.offset[size_t(p)], 1.0f);
+        });
+        if (opt->end_step().skipped) ++skipped_steps;
+      } else {
+        model.backward(grads.data(), plan, [](const std::vector<int>&) {});
+        const lowbit::optim::grad_stats gs = lowbit::optim::cpu_grad_stats(grads.data(), lowbit::dtype::f32, plan.size);
+        if (!gs.finite || !std::isfinite(loss)) {
+          ++skipped_steps;  // every tensor would be skipped or poisoned: skip the step, keep the data order
+          std::fprintf(stderr, "llama_train: step %lld: non-finite loss or gradient, update skipped\n",
+                       static_cast<long long>(step));
+          opt->begin_step();
+          opt->end_step();
+        } else {
+          grad_norm = std::sqrt(gs.sumsq);
+          const float scale = (o.clip > 0.0f && grad_norm > double(o.clip)) ? float(double(o.clip) / (grad_norm + 1e-6)) : 1.0f;
+          opt->begin_step();
+          for (size_t p = 0; p < layout.params.size(); ++p)
+            opt->step_param(int(p), grads.data() + plan.offset[p], scale);
+          opt->end_step();
+        }
+      }
+      st.step = step + 1;
+      st.tokens += M;
+      const auto now = std::chrono::steady_clock::now();
+      train_seconds += std::chrono::duration<double>(now - t_step).count();
+      const double elapsed = std::chrono::duration<double>(now - t_start).count();
+      const double tok_s = double(M) * double(steps_run + 1) / std::max(train_seconds, 1e-9);
+      if (log)
+        log << "{\"step\":" << st.step << ",\"loss\":" << loss << ",\"lr\":" << lr << ",\"grad_norm\":"
+            << (std::isfinite(grad_norm) ? std::to_string(grad_norm) : "null") << ",\"tokens\":" << st.tokens
+            << ",\"elapsed_s\":" << elapsed << ",\"tokens_per_s\":" << tok_s << "}\n";
+      if (!o.quiet && (st.step % o.log_every == 0 || st.step == end)) {
+        const double step_s = std::chrono::duration<double>(now - t_last).count() /
+                              double(std::min<int64_t>(o.log_every, steps_run + 1));
+        const double eta = double(end - st.step) * elapsed / double(steps_run + 1);
+        std::printf("step %5lld/%lld | loss %.4f | lr %.2e | %7.0f tok/s | %.2f s/step | ETA %s\n",
+                    static_cast<long long>(st.step), static_cast<long long>(o.steps), loss, double(lr), tok_s, step_s,
+                    human_time(eta).c_str());
+        std::fflush(stdout);
+        t_last = now;
+      }
+      if (o.eval_every > 0 && (st.step % o.eval_every == 0 || st.step == o.steps)) {
+        last_val = evaluate();
+        log_eval(st.step, last_val);
+      }
+      if (!o.save_path.empty() && o.save_every > 0 && st.step % o.save_every == 0 && st.step != end) save();
+    }
+    if (log) log.flush();
+    if (!o.save_path.empty()) save();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    if (std::isnan(last_val) && o.eval_every > 0) last_val = evaluate();
+
+    if (o.sample_tokens > 0 && !o.quiet) {
+      std::vector<int32_t> ctx = tok->encode(o.prompt);
+      if (ctx.empty()) ctx.push_back(int32_t('\n'));
+      std::mt19937_64 gen(o.seed + 7);
+      std::vector<int32_t> generated;
+      std::vector<double> p(static_cast<size_t>(cfg.vocab_size));
+      for (int64_t t = 0; t < o.sample_tokens; ++t) {
+        const int64_t len = std::min<int64_t>(int64_t(ctx.size()), o.seq);
+        const int32_t* window = ctx.data() + (int64_t(ctx.size()) - len);
+        model.forward(window, nullptr, 1, len);
+        const float* logits = model.logits() + (len - 1) * cfg.vocab_size;
+        double mx = logits[0];
+        for (int v = 1; v < cfg.vocab_size; ++v) mx = std::max(mx, double(logits[v]));
+        for (int v = 0; v < cfg.vocab_size; ++v) p[size_t(v)] = std::exp((double(logits[v]) - mx) / o.temperature);
+        std::discrete_distribution<int> pick(p.begin(), p.end());
+        const int32_t next = int32_t(pick(gen));
+        ctx.push_back(next);
+        generated.push_back(next);
+      }
+      std::printf("sample (temperature %.2f):\n%s%s\n---\n", double(o.temperature), o.prompt.c_str(),
+                  tok->decode(generated).c_str());
+    }
+    std::printf("llama_train: mode %s: %lld steps in %s (%.0f training tokens/s), final training loss %.4f",
+                mode.name.c_str(), static_cast<long long>(steps_run), human_time(seconds).c_str(),
+                double(steps_run * M) / std::max(train_seconds, 1e-9), loss);
+    if (!std::isnan(last_val)) std::printf(", validation loss %.4f", last_val);
+    if (!std::isnan(first_val)) std::printf(" (from %.4f at step 0)", first_val);
+    if (skipped_steps) std::printf(", %lld steps skipped", static_cast<long long>(skipped_steps));
+    std::printf("\n");
+    return 0;
+  } catch (const lowbit::error& e) {
+    std::fprintf(stderr, "llama_train: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "llama_train: error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,123 @@
+// lowbit/cpu/gemm.hpp
+// Dense-weight twins of the products in dequant_gemm.hpp, for layers whose
+// weight W (row-major N x K) is stored as float32, bfloat16 or float16
+// rather than in a blockwise format: the forward Y = X W^T (+ bias) and the
+// input gradient dX = dY W. They run on the same cache-blocked fp32 kernel
+// and tiling (each tile of W is converted to float while it is packed), so a
+// trainer calls one family of functions whatever its weights are stored in,
+// and the sum order (k = 0..K-1, one fp32 accumulator per output) is the same
+// as dequant_gemm's. The weight gradient dW = dY^T X is gemm_weight_grad in
+// dequant_gemm.hpp, which never involves W.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "../core/dtype.hpp"
+#include "../core/error.hpp"
+#include "../core/view.hpp"
+#include "dequant_gemm.hpp"
+
+namespace lowbit {
+namespace cpu {
+
+namespace gemm_detail {
+
+inline void check_dense_weight(const tensor_view& w, const char* fn) {
+  check_dense(w, fn, "w", 2);
+}
+
+}  // namespace gemm_detail
+
+// Y[M, N] = X[M, K] W^T (+ bias[N]). x: [M, K], w: [N, K], y: [M, N]; each
+// float32 / bfloat16 / float16, contiguous, host memory; bias 1-D [N] float32
+// or nullptr. fp32 products and sums, bias added last, one rounding into y.
+inline void gemm_forward(const tensor_view& x, const tensor_view& w, const tensor_view* bias, const tensor_view& y) {
+  using namespace gemm_detail;
+  const char* fn = "gemm_forward";
+  check_dense_weight(w, fn);
+  check_dense(x, fn, "x", 2);
+  check_dense(y, fn, "y", 2);
+  const int64_t M = x.shape[0], n = w.shape[0], k = w.shape[1];
+  check_shape(x, fn, "x", M, k);
+  check_shape(y, fn, "y", M, n);
+  const float* bptr = nullptr;
+  if (bias) {
+    require(bias->ndim == 1 && bias->shape[0] == n && bias->type == dtype::f32, errc::invalid_argument,
+            fn_arg(fn, "bias") + " must be float32 of shape [" + std::to_string(n) + "], got " +
+                dtype_name(bias->type) + " " + bias->shape_string());
+    require(bias->dev.host_accessible(), errc::invalid_argument, fn_arg(fn, "bias") + " is on device memory");
+    require_contiguous(*bias, fn_arg(fn, "bias").c_str());
+    bptr = static_cast<const float*>(bias->data);
+  }
+  if (M == 0 || n == 0) return;
+  std::vector<float> x_storage;
+  const float* xf = as_float(x, x_storage);
+  dispatch_float_dtype(w.type, "gemm_forward: w", [&](auto wt) {
+    using TW = decltype(wt);
+    const TW* wp = static_cast<const TW*>(w.data);
+    // B[kk][j] = W[j][kk]: row j of W becomes lane j % nr of its panel.
+    auto pack = [&](int64_t r0, int64_t rlen, int64_t p0, int64_t plen, float* buf) {
+      for (int64_t j = 0; j < plen; ++j) {
+        float* dst = buf + (j / nr) * rlen * nr + (j % nr);
+        const TW* src = wp + (p0 + j) * k + r0;
+        for (int64_t r = 0; r < rlen; ++r) dst[r * nr] = to_float(src[r]);
+      }
+      zero_pad(buf, rlen, plen);
+    };
+    dispatch_float_dtype(y.type, "gemm_forward: y", [&](auto yt) {
+      using TY = decltype(yt);
+      TY* yp = static_cast<TY*>(y.data);
+      auto store = [&](int64_t m0, int64_t mlen, int64_t p0, int64_t plen, const float* c, int64_t ldc) {
+        for (int64_t m = 0; m < mlen; ++m) {
+          TY* yrow = yp + (m0 + m) * n + p0;
+          const float* crow = c + m * ldc;
+          for (int64_t j = 0; j < plen; ++j) yrow[j] = from_float<TY>(bptr ? add_rn(crow[j], bptr[p0 + j]) : crow[j]);
+        }
+      };
+      blocked_gemm(M, n, k, xf, k, pack, store);
+    });
+  });
+}
+
+// dX[M, K] = dY[M, N] W. dy: [M, N], w: [N, K], dx: [M, K]; float32 /
+// bfloat16 / float16, contiguous, host memory. fp32 products and sums over
+// n = 0..N-1, one rounding into dx's dtype.
+inline void gemm_backward_input(const tensor_view& dy, const tensor_view& w, const tensor_view& dx) {
+  using namespace gemm_detail;
+  const char* fn = "gemm_backward_input";
+  check_dense_weight(w, fn);
+  check_dense(dy, fn, "dy", 2);
+  check_dense(dx, fn, "dx", 2);
+  const int64_t M = dy.shape[0], n = w.shape[0], k = w.shape[1];
+  check_shape(dy, fn, "dy", M, n);
+  check_shape(dx, fn, "dx", M, k);
+  if (M == 0 || k == 0) return;
+  std::vector<float> dy_storage;
+  const float* dyf = as_float(dy, dy_storage);
+  dispatch_float_dtype(w.type, "gemm_backward_input: w", [&](auto wt) {
+    using TW = decltype(wt);
+    const TW* wp = static_cast<const TW*>(w.data);
+    // B[nn][kk] = W[nn][kk]: W is read in its stored order.
+    auto pack = [&](int64_t r0, int64_t rlen, int64_t p0, int64_t plen, float* buf) {
+      for (int64_t r = 0; r < rlen; ++r) {
+        const TW* src = wp + (r0 + r) * k + p0;
+        float* row = buf + r * nr;
+        for (int64_t j = 0; j < plen; ++j) row[(j / nr) * rlen * nr + (j % nr)] = to_float(src[j]);
+      }
+      zero_pad(buf, rlen, plen);
+    };
+    dispatch_float_dtype(dx.type, "gemm_backward_input: dx", [&](auto xt) {
+      using TX = decltype(xt);
+      TX* xp = static_cast<TX*>(dx.data);
+      auto store = [&](int64_t m0, int64_t mlen, int64_t p0, int64_t plen, const float* c, int64_t ldc) {
+        for (int64_t m = 0; m < mlen; ++m)
+          for (int64_t j = 0; j < plen; ++j) xp[(m0 + m) * k + p0 + j] = from_float<TX>(c[m * ldc + j]);
+      };
+      blocked_gemm(M, k, n, dyf, n, pack, store);
+    });
+  });
+}
+
+}  // namespace cpu
+}  // namespace lowbit
