@@ -76,7 +76,7 @@ class hf_weights {
       if (l.tensor.shape != shape)
         throw lowbit::error(lowbit::errc::invalid_argument, dir_ + ": quantized tensor '" + name + "' has shape " +
                                                                 shape_string(l.tensor.shape) + ", the model needs " + want);
-      std::vector<float> out(size_t(l.tensor.layout.n));
+      std::vector<float> out(static_cast<size_t>(l.tensor.layout.n));
       lowbit::cpu::dequantize(l.tensor.view(), lowbit::make_flat_view(out.data(), l.tensor.layout.n));
       return out;
     }
@@ -87,7 +87,7 @@ class hf_weights {
     if (t.shape != shape)
       throw lowbit::error(lowbit::errc::invalid_argument,
                           dir_ + ": tensor '" + name + "' has shape " + t.shape_string() + ", the model needs " + want);
-    std::vector<float> out(size_t(t.numel()));
+    std::vector<float> out(static_cast<size_t>(t.numel()));
     switch (t.type) {
       case lowbit::dtype::f32: std::memcpy(out.data(), t.data, t.nbytes); break;
       case lowbit::dtype::bf16: {

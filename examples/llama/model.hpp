@@ -34,19 +34,19 @@ class llama_model {
                         std::to_string(c.max_seq_len));
     const int64_t M = max_batch * max_seq;
     xs_.resize(size_t(c.n_layers + 1));
-    for (auto& x : xs_) x.resize(size_t(M * c.dim));
+    for (auto& x : xs_) x.resize(static_cast<size_t>(M * c.dim));
     acts_.resize(checkpointing ? 1 : size_t(c.n_layers));
     for (layer_acts& a : acts_) a.allocate(c, max_batch, max_seq);
-    xn_f_.resize(size_t(M * c.dim));
-    rstd_f_.resize(size_t(M));
-    logits_.resize(size_t(M * c.vocab_size));
-    dx_.resize(size_t(M * c.dim));
-    dmid_.resize(size_t(M * c.dim));
-    dxn_.resize(size_t(M * c.dim));
-    tmp_dim_.resize(size_t(M * c.dim));
-    dgate_.resize(size_t(M * c.hidden_dim));
-    dup_.resize(size_t(M * c.hidden_dim));
-    dh_.resize(size_t(M * c.hidden_dim));
+    xn_f_.resize(static_cast<size_t>(M * c.dim));
+    rstd_f_.resize(static_cast<size_t>(M));
+    logits_.resize(static_cast<size_t>(M * c.vocab_size));
+    dx_.resize(static_cast<size_t>(M * c.dim));
+    dmid_.resize(static_cast<size_t>(M * c.dim));
+    dxn_.resize(static_cast<size_t>(M * c.dim));
+    tmp_dim_.resize(static_cast<size_t>(M * c.dim));
+    dgate_.resize(static_cast<size_t>(M * c.hidden_dim));
+    dup_.resize(static_cast<size_t>(M * c.hidden_dim));
+    dh_.resize(static_cast<size_t>(M * c.hidden_dim));
     dq_.resize(size_t(M * c.q_dim()));
     dattn_.resize(size_t(M * c.q_dim()));
     dk_.resize(size_t(M * c.kv_dim()));
@@ -133,19 +133,19 @@ class llama_model {
     std::vector<T> xn1, rstd1, q, k, v, probs, attn, x_mid, xn2, rstd2, gate, up, h;
     void allocate(const llama_config& c, int64_t B, int64_t S) {
       const int64_t M = B * S;
-      xn1.resize(size_t(M * c.dim));
-      rstd1.resize(size_t(M));
+      xn1.resize(static_cast<size_t>(M * c.dim));
+      rstd1.resize(static_cast<size_t>(M));
       q.resize(size_t(M * c.q_dim()));
       k.resize(size_t(M * c.kv_dim()));
       v.resize(size_t(M * c.kv_dim()));
       probs.resize(size_t(B * c.n_heads * S * S));
       attn.resize(size_t(M * c.q_dim()));
-      x_mid.resize(size_t(M * c.dim));
-      xn2.resize(size_t(M * c.dim));
-      rstd2.resize(size_t(M));
-      gate.resize(size_t(M * c.hidden_dim));
-      up.resize(size_t(M * c.hidden_dim));
-      h.resize(size_t(M * c.hidden_dim));
+      x_mid.resize(static_cast<size_t>(M * c.dim));
+      xn2.resize(static_cast<size_t>(M * c.dim));
+      rstd2.resize(static_cast<size_t>(M));
+      gate.resize(static_cast<size_t>(M * c.hidden_dim));
+      up.resize(static_cast<size_t>(M * c.hidden_dim));
+      h.resize(static_cast<size_t>(M * c.hidden_dim));
     }
     int64_t elements() const {
       int64_t n = 0;

@@ -40,23 +40,23 @@ inline const std::vector<mode_info>& training_modes() {
     const quantized_spec int8_blocks{lowbit::format::int8, 256, false};
     const quantized_spec nf4_blocks{lowbit::format::nf4, 64, true};
     add("fp32-adamw", "baseline: float32 weights, AdamW with float32 states", rule_kind::adamw, matrix_storage::f32, {},
-        false, false, 1e-3f);
+        false, false, 2e-3f);
     add("bf16-adamw8", "bfloat16 weights (stochastic rounding), AdamW with 8-bit states", rule_kind::adamw,
-        matrix_storage::bf16, {}, true, false, 1e-3f);
+        matrix_storage::bf16, {}, true, false, 2e-3f);
     add("bf16-lion8", "bfloat16 weights (stochastic rounding), Lion with 8-bit momentum", rule_kind::lion,
-        matrix_storage::bf16, {}, true, false, 3e-4f);
+        matrix_storage::bf16, {}, true, false, 1e-3f);
     add("qft", "QFT: int8 blockwise weights updated in place (stochastic rounding), Lion with 8-bit momentum",
-        rule_kind::lion, matrix_storage::quantized, int8_blocks, true, false, 3e-4f);
+        rule_kind::lion, matrix_storage::quantized, int8_blocks, true, false, 1e-3f);
     add("qft-rn", "QFT with round-to-nearest weight updates (to show what stochastic rounding buys)",
-        rule_kind::lion, matrix_storage::quantized, int8_blocks, false, false, 3e-4f);
+        rule_kind::lion, matrix_storage::quantized, int8_blocks, false, false, 1e-3f);
     add("nf4", "NF4 weights (nested scales) updated in place (stochastic rounding), Lion with 8-bit momentum",
-        rule_kind::lion, matrix_storage::quantized, nf4_blocks, true, false, 3e-4f);
+        rule_kind::lion, matrix_storage::quantized, nf4_blocks, true, false, 1e-3f);
     add("nf4-rn", "NF4 weights with round-to-nearest updates", rule_kind::lion, matrix_storage::quantized, nf4_blocks,
-        false, false, 3e-4f);
+        false, false, 1e-3f);
     add("paged-adamw8", "bfloat16 weights, AdamW 8-bit states in paged (CUDA managed) memory", rule_kind::adamw,
-        matrix_storage::bf16, {}, true, true, 1e-3f);
+        matrix_storage::bf16, {}, true, true, 2e-3f);
     add("offload-adamw8", "bfloat16 weights, AdamW 8-bit states offloaded to pinned CPU memory", rule_kind::adamw,
-        matrix_storage::bf16, {}, true, true, 1e-3f);
+        matrix_storage::bf16, {}, true, true, 2e-3f);
     return m;
   }();
   return modes;

@@ -74,8 +74,8 @@ struct rope_table {
   std::vector<T> cos, sin;
   rope_table() = default;
   rope_table(int64_t seq, int64_t head_dim, double theta) : half(head_dim / 2) {
-    cos.resize(size_t(seq * half));
-    sin.resize(size_t(seq * half));
+    cos.resize(static_cast<size_t>(seq * half));
+    sin.resize(static_cast<size_t>(seq * half));
     for (int64_t p = 0; p < seq; ++p)
       for (int64_t i = 0; i < half; ++i) {
         const double inv_freq = std::pow(theta, -double(2 * i) / double(head_dim));

@@ -21,6 +21,7 @@
 #include <lowbit/lowbit.hpp>
 
 #include "checkpoint.hpp"
+#include "session.hpp"
 #include "config.hpp"
 #include "dataset.hpp"
 #include "hf_checkpoint.hpp"
@@ -67,7 +68,7 @@ void print_help() {
       "  --mode NAME           training mode (default fp32-adamw); see --list-modes\n"
       "  --steps N             optimizer steps (default 600)\n"
       "  --batch N, --seq N    sequences per step and their length (default 16 x 128)\n"
-      "  --lr X                peak learning rate (default per mode: AdamW 1e-3, Lion 3e-4)\n"
+      "  --lr X                peak learning rate (default per mode: AdamW 2e-3, Lion 1e-3)\n"
       "  --warmup N            linear warmup steps (default 30), then cosine to --min-lr-ratio (0.1)\n"
       "  --weight-decay X      decoupled weight decay on matrices (default 0)\n"
       "  --beta1 X --beta2 X   (default 0.9, 0.95)\n"
@@ -257,34 +258,32 @@ int main(int argc, char** argv) {
     const dataset data = dataset::load(o.data, parse_corpus_format(o.data_format), *tok, cfg.vocab_size, 0.1);
     data.require_fits(o.seq);
 
-    const param_layout layout(cfg);
-    weight_store<float> weights(layout, mode.storage, mode.qspec);
+    session_options so;
+    so.batch = o.batch;
+    so.seq = o.seq;
+    so.checkpointing = o.checkpointing;
+    so.fused_update = o.fused_update;
+    so.hparams.lr = peak_lr;
+    so.hparams.beta1 = o.beta1;
+    so.hparams.beta2 = o.beta2;
+    so.hparams.weight_decay = o.weight_decay;
+    so.hparams.seed = o.seed;
+    training_session run(cfg, mode, so);
     if (!o.init_dir.empty()) {
-      const size_t unused = load_hf_weights(o.init_dir, weights);
+      const size_t unused = load_hf_weights(o.init_dir, run.weights());
       if (unused) std::fprintf(stderr, "llama_train: note: %zu tensors in '%s' are not used by the model\n", unused, o.init_dir.c_str());
     } else {
-      init_random(weights, cfg, o.seed);
+      init_random(run.weights(), cfg, o.seed);
     }
-    optimizer_hparams h;
-    h.lr = peak_lr;
-    h.beta1 = o.beta1;
-    h.beta2 = o.beta2;
-    h.weight_decay = o.weight_decay;
-    h.seed = o.seed;
-    std::unique_ptr<trainer_optimizer> opt = make_optimizer(mode, weights, h);
     train_state st;
     st.seed = o.seed;
     if (!o.resume_path.empty()) {
-      st = load_checkpoint(o.resume_path, cfg, mode, weights, *opt);
+      st = run.load(o.resume_path);
       lowbit::require(st.seed == o.seed, lowbit::errc::invalid_argument,
                       "checkpoint was trained with --seed " + std::to_string(st.seed) + ", this run uses " +
                           std::to_string(o.seed) + " (the data order and rounding would differ)");
     }
-
-    llama_model<float> model(cfg, layout, weights, o.batch, o.seq, o.checkpointing);
-    const gradient_plan plan(layout, o.fused_update);
-    std::vector<float> grads(static_cast<size_t>(plan.size));
-    const int64_t P = layout.total();
+    const int64_t P = run.layout().total();
 
     if (!o.quiet) {
       std::printf("llama_train: mode %s: %s\n", mode.name.c_str(), mode.description.c_str());
@@ -292,8 +291,8 @@ int main(int argc, char** argv) {
       std::printf("data: %s (%s tokenizer): %zu training / %zu validation tokens; %lld threads\n", o.data.c_str(),
                   tok->name().c_str(), data.train.size(), data.val.size(),
                   static_cast<long long>(lowbit::cpu::thread_count()));
-      print_memory_table(mode, P, weights.bytes(), opt->state_bytes(), int64_t(grads.size() * sizeof(float)),
-                         model.activation_bytes(), o);
+      print_memory_table(mode, P, run.weights().bytes(), run.optimizer().state_bytes(), run.gradient_bytes(),
+                         run.model().activation_bytes(), o);
       std::printf("steps %lld, batch %lld x seq %lld, lr %.3g (warmup %lld, cosine to %.2gx), clip %.3g, seed %llu%s\n",
                   static_cast<long long>(o.steps), static_cast<long long>(o.batch), static_cast<long long>(o.seq),
                   double(peak_lr), static_cast<long long>(o.warmup), double(o.min_lr_ratio), double(o.clip),
@@ -309,20 +308,13 @@ int main(int argc, char** argv) {
     const int64_t M = o.batch * o.seq;
     std::vector<int32_t> x(static_cast<size_t>(M)), y(static_cast<size_t>(M));
 
-    auto evaluate = [&]() {
-      double total = 0;
-      for (int64_t b = 0; b < o.eval_batches; ++b) {
-        for (int64_t r = 0; r < o.batch; ++r) data.val_window(b * o.batch + r, o.seq, x.data() + r * o.seq, y.data() + r * o.seq);
-        total += model.forward(x.data(), y.data(), o.batch, o.seq);
-      }
-      return total / double(o.eval_batches);
-    };
+    auto evaluate = [&]() { return run.evaluate(data, o.eval_batches); };
     auto log_eval = [&](int64_t step, double v) {
       if (!o.quiet) std::printf("step %5lld | validation loss %.4f\n", static_cast<long long>(step), v);
       if (log) log << "{\"step\":" << step << ",\"val_loss\":" << v << "}\n" << std::flush;
     };
     auto save = [&]() {
-      save_checkpoint(o.save_path, cfg, mode, weights, *opt, st);
+      run.save(o.save_path, st);
       if (!o.quiet) std::printf("saved checkpoint %s (step %lld)\n", o.save_path.c_str(), static_cast<long long>(st.step));
     };
 
@@ -341,33 +333,14 @@ int main(int argc, char** argv) {
       const int64_t step = st.step;
       const auto t_step = std::chrono::steady_clock::now();
       const float lr = lr_at(o, peak_lr, step);
-      opt->set_lr(lr);
       data.train_batch(o.seed, step, o.batch, o.seq, x.data(), y.data());
-      loss = model.forward(x.data(), y.data(), o.batch, o.seq);
-      double grad_norm = std::nan("");
-      if (o.fused_update) {
-        opt->begin_step();
-        model.backward(grads.data(), plan, [&](const std::vector<int>& ready) {
-          for (int p : ready) opt->step_param(p, grads.data() + plan.offset[size_t(p)], 1.0f);
-        });
-        if (opt->end_step().skipped) ++skipped_steps;
-      } else {
-        model.backward(grads.data(), plan, [](const std::vector<int>&) {});
-        const lowbit::optim::grad_stats gs = lowbit::optim::cpu_grad_stats(grads.data(), lowbit::dtype::f32, plan.size);
-        if (!gs.finite || !std::isfinite(loss)) {
-          ++skipped_steps;  // every tensor would be skipped or poisoned: skip the step, keep the data order
-          std::fprintf(stderr, "llama_train: step %lld: non-finite loss or gradient, update skipped\n",
-                       static_cast<long long>(step));
-          opt->begin_step();
-          opt->end_step();
-        } else {
-          grad_norm = std::sqrt(gs.sumsq);
-          const float scale = (o.clip > 0.0f && grad_norm > double(o.clip)) ? float(double(o.clip) / (grad_norm + 1e-6)) : 1.0f;
-          opt->begin_step();
-          for (size_t p = 0; p < layout.params.size(); ++p)
-            opt->step_param(int(p), grads.data() + plan.offset[p], scale);
-          opt->end_step();
-        }
+      const step_result r = run.step(x.data(), y.data(), lr, o.clip);
+      loss = r.loss;
+      const double grad_norm = r.grad_norm;
+      if (r.skipped) {
+        ++skipped_steps;
+        std::fprintf(stderr, "llama_train: step %lld: non-finite loss or gradient, update skipped\n",
+                     static_cast<long long>(step));
       }
       st.step = step + 1;
       st.tokens += M;
@@ -409,8 +382,8 @@ int main(int argc, char** argv) {
       for (int64_t t = 0; t < o.sample_tokens; ++t) {
         const int64_t len = std::min<int64_t>(int64_t(ctx.size()), o.seq);
         const int32_t* window = ctx.data() + (int64_t(ctx.size()) - len);
-        model.forward(window, nullptr, 1, len);
-        const float* logits = model.logits() + (len - 1) * cfg.vocab_size;
+        run.model().forward(window, nullptr, 1, len);
+        const float* logits = run.model().logits() + (len - 1) * cfg.vocab_size;
         double mx = logits[0];
         for (int v = 1; v < cfg.vocab_size; ++v) mx = std::max(mx, double(logits[v]));
         for (int v = 0; v < cfg.vocab_size; ++v) p[size_t(v)] = std::exp((double(logits[v]) - mx) / o.temperature);

@@ -160,6 +160,12 @@ template <>
 struct dtype_of<uint8_t> { static constexpr dtype value = dtype::u8; };
 template <>
 struct dtype_of<int8_t> { static constexpr dtype value = dtype::i8; };
+template <>
+struct dtype_of<int16_t> { static constexpr dtype value = dtype::i16; };
+template <>
+struct dtype_of<int32_t> { static constexpr dtype value = dtype::i32; };
+template <>
+struct dtype_of<int64_t> { static constexpr dtype value = dtype::i64; };
 
 // Calls f(T{}) with T = float, bf16 or fp16 according to t; other dtypes are
 // rejected with an error naming `what`.

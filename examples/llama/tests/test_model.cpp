@@ -1,0 +1,277 @@
+// Tests of the LLaMA model itself: forward parity with Hugging Face
+// transformers on committed tiny checkpoints (tests/data/llama, made by
+// tools/make_llama_reference.py), the backward against central finite
+// differences in float64, and the invariances of the backward (activation
+// checkpointing and the fused gradient plan give identical gradients; the
+// float path agrees with the float64 one).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../hf_checkpoint.hpp"
+#include "../model.hpp"
+#include "../parameters.hpp"
+
+using namespace llama;
+
+namespace {
+
+const std::string data_dir = LLAMA_TEST_DATA_DIR;
+
+struct reference {
+  std::vector<int32_t> ids;
+  int64_t batch = 0, seq = 0;
+  std::vector<double> logits;
+  double loss = 0;
+};
+
+reference read_reference(const std::string& dir) {
+  const lowbit::safetensors_reader r = lowbit::safetensors_reader::open(dir + "/reference.safetensors");
+  reference out;
+  const lowbit::safetensors_tensor& ids = r.at("input_ids");
+  REQUIRE(ids.shape.size() == 2);
+  out.batch = ids.shape[0];
+  out.seq = ids.shape[1];
+  for (int64_t v : ids.to_vector<int64_t>()) out.ids.push_back(int32_t(v));
+  out.logits = r.at("logits_f64").to_vector<double>();
+  out.loss = r.at("loss_f64").to_vector<double>().at(0);
+  return out;
+}
+
+// HF's loss: mean cross-entropy of position s predicting token s + 1.
+template <class T>
+double next_token_loss(const T* logits, const reference& ref, int64_t V) {
+  const int64_t rows = ref.batch * (ref.seq - 1);
+  std::vector<T> l(static_cast<size_t>(rows * V));
+  std::vector<int32_t> targets(static_cast<size_t>(rows));
+  int64_t r = 0;
+  for (int64_t b = 0; b < ref.batch; ++b)
+    for (int64_t s = 0; s + 1 < ref.seq; ++s, ++r) {
+      std::memcpy(l.data() + r * V, logits + (b * ref.seq + s) * V, size_t(V) * sizeof(T));
+      targets[size_t(r)] = ref.ids[size_t(b * ref.seq + s + 1)];
+    }
+  return ops::cross_entropy(l.data(), targets.data(), rows, V, false);
+}
+
+template <class T>
+double max_logit_error(const std::string& name, matrix_storage storage) {
+  const std::string dir = data_dir + "/" + name;
+  const llama_config cfg = load_hf_config(dir);
+  const reference ref = read_reference(dir);
+  const param_layout L(cfg);
+  weight_store<T> w(L, storage);
+  CHECK(load_hf_weights(dir, w) == 0);
+  llama_model<T> m(cfg, L, w, ref.batch, ref.seq, false);
+  m.forward(ref.ids.data(), nullptr, ref.batch, ref.seq);
+  double err = 0;
+  REQUIRE(ref.logits.size() == size_t(ref.batch * ref.seq * cfg.vocab_size));
+  for (size_t i = 0; i < ref.logits.size(); ++i) err = std::max(err, std::abs(double(m.logits()[i]) - ref.logits[i]));
+  const double loss = next_token_loss(m.logits(), ref, cfg.vocab_size);
+  INFO(name << ": loss " << loss << " vs reference " << ref.loss);
+  CHECK(std::abs(loss - ref.loss) <= (sizeof(T) == 8 ? 1e-9 : 2e-5));
+  return err;
+}
+
+}  // namespace
+
+// The references are float64 forward passes checked against transformers'
+// LlamaForCausalLM (see tests/data/llama/README.md). Logits are O(1) (at
+// most about 3.2). Tolerances: float64 model 1e-9 (summation orders and
+// libm's exp / sin / cos differ; measured 1.5e-10); float32 model 1e-4 (transformers' own float32 run differs
+// from the float64 reference by up to 2e-6; we allow 50x for different sum
+// orders and the lowbit GEMM tiling).
+TEST_CASE("forward matches Hugging Face transformers: grouped-query heads, untied head") {
+  CHECK(max_logit_error<double>("tiny_gqa", matrix_storage::f64) < 1e-9);
+  CHECK(max_logit_error<float>("tiny_gqa", matrix_storage::f32) < 1e-4);
+}
+
+TEST_CASE("forward matches Hugging Face transformers: one kv head, tied embeddings, rope_theta 5e5") {
+  CHECK(max_logit_error<double>("tiny_tied", matrix_storage::f64) < 1e-9);
+  CHECK(max_logit_error<float>("tiny_tied", matrix_storage::f32) < 1e-4);
+}
+
+TEST_CASE("bfloat16 checkpoint sharded over three files loads and matches its reference") {
+  CHECK(max_logit_error<double>("tiny_gqa_bf16_sharded", matrix_storage::f64) < 1e-9);
+  CHECK(max_logit_error<float>("tiny_gqa_bf16_sharded", matrix_storage::f32) < 1e-4);
+}
+
+namespace {
+
+llama_config tiny_config(bool tied, int kv_heads) {
+  llama_config c;
+  c.vocab_size = 13, c.dim = 16, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = kv_heads, c.hidden_dim = 24;
+  c.max_seq_len = 8, c.rope_theta = 100.0f, c.tied_embeddings = tied;
+  return c;
+}
+
+// Larger-than-training weights so every path carries signal.
+template <class T>
+void fill_random(weight_store<T>& w, uint64_t seed) {
+  std::mt19937_64 g(seed);
+  std::normal_distribution<float> d(0.0f, 0.4f);
+  std::uniform_real_distribution<float> u(0.5f, 1.5f);
+  for (size_t p = 0; p < w.layout->params.size(); ++p) {
+    const param_info& i = w.layout->params[p];
+    if (i.matrix) {
+      std::vector<float> v(static_cast<size_t>(i.numel));
+      for (float& x : v) x = d(g);
+      w.set_matrix(int(p), v.data());
+    } else {
+      for (int64_t e = 0; e < i.numel; ++e) w.vector(int(p))[e] = T(u(g));
+    }
+  }
+}
+
+void random_tokens(std::vector<int32_t>& x, std::vector<int32_t>& y, int vocab, uint64_t seed) {
+  std::mt19937_64 g(seed);
+  std::uniform_int_distribution<int> d(0, vocab - 1);
+  for (auto& t : x) t = d(g);
+  for (auto& t : y) t = d(g);
+}
+
+// The float64 value slot of element e of parameter p.
+double& value_at(weight_store<double>& w, int p, int64_t e) {
+  const param_info& i = w.layout->params[size_t(p)];
+  return i.matrix ? w.m64[size_t(i.offset + e)] : w.vectors[size_t(i.offset + e)];
+}
+
+void gradient_check(bool tied, int kv_heads) {
+  const llama_config cfg = tiny_config(tied, kv_heads);
+  const param_layout L(cfg);
+  weight_store<double> w(L, matrix_storage::f64);
+  fill_random(w, 7);
+  const int64_t B = 2, S = 6;
+  std::vector<int32_t> x(static_cast<size_t>(B * S)), y(static_cast<size_t>(B * S));
+  random_tokens(x, y, cfg.vocab_size, 11);
+  llama_model<double> m(cfg, L, w, B, S, false);
+  const gradient_plan plan(L, false);
+  std::vector<double> g(static_cast<size_t>(plan.size));
+  m.forward(x.data(), y.data(), B, S);
+  m.backward(g.data(), plan, [](const std::vector<int>&) {});
+  std::mt19937_64 pick(3);
+  const double h = 1e-5;
+  int checked = 0;
+  for (size_t p = 0; p < L.params.size(); ++p) {
+    const param_info& i = L.params[p];
+    for (int k = 0; k < 4; ++k) {
+      const int64_t e = int64_t(pick() % uint64_t(i.numel));
+      double& v = value_at(w, int(p), e);
+      const double saved = v;
+      v = saved + h;
+      const double lp = m.forward(x.data(), y.data(), B, S);
+      v = saved - h;
+      const double lm = m.forward(x.data(), y.data(), B, S);
+      v = saved;
+      const double fd = (lp - lm) / (2 * h);
+      const double analytic = g[size_t(plan.offset[p] + e)];
+      // central difference: truncation O(h^2) ~ 1e-10, cancellation ~ 1e-16 / h ~ 1e-11
+      INFO(i.name << "[" << e << "]: analytic " << analytic << ", finite difference " << fd);
+      CHECK(std::abs(fd - analytic) <= 1e-7 + 1e-6 * std::abs(fd));
+      ++checked;
+    }
+  }
+  CHECK(checked == int(4 * L.params.size()));
+}
+
+}  // namespace
+
+TEST_CASE("backward equals central finite differences in float64 (untied head, 2 kv heads)") { gradient_check(false, 2); }
+TEST_CASE("backward equals central finite differences in float64 (tied embeddings, 1 kv head)") { gradient_check(true, 1); }
+
+TEST_CASE("activation checkpointing and the fused gradient plan give identical gradients") {
+  const llama_config cfg = tiny_config(false, 2);
+  const param_layout L(cfg);
+  weight_store<float> w(L, matrix_storage::f32);
+  fill_random(w, 5);
+  const int64_t B = 3, S = 7;
+  std::vector<int32_t> x(static_cast<size_t>(B * S)), y(static_cast<size_t>(B * S));
+  random_tokens(x, y, cfg.vocab_size, 9);
+
+  const gradient_plan full(L, false), fused(L, true);
+  CHECK(fused.size < full.size);  // one layer region instead of every layer
+  // Reference: no checkpointing, full plan.
+  std::vector<float> g_ref(static_cast<size_t>(full.size));
+  llama_model<float> m(cfg, L, w, B, S, false);
+  const double loss = m.forward(x.data(), y.data(), B, S);
+  m.backward(g_ref.data(), full, [](const std::vector<int>&) {});
+
+  llama_model<float> mc(cfg, L, w, B, S, true);
+  CHECK(mc.forward(x.data(), y.data(), B, S) == loss);
+  std::vector<float> g_ckpt(static_cast<size_t>(full.size));
+  mc.backward(g_ckpt.data(), full, [](const std::vector<int>&) {});
+  CHECK(std::memcmp(g_ckpt.data(), g_ref.data(), g_ref.size() * sizeof(float)) == 0);
+  CHECK(mc.activation_bytes() < m.activation_bytes());
+
+  // Fused plan: copy each group out when it is reported ready.
+  std::vector<float> g_fused(static_cast<size_t>(full.size), NAN), scratch(static_cast<size_t>(fused.size));
+  std::vector<int> seen(L.params.size(), 0);
+  m.forward(x.data(), y.data(), B, S);
+  m.backward(scratch.data(), fused, [&](const std::vector<int>& ready) {
+    for (int p : ready) {
+      ++seen[size_t(p)];
+      std::memcpy(g_fused.data() + full.offset[size_t(p)], scratch.data() + fused.offset[size_t(p)],
+                  size_t(L.params[size_t(p)].numel) * sizeof(float));
+    }
+  });
+  for (int s : seen) CHECK(s == 1);  // every parameter reported exactly once
+  CHECK(std::memcmp(g_fused.data(), g_ref.data(), g_ref.size() * sizeof(float)) == 0);
+}
+
+TEST_CASE("float gradients (lowbit CPU GEMMs) agree with the float64 reference") {
+  const llama_config cfg = tiny_config(true, 2);
+  const param_layout L(cfg);
+  weight_store<double> w64(L, matrix_storage::f64);
+  weight_store<float> w32(L, matrix_storage::f32);
+  fill_random(w64, 21);
+  fill_random(w32, 21);  // same draws, stored as float
+  const int64_t B = 2, S = 8;
+  std::vector<int32_t> x(static_cast<size_t>(B * S)), y(static_cast<size_t>(B * S));
+  random_tokens(x, y, cfg.vocab_size, 4);
+  const gradient_plan plan(L, false);
+  llama_model<double> m64(cfg, L, w64, B, S, false);
+  llama_model<float> m32(cfg, L, w32, B, S, false);
+  const double l64 = m64.forward(x.data(), y.data(), B, S);
+  const double l32 = m32.forward(x.data(), y.data(), B, S);
+  CHECK(std::abs(l64 - l32) < 1e-5 * std::abs(l64));
+  std::vector<double> g64(static_cast<size_t>(plan.size));
+  std::vector<float> g32(static_cast<size_t>(plan.size));
+  m64.backward(g64.data(), plan, [](const std::vector<int>&) {});
+  m32.backward(g32.data(), plan, [](const std::vector<int>&) {});
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < g64.size(); ++i) {
+    diff += (double(g32[i]) - g64[i]) * (double(g32[i]) - g64[i]);
+    norm += g64[i] * g64[i];
+  }
+  // float32 rounding through ~10 dependent layers: relative error ~1e-6.
+  CHECK(std::sqrt(diff / norm) < 1e-4);
+}
+
+TEST_CASE("Hugging Face loading errors name the problem") {
+  CHECK_THROWS_WITH_AS(load_hf_config(data_dir + "/no_such_model"), doctest::Contains("cannot open model config"),
+                       lowbit::error);
+  nlohmann::json j = llama_config().to_hf_json();
+  j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 2.0}};
+  CHECK_THROWS_WITH_AS(llama_config::from_hf_json(j, "cfg"), doctest::Contains("rope_type 'linear' is not supported"),
+                       lowbit::error);
+  j = llama_config().to_hf_json();
+  j["num_key_value_heads"] = 3;
+  CHECK_THROWS_WITH_AS(llama_config::from_hf_json(j, "cfg"), doctest::Contains("multiple of n_kv_heads"), lowbit::error);
+  // A model whose shapes differ from the checkpoint's: the error names the tensor.
+  llama_config wrong = load_hf_config(data_dir + "/tiny_gqa");
+  wrong.hidden_dim += 1;
+  const param_layout L(wrong);
+  weight_store<float> w(L, matrix_storage::f32);
+  CHECK_THROWS_WITH_AS(load_hf_weights(data_dir + "/tiny_gqa", w), doctest::Contains("mlp.gate_proj.weight' has shape"),
+                       lowbit::error);
+  // An untied model cannot load a tied checkpoint: lm_head.weight is missing.
+  llama_config untied = load_hf_config(data_dir + "/tiny_tied");
+  untied.tied_embeddings = false;
+  const param_layout L2(untied);
+  weight_store<float> w2(L2, matrix_storage::f32);
+  CHECK_THROWS_WITH_AS(load_hf_weights(data_dir + "/tiny_tied", w2), doctest::Contains("no tensor 'lm_head.weight'"),
+                       lowbit::error);
+}
