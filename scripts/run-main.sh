@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The main-job command of README.md: installs missing Debian packages, builds
-# the lowbit tool and runs its end-to-end demo (quantize a model-like set of
-# tensors to NF4 with double-quantized scales, write a bitsandbytes-compatible
-# safetensors file, inspect it, dequantize it, report errors and sizes).
-# The LLaMA trainer replaces this once it lands.
+# the LLaMA trainer (examples/llama) for this machine's CPU and trains the
+# tiny default model on tinyshakespeare in the baseline mode (a few minutes
+# on 2 cores). Extra arguments go to llama_train (e.g. --mode qft; see
+# --help and --list-modes). The step log and the final checkpoint are
+# written next to the build: $BUILD/llama_train.jsonl and
+# $BUILD/llama_tiny.safetensors. The trainer runs on the CPU (its CUDA path
+# is not written yet).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 . scripts/env.sh
 BUILD=${BUILD:-build-main}
-cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DLOWBIT_BUILD_TESTS=OFF -DLOWBIT_BUILD_BENCH=OFF
-cmake --build "$BUILD" -j "$JOBS" --target lowbit_tool
-"$BUILD/tools/lowbit" demo "$@"
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DLOWBIT_ENABLE_CUDA=OFF -DLOWBIT_BUILD_TESTS=OFF \
+  -DLOWBIT_BUILD_BENCH=OFF -DLOWBIT_BUILD_TOOLS=OFF -DCMAKE_CXX_FLAGS="-march=native" >/dev/null
+cmake --build "$BUILD" -j "$JOBS" --target llama_train
+"$BUILD/examples/llama_train" --log "$BUILD/llama_train.jsonl" --save "$BUILD/llama_tiny.safetensors" "$@"
