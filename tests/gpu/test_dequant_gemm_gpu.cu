@@ -36,6 +36,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -67,7 +68,10 @@ struct dense {
   std::vector<unsigned char> bytes;
   int64_t numel() const { return rows * cols; }
   double at(int64_t i) const { return double(gd::load_as_float(bytes.data(), type, i)); }
-  void set(int64_t i, float v) { gd::store_from_float(bytes.data(), type, i, v); }
+  void set(int64_t i, float v) {
+    if (type == dtype::f64) reinterpret_cast<double*>(bytes.data())[i] = double(v);
+    else gd::store_from_float(bytes.data(), type, i, v);
+  }
   tensor_view host_view() { return make_view(bytes.data(), type, {rows, cols}); }
 };
 
@@ -312,13 +316,20 @@ void check_config(format f, bool nested, const shape& s, dtype act, dtype out, b
   const std::vector<double> fcpu_tol = bounds_of(f32ref, gemm_regime::gemv, out);
   const std::vector<double> bcpu_tol = bounds_of(b32ref, gemm_regime::gemv, out);
 
+  // References with the weights rounded to the activation dtype (mma, dequant_cublas).
+  reference fTref, bTref;
+  if (act != dtype::f32) {
+    const std::vector<double> wT = w.weights(act);
+    fTref = ref_forward(x, wT, N, K, bp);
+    bTref = ref_backward(dy, wT, N, K);
+  }
+
   for (gemm_regime r : all_regimes) {
     if (!regime_allowed(r, act)) continue;
     CAPTURE(std::string(cuda::gemm_regime_name(r)));
     const dtype wt = weight_dtype(r, act);
-    const std::vector<double> wr = wt == dtype::f32 ? w32 : w.weights(wt);
-    const reference fref = wt == dtype::f32 ? f32ref : ref_forward(x, wr, N, K, bp);
-    const reference bref = wt == dtype::f32 ? b32ref : ref_backward(dy, wr, N, K);
+    const reference& fref = wt == dtype::f32 ? f32ref : fTref;
+    const reference& bref = wt == dtype::f32 ? b32ref : bTref;
     const std::vector<double> ftol = bounds_of(fref, r, out), btol = bounds_of(bref, r, out);
 
     const dense y = run_forward(x, w, bp, out, r);
@@ -446,8 +457,7 @@ TEST_CASE("decoded weights equal cuda::dequantize in every regime (identity acti
             CAPTURE(std::string(cuda::gemm_regime_name(r)));
             const dtype wt = weight_dtype(r, act);
             device_dense deq(wt, N, K);
-            cuda::dequantize(w.view(), make_flat_view(deq.buf.ptr, N * K, device::cuda()));
-            deq.type = wt;
+            cuda::dequantize(w.view(), make_view(deq.buf.ptr, wt, {N * K}, device::cuda()));
             const dense ref = deq.download();
             dense eye_k = make_dense(act, K, K), eye_n = make_dense(act, N, N);
             for (int64_t i = 0; i < K; ++i) eye_k.set(i * K + i, 1.0f);

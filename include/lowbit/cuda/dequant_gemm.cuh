@@ -1,0 +1,380 @@
+// lowbit/cuda/dequant_gemm.cuh
+// CUDA matrix products with a blockwise-quantized weight W (a quantized_view
+// of a row-major N x K matrix in any lowbit format, float32 or nested
+// scales, in device or managed memory), the twin of cpu/dequant_gemm.hpp:
+//
+//   dequant_gemm_forward         Y[M, N]  = X[M, K] W^T (+ bias[N])
+//   dequant_gemm_backward_input  dX[M, K] = dY[M, N] W     (same packed W)
+//   gemm_weight_grad             dW[N, K] = dY^T X (+ dW)  (plain cuBLAS GEMM)
+//
+// Activations and outputs are float32, bfloat16 or float16 (they may
+// differ), contiguous; products are summed in fp32 and rounded once into the
+// output dtype (the bias is added in fp32 before that rounding). W is never
+// re-quantized, transposed or dequantized as a whole (the dequant_cublas
+// regime decodes panels of at most gemm_options::max_tile_bytes).
+//
+// Three regimes (cuda/gemm/*.cuh), one entry point:
+//
+//   gemv            gemm/gemv.cuh: CUDA cores, memory bound; W streamed once
+//                   with 16-byte (forward) / 8-byte (backward) loads and
+//                   decoded in registers; fp32 weights.
+//   mma             gemm/mma_gemm.cuh: tensor cores, mma.sync m16n8k16 with
+//                   W tiles decoded from the packed codes into shared memory;
+//                   weights rounded to the activation dtype (bf16 / fp16).
+//   dequant_cublas  gemm/dequant_cublas.cuh: W panels dequantized into a
+//                   workspace, then cublasGemmEx (fp32 accumulation); weights
+//                   in the activation dtype (float32 included).
+//
+// Automatic dispatch (select_gemm_regime; M = rows of X or dY; thresholds in
+// gemm_policy, provisional until measured on the target GPU):
+//
+//   M <= 4                                  -> gemv
+//   float32 activations, or M >= 512        -> dequant_cublas
+//   otherwise (bf16 / fp16, 4 < M < 512)    -> mma
+//
+// Why: below ~4 rows every weight feeds too few FMAs for tensor cores to
+// matter and the product is a pass over W at memory bandwidth; from a few
+// rows up, the decode is amortized over the rows of a 64-row tile and
+// tensor cores do the math while W is read once in packed form; for large M
+// the GEMM is compute bound, decoding W once (O(NK)) costs little next to
+// the O(MNK) math, and cuBLAS's sm_90 kernels (wgmma, TMA) are faster than
+// this library's mma.sync kernel. Float32 activations have no 16-bit tensor
+// core path, so beyond GEMV they go to fp32 cuBLAS.
+//
+// Which weights each regime multiplies by (all equal to cuda::dequantize's
+// output bit for bit, in the dtype stated): gemv uses float32 weights, mma
+// and dequant_cublas the weights rounded to the activation dtype. So results
+// of different regimes differ by the rounding of W to bf16 / fp16 (at most
+// 2^-8 / 2^-11 relative per weight) plus summation order; each regime alone
+// meets the fp32-accumulation bound against its own weights (see
+// tests/gpu/test_dequant_gemm_gpu.cu for the stated tolerances).
+//
+// Shapes: any M, N, K >= 0, including K not a multiple of the block size and
+// odd K with 4-bit formats (rows of W then start mid-byte; such shapes, and
+// misaligned pointers, take per-element decode paths that are slower but
+// exact). Results are deterministic: split reductions are summed in a fixed
+// order. All calls are asynchronous on `stream`; scratch memory comes from
+// gemm_options::workspace or cudaMallocAsync on the stream.
+//
+// Errors (lowbit::error): invalid_argument for wrong shapes, dtypes, host
+// memory, a too small caller workspace; unsupported for a forced mma regime
+// with float32 activations or on a GPU below sm_80, and for cuBLAS shapes
+// with a dimension >= 2^31. Linking: the dequant_cublas regime and
+// gemm_weight_grad call cuBLAS (link CUDA::cublas); programs that only
+// include this header do not reference it.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "../core/dtype.hpp"
+#include "../core/error.hpp"
+#include "../core/view.hpp"
+#include "../formats/codebooks.hpp"
+#include "../formats/quantized_view.hpp"
+#include "check.cuh"
+#include "gemm/common.cuh"
+#include "gemm/decode.cuh"
+#include "gemm/dequant_cublas.cuh"
+#include "gemm/gemv.cuh"
+#include "gemm/mma_gemm.cuh"
+
+namespace lowbit {
+namespace cuda {
+
+enum class gemm_direction : uint8_t { forward, backward_input };
+
+// The regime the automatic dispatch picks for M activation rows.
+inline gemm_regime select_gemm_regime(int64_t M, dtype activations, const gemm_policy& policy = {}) {
+  if (M <= policy.gemv_max_m) return gemm_regime::gemv;
+  if (activations == dtype::f32 || M >= policy.cublas_min_m) return gemm_regime::dequant_cublas;
+  return gemm_regime::mma;
+}
+
+// What one call will do: its regime, its reduction splits (gemv backward and
+// mma write fp32 partials when splits > 1) and the scratch bytes it needs
+// (pass a buffer at least that large as gemm_options::workspace to avoid
+// the stream-ordered allocation). M activation rows; W is n x k.
+struct gemm_plan {
+  gemm_regime regime = gemm_regime::gemv;
+  int splits = 1;
+  int64_t split_len = 0;  // rows of W (gemv backward) or reduction length (mma) per split
+  size_t workspace_bytes = 0;
+};
+
+inline gemm_plan plan_dequant_gemm(gemm_direction dir, int64_t M, int64_t n, int64_t k, format fmt,
+                                   dtype activations, dtype output, bool has_bias, const gemm_options& opt = {}) {
+  using namespace gemm_detail;
+  gemm_plan p;
+  p.regime = opt.regime == gemm_regime::automatic ? select_gemm_regime(M, activations, opt.policy) : opt.regime;
+  const bool fwd = dir == gemm_direction::forward;
+  const int64_t P = fwd ? n : k, R = fwd ? k : n;  // output columns, reduction length
+  if (M == 0 || P == 0 || R == 0) return p;
+  switch (p.regime) {
+    case gemm_regime::gemv:
+      if (!fwd) {
+        p.splits = gemv_backward_splits(is_4bit(fmt), M, n, k, gemv_mt_for(M), &p.split_len);
+        if (p.splits > 1) p.workspace_bytes = size_t(p.splits) * size_t(M) * size_t(k) * 4;
+      }
+      break;
+    case gemm_regime::mma:
+      p.splits = mma_splits(M, P, R, &p.split_len);
+      if (p.splits > 1) p.workspace_bytes = size_t(p.splits) * size_t(M) * size_t(P) * 4;
+      break;
+    default: {
+      const bool staging = fwd ? (has_bias || output != activations) : output != activations;
+      p.workspace_bytes =
+          plan_panels(!fwd, M, n, k, dtype_size(activations), staging, opt.max_tile_bytes).bytes();
+      break;
+    }
+  }
+  return p;
+}
+
+namespace gemm_detail {
+
+inline void check_regime(const gemm_plan& plan, dtype act, const char* fn, const char* act_name) {
+  if (plan.regime != gemm_regime::mma) return;
+  require(act == dtype::bf16 || act == dtype::f16, errc::unsupported,
+          std::string(fn) + ": the mma regime needs bfloat16 or float16 " + act_name +
+              " (tensor cores take 16-bit operands), got " + dtype_name(act) +
+              "; use gemm_regime::automatic, gemv or dequant_cublas");
+  require(device_has_mma(), errc::unsupported,
+          std::string(fn) + ": the mma regime needs a GPU of compute capability 8.0 or newer");
+}
+
+// dst[M][P] = bias (or 0): the product over an empty reduction.
+inline void fill_empty_product(void* out, dtype out_type, int64_t M, int64_t P, const tensor_view* bias,
+                               cudaStream_t stream) {
+  finalize_args f;
+  f.splits = 0;
+  f.M = M;
+  f.P = P;
+  f.bias = bias ? bias->data : nullptr;
+  f.bias_type = bias ? bias->type : dtype::f32;
+  f.out = out;
+  f.out_type = out_type;
+  f.out_ld = P;
+  launch_finalize(f, stream);
+}
+
+inline void finalize_splits(const gemm_plan& plan, float* partial, int64_t M, int64_t P, const tensor_view* bias,
+                            void* out, dtype out_type, cudaStream_t stream) {
+  finalize_args f;
+  f.partial = partial;
+  f.splits = plan.splits;
+  f.M = M;
+  f.P = P;
+  f.bias = bias ? bias->data : nullptr;
+  f.bias_type = bias ? bias->type : dtype::f32;
+  f.out = out;
+  f.out_type = out_type;
+  f.out_ld = P;
+  launch_finalize(f, stream);
+}
+
+template <class Fn>
+void dispatch_mma_type(dtype t, Fn&& fn) {
+  if (t == dtype::bf16) fn(bf16{});
+  else fn(fp16{});
+}
+
+template <class Fn>
+void dispatch_operand_type(dtype t, Fn&& fn) {
+  if (t == dtype::bf16) fn(bf16{});
+  else if (t == dtype::f16) fn(fp16{});
+  else fn(float{});
+}
+
+}  // namespace gemm_detail
+
+// Y[M, N] = X[M, K] W^T (+ bias[N]). x: [M, k], y: [M, n] (float32 /
+// bfloat16 / float16, contiguous, device or managed memory); w: quantized
+// n x k row-major (w.layout.n == n * k); bias: 1-D [n] float32 / bfloat16 /
+// float16 / float64 or nullptr. y must not overlap x or bias.
+inline void dequant_gemm_forward(const tensor_view& x, const quantized_view& w, int64_t n, int64_t k,
+                                 const tensor_view* bias, const tensor_view& y, cudaStream_t stream = nullptr,
+                                 const gemm_options& opt = {}) {
+  using namespace gemm_detail;
+  const char* fn = "cuda::dequant_gemm_forward";
+  check_weight(w, fn, n, k);
+  check_dense(x, fn, "x", 2);
+  check_dense(y, fn, "y", 2);
+  const int64_t M = x.shape[0];
+  check_shape(x, fn, "x", M, k);
+  check_shape(y, fn, "y", M, n);
+  check_bias(bias, fn, n);
+  if (M == 0 || n == 0) return;
+  if (k == 0) {
+    fill_empty_product(y.data, y.type, M, n, bias, stream);
+    return;
+  }
+  const gemm_plan plan = plan_dequant_gemm(gemm_direction::forward, M, n, k, w.layout.fmt, x.type, y.type,
+                                           bias != nullptr, opt);
+  check_regime(plan, x.type, fn, "x");
+  const code_table table = make_code_table(w.layout.fmt);
+  const code_table map = nested_map_table(w.layout.nested);
+  const weight_args wa = make_weight_args(w, n, k);
+  const void* bias_ptr = bias ? bias->data : nullptr;
+  const dtype bias_type = bias ? bias->type : dtype::f32;
+  dispatch_kind(w.layout.fmt, [&](auto tag) {
+    constexpr decode_kind D = decltype(tag)::value;
+    if (plan.regime == gemm_regime::gemv) {
+      gemv_args g;
+      g.act = x.data;
+      g.act_type = x.type;
+      g.out = y.data;
+      g.out_type = y.type;
+      g.bias = bias_ptr;
+      g.bias_type = bias_type;
+      g.M = M;
+      g.N = n;
+      g.K = k;
+      g.w = wa;
+      g.vec = k % (4 * kind_elems_per_word(D)) == 0 && is_aligned(w.codes, 16) && is_aligned(x.data, 16);
+      launch_gemv_forward<D>(g, table, map, stream);
+    } else if (plan.regime == gemm_regime::mma) {
+      scratch ws(opt, plan.workspace_bytes, stream, fn);
+      mma_args a;
+      a.act = x.data;
+      a.out = y.data;
+      a.out_type = y.type;
+      a.bias = bias_ptr;
+      a.bias_type = bias_type;
+      a.partial = plan.splits > 1 ? ws.as<float>() : nullptr;
+      a.M = M;
+      a.P = n;
+      a.R = k;
+      a.r_per_split = plan.split_len;
+      a.splits = plan.splits;
+      a.w = wa;
+      a.a_vec = k % 8 == 0 && is_aligned(x.data, 16);
+      a.w_vec = k % 16 == 0 && is_aligned(w.codes, 16);
+      dispatch_mma_type(x.type, [&](auto t) {
+        launch_mma_gemm<D, decltype(t), false>(a, table, map, stream);
+      });
+      if (plan.splits > 1) finalize_splits(plan, a.partial, M, n, bias, y.data, y.type, stream);
+    } else {
+      dispatch_operand_type(x.type, [&](auto t) {
+        dequant_cublas_forward<D, decltype(t)>(x, wa, bias, y, M, n, k, opt, table, map, stream, fn);
+      });
+    }
+  });
+}
+
+// dX[M, K] = dY[M, N] W. dy: [M, n], dx: [M, k] (float32 / bfloat16 /
+// float16, contiguous, device or managed memory); w as in
+// dequant_gemm_forward, the same packed codes and scales. dx must not
+// overlap dy.
+inline void dequant_gemm_backward_input(const tensor_view& dy, const quantized_view& w, int64_t n, int64_t k,
+                                        const tensor_view& dx, cudaStream_t stream = nullptr,
+                                        const gemm_options& opt = {}) {
+  using namespace gemm_detail;
+  const char* fn = "cuda::dequant_gemm_backward_input";
+  check_weight(w, fn, n, k);
+  check_dense(dy, fn, "dy", 2);
+  check_dense(dx, fn, "dx", 2);
+  const int64_t M = dy.shape[0];
+  check_shape(dy, fn, "dy", M, n);
+  check_shape(dx, fn, "dx", M, k);
+  if (M == 0 || k == 0) return;
+  if (n == 0) {
+    fill_empty_product(dx.data, dx.type, M, k, nullptr, stream);
+    return;
+  }
+  const gemm_plan plan =
+      plan_dequant_gemm(gemm_direction::backward_input, M, n, k, w.layout.fmt, dy.type, dx.type, false, opt);
+  check_regime(plan, dy.type, fn, "dy");
+  const code_table table = make_code_table(w.layout.fmt);
+  const code_table map = nested_map_table(w.layout.nested);
+  const weight_args wa = make_weight_args(w, n, k);
+  dispatch_kind(w.layout.fmt, [&](auto tag) {
+    constexpr decode_kind D = decltype(tag)::value;
+    if (plan.regime == gemm_regime::gemv) {
+      scratch ws(opt, plan.workspace_bytes, stream, fn);
+      gemv_args g;
+      g.act = dy.data;
+      g.act_type = dy.type;
+      g.out = dx.data;
+      g.out_type = dx.type;
+      g.partial = plan.splits > 1 ? ws.as<float>() : nullptr;
+      g.M = M;
+      g.N = n;
+      g.K = k;
+      g.rows_per_split = plan.split_len;
+      g.splits = plan.splits;
+      g.w = wa;
+      g.vec = k % (2 * kind_elems_per_word(D)) == 0 && is_aligned(w.codes, 8);
+      launch_gemv_backward<D>(g, table, map, stream);
+      if (plan.splits > 1) finalize_splits(plan, g.partial, M, k, nullptr, dx.data, dx.type, stream);
+    } else if (plan.regime == gemm_regime::mma) {
+      scratch ws(opt, plan.workspace_bytes, stream, fn);
+      mma_args a;
+      a.act = dy.data;
+      a.out = dx.data;
+      a.out_type = dx.type;
+      a.partial = plan.splits > 1 ? ws.as<float>() : nullptr;
+      a.M = M;
+      a.P = k;
+      a.R = n;
+      a.r_per_split = plan.split_len;
+      a.splits = plan.splits;
+      a.w = wa;
+      a.a_vec = n % 8 == 0 && is_aligned(dy.data, 16);
+      a.w_vec = k % 16 == 0 && is_aligned(w.codes, 16);
+      dispatch_mma_type(dy.type, [&](auto t) {
+        launch_mma_gemm<D, decltype(t), true>(a, table, map, stream);
+      });
+      if (plan.splits > 1) finalize_splits(plan, a.partial, M, k, nullptr, dx.data, dx.type, stream);
+    } else {
+      dispatch_operand_type(dy.type, [&](auto t) {
+        dequant_cublas_backward<D, decltype(t)>(dy, wa, dx, M, n, k, opt, table, map, stream, fn);
+      });
+    }
+  });
+}
+
+// dW[N, K] = dY[M, N]^T X[M, K] (accumulate: dW += dY^T X) with cuBLAS,
+// fp32 accumulation, one rounding into dw's dtype. dy and x: the same dtype,
+// float32 / bfloat16 / float16; dw: float32 or bfloat16 (bfloat16 needs
+// bfloat16 operands: cuBLAS has no fp16 x fp16 -> bf16 or fp32 -> bf16
+// GEMM); all 2-D, contiguous, device or managed memory; dw must not overlap
+// dy or x. handle: nullptr uses default_cublas_handle(); its stream is set
+// for the call and restored after.
+inline void gemm_weight_grad(const tensor_view& dy, const tensor_view& x, const tensor_view& dw, bool accumulate,
+                             cudaStream_t stream = nullptr, cublasHandle_t handle = nullptr) {
+  using namespace gemm_detail;
+  const char* fn = "cuda::gemm_weight_grad";
+  check_dense(dy, fn, "dy", 2);
+  check_dense(x, fn, "x", 2);
+  check_dense(dw, fn, "dw", 2);
+  require(dw.type == dtype::f32 || dw.type == dtype::bf16, errc::invalid_argument,
+          fn_arg(fn, "dw") + " must be float32 or bfloat16, got " + dtype_name(dw.type));
+  const int64_t M = dy.shape[0], N = dy.shape[1], K = x.shape[1];
+  check_shape(x, fn, "x", M, K);
+  check_shape(dw, fn, "dw", N, K);
+  require(dy.type == x.type, errc::unsupported,
+          std::string(fn) + ": dy (" + dtype_name(dy.type) + ") and x (" + dtype_name(x.type) +
+              ") must have the same dtype for cuBLAS");
+  require(dw.type == dtype::f32 || dy.type == dtype::bf16, errc::unsupported,
+          std::string(fn) + ": a bfloat16 dw needs bfloat16 dy and x, got " + dtype_name(dy.type));
+  if (N == 0 || K == 0) return;
+  if (M == 0) {
+    if (!accumulate) LOWBIT_CUDA_CHECK(cudaMemsetAsync(dw.data, 0, dw.nbytes(), stream));
+    return;
+  }
+  require_int_dims(fn, M, N, K);
+  cublasHandle_t h = handle ? handle : default_cublas_handle();
+  cublas_stream_scope scope(h, stream);
+  const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  // column-major view: dW^T (K x N) = X^T (K x M) * dY (M x N)
+  LOWBIT_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_T, int(K), int(N), int(M), &one, x.data,
+                                   cuda_type(x.type), int(K), dy.data, cuda_type(dy.type), int(N), &beta, dw.data,
+                                   cuda_type(dw.type), int(K), compute_type(x.type), CUBLAS_GEMM_DEFAULT));
+}
+
+}  // namespace cuda
+}  // namespace lowbit

@@ -1,0 +1,276 @@
+// lowbit/cuda/gemm/common.cuh
+// What the three dequant-GEMM regimes share: the public regime / options
+// types, argument validation (shapes, dtypes, memory spaces, with errors that
+// name the argument like the CPU twin), the stream-ordered scratch buffer,
+// the split-reduction finalize kernel (sums fp32 partials in a fixed order,
+// adds the bias, rounds once into the output dtype), and the runtime-format
+// to decode-kind dispatch.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "../../core/dtype.hpp"
+#include "../../core/error.hpp"
+#include "../../core/view.hpp"
+#include "../../formats/codebooks.hpp"
+#include "../../formats/dynamic_map.hpp"
+#include "../../formats/quantized_view.hpp"
+#include "../check.cuh"
+#include "decode.cuh"
+
+namespace lowbit {
+namespace cuda {
+
+// Which kernel family computes a dequant-GEMM (see dequant_gemm.cuh for the
+// automatic rule). Tests and benchmarks force one; callers normally leave
+// `automatic`.
+enum class gemm_regime : uint8_t {
+  automatic,
+  gemv,            // CUDA cores, fp32 weights, memory bound: small M
+  mma,             // tensor cores (mma.sync m16n8k16), W tiles decoded into shared memory
+  dequant_cublas,  // dequantize W tile-wise into a workspace, then cuBLAS
+};
+
+inline const char* gemm_regime_name(gemm_regime r) {
+  switch (r) {
+    case gemm_regime::automatic: return "automatic";
+    case gemm_regime::gemv: return "gemv";
+    case gemm_regime::mma: return "mma";
+    case gemm_regime::dequant_cublas: return "dequant_cublas";
+  }
+  return "?";
+}
+
+// Thresholds of the automatic dispatch. Provisional: chosen from operation
+// counts, not from measurements (no GPU has run these kernels yet); set them
+// from bench_dequant_gemm_cuda on the target GPU.
+struct gemm_policy {
+  int64_t gemv_max_m = 4;      // M <= this: gemv
+  int64_t cublas_min_m = 512;  // M >= this (or float32 activations): dequant_cublas; between: mma
+};
+
+struct gemm_options {
+  gemm_regime regime = gemm_regime::automatic;
+  gemm_policy policy{};
+  // Scratch for split reductions and the dequant_cublas weight tiles. With
+  // nullptr the call allocates it stream-ordered (cudaMallocAsync /
+  // cudaFreeAsync on the call's stream, served from the device's memory pool
+  // after the first call). A caller-provided buffer too small for the call
+  // is an invalid_argument error naming the size needed.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  // dequant_cublas: at most this many bytes of dequantized W (plus fp32
+  // staging) per cuBLAS call; larger W is processed in column panels.
+  size_t max_tile_bytes = size_t(128) << 20;
+  // dequant_cublas: the cuBLAS handle; nullptr uses lowbit's per-thread,
+  // per-device handle (default_cublas_handle). Its stream is set for the
+  // call and restored after.
+  cublasHandle_t cublas_handle = nullptr;
+};
+
+namespace gemm_detail {
+
+inline std::string fn_arg(const char* fn, const char* arg) { return std::string(fn) + ": " + arg; }
+
+inline void check_dense(const tensor_view& v, const char* fn, const char* name, int ndim) {
+  const std::string w = fn_arg(fn, name);
+  require(v.ndim == ndim, errc::invalid_argument,
+          w + " must be " + std::to_string(ndim) + "-D, got shape " + v.shape_string());
+  require(v.type == dtype::f32 || v.type == dtype::bf16 || v.type == dtype::f16, errc::invalid_argument,
+          w + " must be float32, bfloat16 or float16, got " + dtype_name(v.type));
+  require(v.dev.device_accessible(), errc::invalid_argument,
+          w + " is in host memory; the CUDA path needs device or managed memory");
+  require_contiguous(v, w.c_str());
+}
+
+inline void check_shape(const tensor_view& v, const char* fn, const char* name, int64_t rows, int64_t cols) {
+  require(v.shape[0] == rows && v.shape[1] == cols, errc::invalid_argument,
+          fn_arg(fn, name) + " has shape " + v.shape_string() + ", expected [" + std::to_string(rows) + ", " +
+              std::to_string(cols) + "]");
+}
+
+inline void check_weight(const quantized_view& w, const char* fn, int64_t n, int64_t k) {
+  require(n >= 0 && k >= 0, errc::invalid_argument,
+          std::string(fn) + ": n and k must be >= 0, got n = " + std::to_string(n) + ", k = " + std::to_string(k));
+  w.validate((std::string(fn) + ": w").c_str());
+  require(w.dev.device_accessible(), errc::invalid_argument,
+          fn_arg(fn, "w") + " is in host memory; the CUDA path needs device or managed memory");
+  require((k == 0 || n <= w.layout.n / k) && w.layout.n == n * k, errc::invalid_argument,
+          fn_arg(fn, "w") + " holds " + std::to_string(w.layout.n) + " elements, expected n * k = " +
+              std::to_string(n) + " * " + std::to_string(k));
+}
+
+inline void check_bias(const tensor_view* bias, const char* fn, int64_t n) {
+  if (!bias) return;
+  require(bias->ndim == 1 && bias->shape[0] == n, errc::invalid_argument,
+          fn_arg(fn, "bias") + " has shape " + bias->shape_string() + ", expected [" + std::to_string(n) + "]");
+  require(bias->type == dtype::f32 || bias->type == dtype::bf16 || bias->type == dtype::f16 ||
+              bias->type == dtype::f64,
+          errc::invalid_argument,
+          fn_arg(fn, "bias") + " must be float32, bfloat16, float16 or float64, got " + dtype_name(bias->type));
+  require(bias->dev.device_accessible(), errc::invalid_argument,
+          fn_arg(fn, "bias") + " is in host memory; the CUDA path needs device or managed memory");
+  require_contiguous(*bias, fn_arg(fn, "bias").c_str());
+}
+
+inline int log2_exact(int64_t v) {
+  int s = 0;
+  while ((int64_t(1) << s) < v) ++s;
+  return s;
+}
+
+inline weight_args make_weight_args(const quantized_view& w, int64_t n, int64_t k) {
+  weight_args a;
+  a.codes = w.codes;
+  a.absmax = w.layout.nested ? nullptr : w.absmax;
+  a.absmax_codes = w.layout.nested ? w.absmax_codes : nullptr;
+  a.nested_absmax = w.layout.nested ? w.nested_absmax : nullptr;
+  a.nested_offset = w.layout.nested ? w.nested_offset : nullptr;
+  a.rows = n;
+  a.cols = k;
+  a.bs_log2 = log2_exact(w.layout.block_size);
+  a.nested = w.layout.nested;
+  return a;
+}
+
+inline bool is_aligned(const void* p, int bytes) { return (reinterpret_cast<uintptr_t>(p) % uintptr_t(bytes)) == 0; }
+
+inline code_table nested_map_table(bool nested) {
+  code_table t{};
+  if (nested) {
+    const auto& m = signed_dynamic_map();
+    for (int i = 0; i < 256; ++i) t.value[i] = m[size_t(i)];
+  }
+  return t;
+}
+
+// Calls fn(std::integral_constant-like tag) with the decode kind of `f`.
+template <decode_kind D>
+struct kind_tag {
+  static constexpr decode_kind value = D;
+};
+template <class Fn>
+void dispatch_kind(format f, Fn&& fn) {
+  switch (decode_kind_of(f)) {
+    case decode_kind::table4: fn(kind_tag<decode_kind::table4>{}); return;
+    case decode_kind::int4_magic: fn(kind_tag<decode_kind::int4_magic>{}); return;
+    case decode_kind::int8_magic: fn(kind_tag<decode_kind::int8_magic>{}); return;
+    case decode_kind::table8: fn(kind_tag<decode_kind::table8>{}); return;
+  }
+}
+
+// Raises a kernel's dynamic shared-memory limit once per device (needed
+// above 48 KiB). `done` is a per-kernel bit set of device ordinals < 64.
+template <class Kernel>
+void allow_dynamic_smem(Kernel kernel, int bytes, std::atomic<uint64_t>& done) {
+  if (bytes <= 48 * 1024) return;
+  int dev = 0;
+  LOWBIT_CUDA_CHECK(cudaGetDevice(&dev));
+  const uint64_t bit = dev < 64 ? (uint64_t(1) << dev) : 0;
+  if (bit && (done.load(std::memory_order_acquire) & bit)) return;
+  LOWBIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  if (bit) done.fetch_or(bit, std::memory_order_acq_rel);
+}
+
+// Stream-ordered scratch: the caller's buffer when it has one, else
+// cudaMallocAsync'd bytes freed (stream-ordered) when this goes out of scope.
+class scratch {
+ public:
+  scratch(const gemm_options& opt, size_t bytes, cudaStream_t stream, const char* fn) : stream_(stream) {
+    if (bytes == 0) return;
+    if (opt.workspace) {
+      require(opt.workspace_bytes >= bytes, errc::invalid_argument,
+              std::string(fn) + ": workspace of " + std::to_string(opt.workspace_bytes) + " bytes is too small, need " +
+                  std::to_string(bytes));
+      require(is_aligned(opt.workspace, 256), errc::invalid_argument,
+              std::string(fn) + ": workspace must be 256-byte aligned");
+      ptr_ = opt.workspace;
+    } else {
+      LOWBIT_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream));
+      owned_ = true;
+    }
+  }
+  ~scratch() {
+    if (owned_ && ptr_) (void)cudaFreeAsync(ptr_, stream_);
+  }
+  scratch(const scratch&) = delete;
+  scratch& operator=(const scratch&) = delete;
+  template <class T>
+  T* as(size_t byte_offset = 0) const {
+    return reinterpret_cast<T*>(static_cast<char*>(ptr_) + byte_offset);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  bool owned_ = false;
+  cudaStream_t stream_;
+};
+
+inline size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+// ---- split-reduction finalize ----------------------------------------------------
+// out[m * out_ld + col0 + p] = T(sum_{s < splits} partial[(s * M + m) * P + p]
+// (+ bias[col0 + p])), s in increasing order, for m < M, p < P. splits == 0
+// writes the bias (or zeros): the product over an empty reduction.
+struct finalize_args {
+  const float* partial = nullptr;
+  int splits = 0;
+  int64_t M = 0, P = 0;
+  const void* bias = nullptr;
+  dtype bias_type = dtype::f32;
+  void* out = nullptr;
+  dtype out_type = dtype::f32;
+  int64_t out_ld = 0, col0 = 0;
+};
+
+// (A template only so that the header can be included by several
+// translation units of one program without duplicate kernel symbols.)
+template <int Unused = 0>
+__global__ void __launch_bounds__(256) finalize_kernel(finalize_args a) {
+  const int64_t total = a.M * a.P;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const int64_t m = i / a.P, p = i - m * a.P;
+    float s = 0.0f;
+    for (int j = 0; j < a.splits; ++j) s = add_rn(s, a.partial[int64_t(j) * total + i]);
+    if (a.bias) s = add_rn(s, load_as_float(a.bias, a.bias_type, a.col0 + p));
+    store_from_float(a.out, a.out_type, m * a.out_ld + a.col0 + p, s);
+  }
+}
+
+inline void launch_finalize(const finalize_args& a, cudaStream_t stream) {
+  const int64_t total = a.M * a.P;
+  if (total == 0) return;
+  const int64_t want = (total + 255) / 256;
+  const int64_t cap = int64_t(sm_count()) * 8;
+  finalize_kernel<0><<<int(want < cap ? want : cap), 256, 0, stream>>>(a);
+  LOWBIT_CUDA_CHECK(cudaGetLastError());
+}
+
+// Splits of a reduction of length R over `units` granules (multiples of
+// `granule`) so that tiles * splits reaches about `target` CTAs, each split
+// keeping at least min_granules granules. Returns the split length.
+inline int64_t split_length(int64_t R, int64_t granule, int64_t tiles, int64_t target, int64_t min_granules,
+                            int* splits_out) {
+  const int64_t granules = (R + granule - 1) / granule;
+  int64_t splits = 1;
+  if (tiles < target && granules > min_granules) {
+    splits = (target + tiles - 1) / tiles;
+    const int64_t cap = granules / min_granules;
+    if (splits > cap) splits = cap;
+    if (splits < 1) splits = 1;
+  }
+  const int64_t per = ((granules + splits - 1) / splits) * granule;
+  *splits_out = int(per > 0 ? (R + per - 1) / per : 1);
+  if (*splits_out < 1) *splits_out = 1;
+  return per > 0 ? per : granule;
+}
+
+}  // namespace gemm_detail
+}  // namespace cuda
+}  // namespace lowbit

@@ -1,0 +1,277 @@
+// lowbit/cuda/gemm/dequant_cublas.cuh
+// The cuBLAS side of the CUDA dequant-GEMM: lowbit's per-thread cuBLAS
+// handles, the tile dequantization kernel, the dequantize-then-cuBLAS
+// regime, and the plain weight-gradient GEMM.
+//
+// dequant_cublas regime: W is decoded panel by panel into a workspace in the
+// activation dtype (bf16 / fp16 / fp32; values bit-identical to
+// cuda::dequantize into that dtype), and each panel goes through
+// cublasGemmEx with fp32 accumulation (CUBLAS_COMPUTE_32F; for float32
+// operands CUBLAS_COMPUTE_32F_PEDANTIC, so no TF32). The forward cuts W into
+// row panels (disjoint output columns of Y), the backward into column panels
+// (disjoint output columns of dX), so every output element gets its whole
+// reduction from one cuBLAS call and is rounded once. A bias or an output
+// dtype different from the activations goes through an fp32 staging panel
+// and finalize_kernel (bias added in fp32, one rounding). When all of W fits
+// in gemm_options::max_tile_bytes there is a single panel.
+//
+// Linking: code that calls these functions links cuBLAS (CMake:
+// CUDA::cublas). Including the header alone does not reference cuBLAS.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <cstdint>
+#include <string>
+
+#include "../../core/dtype.hpp"
+#include "../../core/error.hpp"
+#include "../../core/view.hpp"
+#include "../check.cuh"
+#include "common.cuh"
+#include "decode.cuh"
+
+namespace lowbit {
+namespace cuda {
+
+inline void cublas_check(cublasStatus_t s, const char* what, const char* file, int line) {
+  if (s != CUBLAS_STATUS_SUCCESS)
+    throw error(errc::cuda, std::string(what) + " failed: cuBLAS status " + std::to_string(int(s)) + " (" +
+                                cublasGetStatusString(s) + ") (" + file + ":" + std::to_string(line) + ")");
+}
+
+#define LOWBIT_CUBLAS_CHECK(expr) ::lowbit::cuda::cublas_check((expr), #expr, __FILE__, __LINE__)
+
+// lowbit's cuBLAS handle for the calling thread and current device, created
+// on first use. Handles are never destroyed (destroying them during process
+// teardown races the CUDA runtime's own teardown); a thread that ends leaves
+// its handles behind, so short-lived threads should pass their own handle.
+inline cublasHandle_t default_cublas_handle() {
+  constexpr int max_devices = 64;
+  thread_local cublasHandle_t handles[max_devices] = {};
+  int dev = 0;
+  LOWBIT_CUDA_CHECK(cudaGetDevice(&dev));
+  require(dev >= 0 && dev < max_devices, errc::unsupported,
+          "default_cublas_handle: device ordinal " + std::to_string(dev) + " >= 64; pass a cublasHandle_t");
+  if (!handles[dev]) LOWBIT_CUBLAS_CHECK(cublasCreate(&handles[dev]));
+  return handles[dev];
+}
+
+namespace gemm_detail {
+
+// Sets a handle's stream for one call and restores the previous stream.
+class cublas_stream_scope {
+ public:
+  cublas_stream_scope(cublasHandle_t h, cudaStream_t s) : h_(h) {
+    LOWBIT_CUBLAS_CHECK(cublasGetStream(h_, &old_));
+    LOWBIT_CUBLAS_CHECK(cublasSetStream(h_, s));
+  }
+  ~cublas_stream_scope() { (void)cublasSetStream(h_, old_); }
+  cublas_stream_scope(const cublas_stream_scope&) = delete;
+  cublas_stream_scope& operator=(const cublas_stream_scope&) = delete;
+
+ private:
+  cublasHandle_t h_;
+  cudaStream_t old_ = nullptr;
+};
+
+inline cudaDataType_t cuda_type(dtype t) {
+  switch (t) {
+    case dtype::bf16: return CUDA_R_16BF;
+    case dtype::f16: return CUDA_R_16F;
+    default: return CUDA_R_32F;
+  }
+}
+
+inline cublasComputeType_t compute_type(dtype operands) {
+  return operands == dtype::f32 ? CUBLAS_COMPUTE_32F_PEDANTIC : CUBLAS_COMPUTE_32F;
+}
+
+inline void require_int_dims(const char* fn, int64_t a, int64_t b, int64_t c) {
+  require(a <= INT_MAX && b <= INT_MAX && c <= INT_MAX, errc::unsupported,
+          std::string(fn) + ": the cuBLAS path takes dimensions below 2^31, got " + std::to_string(a) + ", " +
+              std::to_string(b) + ", " + std::to_string(c));
+}
+
+// out[r][c] (row stride cols) = W[r0 + r][c0 + c] decoded, for r < rows,
+// c < cols; each thread writes 8 consecutive elements of a row.
+template <decode_kind D, class T>
+__global__ void __launch_bounds__(256)
+    dequant_tile_kernel(const weight_args w, int64_t r0, int64_t rows, int64_t c0, int64_t cols, T* out,
+                        const __grid_constant__ code_table table, const __grid_constant__ code_table map_src) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  float* map = nullptr;
+  const decoder dec = setup_decoder<D>(smem, table.value, map_src.value, w.nested, &map);
+  __syncthreads();
+  const float offset = w.nested ? *w.nested_offset : 0.0f;
+  const int64_t groups_per_row = (cols + 7) / 8;
+  const int64_t total = rows * groups_per_row;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const bool vec_store = (cols % 8) == 0;
+  for (int64_t g = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; g < total; g += stride) {
+    const int64_t r = g / groups_per_row;
+    const int64_t c = (g - r * groups_per_row) * 8;
+    const int64_t i0 = (r0 + r) * w.cols + c0 + c;
+    const int n = cols - c < 8 ? int(cols - c) : 8;
+    float v[8];
+    int64_t cur_b = -1;
+    float s = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      v[e] = 0.0f;
+      if (e < n) {
+        const int64_t i = i0 + e;
+        const int64_t b = i >> w.bs_log2;
+        if (b != cur_b) {
+          s = finish_scale(w, fetch_scale(w, b), map, offset);
+          cur_b = b;
+        }
+        v[e] = mul_rn(code_value<D>(dec, code_at<D>(w, i)), s);
+      }
+    }
+    T* dst = out + r * cols + c;
+    if (vec_store && n == 8) {
+      if constexpr (sizeof(T) == 4) {
+        reinterpret_cast<float4*>(dst)[0] = make_float4(v[0], v[1], v[2], v[3]);
+        reinterpret_cast<float4*>(dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
+      } else {
+        uint32_t h[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          h[e] = uint32_t(from_float<T>(v[2 * e]).bits) | (uint32_t(from_float<T>(v[2 * e + 1]).bits) << 16);
+        *reinterpret_cast<uint4*>(dst) = make_uint4(h[0], h[1], h[2], h[3]);
+      }
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        if (e < n) dst[e] = from_float<T>(v[e]);
+    }
+  }
+}
+
+template <decode_kind D, class T>
+void launch_dequant_tile(const weight_args& w, int64_t r0, int64_t rows, int64_t c0, int64_t cols, T* out,
+                         const code_table& table, const code_table& map, cudaStream_t stream) {
+  static std::atomic<uint64_t> smem_set{0};
+  const int smem = decode_smem_bytes(D);
+  auto kernel = dequant_tile_kernel<D, T>;
+  allow_dynamic_smem(kernel, smem, smem_set);
+  const int64_t total = rows * ((cols + 7) / 8);
+  if (total == 0) return;
+  const int64_t want = (total + 255) / 256, cap = int64_t(sm_count()) * 8;
+  kernel<<<int(want < cap ? want : cap), 256, smem, stream>>>(w, r0, rows, c0, cols, out, table, map);
+  LOWBIT_CUDA_CHECK(cudaGetLastError());
+}
+
+// Panels of the dequant_cublas regime: `units` rows of W per panel
+// (forward) or columns (backward), as many as fit `budget` bytes of
+// dequantized weights plus fp32 staging, at least min(total, 64).
+struct panel_plan {
+  int64_t units = 0;
+  size_t tile_bytes = 0;   // dequantized panel, rounded up to 256
+  size_t stage_bytes = 0;  // fp32 [M][units] staging (bias or dtype change)
+  size_t bytes() const { return tile_bytes + stage_bytes; }
+};
+
+inline panel_plan plan_panels(bool backward, int64_t M, int64_t N, int64_t K, size_t elem, bool staging,
+                              size_t budget) {
+  const int64_t total = backward ? K : N;
+  const int64_t reduction = backward ? N : K;
+  const size_t per_unit = size_t(reduction) * elem + (staging ? size_t(M) * 4 : 0);
+  int64_t u = per_unit ? int64_t(budget / per_unit) : total;
+  const int64_t floor_units = total < 64 ? total : 64;
+  if (u < floor_units) u = floor_units;
+  if (u > total) u = total;
+  if (u > 64 && u < total) u = u / 64 * 64;
+  panel_plan p;
+  p.units = u;
+  p.tile_bytes = round_up(size_t(u) * size_t(reduction) * elem, 256);
+  p.stage_bytes = staging ? size_t(M) * size_t(u) * 4 : 0;
+  return p;
+}
+
+// Y[M][N] = X[M][K] W^T (+ bias). x.type is the operand dtype T.
+template <decode_kind D, class T>
+void dequant_cublas_forward(const tensor_view& x, const weight_args& w, const tensor_view* bias, const tensor_view& y,
+                            int64_t M, int64_t N, int64_t K, const gemm_options& opt, const code_table& table,
+                            const code_table& map, cudaStream_t stream, const char* fn) {
+  require_int_dims(fn, M, N, K);
+  const bool staging = bias != nullptr || y.type != x.type;
+  const panel_plan pp = plan_panels(false, M, N, K, sizeof(T), staging, opt.max_tile_bytes);
+  const int64_t nc_max = pp.units;
+  scratch ws(opt, pp.bytes(), stream, fn);
+  T* tile = ws.as<T>();
+  float* stage = staging ? ws.as<float>(pp.tile_bytes) : nullptr;
+  cublasHandle_t h = opt.cublas_handle ? opt.cublas_handle : default_cublas_handle();
+  cublas_stream_scope scope(h, stream);
+  const float one = 1.0f, zero = 0.0f;
+  for (int64_t n0 = 0; n0 < N; n0 += nc_max) {
+    const int64_t nc = N - n0 < nc_max ? N - n0 : nc_max;
+    launch_dequant_tile<D, T>(w, n0, nc, 0, K, tile, table, map, stream);
+    // column-major view: Y^T[n0:n0+nc, :] (nc x M) = (W panel) (nc x K) * X^T (K x M)
+    void* c = staging ? static_cast<void*>(stage) : static_cast<void*>(static_cast<T*>(y.data) + n0);
+    LOWBIT_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(nc), int(M), int(K), &one, tile,
+                                     cuda_type(x.type), int(K), x.data, cuda_type(x.type), int(K), &zero, c,
+                                     staging ? CUDA_R_32F : cuda_type(y.type), staging ? int(nc) : int(N),
+                                     compute_type(x.type), CUBLAS_GEMM_DEFAULT));
+    if (staging) {
+      finalize_args f;
+      f.partial = stage;
+      f.splits = 1;
+      f.M = M;
+      f.P = nc;
+      f.bias = bias ? bias->data : nullptr;
+      f.bias_type = bias ? bias->type : dtype::f32;
+      f.out = y.data;
+      f.out_type = y.type;
+      f.out_ld = N;
+      f.col0 = n0;
+      launch_finalize(f, stream);
+    }
+  }
+}
+
+// dX[M][K] = dY[M][N] W. dy.type is the operand dtype T.
+template <decode_kind D, class T>
+void dequant_cublas_backward(const tensor_view& dy, const weight_args& w, const tensor_view& dx, int64_t M, int64_t N,
+                             int64_t K, const gemm_options& opt, const code_table& table, const code_table& map,
+                             cudaStream_t stream, const char* fn) {
+  require_int_dims(fn, M, N, K);
+  const bool staging = dx.type != dy.type;
+  const panel_plan pp = plan_panels(true, M, N, K, sizeof(T), staging, opt.max_tile_bytes);
+  const int64_t kc_max = pp.units;
+  scratch ws(opt, pp.bytes(), stream, fn);
+  T* tile = ws.as<T>();
+  float* stage = staging ? ws.as<float>(pp.tile_bytes) : nullptr;
+  cublasHandle_t h = opt.cublas_handle ? opt.cublas_handle : default_cublas_handle();
+  cublas_stream_scope scope(h, stream);
+  const float one = 1.0f, zero = 0.0f;
+  for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
+    const int64_t kc = K - k0 < kc_max ? K - k0 : kc_max;
+    launch_dequant_tile<D, T>(w, 0, N, k0, kc, tile, table, map, stream);
+    // column-major view: dX^T[k0:k0+kc, :] (kc x M) = (W panel)^T (kc x N) * dY^T (N x M)
+    void* c = staging ? static_cast<void*>(stage) : static_cast<void*>(static_cast<T*>(dx.data) + k0);
+    LOWBIT_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, int(kc), int(M), int(N), &one, tile,
+                                     cuda_type(dy.type), int(kc), dy.data, cuda_type(dy.type), int(N), &zero, c,
+                                     staging ? CUDA_R_32F : cuda_type(dx.type), staging ? int(kc) : int(K),
+                                     compute_type(dy.type), CUBLAS_GEMM_DEFAULT));
+    if (staging) {
+      finalize_args f;
+      f.partial = stage;
+      f.splits = 1;
+      f.M = M;
+      f.P = kc;
+      f.out = dx.data;
+      f.out_type = dx.type;
+      f.out_ld = K;
+      f.col0 = k0;
+      launch_finalize(f, stream);
+    }
+  }
+}
+
+}  // namespace gemm_detail
+}  // namespace cuda
+}  // namespace lowbit

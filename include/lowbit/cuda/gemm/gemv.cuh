@@ -1,0 +1,399 @@
+// lowbit/cuda/gemm/gemv.cuh
+// The small-M regime of the CUDA dequant-GEMM: CUDA-core kernels for a few
+// rows of activations, bound by reading the packed W once. Weights are used
+// as float32, exactly the values cuda::dequantize writes as float32; products
+// and sums are fp32 FMAs; one rounding into the output dtype at the end.
+//
+// Forward Y = X W^T: each warp owns 2 rows of W (2 output columns) and
+// streams them along K with 16-byte loads (32 4-bit or 16 8-bit codes a lane;
+// a warp reads 512 contiguous bytes of a row per step), decodes in registers
+// (decode.cuh), and multiplies by up to MT = 4 rows of X read with 16-byte
+// loads (L1-resident: X is small in this regime and every warp of an SM
+// reads the same X). Both rows of a warp share each X load. Lanes then
+// reduce with shuffles.
+//
+// Backward dX = dY W on the same packed W: each lane owns 16 (4-bit) or 8
+// (8-bit) consecutive columns of W (8-byte loads: a warp reads 256
+// contiguous bytes of a row), the 8 warps of a CTA take interleaved rows of
+// one row range, each multiplies its decoded row segment by the dY values of
+// that row (broadcast loads), and the CTA sums its warps in a fixed tree in
+// shared memory. Row ranges are spread over CTAs ("splits") until the device
+// is busy; splits write fp32 partials that finalize_kernel sums in order, so
+// results do not depend on timing.
+//
+// K (forward) or the column count (backward) that breaks the 16- / 8-byte
+// alignment of rows (e.g. odd K with a 4-bit format: rows start mid-byte)
+// takes a per-element path in the same kernels (`vec == false`).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "common.cuh"
+#include "decode.cuh"
+
+namespace lowbit {
+namespace cuda {
+namespace gemm_detail {
+
+constexpr int gemv_threads = 256;
+constexpr int gemv_warps = gemv_threads / 32;
+constexpr int gemv_fwd_rows_per_warp = 2;
+constexpr int gemv_bwd_ctas_per_sm = 3;  // split target (provisional)
+
+struct gemv_args {
+  const void* act = nullptr;  // x [M][K] (forward) or dy [M][N] (backward)
+  dtype act_type = dtype::bf16;
+  void* out = nullptr;  // y [M][N] (forward) or dx [M][K] (backward)
+  dtype out_type = dtype::bf16;
+  const void* bias = nullptr;  // forward only, [N]
+  dtype bias_type = dtype::f32;
+  float* partial = nullptr;  // backward with splits > 1: [splits][M][K]
+  int64_t M = 0, N = 0, K = 0;
+  int64_t m_base = 0;  // first activation row of this launch
+  int64_t rows_per_split = 0;
+  int splits = 1;
+  weight_args w;
+  bool vec = false;
+};
+
+// EPW consecutive activations starting at idx (16-byte aligned for 16-bit
+// dtypes with EPW = 8 and float32 with EPW = 4; 8-byte aligned otherwise).
+template <int EPW>
+__device__ __forceinline__ void load_group(const void* base, dtype t, int64_t idx, float* out) {
+  if (t == dtype::f32) {
+    const float* p = static_cast<const float*>(base) + idx;
+#pragma unroll
+    for (int i = 0; i < EPW; i += 4) {
+      const float4 v = __ldg(reinterpret_cast<const float4*>(p + i));
+      out[i] = v.x, out[i + 1] = v.y, out[i + 2] = v.z, out[i + 3] = v.w;
+    }
+    return;
+  }
+  const uint16_t* p = static_cast<const uint16_t*>(base) + idx;
+  uint32_t w[EPW / 2];
+  if constexpr (EPW == 8) {
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+  } else {
+    const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+    w[0] = v.x, w[1] = v.y;
+  }
+  if (t == dtype::bf16) {
+#pragma unroll
+    for (int i = 0; i < EPW / 2; ++i) {
+      out[2 * i] = __uint_as_float(w[i] << 16);
+      out[2 * i + 1] = __uint_as_float(w[i] & 0xFFFF0000u);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < EPW / 2; ++i) {
+      out[2 * i] = __half2float(__ushort_as_half(uint16_t(w[i] & 0xFFFFu)));
+      out[2 * i + 1] = __half2float(__ushort_as_half(uint16_t(w[i] >> 16)));
+    }
+  }
+}
+
+__device__ __forceinline__ uint32_t word_of(const uint4& v, int g) {
+  return g == 0 ? v.x : g == 1 ? v.y : g == 2 ? v.z : v.w;
+}
+
+template <decode_kind D, int MT>
+__global__ void __launch_bounds__(gemv_threads)
+    gemv_forward_kernel(const gemv_args p, const __grid_constant__ code_table table,
+                        const __grid_constant__ code_table map_src) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  float* map = nullptr;
+  const decoder dec = setup_decoder<D>(smem, table.value, map_src.value, p.w.nested, &map);
+  __syncthreads();  // the only barrier: warps may leave early below
+  constexpr int R = gemv_fwd_rows_per_warp;
+  const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31u);
+  const int64_t n0 = (int64_t(blockIdx.x) * gemv_warps + warp) * R;
+  if (n0 >= p.N) return;
+  const float offset = p.w.nested ? *p.w.nested_offset : 0.0f;
+  const int64_t m0 = p.m_base + int64_t(blockIdx.y) * MT;
+  const int mcount = int(p.M - m0 < MT ? p.M - m0 : MT);
+  const int64_t K = p.K;
+  float acc[R][MT];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int m = 0; m < MT; ++m) acc[r][m] = 0.0f;
+
+  if (p.vec) {
+    constexpr int EPW = kind_elems_per_word(D);
+    constexpr int E = 4 * EPW;  // elements per 16-byte vector
+    const int64_t nvec = K / E;
+    // One step: the R rows' vectors at column v * E (codes and raw scales
+    // loaded first, then decoded), times the MT activation rows.
+    uint4 cw[R];
+    scale_raw sr[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) cw[r] = make_uint4(0u, 0u, 0u, 0u);
+    auto fetch = [&](int64_t v) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        if (n0 + r < p.N) {
+          const int64_t i0 = (n0 + r) * K + v * E;
+          cw[r] = __ldg(reinterpret_cast<const uint4*>(p.w.codes + (kind_is_4bit(D) ? (i0 >> 1) : i0)));
+          sr[r] = fetch_scale(p.w, i0 >> p.w.bs_log2);
+        }
+      }
+    };
+    int64_t v = lane;
+    if (v < nvec) fetch(v);
+    while (v < nvec) {
+      uint4 cur[R];
+      float sc[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        cur[r] = cw[r];
+        sc[r] = n0 + r < p.N ? finish_scale(p.w, sr[r], map, offset) : 0.0f;
+      }
+      const int64_t vn = v + 32;
+      if (vn < nvec) fetch(vn);  // next step's loads fly while this one computes
+#pragma unroll
+      for (int g = 0; g < 4; ++g) {
+        float xv[MT][EPW];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          if (m < mcount) {
+            load_group<EPW>(p.act, p.act_type, (m0 + m) * K + v * E + g * EPW, xv[m]);
+          } else {
+#pragma unroll
+            for (int e = 0; e < EPW; ++e) xv[m][e] = 0.0f;
+          }
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          if (n0 + r < p.N) {
+            float wv[EPW];
+            decode_word<D>(dec, word_of(cur[r], g), sc[r], wv);
+#pragma unroll
+            for (int m = 0; m < MT; ++m)
+#pragma unroll
+              for (int e = 0; e < EPW; ++e) acc[r][m] = fmaf(xv[m][e], wv[e], acc[r][m]);
+          }
+        }
+      }
+      v = vn;
+    }
+  } else {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int64_t row = n0 + r;
+      if (row >= p.N) continue;
+      for (int64_t k = lane; k < K; k += 32) {
+        const float w = decode_at<D>(dec, p.w, row * K + k, map, offset);
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+          if (m < mcount) acc[r][m] = fmaf(load_as_float(p.act, p.act_type, (m0 + m) * K + k), w, acc[r][m]);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int off = 16; off >= 1; off >>= 1) acc[r][m] = add_rn(acc[r][m], __shfl_xor_sync(0xFFFFFFFFu, acc[r][m], off));
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      const int64_t row = n0 + r;
+      if (lane == r * MT + m && row < p.N && m < mcount) {
+        float y = acc[r][m];
+        if (p.bias) y = add_rn(y, load_as_float(p.bias, p.bias_type, row));
+        store_from_float(p.out, p.out_type, (m0 + m) * p.N + row, y);
+      }
+    }
+}
+
+template <decode_kind D, int MT>
+__global__ void __launch_bounds__(gemv_threads)
+    gemv_backward_kernel(const gemv_args p, const __grid_constant__ code_table table,
+                         const __grid_constant__ code_table map_src) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  float* map = nullptr;
+  const decoder dec = setup_decoder<D>(smem, table.value, map_src.value, p.w.nested, &map);
+  constexpr int EPW = kind_elems_per_word(D);
+  constexpr int E = 2 * EPW;  // columns per lane: one 8-byte vector
+  float* red = reinterpret_cast<float*>(smem + decode_smem_bytes(D));  // [4][MT][E][32]
+  __syncthreads();
+  const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31u);
+  const float offset = p.w.nested ? *p.w.nested_offset : 0.0f;
+  const int64_t K = p.K, N = p.N;
+  const int64_t c0 = (int64_t(blockIdx.x) * 32 + lane) * E;
+  const int64_t r_beg = int64_t(blockIdx.y) * p.rows_per_split;
+  const int64_t r_end = r_beg + p.rows_per_split < N ? r_beg + p.rows_per_split : N;
+  const int64_t m0 = p.m_base + int64_t(blockIdx.z) * MT;
+  const int mcount = int(p.M - m0 < MT ? p.M - m0 : MT);
+  const bool active = c0 < K;
+  float acc[MT][E];
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[m][e] = 0.0f;
+
+  if (active) {
+    if (p.vec) {
+      uint2 cw = make_uint2(0u, 0u);
+      scale_raw sr;
+      float dyv[MT];
+      auto fetch = [&](int64_t row) {
+        const int64_t i0 = row * K + c0;
+        cw = __ldg(reinterpret_cast<const uint2*>(p.w.codes + (kind_is_4bit(D) ? (i0 >> 1) : i0)));
+        sr = fetch_scale(p.w, i0 >> p.w.bs_log2);
+#pragma unroll
+        for (int m = 0; m < MT; ++m) dyv[m] = m < mcount ? load_as_float(p.act, p.act_type, (m0 + m) * N + row) : 0.0f;
+      };
+      int64_t row = r_beg + warp;
+      if (row < r_end) fetch(row);
+      while (row < r_end) {
+        const uint2 cur = cw;
+        const float s = finish_scale(p.w, sr, map, offset);
+        float dcur[MT];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) dcur[m] = dyv[m];
+        const int64_t next = row + gemv_warps;
+        if (next < r_end) fetch(next);
+        float wv[E];
+        decode_word<D>(dec, cur.x, s, wv);
+        decode_word<D>(dec, cur.y, s, wv + EPW);
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+          for (int e = 0; e < E; ++e) acc[m][e] = fmaf(dcur[m], wv[e], acc[m][e]);
+        row = next;
+      }
+    } else {
+      for (int64_t row = r_beg + warp; row < r_end; row += gemv_warps) {
+        float dyv[MT];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) dyv[m] = m < mcount ? load_as_float(p.act, p.act_type, (m0 + m) * N + row) : 0.0f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          if (c0 + e < K) {
+            const float w = decode_at<D>(dec, p.w, row * K + c0 + e, map, offset);
+#pragma unroll
+            for (int m = 0; m < MT; ++m) acc[m][e] = fmaf(dyv[m], w, acc[m][e]);
+          }
+        }
+      }
+    }
+  }
+
+  // Fixed tree over the 8 warps: 4..7 into 0..3, 2..3 into 0..1, 1 into 0.
+#pragma unroll
+  for (int half = gemv_warps / 2; half >= 1; half >>= 1) {
+    if (warp >= half && warp < 2 * half) {
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int e = 0; e < E; ++e) red[(((warp - half) * MT + m) * E + e) * 32 + lane] = acc[m][e];
+    }
+    __syncthreads();
+    if (warp < half) {
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[m][e] = add_rn(acc[m][e], red[((warp * MT + m) * E + e) * 32 + lane]);
+    }
+    __syncthreads();
+  }
+  if (warp == 0 && active) {
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      if (m >= mcount) continue;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int64_t k = c0 + e;
+        if (k >= K) continue;
+        if (p.splits == 1) store_from_float(p.out, p.out_type, (m0 + m) * K + k, acc[m][e]);
+        else p.partial[(int64_t(blockIdx.y) * p.M + m0 + m) * K + k] = acc[m][e];
+      }
+    }
+  }
+}
+
+template <decode_kind D>
+inline int gemv_backward_smem_bytes(int mt) {
+  return decode_smem_bytes(D) + 4 * mt * 2 * kind_elems_per_word(D) * 32 * 4;
+}
+
+// ---- launchers ---------------------------------------------------------------------
+// Forward: p.act = x [M][K], p.out = y [M][N], p.bias optional.
+template <decode_kind D, int MT>
+void launch_gemv_forward_mt(gemv_args p, const code_table& table, const code_table& map, cudaStream_t stream) {
+  static std::atomic<uint64_t> smem_set{0};
+  const int smem = decode_smem_bytes(D);
+  auto kernel = gemv_forward_kernel<D, MT>;
+  allow_dynamic_smem(kernel, smem, smem_set);
+  const int64_t rows_per_cta = int64_t(gemv_warps) * gemv_fwd_rows_per_warp;
+  const int64_t gx = (p.N + rows_per_cta - 1) / rows_per_cta;
+  const int64_t groups = (p.M + MT - 1) / MT;
+  for (int64_t g0 = 0; g0 < groups; g0 += 65535) {
+    const int64_t gy = groups - g0 < 65535 ? groups - g0 : 65535;
+    p.m_base = g0 * MT;
+    kernel<<<dim3(unsigned(gx), unsigned(gy)), gemv_threads, smem, stream>>>(p, table, map);
+    LOWBIT_CUDA_CHECK(cudaGetLastError());
+  }
+}
+
+template <decode_kind D>
+void launch_gemv_forward(const gemv_args& p, const code_table& table, const code_table& map, cudaStream_t stream) {
+  if (p.M == 1) launch_gemv_forward_mt<D, 1>(p, table, map, stream);
+  else if (p.M == 2) launch_gemv_forward_mt<D, 2>(p, table, map, stream);
+  else launch_gemv_forward_mt<D, 4>(p, table, map, stream);
+}
+
+// Number of row splits of the backward (fp32 partials [splits][M][K] when
+// more than 1) and, in *rows_per_split, the rows of W each split covers.
+inline int gemv_backward_splits(bool four_bit, int64_t M, int64_t N, int64_t K, int mt, int64_t* rows_per_split) {
+  const int64_t E = four_bit ? 16 : 8;
+  const int64_t col_groups = (K + 32 * E - 1) / (32 * E);
+  int64_t m_groups = (M + mt - 1) / mt;
+  if (m_groups > 65535) m_groups = 65535;
+  int splits = 1;
+  *rows_per_split = split_length(N, gemv_warps, col_groups * m_groups, int64_t(sm_count()) * gemv_bwd_ctas_per_sm,
+                                 4, &splits);
+  return splits;
+}
+
+inline int gemv_mt_for(int64_t M) { return M == 1 ? 1 : (M == 2 ? 2 : 4); }
+
+// Backward: p.act = dy [M][N], p.out = dx [M][K]; p.splits / p.rows_per_split
+// from gemv_backward_splits, p.partial set when splits > 1 (then the caller
+// runs finalize).
+template <decode_kind D, int MT>
+void launch_gemv_backward_mt(gemv_args p, const code_table& table, const code_table& map, cudaStream_t stream) {
+  static std::atomic<uint64_t> smem_set{0};
+  const int smem = gemv_backward_smem_bytes<D>(MT);
+  auto kernel = gemv_backward_kernel<D, MT>;
+  allow_dynamic_smem(kernel, smem, smem_set);
+  constexpr int E = 2 * kind_elems_per_word(D);
+  const int64_t gx = (p.K + 32 * E - 1) / (32 * E);
+  const int64_t groups = (p.M + MT - 1) / MT;
+  for (int64_t g0 = 0; g0 < groups; g0 += 65535) {
+    const int64_t gz = groups - g0 < 65535 ? groups - g0 : 65535;
+    p.m_base = g0 * MT;
+    kernel<<<dim3(unsigned(gx), unsigned(p.splits), unsigned(gz)), gemv_threads, smem, stream>>>(p, table, map);
+    LOWBIT_CUDA_CHECK(cudaGetLastError());
+  }
+}
+
+template <decode_kind D>
+void launch_gemv_backward(const gemv_args& p, const code_table& table, const code_table& map, cudaStream_t stream) {
+  const int mt = gemv_mt_for(p.M);
+  if (mt == 1) launch_gemv_backward_mt<D, 1>(p, table, map, stream);
+  else if (mt == 2) launch_gemv_backward_mt<D, 2>(p, table, map, stream);
+  else launch_gemv_backward_mt<D, 4>(p, table, map, stream);
+}
+
+}  // namespace gemm_detail
+}  // namespace cuda
+}  // namespace lowbit
