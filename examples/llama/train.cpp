@@ -8,6 +8,8 @@
 // the start, a progress line per --log-every steps, the validation loss per
 // --eval-every steps, a generated sample at the end; writes every step to a
 // JSONL log; saves and resumes checkpoints.
+#include <sys/resource.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -401,6 +403,9 @@ int main(int argc, char** argv) {
     if (!std::isnan(last_val)) std::printf(", validation loss %.4f", last_val);
     if (!std::isnan(first_val)) std::printf(" (from %.4f at step 0)", first_val);
     if (skipped_steps) std::printf(", %lld steps skipped", static_cast<long long>(skipped_steps));
+    struct rusage usage;
+    if (getrusage(RUSAGE_SELF, &usage) == 0)
+      std::printf(", peak resident memory %.1f MiB", double(usage.ru_maxrss) / 1024.0);  // ru_maxrss is in KiB
     std::printf("\n");
     return 0;
   } catch (const lowbit::error& e) {
