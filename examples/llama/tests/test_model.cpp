@@ -6,8 +6,12 @@
 // float path agrees with the float64 one).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -274,4 +278,75 @@ TEST_CASE("Hugging Face loading errors name the problem") {
   weight_store<float> w2(L2, matrix_storage::f32);
   CHECK_THROWS_WITH_AS(load_hf_weights(data_dir + "/tiny_tied", w2), doctest::Contains("no tensor 'lm_head.weight'"),
                        lowbit::error);
+}
+
+TEST_CASE("a checkpoint with bitsandbytes NF4 weights loads: dequantized exactly, re-quantized to the same codes") {
+  // Build the NF4 checkpoint from tiny_gqa: matrices as NF4 (block 64,
+  // nested scales) under bitsandbytes keys, RMSNorm gains as float32.
+  const std::string src = data_dir + "/tiny_gqa", dir = "hf_nf4_test";
+  const llama_config cfg = load_hf_config(src);
+  const param_layout L(cfg);
+  weight_store<float> dense(L, matrix_storage::f32);
+  load_hf_weights(src, dense);
+  weight_store<float> nf4(L, matrix_storage::quantized, {lowbit::format::nf4, 64, true});
+  for (size_t p = 0; p < L.params.size(); ++p)
+    if (L.params[p].matrix) {
+      std::vector<float> v(static_cast<size_t>(L.params[p].numel));
+      dense.get_matrix(int(p), v.data());
+      nf4.set_matrix(int(p), v.data());
+    }
+  REQUIRE(std::system(("mkdir -p " + dir).c_str()) == 0);
+  {
+    std::ifstream in(src + "/config.json");
+    std::ofstream out(dir + "/config.json");
+    out << in.rdbuf();
+  }
+  lowbit::safetensors_writer w;
+  for (size_t p = 0; p < L.params.size(); ++p) {
+    const param_info& i = L.params[p];
+    if (i.matrix) lowbit::save_quantized(w, i.name, nf4.mq[size_t(i.slot)], lowbit::dtype::bf16);
+    else w.add(i.name, lowbit::dtype::f32, i.shape, dense.vector(int(p)));
+  }
+  w.write(dir + "/model.safetensors");
+
+  // Into float32 storage: every matrix equals cpu::dequantize of its codes.
+  weight_store<float> loaded(L, matrix_storage::f32);
+  CHECK(load_hf_weights(dir, loaded) == 0);
+  for (size_t p = 0; p < L.params.size(); ++p) {
+    const param_info& i = L.params[p];
+    if (!i.matrix) continue;
+    std::vector<float> want(static_cast<size_t>(i.numel)), got(want.size());
+    nf4.get_matrix(int(p), want.data());
+    loaded.get_matrix(int(p), got.data());
+    CHECK(got == want);
+  }
+  // Into an NF4 training mode (dequantized, then quantized again): the
+  // 4-bit codes come back unchanged; only the block scales are re-encoded
+  // (double quantization of a decoded scale is not the identity), so each
+  // block's values are the original ones times one factor close to 1.
+  weight_store<float> again(L, matrix_storage::quantized, {lowbit::format::nf4, 64, true});
+  load_hf_weights(dir, again);
+  for (size_t s = 0; s < again.mq.size(); ++s) {
+    CHECK(again.mq[s].codes == nf4.mq[s].codes);
+    const int64_t n = again.mq[s].layout.n;
+    std::vector<float> a(static_cast<size_t>(n)), b(a.size());
+    lowbit::cpu::dequantize(again.mq[s].view(), lowbit::make_flat_view(a.data(), n));
+    lowbit::cpu::dequantize(nf4.mq[s].view(), lowbit::make_flat_view(b.data(), n));
+    for (int64_t blk = 0; blk * 64 < n; ++blk) {
+      double factor = 0;
+      for (int64_t e = blk * 64; e < std::min<int64_t>(n, blk * 64 + 64); ++e) {
+        if (b[size_t(e)] == 0.0f) {
+          REQUIRE(a[size_t(e)] == 0.0f);
+          continue;
+        }
+        const double f = double(a[size_t(e)]) / double(b[size_t(e)]);
+        if (factor == 0) factor = f;
+        REQUIRE(std::abs(f - factor) <= 1e-6 * factor);  // one factor per block
+      }
+      CHECK(std::abs(factor - 1.0) < 0.05);
+    }
+  }
+  std::remove((dir + "/model.safetensors").c_str());
+  std::remove((dir + "/config.json").c_str());
+  std::remove(dir.c_str());
 }
