@@ -4,10 +4,11 @@
 # the machine (date -u, nvidia-smi -L, nvcc --version, compilers), configures
 # build-gpu/ for sm_90 in Release, builds everything, runs every CTest test
 # (a GPU test that skips while nvidia-smi sees a GPU is a failure), runs
-# compute-sanitizer memcheck and racecheck on each GPU test binary, runs every
-# GPU benchmark (build-gpu/bench/bench_*_cuda) with JSON output into $OUT (or
-# build-gpu/results/), and ends with a step summary and a GB/s / % of copy
-# table. It installs nothing and needs no network: tools come from PATH (or
+# compute-sanitizer memcheck and racecheck on each GPU test binary (test
+# cases named "*2^31*" or "*[large]*" are left out there), runs every GPU
+# benchmark (build-gpu/bench/bench_*_cuda) with JSON output into $OUT (or
+# build-gpu/results/), and ends with a step summary, a GB/s / % of copy
+# table, and for bench_dequant_gemm_cuda a TFLOP/s / % of cuBLAS table. It installs nothing and needs no network: tools come from PATH (or
 # /usr/local/cuda/bin, or the pip "cmake"/"ninja" packages of python3), and
 # doctest, nlohmann-json, dlpack and Google Benchmark come from the system or
 # from build-deps/ (made here by scripts/pack-gpu-deps.sh and carried along).
@@ -21,7 +22,8 @@
 # (build-gpu), SKIP_SANITIZER=1,
 # SANITIZER_TIMEOUT (s per binary and tool, 300), BENCH_ARGS (extra flags for
 # every GPU benchmark, e.g. "--n=67108864 --benchmark_min_time=0.2"),
-# BENCH_TIMEOUT (s per benchmark binary, 420).
+# BENCH_TIMEOUT (s per benchmark binary, 420), BENCHES (names of the
+# benchmark binaries to run, default all, e.g. "bench_dequant_gemm_cuda").
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 2
@@ -218,10 +220,11 @@ run_sanitizers() {
       for tool in memcheck racecheck; do
         echo "--- $tool $(basename "$f")" | tee -a "$san_log"
         t0=$SECONDS
-        # the >2^31-element case is left out under the sanitizers (it would run
-        # for far longer than the timeout there); ctest above runs it
+        # the >2^31-element case and the [large] (LLaMA-sized) cases are left
+        # out under the sanitizers (they would run for far longer than the
+        # timeout there); ctest above runs them
         timeout "$SANITIZER_TIMEOUT" "$sanitizer" --tool "$tool" --error-exitcode 99 "$f" \
-          --test-case-exclude='*2^31*' >>"$san_log" 2>&1
+          --test-case-exclude='*2^31*,*[large]*' >>"$san_log" 2>&1
         rc=$?
         tail -n 3 "$san_log"
         if [[ $rc -eq 0 ]]; then
@@ -240,7 +243,11 @@ run_benchmarks() {
   section "GPU benchmarks"
   local f t0
   local -a benches=()
-  for f in "$BUILD"/bench/bench_*cuda; do [[ -x "$f" && -f "$f" ]] && benches+=("$f"); done
+  for f in "$BUILD"/bench/bench_*cuda; do
+    [[ -x "$f" && -f "$f" ]] || continue
+    if [[ -n "${BENCHES:-}" && " $BENCHES " != *" $(basename "$f") "* ]]; then continue; fi
+    benches+=("$f")
+  done
   [[ ${#benches[@]} -eq 0 ]] && failed "no GPU benchmark binaries ($BUILD/bench/bench_*cuda) were built"
   local b name json rc
   for b in "${benches[@]}"; do
@@ -264,6 +271,34 @@ run_benchmarks() {
   done
 }
 
+# gemm_table JSON...: for bench_dequant_gemm_cuda results, one row per
+# benchmark with the counters summarize-bench.py does not show (TFLOP/s, % of
+# cuBLAS bf16, speed against the dequant_cublas fallback, chosen regime).
+gemm_table() {
+  local j
+  for j in "$@"; do
+    [[ "$(basename "$j")" == bench_dequant_gemm_cuda* ]] || continue
+    echo
+    echo "### $j (GEMM counters)"
+    python3 - "$j" <<'PY' || true
+import json, sys
+data = json.load(open(sys.argv[1]))
+print("| benchmark | time | GB/s | % of copy | TFLOP/s | % of cuBLAS bf16 | vs fallback | plan |")
+print("|---|---|---:|---:|---:|---:|---:|---|")
+for r in data.get("benchmarks", []):
+    if r.get("run_type", "iteration") != "iteration":
+        continue
+    name = (r.get("run_name") or r.get("name", "?")).replace("/manual_time", "")
+    if r.get("error_occurred"):
+        print(f"| {name} | FAILED: {r.get('error_message', '')} | | | | | | |")
+        continue
+    f = lambda k, d=1: "-" if k not in r else f"{r[k]:.{d}f}"
+    print(f"| {name} | {r.get('real_time', 0):.3g} {r.get('time_unit', '')} | {f('GBps')} | {f('pct_of_copy')} | "
+          f"{f('TFLOPs', 2)} | {f('pct_of_cublas')} | {f('vs_fallback', 2)} | {r.get('label', '')} |")
+PY
+  done
+}
+
 main() {
   steps
   section "summary"
@@ -273,6 +308,7 @@ main() {
     echo
     if command -v python3 >/dev/null; then
       python3 "$ROOT/scripts/summarize-bench.py" "${JSONS[@]}" || FAILED=1
+      gemm_table "${JSONS[@]}"
     else
       echo "python3 not found: no table (the JSON is in $RESULTS)"
     fi

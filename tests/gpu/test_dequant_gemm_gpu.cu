@@ -452,6 +452,7 @@ TEST_CASE("decoded weights equal cuda::dequantize in every regime (identity acti
         CAPTURE(K);
         test_weight w(f, N, K, 32, nested, 11 + uint64_t(K));
         for (dtype act : {dtype::bf16, dtype::f16}) {
+          if (act == dtype::f16 && K != 96) continue;  // fp16 once per format and scale kind
           CAPTURE(std::string(dtype_name(act)));
           for (gemm_regime r : all_regimes) {
             CAPTURE(std::string(cuda::gemm_regime_name(r)));
