@@ -195,6 +195,10 @@ void dispatch_operand_type(dtype t, Fn&& fn) {
 // bfloat16 / float16, contiguous, device or managed memory); w: quantized
 // n x k row-major (w.layout.n == n * k); bias: 1-D [n] float32 / bfloat16 /
 // float16 / float64 or nullptr. y must not overlap x or bias.
+// (A template only so that including this header compiles no kernels: nvcc
+// builds device code for every kernel a non-template inline function could
+// launch, about 50 here; callers never name the parameter.)
+template <int Unused = 0>
 inline void dequant_gemm_forward(const tensor_view& x, const quantized_view& w, int64_t n, int64_t k,
                                  const tensor_view* bias, const tensor_view& y, cudaStream_t stream = nullptr,
                                  const gemm_options& opt = {}) {
@@ -268,7 +272,8 @@ inline void dequant_gemm_forward(const tensor_view& x, const quantized_view& w, 
 // dX[M, K] = dY[M, N] W. dy: [M, n], dx: [M, k] (float32 / bfloat16 /
 // float16, contiguous, device or managed memory); w as in
 // dequant_gemm_forward, the same packed codes and scales. dx must not
-// overlap dy.
+// overlap dy. (A template for the same reason as dequant_gemm_forward.)
+template <int Unused = 0>
 inline void dequant_gemm_backward_input(const tensor_view& dy, const quantized_view& w, int64_t n, int64_t k,
                                         const tensor_view& dx, cudaStream_t stream = nullptr,
                                         const gemm_options& opt = {}) {
