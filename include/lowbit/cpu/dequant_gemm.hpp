@@ -190,6 +190,28 @@ inline void zero_pad(float* buf, int64_t rlen, int64_t plen) {
     for (int64_t j = used; j < nr; ++j) last[r * nr + j] = 0.0f;
 }
 
+// Stores for blocked_gemm: finished fp32 output rows rounded once into the
+// destination dtype. forward_store adds bias[column] last (bias may be null);
+// matrix_store writes plainly. `ld` is the destination's row stride.
+template <class TY>
+auto forward_store(TY* y, int64_t ld, const float* bias) {
+  return [=](int64_t m0, int64_t mlen, int64_t p0, int64_t plen, const float* c, int64_t ldc) {
+    for (int64_t m = 0; m < mlen; ++m) {
+      TY* row = y + (m0 + m) * ld + p0;
+      const float* crow = c + m * ldc;
+      if (bias) {
+        for (int64_t j = 0; j < plen; ++j) row[j] = from_float<TY>(add_rn(crow[j], bias[p0 + j]));
+      } else {
+        for (int64_t j = 0; j < plen; ++j) row[j] = from_float<TY>(crow[j]);
+      }
+    }
+  };
+}
+template <class TY>
+auto matrix_store(TY* y, int64_t ld) {
+  return forward_store<TY>(y, ld, nullptr);
+}
+
 // A dense operand as a contiguous float matrix: the data itself for float32,
 // else a converted copy in `storage` (activations only, never W).
 inline const float* as_float(const tensor_view& v, std::vector<float>& storage) {
@@ -281,18 +303,7 @@ inline void dequant_gemm_forward(const tensor_view& x, const quantized_view& w, 
   const float* bptr = bias ? bias_f.data() : nullptr;
   dispatch_float_dtype(y.type, "dequant_gemm_forward: y", [&](auto yt) {
     using TY = decltype(yt);
-    TY* yp = static_cast<TY*>(y.data);
-    auto store = [&](int64_t m0, int64_t mlen, int64_t p0, int64_t plen, const float* c, int64_t ldc) {
-      for (int64_t m = 0; m < mlen; ++m) {
-        TY* yrow = yp + (m0 + m) * n + p0;
-        const float* crow = c + m * ldc;
-        if (bptr) {
-          for (int64_t j = 0; j < plen; ++j) yrow[j] = from_float<TY>(add_rn(crow[j], bptr[p0 + j]));
-        } else {
-          for (int64_t j = 0; j < plen; ++j) yrow[j] = from_float<TY>(crow[j]);
-        }
-      }
-    };
+    const auto store = forward_store(static_cast<TY*>(y.data), n, bptr);
     auto run = [&](auto is4) {
       constexpr bool Is4 = decltype(is4)::value;
       // B[kk][j] = W[j][kk]: row j of W (contiguous in k) becomes lane j % nr
@@ -331,11 +342,7 @@ inline void dequant_gemm_backward_input(const tensor_view& dy, const quantized_v
   const code_table table = make_code_table(w.layout.fmt);
   dispatch_float_dtype(dx.type, "dequant_gemm_backward_input: dx", [&](auto xt) {
     using TX = decltype(xt);
-    TX* xp = static_cast<TX*>(dx.data);
-    auto store = [&](int64_t m0, int64_t mlen, int64_t p0, int64_t plen, const float* c, int64_t ldc) {
-      for (int64_t m = 0; m < mlen; ++m)
-        for (int64_t j = 0; j < plen; ++j) xp[(m0 + m) * k + p0 + j] = from_float<TX>(c[m * ldc + j]);
-    };
+    const auto store = matrix_store(static_cast<TX*>(dx.data), k);
     auto run = [&](auto is4) {
       constexpr bool Is4 = decltype(is4)::value;
       // B[nn][kk] = W[nn][kk]: a run of row nn fills row nn of consecutive

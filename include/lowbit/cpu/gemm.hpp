@@ -67,15 +67,7 @@ inline void gemm_forward(const tensor_view& x, const tensor_view& w, const tenso
     };
     dispatch_float_dtype(y.type, "gemm_forward: y", [&](auto yt) {
       using TY = decltype(yt);
-      TY* yp = static_cast<TY*>(y.data);
-      auto store = [&](int64_t m0, int64_t mlen, int64_t p0, int64_t plen, const float* c, int64_t ldc) {
-        for (int64_t m = 0; m < mlen; ++m) {
-          TY* yrow = yp + (m0 + m) * n + p0;
-          const float* crow = c + m * ldc;
-          for (int64_t j = 0; j < plen; ++j) yrow[j] = from_float<TY>(bptr ? add_rn(crow[j], bptr[p0 + j]) : crow[j]);
-        }
-      };
-      blocked_gemm(M, n, k, xf, k, pack, store);
+      blocked_gemm(M, n, k, xf, k, pack, forward_store(static_cast<TY*>(y.data), n, bptr));
     });
   });
 }
@@ -109,12 +101,7 @@ inline void gemm_backward_input(const tensor_view& dy, const tensor_view& w, con
     };
     dispatch_float_dtype(dx.type, "gemm_backward_input: dx", [&](auto xt) {
       using TX = decltype(xt);
-      TX* xp = static_cast<TX*>(dx.data);
-      auto store = [&](int64_t m0, int64_t mlen, int64_t p0, int64_t plen, const float* c, int64_t ldc) {
-        for (int64_t m = 0; m < mlen; ++m)
-          for (int64_t j = 0; j < plen; ++j) xp[(m0 + m) * k + p0 + j] = from_float<TX>(c[m * ldc + j]);
-      };
-      blocked_gemm(M, k, n, dyf, n, pack, store);
+      blocked_gemm(M, k, n, dyf, n, pack, matrix_store(static_cast<TX*>(dx.data), k));
     });
   });
 }
