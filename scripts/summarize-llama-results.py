@@ -18,7 +18,7 @@ for m in modes:
                 vals.append((r["step"], r["val_loss"]))
             else:
                 steps.append(r)
-    text = open(f"{out_dir}/{m}.txt").read()
+    text = open(f"{out_dir}/{m}.txt", encoding="utf-8", errors="replace").read()
     bpp = re.search(r"model states\s+([0-9.]+) B/param", text)
     wpp = re.search(r"weights\s+([0-9.]+) B/param", text)
     spp = re.search(r"optimizer states\s+([0-9.]+) B/param", text)
@@ -26,9 +26,10 @@ for m in modes:
     rows[m] = dict(val=vals[-1][1], step=vals[-1][0], first=vals[0][1], bpp=bpp.group(1) if bpp else "?",
                    w=wpp.group(1) if wpp else "?", s=spp.group(1) if spp else "?", tok=tok.group(1) if tok else "?")
 base = rows.get("fp32-adamw", {}).get("val")
-print("| mode | final val loss | vs fp32-adamw | weights B/param | states B/param | model states B/param | tokens/s |")
-print("|---|---|---|---|---|---|---|")
+print("| mode | final val loss | vs fp32-adamw | weights B/param | optimizer states B/param | weights + states B/param | with fp32 gradients B/param | training tokens/s |")
+print("|---|---|---|---|---|---|---|---|")
 for m in modes:
     r = rows[m]
     ratio = f"{100.0 * (r['val'] / base - 1.0):+.2f}%" if base else "-"
-    print(f"| {m} | {r['val']:.4f} (step {r['step']}, from {r['first']:.3f}) | {ratio} | {r['w']} | {r['s']} | {r['bpp']} | {r['tok']} |")
+    ws = f"{float(r['w']) + float(r['s']):.3f}" if r['w'] != "?" and r['s'] != "?" else "?"
+    print(f"| {m} | {r['val']:.4f} (step {r['step']}, from {r['first']:.3f}) | {ratio} | {r['w']} | {r['s']} | {ws} | {r['bpp']} | {r['tok']} |")

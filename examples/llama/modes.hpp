@@ -53,6 +53,8 @@ inline const std::vector<mode_info>& training_modes() {
         rule_kind::lion, matrix_storage::quantized, nf4_blocks, true, false, 1e-3f);
     add("nf4-rn", "NF4 weights with round-to-nearest updates", rule_kind::lion, matrix_storage::quantized, nf4_blocks,
         false, false, 1e-3f);
+    add("nf4-f32scales", "NF4 weights with float32 block scales (not double-quantized), stochastic rounding, Lion 8-bit",
+        rule_kind::lion, matrix_storage::quantized, {lowbit::format::nf4, 64, false}, true, false, 1e-3f);
     add("paged-adamw8", "bfloat16 weights, AdamW 8-bit states in paged (CUDA managed) memory", rule_kind::adamw,
         matrix_storage::bf16, {}, true, true, 2e-3f);
     add("offload-adamw8", "bfloat16 weights, AdamW 8-bit states offloaded to pinned CPU memory", rule_kind::adamw,
@@ -196,7 +198,7 @@ inline std::unique_ptr<trainer_optimizer> make_optimizer(const mode_info& m, wei
   if (m.name == "qft-rn")
     return std::make_unique<
         composed_optimizer<lion, states::int8, weights::quantized<format::int8, rounding::nearest>>>(w, h);
-  if (m.name == "nf4")
+  if (m.name == "nf4" || m.name == "nf4-f32scales")  // same policy; the scale kind is in the weights' layout
     return std::make_unique<composed_optimizer<lion, states::int8, weights::quantized<format::nf4>>>(w, h);
   if (m.name == "nf4-rn")
     return std::make_unique<
