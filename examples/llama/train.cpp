@@ -358,8 +358,9 @@ int main(int argc, char** argv) {
         const double step_s = std::chrono::duration<double>(now - t_last).count() /
                               double(std::min<int64_t>(o.log_every, steps_run + 1));
         const double eta = double(end - st.step) * elapsed / double(steps_run + 1);
-        std::printf("step %5lld/%lld | loss %.4f | lr %.2e | %7.0f tok/s | %.2f s/step | ETA %s\n",
-                    static_cast<long long>(st.step), static_cast<long long>(o.steps), loss, double(lr), tok_s, step_s,
+        std::printf("step %5lld/%lld | loss %.4f | lr %.2e | %7.*f tok/s | %.2f s/step | ETA %s\n",
+                    static_cast<long long>(st.step), static_cast<long long>(o.steps), loss, double(lr),
+                    tok_s < 100 ? 2 : 0, tok_s, step_s,
                     human_time(eta).c_str());
         std::fflush(stdout);
         t_last = now;
@@ -397,9 +398,10 @@ int main(int argc, char** argv) {
       std::printf("sample (temperature %.2f):\n%s%s\n---\n", double(o.temperature), o.prompt.c_str(),
                   tok->decode(generated).c_str());
     }
-    std::printf("llama_train: mode %s: %lld steps in %s (%.0f training tokens/s), final training loss %.4f",
+    const double train_tok_s = double(steps_run * M) / std::max(train_seconds, 1e-9);
+    std::printf("llama_train: mode %s: %lld steps in %s (%.*f training tokens/s), final training loss %.4f",
                 mode.name.c_str(), static_cast<long long>(steps_run), human_time(seconds).c_str(),
-                double(steps_run * M) / std::max(train_seconds, 1e-9), loss);
+                train_tok_s < 100 ? 2 : 0, train_tok_s, loss);
     if (!std::isnan(last_val)) std::printf(", validation loss %.4f", last_val);
     if (!std::isnan(first_val)) std::printf(" (from %.4f at step 0)", first_val);
     if (skipped_steps) std::printf(", %lld steps skipped", static_cast<long long>(skipped_steps));
