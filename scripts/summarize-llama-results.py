@@ -22,7 +22,7 @@ for m in modes:
     bpp = re.search(r"model states\s+([0-9.]+) B/param", text)
     wpp = re.search(r"weights\s+([0-9.]+) B/param", text)
     spp = re.search(r"optimizer states\s+([0-9.]+) B/param", text)
-    tok = re.search(r"\(([0-9]+) training tokens/s\)", text)
+    tok = re.search(r"\(([0-9.]+) training tokens/s\)", text)
     rows[m] = dict(val=vals[-1][1], step=vals[-1][0], first=vals[0][1], bpp=bpp.group(1) if bpp else "?",
                    w=wpp.group(1) if wpp else "?", s=spp.group(1) if spp else "?", tok=tok.group(1) if tok else "?")
 base = rows.get("fp32-adamw", {}).get("val")
