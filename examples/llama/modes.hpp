@@ -30,6 +30,7 @@ struct mode_info {
   bool stochastic = true;   // rounding of the weight update
   bool gpu_only = false;    // needs the CUDA trainer (device-side memory policy)
   float default_lr = 1e-3f;
+  bool stable_scales = false;  // keep quantized blocks' scales unless they must grow (lowbit stable_weight_scales)
 };
 
 inline const std::vector<mode_info>& training_modes() {
@@ -49,11 +50,13 @@ inline const std::vector<mode_info>& training_modes() {
         rule_kind::lion, matrix_storage::quantized, int8_blocks, true, false, 1e-3f);
     add("qft-rn", "QFT with round-to-nearest weight updates (to show what stochastic rounding buys)",
         rule_kind::lion, matrix_storage::quantized, int8_blocks, false, false, 1e-3f);
-    add("nf4", "NF4 weights (nested scales) updated in place (stochastic rounding), Lion with 8-bit momentum",
-        rule_kind::lion, matrix_storage::quantized, nf4_blocks, true, false, 1e-3f);
+    add("nf4", "NF4 weights (nested scales, kept stable) updated in place (stochastic rounding), Lion with 8-bit "
+        "momentum", rule_kind::lion, matrix_storage::quantized, nf4_blocks, true, false, 1e-3f);
+    m.back().stable_scales = true;
     add("nf4-rn", "NF4 weights with round-to-nearest updates", rule_kind::lion, matrix_storage::quantized, nf4_blocks,
         false, false, 1e-3f);
-    add("nf4-f32scales", "NF4 weights with float32 block scales (not double-quantized), stochastic rounding, Lion 8-bit",
+    m.back().stable_scales = true;
+    add("nf4-f32scales", "NF4 weights with float32 block scales re-encoded every step, stochastic rounding, Lion 8-bit",
         rule_kind::lion, matrix_storage::quantized, {lowbit::format::nf4, 64, false}, true, false, 1e-3f);
     add("paged-adamw8", "bfloat16 weights, AdamW 8-bit states in paged (CUDA managed) memory", rule_kind::adamw,
         matrix_storage::bf16, {}, true, true, 2e-3f);
@@ -79,6 +82,7 @@ struct optimizer_hparams {
   float eps = 1e-8f;
   float weight_decay = 0.0f;  // matrices only; the RMSNorm gains are never decayed
   uint64_t seed = 0;
+  bool stable_weight_scales = false;  // quantized matrices (see lowbit::optim::optimizer_options)
 };
 
 // What the training loop needs from its optimizer(s). Parameters are named
@@ -105,8 +109,8 @@ class composed_optimizer final : public trainer_optimizer {
 
  public:
   composed_optimizer(weight_store<float>& w, const optimizer_hparams& h)
-      : matrices_(make_hparams(h, h.weight_decay), options(h.seed)),
-        vectors_(make_hparams(h, 0.0f), options(h.seed + 1)) {
+      : matrices_(make_hparams(h, h.weight_decay), options(h.seed, h.stable_weight_scales)),
+        vectors_(make_hparams(h, 0.0f), options(h.seed + 1, false)) {
     const param_layout& L = *w.layout;
     index_.assign(L.params.size(), -1);
     for (size_t p = 0; p < L.params.size(); ++p) {
@@ -170,9 +174,10 @@ class composed_optimizer final : public trainer_optimizer {
     if constexpr (std::is_same<Rule, lowbit::optim::adamw>::value) r.eps = h.eps;
     return r;
   }
-  static lowbit::optim::optimizer_options options(uint64_t seed) {
+  static lowbit::optim::optimizer_options options(uint64_t seed, bool stable_scales) {
     lowbit::optim::optimizer_options o;
     o.seed = seed;
+    o.stable_weight_scales = stable_scales;
     return o;
   }
 
@@ -184,8 +189,9 @@ class composed_optimizer final : public trainer_optimizer {
 };
 
 inline std::unique_ptr<trainer_optimizer> make_optimizer(const mode_info& m, weight_store<float>& w,
-                                                         const optimizer_hparams& h) {
+                                                         optimizer_hparams h) {
   using namespace lowbit::optim;
+  h.stable_weight_scales = m.stable_scales;
   using lowbit::format;
   lowbit::require(!m.gpu_only, lowbit::errc::unsupported,
                   "mode '" + m.name + "' keeps optimizer states in CUDA memory; it needs the trainer's CUDA path, "

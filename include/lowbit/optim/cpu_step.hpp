@@ -10,6 +10,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -131,8 +132,38 @@ inline void store_dense_tile(const storage_view& st, int64_t s, int64_t cnt, con
   }
 }
 
+// Stable block scales (optimizer_options::stable_weight_scales): `keep`
+// holds every block's decoded scale before the step. A block whose new
+// absmax m fits under its old scale keeps it (codes are drawn against the
+// very scale they will be decoded with, and the stored scale is untouched).
+// A block that grew takes m; with nested scales it takes the smallest scale
+// code whose decoded value covers m under its group's unchanged
+// double-quantization parameters, and only when no code does (m beyond the
+// group's range) is *renest set so that all scales are re-quantized after
+// the step.
+inline float stable_block_scale(const quantized_view& q, int64_t b, float m, const float* keep, bool* renest) {
+  const float old = keep[b];
+  if (m <= old) return old;
+  if (!q.layout.nested) return m;
+  const float* map = signed_dynamic_map().data();
+  const float group_absmax = q.nested_absmax[b / nested_block_size];
+  int best = -1;
+  float best_scale = 0.0f;
+  for (int c = 0; c < 256; ++c) {
+    const float d = decode_nested_scale(uint8_t(c), group_absmax, *q.nested_offset, map);
+    if (d >= m && (best < 0 || d < best_scale)) best = c, best_scale = d;
+  }
+  if (best < 0) {
+    *renest = true;
+    return m;
+  }
+  q.absmax_codes[b] = uint8_t(best);
+  return best_scale;
+}
+
 inline void store_tile(const storage_view& st, const format_tables* tab, int64_t s, int64_t cnt, const float* vals,
-                       bool stochastic, const rng_stream& rng, float* absmax_out) {
+                       bool stochastic, const rng_stream& rng, float* absmax_out, const float* keep = nullptr,
+                       bool* renest = nullptr) {
   if (!st.is_blockwise()) {
     store_dense_tile(st, s, cnt, vals, stochastic, rng);
     return;
@@ -145,6 +176,7 @@ inline void store_tile(const storage_view& st, const format_tables* tab, int64_t
     const int64_t j1 = std::min(cnt, j0 + bs);
     float m = 0.0f;
     for (int64_t j = j0; j < j1; ++j) m = absmax_step(m, vals[j]);
+    if (keep) m = stable_block_scale(q, (s + j0) / bs, m, keep, renest);
     absmax_out[(s + j0) / bs] = m;
     const float inv = inverse_scale(m);
     const sorted_codebook& t = tab->sorted;
@@ -160,6 +192,22 @@ inline void store_tile(const storage_view& st, const format_tables* tab, int64_t
     for (int k = 0; k < len; ++k) lo[k] = 0;
     for (int step = 1 << (t.steps - 1); step >= 1; step >>= 1)
       for (int k = 0; k < len; ++k) lo[k] = t.value[lo[k] + step] <= u[k] ? lo[k] + step : lo[k];
+    if (keep) {
+      // With a kept scale, an unchanged weight comes back as table[c] * s
+      // * (1 / s), a few ulps off its own grid value; snap it there so that
+      // stochastic rounding does not re-draw weights that did not move.
+      for (int k = 0; k < len; ++k) {
+        const float below = t.value[lo[k]], above = t.value[lo[k] + 1 < t.size ? lo[k] + 1 : lo[k]];
+        const float tol_above = 9.5367431640625e-07f * (above < 0 ? -above : above);  // 2^-20 relative
+        const float tol_below = 9.5367431640625e-07f * (below < 0 ? -below : below);
+        if (above - u[k] <= tol_above) {
+          u[k] = above;
+          lo[k] = lo[k] + 1 < t.size ? lo[k] + 1 : lo[k];
+        } else if (u[k] - below <= tol_below) {
+          u[k] = below;
+        }
+      }
+    }
     if (stochastic)
       for (int k = 0; k < len; k += 4) {  // s + j0 is a multiple of 4
         const philox_result r = rng.quad(uint64_t(s + j0 + k) >> 2);
@@ -249,6 +297,13 @@ void cpu_fused_step(const fused_step_args& a, const typename Rule::consts& c) {
   const bool nested_weight = a.weight.is_blockwise() && a.weight.q.layout.nested;
   std::vector<float> weight_scratch(nested_weight ? size_t(a.weight.q.layout.n_blocks()) : 0);
   float* weight_absmax = nested_weight ? weight_scratch.data() : a.weight.q.absmax;
+  std::vector<float> kept_scales;  // decoded block scales before the step (stable scales)
+  if (a.stable_weight_scales && a.weight.is_blockwise()) {
+    kept_scales.resize(size_t(a.weight.q.layout.n_blocks()));
+    for (int64_t b = 0; b < a.weight.q.layout.n_blocks(); ++b) kept_scales[size_t(b)] = cpu::block_scale(a.weight.q, b);
+  }
+  const float* keep = kept_scales.empty() ? nullptr : kept_scales.data();
+  std::atomic<bool> renest{false};
   const rng_stream rw = a.stream(rng_purpose::weight), r1 = a.stream(rng_purpose::state1),
                    r2 = a.stream(rng_purpose::state2);
   cpu::parallel_for(tiles, std::max<int64_t>(1, 16384 / tile), [&](int64_t t0, int64_t t1) {
@@ -275,11 +330,14 @@ void cpu_fused_step(const fused_step_args& a, const typename Rule::consts& c) {
                                                             a.max_update, c);
       detail::store_tile(a.state1, a.state1_tables, s, cnt, m.data(), a.state_stochastic, r1, a.state1.q.absmax);
       detail::store_tile(a.state2, a.state2_tables, s, cnt, v.data(), a.state_stochastic, r2, a.state2.q.absmax);
-      detail::store_tile(a.weight, a.weight_tables, s, cnt, p.data(), a.weight_stochastic, rw, weight_absmax);
+      bool tile_renest = false;
+      detail::store_tile(a.weight, a.weight_tables, s, cnt, p.data(), a.weight_stochastic, rw, weight_absmax, keep,
+                         &tile_renest);
+      if (tile_renest) renest = true;
       detail::store_dense_tile(a.weight_copy, s, cnt, p.data(), false, rw);
     }
   });
-  if (nested_weight) cpu::quantize_nested_scales(weight_scratch.data(), a.weight.q);
+  if (nested_weight && (!keep || renest)) cpu::quantize_nested_scales(weight_scratch.data(), a.weight.q);
 }
 
 }  // namespace optim

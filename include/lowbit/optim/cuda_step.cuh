@@ -281,6 +281,9 @@ inline std::vector<grad_stats> cuda_grad_stats_all(const std::vector<tensor_view
 // memory) on `stream`.
 template <class Rule>
 void cuda_fused_step(const fused_step_args& a, const typename Rule::consts& c, cudaStream_t stream) {
+  require(!(a.stable_weight_scales && a.weight.is_blockwise()), errc::unsupported,
+          "optimizer_options.stable_weight_scales is implemented by the CPU step only (memory::host, "
+          "memory::cpu_offload), not yet by the CUDA step");
   const int64_t n = a.weight.n;
   if (n == 0) return;
   cuda_detail::step_tables tables{};

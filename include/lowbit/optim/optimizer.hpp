@@ -35,6 +35,16 @@ struct optimizer_options {
   uint64_t seed = 0;           // stochastic rounding stream
   float max_grad_norm = 0.0f;  // > 0: scale all gradients so the global L2 norm is at most this
   float max_update = 0.0f;     // > 0: clamp each element's update to +-max_update
+  // Blockwise (quantized) weights: keep each block's decoded scale (and,
+  // with nested scales, the double-quantization parameters) from step to
+  // step unless the block's new absmax exceeds it. By default every step
+  // recomputes every block's absmax and re-quantizes all scales, so a
+  // block's grid moves even where no weight changed and stochastic rounding
+  // re-draws all its elements; with nested 4-bit weights that noise makes
+  // training diverge once the learning rate is small (docs/OPTIMIZERS.md).
+  // CPU step only for now (memory::host and memory::cpu_offload); the CUDA
+  // step refuses it with errc::unsupported.
+  bool stable_weight_scales = false;
 };
 
 struct step_report {
@@ -318,6 +328,7 @@ class optimizer {
     a.max_update = options_.max_update;
     a.weight_stochastic = WeightPolicy::stochastic;
     a.state_stochastic = StatePolicy::stochastic;
+    a.stable_weight_scales = options_.stable_weight_scales;
     a.seed = options_.seed;
     a.step = uint32_t(step_);
     memory_.template run<Rule>(a, Rule::make_consts(h, r.steps));
