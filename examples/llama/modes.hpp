@@ -55,7 +55,6 @@ inline const std::vector<mode_info>& training_modes() {
     m.back().stable_scales = true;
     add("nf4-rn", "NF4 weights with round-to-nearest updates", rule_kind::lion, matrix_storage::quantized, nf4_blocks,
         false, false, 1e-3f);
-    m.back().stable_scales = true;
     add("nf4-f32scales", "NF4 weights with float32 block scales re-encoded every step, stochastic rounding, Lion 8-bit",
         rule_kind::lion, matrix_storage::quantized, {lowbit::format::nf4, 64, false}, true, false, 1e-3f);
     add("paged-adamw8", "bfloat16 weights, AdamW 8-bit states in paged (CUDA managed) memory", rule_kind::adamw,

@@ -149,3 +149,10 @@ TEST_CASE("stable scales: stochastic re-encoding of a small update is unbiased")
   CHECK(std::fabs(mean) < 5.0 * sigma);
   CHECK(mean > -0.5 * double(h.lr));  // the update is not lost (round-to-nearest would lose it all)
 }
+
+TEST_CASE("stable scales are refused with round-to-nearest weights") {
+  optimizer_options o;
+  o.stable_weight_scales = true;
+  using rn = optimizer<lion, states::fp32, weights::quantized<format::nf4, rounding::nearest>>;
+  CHECK_THROWS_WITH_AS(rn(lion::hparams{}, o), doctest::Contains("needs stochastic rounding of the weights"), error);
+}

@@ -116,6 +116,13 @@ class optimizer {
             "optimizer_options.max_grad_norm must be >= 0");
     require(std::isfinite(options.max_update) && options.max_update >= 0.0f, errc::invalid_argument,
             "optimizer_options.max_update must be >= 0");
+    // With nearest rounding a kept scale turns into a ratchet: a block's
+    // largest weight can move outward (the scale grows with it) but its
+    // inward moves round back, so scales grow without bound.
+    require(!(options.stable_weight_scales && WeightPolicy::is_quantized && !WeightPolicy::stochastic),
+            errc::invalid_argument,
+            "optimizer_options.stable_weight_scales needs stochastic rounding of the weights (the weight policy "
+            "rounds to nearest)");
     groups_.push_back(defaults);
   }
   optimizer(const optimizer&) = delete;
