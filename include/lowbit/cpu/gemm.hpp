@@ -21,21 +21,13 @@
 namespace lowbit {
 namespace cpu {
 
-namespace gemm_detail {
-
-inline void check_dense_weight(const tensor_view& w, const char* fn) {
-  check_dense(w, fn, "w", 2);
-}
-
-}  // namespace gemm_detail
-
 // Y[M, N] = X[M, K] W^T (+ bias[N]). x: [M, K], w: [N, K], y: [M, N]; each
 // float32 / bfloat16 / float16, contiguous, host memory; bias 1-D [N] float32
 // or nullptr. fp32 products and sums, bias added last, one rounding into y.
 inline void gemm_forward(const tensor_view& x, const tensor_view& w, const tensor_view* bias, const tensor_view& y) {
   using namespace gemm_detail;
   const char* fn = "gemm_forward";
-  check_dense_weight(w, fn);
+  check_dense(w, fn, "w", 2);
   check_dense(x, fn, "x", 2);
   check_dense(y, fn, "y", 2);
   const int64_t M = x.shape[0], n = w.shape[0], k = w.shape[1];
@@ -78,7 +70,7 @@ inline void gemm_forward(const tensor_view& x, const tensor_view& w, const tenso
 inline void gemm_backward_input(const tensor_view& dy, const tensor_view& w, const tensor_view& dx) {
   using namespace gemm_detail;
   const char* fn = "gemm_backward_input";
-  check_dense_weight(w, fn);
+  check_dense(w, fn, "w", 2);
   check_dense(dy, fn, "dy", 2);
   check_dense(dx, fn, "dx", 2);
   const int64_t M = dy.shape[0], n = w.shape[0], k = w.shape[1];

@@ -19,6 +19,7 @@
 #include "../../core/view.hpp"
 #include "../../formats/codebooks.hpp"
 #include "../../formats/dynamic_map.hpp"
+#include "../../formats/gemm_checks.hpp"
 #include "../../formats/quantized_view.hpp"
 #include "../check.cuh"
 #include "decode.cuh"
@@ -75,34 +76,13 @@ struct gemm_options {
 
 namespace gemm_detail {
 
-inline std::string fn_arg(const char* fn, const char* arg) { return std::string(fn) + ": " + arg; }
-
+using gemm_checks::check_shape;
+using gemm_checks::fn_arg;
 inline void check_dense(const tensor_view& v, const char* fn, const char* name, int ndim) {
-  const std::string w = fn_arg(fn, name);
-  require(v.ndim == ndim, errc::invalid_argument,
-          w + " must be " + std::to_string(ndim) + "-D, got shape " + v.shape_string());
-  require(v.type == dtype::f32 || v.type == dtype::bf16 || v.type == dtype::f16, errc::invalid_argument,
-          w + " must be float32, bfloat16 or float16, got " + dtype_name(v.type));
-  require(v.dev.device_accessible(), errc::invalid_argument,
-          w + " is in host memory; the CUDA path needs device or managed memory");
-  require_contiguous(v, w.c_str());
+  gemm_checks::check_dense(v, fn, name, ndim, gemm_checks::side::device);
 }
-
-inline void check_shape(const tensor_view& v, const char* fn, const char* name, int64_t rows, int64_t cols) {
-  require(v.shape[0] == rows && v.shape[1] == cols, errc::invalid_argument,
-          fn_arg(fn, name) + " has shape " + v.shape_string() + ", expected [" + std::to_string(rows) + ", " +
-              std::to_string(cols) + "]");
-}
-
 inline void check_weight(const quantized_view& w, const char* fn, int64_t n, int64_t k) {
-  require(n >= 0 && k >= 0, errc::invalid_argument,
-          std::string(fn) + ": n and k must be >= 0, got n = " + std::to_string(n) + ", k = " + std::to_string(k));
-  w.validate((std::string(fn) + ": w").c_str());
-  require(w.dev.device_accessible(), errc::invalid_argument,
-          fn_arg(fn, "w") + " is in host memory; the CUDA path needs device or managed memory");
-  require((k == 0 || n <= w.layout.n / k) && w.layout.n == n * k, errc::invalid_argument,
-          fn_arg(fn, "w") + " holds " + std::to_string(w.layout.n) + " elements, expected n * k = " +
-              std::to_string(n) + " * " + std::to_string(k));
+  gemm_checks::check_weight(w, fn, n, k, gemm_checks::side::device);
 }
 
 inline void check_bias(const tensor_view* bias, const char* fn, int64_t n) {

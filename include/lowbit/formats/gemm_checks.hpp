@@ -1,0 +1,61 @@
+// lowbit/formats/gemm_checks.hpp
+// Argument checks shared by the CPU (cpu/dequant_gemm.hpp, cpu/gemm.hpp) and
+// CUDA (cuda/dequant_gemm.cuh) matrix products, so both sides reject the same
+// inputs with the same messages: dense operands (rank, float dtype,
+// contiguity), 2-D shapes, and the quantized weight (valid layout holding
+// n * k elements). `side` says which memory the calling implementation can
+// read; each message names the function and the argument.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "../core/dtype.hpp"
+#include "../core/error.hpp"
+#include "../core/view.hpp"
+#include "quantized_view.hpp"
+
+namespace lowbit {
+namespace gemm_checks {
+
+enum class side { host, device };
+
+inline std::string fn_arg(const char* fn, const char* arg) { return std::string(fn) + ": " + arg; }
+
+inline void require_reachable(const device& d, side s, const std::string& what) {
+  if (s == side::host)
+    require(d.host_accessible(), errc::invalid_argument, what + " is on device memory; the CPU path needs host memory");
+  else
+    require(d.device_accessible(), errc::invalid_argument,
+            what + " is in host memory; the CUDA path needs device or managed memory");
+}
+
+inline void check_dense(const tensor_view& v, const char* fn, const char* name, int ndim, side s) {
+  const std::string w = fn_arg(fn, name);
+  require(v.ndim == ndim, errc::invalid_argument,
+          w + " must be " + std::to_string(ndim) + "-D, got shape " + v.shape_string());
+  require(v.type == dtype::f32 || v.type == dtype::bf16 || v.type == dtype::f16, errc::invalid_argument,
+          w + " must be float32, bfloat16 or float16, got " + dtype_name(v.type));
+  require_reachable(v.dev, s, w);
+  require_contiguous(v, w.c_str());
+}
+
+inline void check_shape(const tensor_view& v, const char* fn, const char* name, int64_t rows, int64_t cols) {
+  require(v.shape[0] == rows && v.shape[1] == cols, errc::invalid_argument,
+          fn_arg(fn, name) + " has shape " + v.shape_string() + ", expected [" + std::to_string(rows) + ", " +
+              std::to_string(cols) + "]");
+}
+
+inline void check_weight(const quantized_view& w, const char* fn, int64_t n, int64_t k, side s) {
+  require(n >= 0 && k >= 0, errc::invalid_argument,
+          std::string(fn) + ": n and k must be >= 0, got n = " + std::to_string(n) + ", k = " + std::to_string(k));
+  w.validate((std::string(fn) + ": w").c_str());
+  require_reachable(w.dev, s, fn_arg(fn, "w"));
+  // n <= layout.n / k first, so that n * k cannot overflow
+  require((k == 0 || n <= w.layout.n / k) && w.layout.n == n * k, errc::invalid_argument,
+          fn_arg(fn, "w") + " holds " + std::to_string(w.layout.n) + " elements, expected n * k = " +
+              std::to_string(n) + " * " + std::to_string(k));
+}
+
+}  // namespace gemm_checks
+}  // namespace lowbit
