@@ -116,13 +116,14 @@ void dense_all_policies(const typename Rule::hparams& h, optimizer_options o) {
 }
 
 template <class Rule, class S, format F, class M>
-std::vector<uint8_t> run_quantized(int steps, bool nested, optimizer_options o) {
+std::vector<uint8_t> run_quantized(int steps, bool nested, optimizer_options o,
+                                   const typename Rule::hparams& h = typename Rule::hparams{}) {
   const int n = 70001;
   std::vector<float> init = normal(n, 3, 0.2f);
   const blockwise_layout l = make_layout(F, n, 64, nested);
   quantized_tensor q(l);
   cpu::quantize(make_flat_view(init.data(), n), q.view());
-  optimizer<Rule, S, weights::quantized<F>, M> opt(typename Rule::hparams{}, o);
+  optimizer<Rule, S, weights::quantized<F>, M> opt(h, o);
   const bool on_gpu = !std::is_same<M, memory::host>::value;
   std::unique_ptr<device_quantized> dq;
   if (on_gpu) {
@@ -191,6 +192,30 @@ TEST_CASE("device, paged and offloaded steps equal the CPU step: quantized weigh
     const auto ref8 = run_quantized<adamw, states::int4, format::int8, memory::host>(3, nested, o);
     CHECK(run_quantized<adamw, states::int4, format::int8, memory::device>(3, nested, o) == ref8);
   }
+}
+
+// Stable weight scales: small steps keep most blocks' scales (and snap
+// unmoved weights), large ones grow blocks past their nested group's range,
+// which takes the re-quantization path. Both must equal the CPU step's bytes.
+TEST_CASE("stable weight scales: device, paged and offloaded steps equal the CPU step") {
+  optimizer_options o;
+  o.seed = 21;
+  o.stable_weight_scales = true;
+  for (bool nested : {false, true})
+    for (float lr : {1e-5f, 3e-2f}) {
+      CAPTURE(nested);
+      CAPTURE(lr);
+      lion::hparams h;
+      h.lr = lr;
+      const auto ref = run_quantized<lion, states::int8, format::nf4, memory::host>(4, nested, o, h);
+      CHECK(run_quantized<lion, states::int8, format::nf4, memory::device>(4, nested, o, h) == ref);
+      CHECK(run_quantized<lion, states::int8, format::nf4, memory::paged>(4, nested, o, h) == ref);
+      CHECK(run_quantized<lion, states::int8, format::nf4, memory::cpu_offload>(4, nested, o, h) == ref);
+      adamw::hparams ha;
+      ha.lr = lr;
+      const auto ref8 = run_quantized<adamw, states::int8, format::int8, memory::host>(4, nested, o, ha);
+      CHECK(run_quantized<adamw, states::int8, format::int8, memory::device>(4, nested, o, ha) == ref8);
+    }
 }
 
 TEST_CASE("a non-finite gradient is skipped on the GPU") {

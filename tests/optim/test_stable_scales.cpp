@@ -156,3 +156,59 @@ TEST_CASE("stable scales are refused with round-to-nearest weights") {
   using rn = optimizer<lion, states::fp32, weights::quantized<format::nf4, rounding::nearest>>;
   CHECK_THROWS_WITH_AS(rn(lion::hparams{}, o), doctest::Contains("needs stochastic rounding of the weights"), error);
 }
+
+// The shared decision function itself (stable_scales.hpp), on random
+// nested-scale groups: a block that fits keeps its scale; one that grows
+// takes a scale >= its absmax, and no code of the group decodes to a value
+// in [absmax, chosen) (the choice is the smallest covering one); renest is
+// asked for exactly when no code covers the absmax.
+TEST_CASE("choose_stable_scale keeps, grows to the smallest covering code, or asks to renest") {
+  const float* map = signed_dynamic_map().data();
+  std::mt19937 g(5);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  int grown = 0, renested = 0;
+  for (int trial = 0; trial < 2000; ++trial) {
+    const float group_absmax = 0.001f + 0.01f * u(g), offset = 0.02f * u(g);
+    const float old_scale = decode_nested_scale(uint8_t(g() % 256), group_absmax, offset, map);
+    const float m = old_scale * (0.5f + 1.2f * u(g)) + (trial % 10 == 0 ? 0.05f : 0.0f);
+    const stable_scale c = choose_stable_scale(old_scale, m, true, group_absmax, offset, map);
+    if (m <= old_scale) {
+      CHECK(c.value == old_scale);
+      CHECK(c.code == -1);
+      CHECK_FALSE(c.renest);
+      continue;
+    }
+    float smallest_cover = INFINITY;
+    for (int k = 0; k < 256; ++k) {
+      const float d = decode_nested_scale(uint8_t(k), group_absmax, offset, map);
+      if (d >= m) smallest_cover = std::min(smallest_cover, d);
+    }
+    if (std::isinf(smallest_cover)) {
+      CHECK(c.renest);
+      CHECK(c.value == m);
+      ++renested;
+    } else {
+      REQUIRE(c.code >= 0);
+      CHECK_FALSE(c.renest);
+      CHECK(c.value == smallest_cover);
+      CHECK(decode_nested_scale(uint8_t(c.code), group_absmax, offset, map) == c.value);
+      ++grown;
+    }
+  }
+  CHECK(grown > 100);  // both branches were exercised
+  CHECK(renested > 10);
+  // float32 scales: a grown block takes its absmax exactly
+  const stable_scale f = choose_stable_scale(0.5f, 0.75f, false, 0.0f, 0.0f, map);
+  CHECK(f.value == 0.75f);
+  CHECK(f.code == -1);
+}
+
+TEST_CASE("snap_direction snaps only round-trip error, never a real move") {
+  // table[c] * s * (1/s) lands within a few ulps of table[c]: snapped
+  const float v = 0.7229568362236023f;  // an NF4 grid value
+  CHECK(snap_direction(std::nextafter(v, 0.0f), 0.5626170039176941f, v) == 1);
+  CHECK(snap_direction(std::nextafter(v, 1.0f), v, 1.0f) == -1);
+  // a move of 1e-4 of the grid gap is kept for stochastic rounding
+  const float moved = v + 1e-4f * (1.0f - v);
+  CHECK(snap_direction(moved, v, 1.0f) == 0);
+}

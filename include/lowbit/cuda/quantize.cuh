@@ -144,7 +144,11 @@ __global__ void quantize_kernel(const T* __restrict__ x, int64_t n, int block_si
 
 // Deterministic mean of the block absmax: the lane / tree order of
 // formats/nested_scales.hpp (launch with exactly mean_lanes threads, 1 block).
-__global__ void nested_mean_kernel(const float* __restrict__ absmax, int64_t nb, float* __restrict__ offset) {
+// only_if: when non-null and *only_if == 0, the kernel does nothing (the
+// optimizer step's stable scales re-quantize on demand without a host sync).
+__global__ void nested_mean_kernel(const float* __restrict__ absmax, int64_t nb, float* __restrict__ offset,
+                                   const int* only_if = nullptr) {
+  if (only_if && *only_if == 0) return;
   __shared__ double lane[mean_lanes];
   lane[threadIdx.x] = mean_lane_sum(absmax, nb, int(threadIdx.x));
   __syncthreads();
@@ -158,7 +162,8 @@ __global__ void nested_mean_kernel(const float* __restrict__ absmax, int64_t nb,
 // One CUDA block of nested_block_size threads per nested block of scales.
 __global__ void nested_encode_kernel(const float* __restrict__ absmax, int64_t nb, const float* __restrict__ offset_p,
                                      uint8_t* __restrict__ absmax_codes, float* __restrict__ nested_absmax,
-                                     code_table map_param) {
+                                     code_table map_param, const int* only_if = nullptr) {
+  if (only_if && *only_if == 0) return;  // as in nested_mean_kernel
   __shared__ float map[256];
   __shared__ float warp_max[nested_block_size / 32];
   for (int i = threadIdx.x; i < 256; i += blockDim.x) map[i] = map_param.value[i];

@@ -20,6 +20,7 @@
 #include "../cpu/parallel.hpp"
 #include "../cpu/quantize.hpp"
 #include "fused_step.hpp"
+#include "stable_scales.hpp"
 #include "storage.hpp"
 
 namespace lowbit {
@@ -133,32 +134,17 @@ inline void store_dense_tile(const storage_view& st, int64_t s, int64_t cnt, con
 }
 
 // Stable block scales (optimizer_options::stable_weight_scales): `keep`
-// holds every block's decoded scale before the step. A block whose new
-// absmax m fits under its old scale keeps it (codes are drawn against the
-// very scale they will be decoded with, and the stored scale is untouched).
-// A block that grew takes m; with nested scales it takes the smallest scale
-// code whose decoded value covers m under its group's unchanged
-// double-quantization parameters, and only when no code does (m beyond the
-// group's range) is *renest set so that all scales are re-quantized after
-// the step.
+// holds every block's decoded scale before the step; the choice is
+// stable_scales.hpp's. A nested block that takes a new scale code gets it
+// written here; when no code of its group covers it, *renest is set and all
+// scales are re-quantized after the step.
 inline float stable_block_scale(const quantized_view& q, int64_t b, float m, const float* keep, bool* renest) {
-  const float old = keep[b];
-  if (m <= old) return old;
-  if (!q.layout.nested) return m;
-  const float* map = signed_dynamic_map().data();
-  const float group_absmax = q.nested_absmax[b / nested_block_size];
-  int best = -1;
-  float best_scale = 0.0f;
-  for (int c = 0; c < 256; ++c) {
-    const float d = decode_nested_scale(uint8_t(c), group_absmax, *q.nested_offset, map);
-    if (d >= m && (best < 0 || d < best_scale)) best = c, best_scale = d;
-  }
-  if (best < 0) {
-    *renest = true;
-    return m;
-  }
-  q.absmax_codes[b] = uint8_t(best);
-  return best_scale;
+  const bool nested = q.layout.nested;
+  const stable_scale c = choose_stable_scale(keep[b], m, nested, nested ? q.nested_absmax[b / nested_block_size] : 0.0f,
+                                             nested ? *q.nested_offset : 0.0f, signed_dynamic_map().data());
+  if (c.code >= 0) q.absmax_codes[b] = uint8_t(c.code);
+  if (c.renest) *renest = true;
+  return c.value;
 }
 
 inline void store_tile(const storage_view& st, const format_tables* tab, int64_t s, int64_t cnt, const float* vals,
@@ -198,12 +184,11 @@ inline void store_tile(const storage_view& st, const format_tables* tab, int64_t
       // stochastic rounding does not re-draw weights that did not move.
       for (int k = 0; k < len; ++k) {
         const float below = t.value[lo[k]], above = t.value[lo[k] + 1 < t.size ? lo[k] + 1 : lo[k]];
-        const float tol_above = 9.5367431640625e-07f * (above < 0 ? -above : above);  // 2^-20 relative
-        const float tol_below = 9.5367431640625e-07f * (below < 0 ? -below : below);
-        if (above - u[k] <= tol_above) {
+        const int d = snap_direction(u[k], below, above);
+        if (d > 0) {
           u[k] = above;
           lo[k] = lo[k] + 1 < t.size ? lo[k] + 1 : lo[k];
-        } else if (u[k] - below <= tol_below) {
+        } else if (d < 0) {
           u[k] = below;
         }
       }

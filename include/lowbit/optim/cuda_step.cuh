@@ -22,6 +22,7 @@
 #include "../cuda/quantize.cuh"
 #include "cpu_step.hpp"
 #include "fused_step.hpp"
+#include "stable_scales.hpp"
 #include "storage.hpp"
 
 namespace lowbit {
@@ -46,17 +47,19 @@ struct shared_tables {
 
 constexpr int per_thread = 8;
 
-__device__ __forceinline__ void load8(const storage_view& st, const shared_tables& t, int which, int64_t idx, int64_t n,
-                                      float (&v)[8]) {
+// Decodes elements idx..idx+7; returns the block scale they were decoded
+// with (0 for dense storages), which stable weight scales keep.
+__device__ __forceinline__ float load8(const storage_view& st, const shared_tables& t, int which, int64_t idx,
+                                       int64_t n, float (&v)[8]) {
   if (st.kind == storage_kind::none) {
 #pragma unroll
     for (int k = 0; k < 8; ++k) v[k] = 0.0f;
-    return;
+    return 0.0f;
   }
   if (st.kind != storage_kind::blockwise) {
 #pragma unroll
     for (int k = 0; k < 8; ++k) v[k] = idx + k < n ? load_dense(st.kind, st.data, idx + k) : 0.0f;
-    return;
+    return 0.0f;
   }
   const quantized_view& q = st.q;
   const float scale = idx < n ? stored_block_scale(q, idx / q.layout.block_size, t.nested_map) : 0.0f;
@@ -64,6 +67,7 @@ __device__ __forceinline__ void load8(const storage_view& st, const shared_table
 #pragma unroll
   for (int k = 0; k < 8; ++k)
     v[k] = idx + k < n ? mul_rn(t.decode[which][load_code(q.codes, idx + k, four)], scale) : 0.0f;
+  return scale;
 }
 
 // Absmax over the `bs / 8` consecutive threads of one block (bs >= 32).
@@ -87,9 +91,14 @@ __device__ __forceinline__ float block_absmax8(const float (&v)[8], int64_t idx,
   return m;
 }
 
+// Encodes elements idx..idx+7 (fresh block scales for blockwise storages).
+// keep: stable weight scales (stable_scales.hpp), with old_scale the block's
+// scale before the step; a nested group that cannot cover the block raises
+// *renest_flag.
 __device__ __forceinline__ void store8(const storage_view& st, const shared_tables& t, int which, int64_t idx,
                                        int64_t n, const float (&v)[8], bool stochastic, const rng_stream& rng,
-                                       float* absmax_out, float* warp_max) {
+                                       float* absmax_out, float* warp_max, bool keep = false, float old_scale = 0.0f,
+                                       int* renest_flag = nullptr) {
   if (st.kind == storage_kind::none) return;
   uint32_t bits[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   if (stochastic) {
@@ -105,14 +114,35 @@ __device__ __forceinline__ void store8(const storage_view& st, const shared_tabl
   }
   const quantized_view& q = st.q;
   const int bs = q.layout.block_size;
-  const float m = block_absmax8(v, idx, n, bs, warp_max);  // every thread of the CUDA block takes part
+  float m = block_absmax8(v, idx, n, bs, warp_max);  // every thread of the CUDA block takes part
   if (idx >= n) return;
-  if (idx % bs == 0) absmax_out[idx / bs] = m;
+  const int64_t b = idx / bs;
+  if (keep) {
+    // Every thread of the block takes the same decision; its first thread
+    // stores it. Threads of this block read the old scale in load8 before
+    // block_absmax8's shuffles, so the write cannot race with those reads.
+    const bool nested = q.layout.nested;
+    const stable_scale sc = choose_stable_scale(old_scale, m, nested, nested ? q.nested_absmax[b / nested_block_size] : 0.0f,
+                                                nested ? *q.nested_offset : 0.0f, t.nested_map);
+    m = sc.value;
+    if (idx % bs == 0) {
+      if (sc.code >= 0) q.absmax_codes[b] = uint8_t(sc.code);
+      if (sc.renest) *renest_flag = 1;
+    }
+  }
+  if (idx % bs == 0) absmax_out[b] = m;
   const float inv = inverse_scale(m);
   uint8_t c[8];
 #pragma unroll
   for (int k = 0; k < 8; ++k) {
-    const float u = mul_rn(v[k], inv);
+    float u = mul_rn(v[k], inv);
+    if (keep) {  // snap an unmoved weight onto its grid value, as the CPU step does
+      const float* sorted = t.sorted[which];
+      const int lo = sorted_floor_index(u, sorted, t.steps[which]);
+      const float below = sorted[lo], above = sorted[lo + 1 < t.size[which] ? lo + 1 : lo];
+      const int d = snap_direction(u, below, above);
+      u = d > 0 ? above : (d < 0 ? below : u);
+    }
     c[k] = stochastic ? encode_stochastic(u, bits[k], t.sorted[which], t.code[which], t.size[which], t.steps[which])
                       : encode_nearest(u, t.sorted[which], t.code[which], t.size[which], t.steps[which]);
   }
@@ -131,7 +161,8 @@ __device__ __forceinline__ void store8(const storage_view& st, const shared_tabl
 template <class Rule>
 __global__ void fused_step_kernel(const __grid_constant__ fused_step_args a,
                                   const __grid_constant__ typename Rule::consts c,
-                                  const __grid_constant__ step_tables tables_param, float* weight_absmax) {
+                                  const __grid_constant__ step_tables tables_param, float* weight_absmax,
+                                  int* renest_flag) {
   __shared__ shared_tables t;
   __shared__ float warp_max[32];
   const storage_view* sts[3] = {&a.weight, &a.state1, &a.state2};
@@ -154,11 +185,12 @@ __global__ void fused_step_kernel(const __grid_constant__ fused_step_args a,
                                                        : storage_kind::f16;
   const rng_stream rw = a.stream(rng_purpose::weight), r1 = a.stream(rng_purpose::state1),
                    r2 = a.stream(rng_purpose::state2);
+  const bool keep = a.stable_weight_scales && a.weight.is_blockwise();
   const int64_t span = int64_t(blockDim.x) * per_thread;
   for (int64_t base = int64_t(blockIdx.x) * span; base < n; base += int64_t(gridDim.x) * span) {
     const int64_t idx = base + int64_t(threadIdx.x) * per_thread;
     float p[8], m[8], v[8];
-    load8(a.weight, t, 0, idx, n, p);
+    const float old_scale = load8(a.weight, t, 0, idx, n, p);
     load8(a.state1, t, 1, idx, n, m);
     load8(a.state2, t, 2, idx, n, v);
 #pragma unroll
@@ -175,7 +207,7 @@ __global__ void fused_step_kernel(const __grid_constant__ fused_step_args a,
     }
     store8(a.state1, t, 1, idx, n, m, a.state_stochastic, r1, a.state1.q.absmax, warp_max);
     store8(a.state2, t, 2, idx, n, v, a.state_stochastic, r2, a.state2.q.absmax, warp_max);
-    store8(a.weight, t, 0, idx, n, p, a.weight_stochastic, rw, weight_absmax, warp_max);
+    store8(a.weight, t, 0, idx, n, p, a.weight_stochastic, rw, weight_absmax, warp_max, keep, old_scale, renest_flag);
     if (a.weight_copy.kind != storage_kind::none && idx < n)
       for (int k = 0; k < 8 && idx + k < n; ++k) store_dense(a.weight_copy.kind, a.weight_copy.data, idx + k, p[k], false, 0);
   }
@@ -281,9 +313,6 @@ inline std::vector<grad_stats> cuda_grad_stats_all(const std::vector<tensor_view
 // memory) on `stream`.
 template <class Rule>
 void cuda_fused_step(const fused_step_args& a, const typename Rule::consts& c, cudaStream_t stream) {
-  require(!(a.stable_weight_scales && a.weight.is_blockwise()), errc::unsupported,
-          "optimizer_options.stable_weight_scales is implemented by the CPU step only (memory::host, "
-          "memory::cpu_offload), not yet by the CUDA step");
   const int64_t n = a.weight.n;
   if (n == 0) return;
   cuda_detail::step_tables tables{};
@@ -294,24 +323,34 @@ void cuda_fused_step(const fused_step_args& a, const typename Rule::consts& c, c
   for (int i = 0; i < 256; ++i) tables.nested_map.value[i] = map[size_t(i)];
 
   const bool nested_weight = a.weight.is_blockwise() && a.weight.q.layout.nested;
+  const bool keep = a.stable_weight_scales && a.weight.is_blockwise();
   const int64_t nb = nested_weight ? a.weight.q.layout.n_blocks() : 0;
   float* weight_absmax = a.weight.is_blockwise() ? a.weight.q.absmax : nullptr;
-  if (nested_weight) LOWBIT_CUDA_CHECK(cudaMallocAsync(&weight_absmax, size_t(nb) * sizeof(float), stream));
+  int* renest_flag = nullptr;  // stable nested scales: set when all scales must be re-quantized
+  if (nested_weight) {
+    // float32 scratch of every block's new scale, then the flag
+    LOWBIT_CUDA_CHECK(cudaMallocAsync(&weight_absmax, size_t(nb) * sizeof(float) + sizeof(int), stream));
+    renest_flag = reinterpret_cast<int*>(weight_absmax + nb);
+    LOWBIT_CUDA_CHECK(cudaMemsetAsync(renest_flag, 0, sizeof(int), stream));
+  }
 
   const int64_t tile = fused_tile_size(a);
   const int threads = int(tile / cuda_detail::per_thread > 256 ? tile / cuda_detail::per_thread : 256);
   const int64_t spans = (n + int64_t(threads) * cuda_detail::per_thread - 1) / (int64_t(threads) * cuda_detail::per_thread);
   const int grid = int(spans < int64_t(cuda::sm_count()) * 8 ? spans : int64_t(cuda::sm_count()) * 8);
-  cuda_detail::fused_step_kernel<Rule><<<grid, threads, 0, stream>>>(a, c, tables, weight_absmax);
+  cuda_detail::fused_step_kernel<Rule><<<grid, threads, 0, stream>>>(a, c, tables, weight_absmax, renest_flag);
   LOWBIT_CUDA_CHECK(cudaGetLastError());
   if (nested_weight) {
+    // With stable scales the nested parameters are re-quantized only when
+    // the kernel raised the flag (the kernels read it and return otherwise).
     const quantized_view& q = a.weight.q;
-    cuda::detail::nested_mean_kernel<<<1, mean_lanes, 0, stream>>>(weight_absmax, nb, q.nested_offset);
+    const int* only_if = keep ? renest_flag : nullptr;
+    cuda::detail::nested_mean_kernel<<<1, mean_lanes, 0, stream>>>(weight_absmax, nb, q.nested_offset, only_if);
     LOWBIT_CUDA_CHECK(cudaGetLastError());
     const int64_t chunks = q.layout.n_nested_blocks();
     const int g2 = int(chunks < int64_t(cuda::sm_count()) * 16 ? chunks : int64_t(cuda::sm_count()) * 16);
     cuda::detail::nested_encode_kernel<<<g2, nested_block_size, 0, stream>>>(
-        weight_absmax, nb, q.nested_offset, q.absmax_codes, q.nested_absmax, tables.nested_map);
+        weight_absmax, nb, q.nested_offset, q.absmax_codes, q.nested_absmax, tables.nested_map, only_if);
     LOWBIT_CUDA_CHECK(cudaGetLastError());
     LOWBIT_CUDA_CHECK(cudaFreeAsync(weight_absmax, stream));
   }

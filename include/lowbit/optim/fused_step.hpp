@@ -30,7 +30,7 @@ struct fused_step_args {
   float max_update = 0.0f;   // > 0: clamp every element's update to +-max_update
   bool weight_stochastic = true;  // stochastic rounding of bf16/f16/blockwise weights
   bool state_stochastic = true;   // stochastic rounding of bf16/f16/blockwise states (else nearest)
-  bool stable_weight_scales = false;  // blockwise weights: keep a block's scale unless its absmax grows (CPU step)
+  bool stable_weight_scales = false;  // blockwise weights: keep a block's scale unless its absmax grows
   uint64_t seed = 0;
   uint32_t tensor_id = 0;
   uint32_t step = 0;

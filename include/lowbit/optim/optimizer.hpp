@@ -42,8 +42,8 @@ struct optimizer_options {
   // block's grid moves even where no weight changed and stochastic rounding
   // re-draws all its elements; with nested 4-bit weights that noise makes
   // training diverge once the learning rate is small (docs/OPTIMIZERS.md).
-  // CPU step only for now (memory::host and memory::cpu_offload); the CUDA
-  // step refuses it with errc::unsupported.
+  // The CPU and CUDA steps take the same decisions (optim/stable_scales.hpp).
+  // Refused with round-to-nearest weights, where a kept scale would ratchet.
   bool stable_weight_scales = false;
 };
 
