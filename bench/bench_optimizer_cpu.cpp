@@ -8,7 +8,7 @@
 // copy_ratio, that rate over a multithreaded memcpy of the same traffic
 // measured once in this binary (median of 9 copies after a warm-up). The
 // gradient-statistics pass (finite check and norm) is part of each step, as
-// in real use.
+// in real use, except in the /unchecked rows (check_gradients = false).
 #include <benchmark/benchmark.h>
 
 #include <lowbit/optim/optimizer.hpp>
@@ -84,7 +84,9 @@ void finish(benchmark::State& state, const Opt& opt, int64_t n) {
       benchmark::Counter::kIsIterationInvariantRate);
 }
 
-template <class Rule, class States, class Weights>
+// Checked = false: optimizer_options::check_gradients off (no gradient pass;
+// the like of PyTorch's fused AdamW without a GradScaler).
+template <class Rule, class States, class Weights, bool Checked = true>
 void bm_dense(benchmark::State& state) {
   const int64_t n = g_n;
   using T = std::conditional_t<Weights::weight_dtype == dtype::f32, float, bf16>;
@@ -92,7 +94,9 @@ void bm_dense(benchmark::State& state) {
   const std::vector<float>& init = normal(n, 1);
   for (int64_t i = 0; i < n; ++i) w[size_t(i)] = from_float<T>(init[size_t(i)]);
   const std::vector<float>& g = normal(n, 2);
-  optimizer<Rule, States, Weights> opt;
+  optimizer_options o;
+  o.check_gradients = Checked;
+  optimizer<Rule, States, Weights> opt({}, o);
   opt.add_param(make_flat_view(w.data(), n));
   opt.step({make_flat_view(g.data(), n)});  // warm-up: first touch of the states' pages is not part of a step
   for (auto _ : state) opt.step({make_flat_view(g.data(), n)});
@@ -126,12 +130,14 @@ void bm_memcpy(benchmark::State& state) {
 
 LOWBIT_BENCH(bm_memcpy, "memcpy_f32_tensor");
 LOWBIT_BENCH((bm_dense<adamw, states::fp32, weights::fp32>), "adamw/states:fp32/weights:fp32");
+LOWBIT_BENCH((bm_dense<adamw, states::fp32, weights::fp32, false>), "adamw/states:fp32/weights:fp32/unchecked");
 LOWBIT_BENCH((bm_dense<adamw, states::int8, weights::fp32>), "adamw/states:int8/weights:fp32");
 LOWBIT_BENCH((bm_dense<adamw, states::int4, weights::fp32>), "adamw/states:int4/weights:fp32");
 LOWBIT_BENCH((bm_dense<adamw, states::int8, weights::bf16>), "adamw/states:int8/weights:bf16");
 LOWBIT_BENCH((bm_quantized<adamw, states::int8, format::int8>), "adamw/states:int8/weights:int8");
 LOWBIT_BENCH((bm_quantized<adamw, states::int8, format::nf4>), "adamw/states:int8/weights:nf4");
 LOWBIT_BENCH((bm_dense<lion, states::fp32, weights::fp32>), "lion/states:fp32/weights:fp32");
+LOWBIT_BENCH((bm_dense<lion, states::fp32, weights::fp32, false>), "lion/states:fp32/weights:fp32/unchecked");
 LOWBIT_BENCH((bm_dense<lion, states::int8, weights::fp32>), "lion/states:int8/weights:fp32");
 LOWBIT_BENCH((bm_dense<lion, states::int4, weights::fp32>), "lion/states:int4/weights:fp32");
 LOWBIT_BENCH((bm_dense<lion, states::int8, weights::bf16>), "lion/states:int8/weights:bf16");

@@ -106,6 +106,43 @@ TEST_CASE("global-norm clipping equals stepping with pre-scaled gradients") {
   CHECK(a2 == b2);
 }
 
+TEST_CASE("check_gradients = false: the same update without the gradient pass") {
+  const int n = 7000;
+  std::vector<float> a = ref::normal(n, 31), b = a;
+  quantized_tensor qa(make_layout(format::nf4, n, 64, true));
+  cpu::quantize(make_flat_view(a.data(), n), qa.view());
+  quantized_tensor qb = qa;
+  optimizer_options unchecked;
+  unchecked.check_gradients = false;
+  optimizer<adamw, states::int8> d1, d2({}, unchecked);
+  optimizer<lion, states::int8, weights::quantized<format::nf4>> q1, q2({}, unchecked);
+  d1.add_param(make_flat_view(a.data(), n));
+  d2.add_param(make_flat_view(b.data(), n));
+  q1.add_param(qa.view());
+  q2.add_param(qb.view());
+  for (int t = 0; t < 3; ++t) {
+    std::vector<float> g = ref::normal(n, unsigned(40 + t));
+    CHECK(d1.step({make_flat_view(g.data(), n)}).grad_norm > 0.0);
+    CHECK(d2.step({make_flat_view(g.data(), n)}).grad_norm == -1.0);  // not computed
+    q1.step({make_flat_view(g.data(), n)});
+    q2.begin_step();
+    CHECK(q2.step_param(0, make_flat_view(g.data(), n)));
+    q2.end_step();
+  }
+  CHECK(a == b);
+  CHECK(snapshot_all(d1, 0) == snapshot_all(d2, 0));
+  CHECK(snapshot_all(q1, 0) == snapshot_all(q2, 0));
+  // the documented price: a NaN is no longer caught
+  std::vector<float> g = ref::normal(n, 50);
+  g[17] = NAN;
+  CHECK(d2.step({make_flat_view(g.data(), n)}).skipped == 0);
+  CHECK(std::isnan(b[17]));
+  // clipping needs the norm, so it needs the pass
+  optimizer_options clip = unchecked;
+  clip.max_grad_norm = 1.0f;
+  CHECK_THROWS_WITH_AS((optimizer<adamw, states::fp32>({}, clip)), doctest::Contains("check_gradients"), error);
+}
+
 TEST_CASE("step_param equals step without clipping, for every weight policy") {
   const int n = 4500;
   std::vector<float> g = ref::normal(n, 8);

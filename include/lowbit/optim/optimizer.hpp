@@ -45,11 +45,19 @@ struct optimizer_options {
   // The CPU and CUDA steps take the same decisions (optim/stable_scales.hpp).
   // Refused with round-to-nearest weights, where a kept scale would ratchet.
   bool stable_weight_scales = false;
+  // Before updating, every step reads each gradient once to find non-finite
+  // values (that tensor's update is then skipped) and the global norm. Set
+  // false to drop that pass where the caller guarantees finite gradients
+  // (e.g. it checks them itself): a step then reads the gradient only once,
+  // as PyTorch's fused AdamW does without a GradScaler, so a NaN or
+  // infinity goes into the weights and states. Requires max_grad_norm == 0;
+  // step_report::grad_norm is then -1 (not computed).
+  bool check_gradients = true;
 };
 
 struct step_report {
   int64_t step = 0;              // the optimizer step just taken (1-based)
-  double grad_norm = 0.0;        // global L2 norm of the finite gradients (step() only)
+  double grad_norm = 0.0;        // global L2 norm of the finite gradients (step() only; -1 if not checked)
   float grad_scale = 1.0f;       // clipping factor applied
   int skipped = 0;               // tensors skipped for non-finite gradients
   std::vector<int> skipped_params;
@@ -123,6 +131,8 @@ class optimizer {
             errc::invalid_argument,
             "optimizer_options.stable_weight_scales needs stochastic rounding of the weights (the weight policy "
             "rounds to nearest)");
+    require(options.check_gradients || options.max_grad_norm == 0.0f, errc::invalid_argument,
+            "optimizer_options.max_grad_norm needs the gradient pass (check_gradients = true) to compute the norm");
     groups_.push_back(defaults);
   }
   optimizer(const optimizer&) = delete;
@@ -208,11 +218,13 @@ class optimizer {
   }
 
   // Updates parameter i with `grad` now (fused backward-update). Returns
-  // false, leaving weight and states untouched, when grad is not finite.
+  // false, leaving weight and states untouched, when grad is not finite
+  // (never with check_gradients = false, which does not look).
   bool step_param(int i, const tensor_view& grad, float grad_scale = 1.0f) {
     require(in_step_, errc::invalid_argument, "optimizer.step_param: call begin_step() first");
     param_record& r = params_.at(size_t(i));
     check_grad(r, grad);
+    if (!options_.check_gradients) return apply(i, grad, grad_scale, true);
     const grad_stats st = memory_.gradient_stats(grad.data, grad.type, r.weight.n);
     return apply(i, grad, grad_scale, st.finite);
   }
@@ -232,6 +244,11 @@ class optimizer {
                 std::to_string(params_.size()) + " parameters");
     for (size_t i = 0; i < grads.size(); ++i) check_grad(params_[i], grads[i]);
     begin_step();
+    if (!options_.check_gradients) {
+      report_.grad_norm = -1.0;
+      for (size_t i = 0; i < grads.size(); ++i) apply(int(i), grads[i], 1.0f, true);
+      return end_step();
+    }
     std::vector<int64_t> counts(grads.size());
     for (size_t i = 0; i < grads.size(); ++i) counts[i] = params_[i].weight.n;
     const std::vector<grad_stats> stats = memory_.gradient_stats_all(grads, counts);  // one sync on a GPU
