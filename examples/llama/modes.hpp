@@ -48,6 +48,9 @@ inline const std::vector<mode_info>& training_modes() {
         matrix_storage::bf16, {}, true, false, 1e-3f);
     add("qft", "QFT: int8 blockwise weights updated in place (stochastic rounding), Lion with 8-bit momentum",
         rule_kind::lion, matrix_storage::quantized, int8_blocks, true, false, 1e-3f);
+    add("qft-stable", "QFT with stable block scales: a block keeps its scale unless its values outgrow it",
+        rule_kind::lion, matrix_storage::quantized, int8_blocks, true, false, 1e-3f);
+    m.back().stable_scales = true;
     add("qft-rn", "QFT with round-to-nearest weight updates (to show what stochastic rounding buys)",
         rule_kind::lion, matrix_storage::quantized, int8_blocks, false, false, 1e-3f);
     add("nf4", "NF4 weights (nested scales, kept stable) updated in place (stochastic rounding), Lion with 8-bit "
@@ -198,7 +201,7 @@ inline std::unique_ptr<trainer_optimizer> make_optimizer(const mode_info& m, wei
   if (m.name == "fp32-adamw") return std::make_unique<composed_optimizer<adamw, states::fp32, weights::fp32>>(w, h);
   if (m.name == "bf16-adamw8") return std::make_unique<composed_optimizer<adamw, states::int8, weights::bf16>>(w, h);
   if (m.name == "bf16-lion8") return std::make_unique<composed_optimizer<lion, states::int8, weights::bf16>>(w, h);
-  if (m.name == "qft")
+  if (m.name == "qft" || m.name == "qft-stable")  // same policy; stable scales are an optimizer option
     return std::make_unique<composed_optimizer<lion, states::int8, weights::quantized<format::int8>>>(w, h);
   if (m.name == "qft-rn")
     return std::make_unique<

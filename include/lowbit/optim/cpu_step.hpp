@@ -158,6 +158,8 @@ inline void store_tile(const storage_view& st, const format_tables* tab, int64_t
   const int bs = q.layout.block_size;
   const bool four = is_4bit(q.layout.fmt);
   const uint8_t zero = zero_code(q.layout.fmt);
+  int code32[256];  // the sorted table's codes as int, for a vectorizable lookup
+  for (int i = 0; i < 256; ++i) code32[i] = tab->sorted.code[i];
   for (int64_t j0 = 0; j0 < cnt; j0 += bs) {
     const int64_t j1 = std::min(cnt, j0 + bs);
     float m = 0.0f;
@@ -198,20 +200,28 @@ inline void store_tile(const storage_view& st, const format_tables* tab, int64_t
         const philox_result r = rng.quad(uint64_t(s + j0 + k) >> 2);
         for (int w = 0; w < 4; ++w) bits[k + w] = r.w[w];
       }
+    // The choice between the neighbours, then the code lookup, as separate
+    // loops: with the rounding mode hoisted out and codes widened to int,
+    // each loop vectorizes (a byte-table gather inside the loop did not).
     const float first = t.value[0], last = t.value[t.size - 1];
-    for (int k = 0; k < len; ++k) {
-      const int hi = lo[k] + 1 < t.size ? lo[k] + 1 : t.size - 1;
-      const float below = t.value[lo[k]], above = t.value[hi];
-      int idx;
-      if (stochastic) {
+    int idx[max_block_size];
+    if (stochastic) {
+      for (int k = 0; k < len; ++k) {
+        const int hi = lo[k] + 1 < t.size ? lo[k] + 1 : t.size - 1;
+        const float below = t.value[lo[k]], above = t.value[hi];
         const float pr = div_rn(u[k] - below, above - below);
-        idx = uniform_from_bits(bits[k]) < pr ? hi : lo[k];
-      } else {
-        idx = (above - u[k] < u[k] - below) ? hi : lo[k];
+        const int pick = uniform_from_bits(bits[k]) < pr ? hi : lo[k];
+        idx[k] = !(u[k] > first) ? 0 : (u[k] >= last ? t.size - 1 : pick);
       }
-      idx = !(u[k] > first) ? 0 : (u[k] >= last ? t.size - 1 : idx);
-      lo[k] = t.code[idx];
+    } else {
+      for (int k = 0; k < len; ++k) {
+        const int hi = lo[k] + 1 < t.size ? lo[k] + 1 : t.size - 1;
+        const float below = t.value[lo[k]], above = t.value[hi];
+        const int pick = (above - u[k] < u[k] - below) ? hi : lo[k];
+        idx[k] = !(u[k] > first) ? 0 : (u[k] >= last ? t.size - 1 : pick);
+      }
     }
+    for (int k = 0; k < len; ++k) lo[k] = code32[idx[k]];
     const int64_t base = s + j0;
     if (!four) {
       for (int k = 0; k < len; ++k) q.codes[base + k] = uint8_t(lo[k]);
