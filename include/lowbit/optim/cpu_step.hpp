@@ -17,6 +17,7 @@
 
 #include "../core/reduce.hpp"
 #include "../core/rng.hpp"
+#include "../cpu/floor_index.hpp"
 #include "../cpu/parallel.hpp"
 #include "../cpu/quantize.hpp"
 #include "fused_step.hpp"
@@ -158,6 +159,7 @@ inline void store_tile(const storage_view& st, const format_tables* tab, int64_t
   const int bs = q.layout.block_size;
   const bool four = is_4bit(q.layout.fmt);
   const uint8_t zero = zero_code(q.layout.fmt);
+  const cpu::floor_index_table& floor_table = cpu::floor_index_for(q.layout.fmt, tab->sorted);
   int code32[256];  // the sorted table's codes as int, for a vectorizable lookup
   for (int i = 0; i < 256; ++i) code32[i] = tab->sorted.code[i];
   for (int64_t j0 = 0; j0 < cnt; j0 += bs) {
@@ -177,9 +179,13 @@ inline void store_tile(const storage_view& st, const format_tables* tab, int64_t
     int lo[max_block_size];
     uint32_t bits[max_block_size];
     for (int k = 0; k < len; ++k) u[k] = mul_rn(vals[j0 + k], inv);
-    for (int k = 0; k < len; ++k) lo[k] = 0;
-    for (int step = 1 << (t.steps - 1); step >= 1; step >>= 1)
-      for (int k = 0; k < len; ++k) lo[k] = t.value[lo[k] + step] <= u[k] ? lo[k] + step : lo[k];
+    if (floor_table.usable) {
+      cpu::floor_indices(floor_table, t, u, len, lo);  // same indices, fewer gathers
+    } else {
+      for (int k = 0; k < len; ++k) lo[k] = 0;
+      for (int step = 1 << (t.steps - 1); step >= 1; step >>= 1)
+        for (int k = 0; k < len; ++k) lo[k] = t.value[lo[k] + step] <= u[k] ? lo[k] + step : lo[k];
+    }
     if (keep) {
       // With a kept scale, an unchanged weight comes back as table[c] * s
       // * (1 / s), a few ulps off its own grid value; snap it there so that
