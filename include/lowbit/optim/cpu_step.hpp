@@ -105,10 +105,26 @@ inline void load_tile(const storage_view& st, const format_tables* tab, int64_t 
   const int bs = q.layout.block_size;
   const bool four = is_4bit(q.layout.fmt);
   const float* map = signed_dynamic_map().data();
+  // Codes are widened to int first (load_code's arithmetic, spelled out),
+  // then decoded: both loops vectorize, a gather indexed by bytes did not.
+  float decode[256];  // a local copy: gathers from it vectorize, through tab they did not
+  std::copy(tab->decode.value, tab->decode.value + 256, decode);
+  const uint8_t* codes = q.codes;
+  int idx[max_block_size];
   for (int64_t j0 = 0; j0 < cnt; j0 += bs) {
     const float scale = stored_block_scale(q, (s + j0) / bs, map);
-    for (int64_t j = j0; j < std::min(cnt, j0 + bs); ++j)
-      out[j] = mul_rn(tab->decode.value[load_code(q.codes, s + j, four)], scale);
+    const int len = int(std::min<int64_t>(cnt - j0, bs));
+    const int64_t base = s + j0;
+    if (!four) {
+      for (int k = 0; k < len; ++k) idx[k] = codes[base + k];
+    } else {  // base is even; an odd len reads the pad nibble into idx[len], unused
+      for (int k = 0; k < (len + 1) / 2; ++k) {
+        const int byte = codes[(base >> 1) + k];
+        idx[2 * k] = byte >> 4;
+        idx[2 * k + 1] = byte & 15;
+      }
+    }
+    for (int k = 0; k < len; ++k) out[j0 + k] = mul_rn(decode[idx[k]], scale);
   }
 }
 
@@ -164,8 +180,26 @@ inline void store_tile(const storage_view& st, const format_tables* tab, int64_t
   for (int i = 0; i < 256; ++i) code32[i] = tab->sorted.code[i];
   for (int64_t j0 = 0; j0 < cnt; j0 += bs) {
     const int64_t j1 = std::min(cnt, j0 + bs);
+    // absmax_step's result (NaN if any value is not finite, else the
+    // largest magnitude) as 16 independent lane maxima and a flag, which
+    // vectorize; a maximum does not depend on the order it is taken in
+    float lane[16] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    int bad = 0;
+    int64_t j = j0;
+    for (; j + 16 <= j1; j += 16)
+      for (int l = 0; l < 16; ++l) {
+        const float a = vals[j + l] < 0 ? -vals[j + l] : vals[j + l];
+        lane[l] = a > lane[l] ? a : lane[l];
+        bad |= !(a <= float_max);
+      }
+    for (; j < j1; ++j) {
+      const float a = vals[j] < 0 ? -vals[j] : vals[j];
+      lane[0] = a > lane[0] ? a : lane[0];
+      bad |= !(a <= float_max);
+    }
     float m = 0.0f;
-    for (int64_t j = j0; j < j1; ++j) m = absmax_step(m, vals[j]);
+    for (int l = 0; l < 16; ++l) m = lane[l] > m ? lane[l] : m;
+    if (bad) m = bits_float(0x7FC00000u);
     if (keep) m = stable_block_scale(q, (s + j0) / bs, m, keep, renest);
     absmax_out[(s + j0) / bs] = m;
     const float inv = inverse_scale(m);
@@ -230,9 +264,11 @@ inline void store_tile(const storage_view& st, const format_tables* tab, int64_t
     for (int k = 0; k < len; ++k) lo[k] = code32[idx[k]];
     const int64_t base = s + j0;
     if (!four) {
-      for (int k = 0; k < len; ++k) q.codes[base + k] = uint8_t(lo[k]);
+      uint8_t* out = q.codes + base;  // a local pointer: a byte store through q.codes could alias q itself
+      for (int k = 0; k < len; ++k) out[k] = uint8_t(lo[k]);
     } else {  // base is even (block starts are); an odd tail pads with the zero code
-      for (int k = 0; k + 1 < len; k += 2) q.codes[(base + k) >> 1] = uint8_t((lo[k] << 4) | lo[k + 1]);
+      uint8_t* out = q.codes + (base >> 1);
+      for (int k = 0; k < len / 2; ++k) out[k] = uint8_t((lo[2 * k] << 4) | lo[2 * k + 1]);
       if (len & 1) q.codes[(base + len - 1) >> 1] = uint8_t((lo[len - 1] << 4) | zero);
     }
   }
