@@ -180,26 +180,8 @@ inline void store_tile(const storage_view& st, const format_tables* tab, int64_t
   for (int i = 0; i < 256; ++i) code32[i] = tab->sorted.code[i];
   for (int64_t j0 = 0; j0 < cnt; j0 += bs) {
     const int64_t j1 = std::min(cnt, j0 + bs);
-    // absmax_step's result (NaN if any value is not finite, else the
-    // largest magnitude) as 16 independent lane maxima and a flag, which
-    // vectorize; a maximum does not depend on the order it is taken in
-    float lane[16] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    int bad = 0;
-    int64_t j = j0;
-    for (; j + 16 <= j1; j += 16)
-      for (int l = 0; l < 16; ++l) {
-        const float a = vals[j + l] < 0 ? -vals[j + l] : vals[j + l];
-        lane[l] = a > lane[l] ? a : lane[l];
-        bad |= !(a <= float_max);
-      }
-    for (; j < j1; ++j) {
-      const float a = vals[j] < 0 ? -vals[j] : vals[j];
-      lane[0] = a > lane[0] ? a : lane[0];
-      bad |= !(a <= float_max);
-    }
     float m = 0.0f;
-    for (int l = 0; l < 16; ++l) m = lane[l] > m ? lane[l] : m;
-    if (bad) m = bits_float(0x7FC00000u);
+    for (int64_t j = j0; j < j1; ++j) m = absmax_step(m, vals[j]);
     if (keep) m = stable_block_scale(q, (s + j0) / bs, m, keep, renest);
     absmax_out[(s + j0) / bs] = m;
     const float inv = inverse_scale(m);
