@@ -8,6 +8,7 @@
 #include "lowbit.hpp"
 #include "cuda/check.cuh"
 #include "cuda/quantize.cuh"
+#include "cuda/dequantize_rows.cuh"
 #include "cuda/dequant_gemm.cuh"
 #include "optim/cuda_step.cuh"
 #include "optim/cuda_memory.cuh"

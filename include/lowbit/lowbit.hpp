@@ -9,6 +9,7 @@
 #include "core/error.hpp"
 #include "core/view.hpp"
 #include "cpu/dequant_gemm.hpp"
+#include "cpu/dequantize_rows.hpp"
 #include "cpu/gemm.hpp"
 #include "cpu/parallel.hpp"
 #include "cpu/quantize.hpp"

@@ -3,8 +3,10 @@
 // CUDA (cuda/dequant_gemm.cuh) matrix products, so both sides reject the same
 // inputs with the same messages: dense operands (rank, float dtype,
 // contiguity), 2-D shapes, and the quantized weight (valid layout holding
-// n * k elements). `side` says which memory the calling implementation can
-// read; each message names the function and the argument.
+// n * k elements). The row gathers (cpu/dequantize_rows.hpp,
+// cuda/dequantize_rows.cuh) share check_row_gather the same way. `side` says
+// which memory the calling implementation can read; each message names the
+// function and the argument.
 #pragma once
 
 #include <cstdint>
@@ -55,6 +57,27 @@ inline void check_weight(const quantized_view& w, const char* fn, int64_t n, int
   require((k == 0 || n <= w.layout.n / k) && w.layout.n == n * k, errc::invalid_argument,
           fn_arg(fn, "w") + " holds " + std::to_string(w.layout.n) + " elements, expected n * k = " +
               std::to_string(n) + " * " + std::to_string(k));
+}
+
+// A row gather from w (a rows x cols row-major matrix): rows_idx holds
+// `count` indices (their values are checked by the gather itself), out is a
+// contiguous [count, cols] float32 / bfloat16 / float16 tensor.
+inline void check_row_gather(const quantized_view& w, const char* fn, int64_t rows, int64_t cols,
+                             const int32_t* rows_idx, int64_t count, const tensor_view& out, side s) {
+  require(rows >= 0 && cols >= 0, errc::invalid_argument,
+          std::string(fn) + ": rows and cols must be >= 0, got rows = " + std::to_string(rows) +
+              ", cols = " + std::to_string(cols));
+  w.validate((std::string(fn) + ": w").c_str());
+  require_reachable(w.dev, s, fn_arg(fn, "w"));
+  // rows <= layout.n / cols first, so that rows * cols cannot overflow
+  require((cols == 0 || rows <= w.layout.n / cols) && w.layout.n == rows * cols, errc::invalid_argument,
+          fn_arg(fn, "w") + " holds " + std::to_string(w.layout.n) + " elements, expected rows * cols = " +
+              std::to_string(rows) + " * " + std::to_string(cols));
+  require(count >= 0, errc::invalid_argument, fn_arg(fn, "count") + " must be >= 0, got " + std::to_string(count));
+  require(rows_idx != nullptr || count == 0, errc::invalid_argument,
+          fn_arg(fn, "rows_idx") + " is null but count is " + std::to_string(count));
+  check_dense(out, fn, "out", 2, s);
+  check_shape(out, fn, "out", count, cols);
 }
 
 }  // namespace gemm_checks
