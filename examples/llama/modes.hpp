@@ -104,21 +104,28 @@ class trainer_optimizer {
   virtual void load(const lowbit::safetensors_reader& r) = 0;
 };
 
-template <class Rule, class States, class Weights>
+// Memory is lowbit's memory policy (memory::host here; the CUDA trainer
+// composes memory::device / paged / cpu_offload). Store is where the weights
+// live: a weight_store (host) or gpu::device_weights; it hands out the views
+// the optimizer updates in place (vector_view, dense_view, quantized_view),
+// and gradients come from the same memory (grad_device).
+template <class Rule, class States, class Weights, class Memory = lowbit::optim::memory::host>
 class composed_optimizer final : public trainer_optimizer {
-  using matrix_opt = lowbit::optim::optimizer<Rule, States, Weights>;
-  using vector_opt = lowbit::optim::optimizer<Rule, lowbit::optim::states::fp32, lowbit::optim::weights::fp32>;
+  using matrix_opt = lowbit::optim::optimizer<Rule, States, Weights, Memory>;
+  using vector_opt =
+      lowbit::optim::optimizer<Rule, lowbit::optim::states::fp32, lowbit::optim::weights::fp32, Memory>;
 
  public:
-  composed_optimizer(weight_store<float>& w, const optimizer_hparams& h)
+  template <class Store>
+  composed_optimizer(Store& w, const optimizer_hparams& h, lowbit::device grad_device = lowbit::device::cpu())
       : matrices_(make_hparams(h, h.weight_decay), options(h.seed, h.stable_weight_scales)),
-        vectors_(make_hparams(h, 0.0f), options(h.seed + 1, false)) {
+        vectors_(make_hparams(h, 0.0f), options(h.seed + 1, false)), grad_device_(grad_device) {
     const param_layout& L = *w.layout;
     index_.assign(L.params.size(), -1);
     for (size_t p = 0; p < L.params.size(); ++p) {
       const param_info& i = L.params[p];
       if (!i.matrix) {
-        index_[p] = vectors_.add_param(lowbit::make_flat_view(w.vector(int(p)), i.numel), 0, i.name);
+        index_[p] = vectors_.add_param(w.vector_view(int(p)), 0, i.name);
       } else if constexpr (Weights::is_quantized) {
         index_[p] = matrices_.add_param(w.quantized_view(int(p)), 0, i.name);
       } else {
@@ -142,7 +149,7 @@ class composed_optimizer final : public trainer_optimizer {
     vectors_.begin_step();
   }
   bool step_param(int p, const float* grad, float grad_scale) override {
-    const lowbit::tensor_view g = lowbit::make_flat_view(grad, numel_[size_t(p)]);
+    const lowbit::tensor_view g = lowbit::make_flat_view(grad, numel_[size_t(p)], grad_device_);
     return matrix_flag_[size_t(p)] ? matrices_.step_param(index_[size_t(p)], g, grad_scale)
                                    : vectors_.step_param(index_[size_t(p)], g, grad_scale);
   }
@@ -166,6 +173,13 @@ class composed_optimizer final : public trainer_optimizer {
     lowbit::load_optimizer_state(vectors_, r, "optimizer_norms.");
   }
 
+  // Both optimizers' memory policies (e.g. to make a paged one evict).
+  template <class Fn>
+  void configure_memory(Fn&& fn) {
+    fn(matrices_.memory_policy());
+    fn(vectors_.memory_policy());
+  }
+
  private:
   static typename Rule::hparams make_hparams(const optimizer_hparams& h, float wd) {
     typename Rule::hparams r;
@@ -185,6 +199,7 @@ class composed_optimizer final : public trainer_optimizer {
 
   matrix_opt matrices_;
   vector_opt vectors_;
+  lowbit::device grad_device_;
   std::vector<int> index_;
   std::vector<char> matrix_flag_;
   std::vector<int64_t> numel_;
@@ -196,8 +211,8 @@ inline std::unique_ptr<trainer_optimizer> make_optimizer(const mode_info& m, wei
   h.stable_weight_scales = m.stable_scales;
   using lowbit::format;
   lowbit::require(!m.gpu_only, lowbit::errc::unsupported,
-                  "mode '" + m.name + "' keeps optimizer states in CUDA memory; it needs the trainer's CUDA path, "
-                  "which is not implemented yet (the CPU trainer runs the other modes)");
+                  "mode '" + m.name + "' keeps optimizer states in CUDA memory: it runs on the trainer's CUDA "
+                  "path only (--device cuda, in a build with CUDA on a machine with a GPU)");
   if (m.name == "fp32-adamw") return std::make_unique<composed_optimizer<adamw, states::fp32, weights::fp32>>(w, h);
   if (m.name == "bf16-adamw8") return std::make_unique<composed_optimizer<adamw, states::int8, weights::bf16>>(w, h);
   if (m.name == "bf16-lion8") return std::make_unique<composed_optimizer<lion, states::int8, weights::bf16>>(w, h);

@@ -189,7 +189,8 @@ struct weight_store {
     return r;
   }
 
-  // The view the optimizer updates in place.
+  // The views the optimizer updates in place.
+  lowbit::tensor_view vector_view(int p) { return lowbit::make_flat_view(vector(p), info(p).numel); }
   lowbit::tensor_view dense_view(int p) {
     const param_info& i = info(p);
     if (kind == matrix_storage::f32) return lowbit::make_view(m32.data() + i.offset, {i.shape[0], i.shape[1]});

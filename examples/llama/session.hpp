@@ -36,14 +36,60 @@ struct step_result {
   bool skipped = false;    // non-finite loss or gradient: no update
 };
 
-class training_session {
+// What the command line needs from a run, on the CPU (training_session
+// below) or on CUDA (gpu::cuda_session, cuda/session.cuh). The host
+// weight_store is where initialisation, Hugging Face loading and
+// checkpoints read and write; a CUDA session copies it to the device in
+// weights_changed() and back before saving.
+class session_base {
+ public:
+  virtual ~session_base() = default;
+  virtual const llama_config& config() const = 0;
+  virtual const mode_info& mode() const = 0;
+  virtual const session_options& options() const = 0;
+  virtual const param_layout& layout() const = 0;
+  virtual weight_store<float>& weights() = 0;
+  virtual void weights_changed() {}
+  virtual trainer_optimizer& optimizer() = 0;
+  virtual step_result step(const int32_t* x, const int32_t* y, float lr, float clip) = 0;
+  // Mean loss of one [batch, seq] batch (the session's shape), no update.
+  virtual double loss(const int32_t* x, const int32_t* y) = 0;
+  // Logits of the last position of tokens[0 .. len) (one sequence) into out[vocab].
+  virtual void last_logits(const int32_t* tokens, int64_t len, float* out) = 0;
+  virtual void save(const std::string& path, const train_state& st) = 0;
+  virtual train_state load(const std::string& path) = 0;
+  // Memory table rows: bytes of the weights as stored, of the gradient
+  // buffer and of the activation buffers, where they live.
+  virtual int64_t weight_bytes() const = 0;
+  virtual int64_t gradient_bytes() const = 0;
+  virtual int64_t activation_bytes() const = 0;
+  virtual std::string device_description() const = 0;
+  // Peak device memory in use so far (CUDA only; < 0 on the CPU).
+  virtual double peak_device_mib() const { return -1.0; }
+
+  // Mean loss over `batches` fixed validation batches.
+  template <class Data>
+  double evaluate(const Data& data, int64_t batches) {
+    const session_options& o = options();
+    std::vector<int32_t> x(static_cast<size_t>(o.batch * o.seq)), y(x.size());
+    double total = 0;
+    for (int64_t b = 0; b < batches; ++b) {
+      for (int64_t r = 0; r < o.batch; ++r)
+        data.val_window(b * o.batch + r, o.seq, x.data() + r * o.seq, y.data() + r * o.seq);
+      total += loss(x.data(), y.data());
+    }
+    return total / double(batches);
+  }
+};
+
+class training_session final : public session_base {
  public:
   training_session(const llama_config& cfg, const mode_info& mode, const session_options& o)
       : cfg_(cfg), mode_(mode), opts_(o), layout_(cfg), weights_(layout_, mode.storage, mode.qspec),
         plan_(layout_, o.fused_update) {
     lowbit::require(!mode.gpu_only, lowbit::errc::unsupported,
-                    "mode '" + mode.name + "' keeps optimizer states in CUDA memory and needs the trainer's CUDA "
-                    "path, which is not implemented yet; the CPU trainer runs the other modes");
+                    "mode '" + mode.name + "' keeps optimizer states in CUDA memory: it runs on the trainer's CUDA "
+                    "path only (--device cuda, in a build with CUDA on a machine with a GPU)");
     optimizer_ = make_optimizer(mode, weights_, o.hparams);
     model_ = std::make_unique<llama_model<float>>(cfg, layout_, weights_, o.batch, o.seq, o.checkpointing);
     grads_.assign(size_t(plan_.size), 0.0f);
@@ -52,17 +98,29 @@ class training_session {
   training_session(const training_session&) = delete;  // the parts point at each other
   training_session& operator=(const training_session&) = delete;
 
-  const llama_config& config() const { return cfg_; }
-  const mode_info& mode() const { return mode_; }
-  const param_layout& layout() const { return layout_; }
-  weight_store<float>& weights() { return weights_; }
-  trainer_optimizer& optimizer() { return *optimizer_; }
+  const llama_config& config() const override { return cfg_; }
+  const mode_info& mode() const override { return mode_; }
+  const session_options& options() const override { return opts_; }
+  const param_layout& layout() const override { return layout_; }
+  weight_store<float>& weights() override { return weights_; }
+  trainer_optimizer& optimizer() override { return *optimizer_; }
   llama_model<float>& model() { return *model_; }
-  int64_t gradient_bytes() const { return int64_t(grads_.size() * sizeof(float)); }
+  int64_t weight_bytes() const override { return weights_.bytes(); }
+  int64_t gradient_bytes() const override { return int64_t(grads_.size() * sizeof(float)); }
+  int64_t activation_bytes() const override { return model_->activation_bytes(); }
+  std::string device_description() const override {
+    return "cpu, " + std::to_string(lowbit::cpu::thread_count()) + " threads";
+  }
+  double loss(const int32_t* x, const int32_t* y) override { return model_->forward(x, y, opts_.batch, opts_.seq); }
+  void last_logits(const int32_t* tokens, int64_t len, float* out) override {
+    model_->forward(tokens, nullptr, 1, len);
+    const float* l = model_->logits() + (len - 1) * cfg_.vocab_size;
+    std::copy(l, l + cfg_.vocab_size, out);
+  }
 
   // One optimizer step on x -> y ([batch, seq] each) at learning rate lr;
   // clip > 0 scales the gradients so their global L2 norm is at most clip.
-  step_result step(const int32_t* x, const int32_t* y, float lr, float clip) {
+  step_result step(const int32_t* x, const int32_t* y, float lr, float clip) override {
     lowbit::require(!(opts_.fused_update && clip > 0.0f), lowbit::errc::invalid_argument,
                     "global-norm clipping is unavailable with the fused backward-update");
     step_result r;
@@ -91,23 +149,12 @@ class training_session {
     return r;
   }
 
-  // Mean loss over `batches` fixed validation batches.
-  template <class Data>
-  double evaluate(const Data& data, int64_t batches) {
-    std::vector<int32_t> x(static_cast<size_t>(opts_.batch * opts_.seq)), y(x.size());
-    double total = 0;
-    for (int64_t b = 0; b < batches; ++b) {
-      for (int64_t r = 0; r < opts_.batch; ++r)
-        data.val_window(b * opts_.batch + r, opts_.seq, x.data() + r * opts_.seq, y.data() + r * opts_.seq);
-      total += model_->forward(x.data(), y.data(), opts_.batch, opts_.seq);
-    }
-    return total / double(batches);
-  }
-
-  void save(const std::string& path, const train_state& st) const {
+  void save(const std::string& path, const train_state& st) override {
     save_checkpoint(path, cfg_, mode_, weights_, *optimizer_, st);
   }
-  train_state load(const std::string& path) { return load_checkpoint(path, cfg_, mode_, weights_, *optimizer_); }
+  train_state load(const std::string& path) override {
+    return load_checkpoint(path, cfg_, mode_, weights_, *optimizer_);
+  }
 
  private:
   llama_config cfg_;

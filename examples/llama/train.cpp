@@ -1,7 +1,7 @@
 // examples/llama/train.cpp
-// llama_train: trains a LLaMA model on the CPU with every model state in the
-// format its training mode names (see modes.hpp), using only lowbit's public
-// headers. Run `llama_train --help` for the options. One step: draw the
+// llama_train: trains a LLaMA model on the CPU or a CUDA GPU (--device) with
+// every model state in the format its training mode names (see modes.hpp),
+// using only lowbit's public headers. Run `llama_train --help` for the options. One step: draw the
 // batch of this step, forward, backward (gradients into one buffer, or with
 // --fused-update each layer's weights updated as soon as its gradients
 // exist), global-norm clipping, optimizer update. Prints a memory table at
@@ -22,6 +22,7 @@
 
 #include <lowbit/lowbit.hpp>
 
+#include "backend.hpp"
 #include "checkpoint.hpp"
 #include "session.hpp"
 #include "config.hpp"
@@ -46,6 +47,7 @@ struct options {
   std::string preset = "tiny";
   std::string config_path, init_dir, resume_path, save_path, log_path;
   std::string data = LLAMA_DEFAULT_DATA, data_format = "text", tokenizer_spec = "byte";
+  std::string device = "auto", gpu_activations = "auto";
   int64_t steps = 600, batch = 16, seq = 128;
   float lr = -1.0f, min_lr_ratio = 0.1f, weight_decay = 0.0f, clip = 1.0f, beta1 = 0.9f, beta2 = 0.95f;
   int64_t warmup = 30, eval_every = 100, eval_batches = 8, log_every = 10, save_every = 0, stop_after = -1;
@@ -54,12 +56,17 @@ struct options {
   int64_t sample_tokens = 200;
   std::string prompt = "ROMEO:";
   float temperature = 0.8f;
+  double peak_tflops = 989.4;  // MFU denominator: H100 SXM dense bf16 tensor-core peak
 };
 
 void print_help() {
   std::printf(
       "usage: llama_train [options]\n"
-      "Trains a LLaMA model on the CPU through lowbit's low-bit optimizers.\n\n"
+      "Trains a LLaMA model on the CPU or a CUDA GPU through lowbit's low-bit optimizers.\n\n"
+      "device:\n"
+      "  --device D            auto (default: cuda when built with CUDA and a GPU is present), cpu, cuda\n"
+      "  --gpu-activations A   CUDA activation dtype: auto (bf16, or f32 for fp32-adamw), bf16, f32\n"
+      "                        (f32 only with float32 or quantized weights, bf16 only with bf16 or quantized)\n"
       "model:\n"
       "  --preset NAME         tiny (default), llama2-7b, llama3.2-1b, tinyllama-1.1b (random init)\n"
       "  --config FILE         Hugging Face config.json instead of a preset (random init)\n"
@@ -91,6 +98,7 @@ void print_help() {
       "  --stop-after N        stop after step N (as if interrupted; for resume tests)\n"
       "  --sample-tokens N     tokens generated at the end (default 200), --prompt TEXT, --temperature X\n"
       "  --quiet               only the final summary\n"
+      "  --peak-tflops X       GPU peak for the model FLOPs utilisation (default 989.4, H100 SXM bf16 dense)\n"
       "  --list-modes          list the training modes\n"
       "Threads: LOWBIT_NUM_THREADS (default: all cores).\n");
 }
@@ -134,6 +142,9 @@ bool parse_args(int argc, char** argv, options& o) {
         std::printf("  %-15s %s%s\n", m.name.c_str(), m.description.c_str(), m.gpu_only ? " [CUDA only]" : "");
       return false;
     } else if (a == "--mode") o.mode = need(i);
+    else if (a == "--device") o.device = need(i);
+    else if (a == "--peak-tflops") o.peak_tflops = to_float(a, need(i));
+    else if (a == "--gpu-activations") o.gpu_activations = need(i);
     else if (a == "--preset") o.preset = need(i);
     else if (a == "--config") o.config_path = need(i);
     else if (a == "--init") o.init_dir = need(i);
@@ -237,9 +248,6 @@ int main(int argc, char** argv) {
   try {
     if (!parse_args(argc, argv, o)) return 0;
     const mode_info& mode = find_mode(o.mode);
-    lowbit::require(!mode.gpu_only, lowbit::errc::unsupported,
-                    "mode '" + mode.name + "' keeps optimizer states in CUDA memory and needs the trainer's CUDA "
-                    "path, which is not implemented yet; the CPU trainer runs the other modes (--list-modes)");
     const float peak_lr = o.lr > 0.0f ? o.lr : mode.default_lr;
 
     // Model config: checkpoint > HF dir > config.json > preset.
@@ -270,13 +278,15 @@ int main(int argc, char** argv) {
     so.hparams.beta2 = o.beta2;
     so.hparams.weight_decay = o.weight_decay;
     so.hparams.seed = o.seed;
-    training_session run(cfg, mode, so);
+    const std::unique_ptr<session_base> session = make_session(cfg, mode, so, o.device, o.gpu_activations);
+    session_base& run = *session;
     if (!o.init_dir.empty()) {
       const size_t unused = load_hf_weights(o.init_dir, run.weights());
       if (unused) std::fprintf(stderr, "llama_train: note: %zu tensors in '%s' are not used by the model\n", unused, o.init_dir.c_str());
     } else {
       init_random(run.weights(), cfg, o.seed);
     }
+    run.weights_changed();
     train_state st;
     st.seed = o.seed;
     if (!o.resume_path.empty()) {
@@ -290,11 +300,11 @@ int main(int argc, char** argv) {
     if (!o.quiet) {
       std::printf("llama_train: mode %s: %s\n", mode.name.c_str(), mode.description.c_str());
       std::printf("model: %s\n", cfg.summary().c_str());
-      std::printf("data: %s (%s tokenizer): %zu training / %zu validation tokens; %lld threads\n", o.data.c_str(),
-                  tok->name().c_str(), data.train.size(), data.val.size(),
-                  static_cast<long long>(lowbit::cpu::thread_count()));
-      print_memory_table(mode, P, run.weights().bytes(), run.optimizer().state_bytes(), run.gradient_bytes(),
-                         run.model().activation_bytes(), o);
+      std::printf("data: %s (%s tokenizer): %zu training / %zu validation tokens\n", o.data.c_str(),
+                  tok->name().c_str(), data.train.size(), data.val.size());
+      std::printf("device: %s\n", run.device_description().c_str());
+      print_memory_table(mode, P, run.weight_bytes(), run.optimizer().state_bytes(), run.gradient_bytes(),
+                         run.activation_bytes(), o);
       std::printf("steps %lld, batch %lld x seq %lld, lr %.3g (warmup %lld, cosine to %.2gx), clip %.3g, seed %llu%s\n",
                   static_cast<long long>(o.steps), static_cast<long long>(o.batch), static_cast<long long>(o.seq),
                   double(peak_lr), static_cast<long long>(o.warmup), double(o.min_lr_ratio), double(o.clip),
@@ -385,8 +395,9 @@ int main(int argc, char** argv) {
       for (int64_t t = 0; t < o.sample_tokens; ++t) {
         const int64_t len = std::min<int64_t>(int64_t(ctx.size()), o.seq);
         const int32_t* window = ctx.data() + (int64_t(ctx.size()) - len);
-        run.model().forward(window, nullptr, 1, len);
-        const float* logits = run.model().logits() + (len - 1) * cfg.vocab_size;
+        std::vector<float> last(static_cast<size_t>(cfg.vocab_size));
+        run.last_logits(window, len, last.data());
+        const float* logits = last.data();
         double mx = logits[0];
         for (int v = 1; v < cfg.vocab_size; ++v) mx = std::max(mx, double(logits[v]));
         for (int v = 0; v < cfg.vocab_size; ++v) p[size_t(v)] = std::exp((double(logits[v]) - mx) / o.temperature);
@@ -408,6 +419,15 @@ int main(int argc, char** argv) {
     struct rusage usage;
     if (getrusage(RUSAGE_SELF, &usage) == 0)
       std::printf(", peak resident memory %.1f MiB", double(usage.ru_maxrss) / 1024.0);  // ru_maxrss is in KiB
+    if (run.peak_device_mib() >= 0) {
+      // model FLOPs per token: 6 N for the matrices' forward + backward, plus
+      // 12 L S D for attention's score and value products (the PaLM / nanoGPT
+      // MFU convention; the same formula as bench/llama_torch_peer.py)
+      const double flops_per_token =
+          6.0 * double(P) + 12.0 * double(cfg.n_layers) * double(o.seq) * double(cfg.dim);
+      std::printf(", peak device memory %.1f MiB, MFU %.1f%% of %.1f TFLOP/s", run.peak_device_mib(),
+                  100.0 * train_tok_s * flops_per_token / (o.peak_tflops * 1e12), o.peak_tflops);
+    }
     std::printf("\n");
     return 0;
   } catch (const lowbit::error& e) {

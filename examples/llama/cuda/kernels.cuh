@@ -1,0 +1,346 @@
+// examples/llama/cuda/kernels.cuh
+// The model's non-matmul layers on CUDA, the twins of ops.hpp: RMSNorm,
+// rotary embeddings fused with the head-major permutation the attention
+// GEMMs need, the causal softmax and its backward, SwiGLU, the residual add,
+// the token embedding (forward gather, backward scatter) and the
+// cross-entropy loss. Activations are of type A (float or lowbit::bf16;
+// every kernel computes in float and rounds once on store); RMSNorm's 1/rms,
+// the scores, the logits and all parameter gradients are float32.
+// Determinism: no atomics; every reduction has a fixed order (a block tree
+// for per-row sums, row chunks summed in order for the RMSNorm gain), so the
+// same inputs give the same bits on every run.
+// Shapes as in ops.hpp: M = batch * seq rows, row m is position m % seq of
+// sequence m / seq. Head-major ("permuted") tensors are [batch, heads, seq,
+// head_dim], so that the query heads sharing one kv head form one
+// contiguous (group * seq) x head_dim matrix (see attention.cuh).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include <lowbit/core/dtype.hpp>
+#include <lowbit/cuda/check.cuh>
+
+namespace llama {
+namespace gpu {
+
+using lowbit::bf16;
+
+__device__ __forceinline__ float ld(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float ld(const bf16* p, int64_t i) { return lowbit::to_float(p[i]); }
+__device__ __forceinline__ void st(float* p, int64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(bf16* p, int64_t i, float v) { p[i] = lowbit::to_bf16(v); }
+
+inline unsigned blocks_for(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
+
+// Sum (or max) over a block of blockDim.x threads (a multiple of 32, at
+// most 1024); every thread gets the result. `scratch` holds 32 floats.
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+template <bool Max>
+__device__ float block_reduce(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = Max ? warp_max(v) : warp_sum(v);
+  __syncthreads();  // scratch may still be read by a previous reduction
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float r = lane < warps ? scratch[lane] : (Max ? -INFINITY : 0.0f);
+  r = Max ? warp_max(r) : warp_sum(r);
+  return r;
+}
+
+constexpr int row_threads = 256;
+
+// ---- RMSNorm --------------------------------------------------------------
+template <class A>
+__global__ void rmsnorm_forward_kernel(const A* x, const float* w, A* y, float* rstd, int64_t D, float eps) {
+  __shared__ float scratch[32];
+  const int64_t m = blockIdx.x;
+  const A* xr = x + m * D;
+  float ss = 0.0f;
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+    const float v = ld(xr, j);
+    ss += v * v;
+  }
+  ss = block_reduce<false>(ss, scratch);
+  const float r = 1.0f / sqrtf(ss / float(D) + eps);
+  if (threadIdx.x == 0) rstd[m] = r;
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) st(y + m * D, j, (ld(xr, j) * r) * w[j]);
+}
+
+template <class A>
+void rmsnorm_forward(const A* x, const float* w, A* y, float* rstd, int64_t M, int64_t D, float eps, cudaStream_t s) {
+  if (M == 0) return;
+  rmsnorm_forward_kernel<A><<<unsigned(M), row_threads, 0, s>>>(x, w, y, rstd, D, eps);
+  LOWBIT_CUDA_CHECK(cudaGetLastError());
+}
+
+// dx += r (dy w - (x r) c), c = sum_j (dy_j w_j)(x_j r) / D, per row.
+template <class A>
+__global__ void rmsnorm_backward_dx_kernel(const A* dy, const A* x, const float* w, const float* rstd, A* dx,
+                                           int64_t D) {
+  __shared__ float scratch[32];
+  const int64_t m = blockIdx.x;
+  const float r = rstd[m];
+  float dot = 0.0f;
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) dot += (ld(dy, m * D + j) * w[j]) * (ld(x, m * D + j) * r);
+  const float c = block_reduce<false>(dot, scratch) / float(D);
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+    const int64_t i = m * D + j;
+    st(dx, i, ld(dx, i) + r * (ld(dy, i) * w[j] - (ld(x, i) * r) * c));
+  }
+}
+
+// dw[j] partial sums over a chunk of rows: partial[chunk][j].
+constexpr int64_t norm_rows_per_chunk = 64;
+template <class A>
+__global__ void rmsnorm_backward_dw_partial_kernel(const A* dy, const A* x, const float* rstd, float* partial,
+                                                   int64_t M, int64_t D) {
+  const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= D) return;
+  const int64_t m0 = int64_t(blockIdx.y) * norm_rows_per_chunk, m1 = min(M, m0 + norm_rows_per_chunk);
+  float s = 0.0f;
+  for (int64_t m = m0; m < m1; ++m) s += ld(dy, m * D + j) * (ld(x, m * D + j) * rstd[m]);
+  partial[int64_t(blockIdx.y) * D + j] = s;
+}
+__global__ void sum_chunks_kernel(const float* partial, int64_t chunks, float* out, int64_t D) {
+  const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= D) return;
+  float s = 0.0f;
+  for (int64_t c = 0; c < chunks; ++c) s += partial[c * D + j];
+  out[j] = s;
+}
+
+inline int64_t rmsnorm_dw_scratch(int64_t M, int64_t D) {
+  return ((M + norm_rows_per_chunk - 1) / norm_rows_per_chunk) * D;
+}
+
+// dx += d(rmsnorm)/dx . dy ; dw (float32) written. scratch: rmsnorm_dw_scratch(M, D) floats.
+template <class A>
+void rmsnorm_backward(const A* dy, const A* x, const float* w, const float* rstd, A* dx, float* dw, float* scratch,
+                      int64_t M, int64_t D, cudaStream_t s) {
+  if (M == 0) return;
+  rmsnorm_backward_dx_kernel<A><<<unsigned(M), row_threads, 0, s>>>(dy, x, w, rstd, dx, D);
+  LOWBIT_CUDA_CHECK(cudaGetLastError());
+  const int64_t chunks = (M + norm_rows_per_chunk - 1) / norm_rows_per_chunk;
+  rmsnorm_backward_dw_partial_kernel<A><<<dim3(blocks_for(D, 128), unsigned(chunks)), 128, 0, s>>>(dy, x, rstd,
+                                                                                                   scratch, M, D);
+  LOWBIT_CUDA_CHECK(cudaGetLastError());
+  sum_chunks_kernel<<<blocks_for(D, 128), 128, 0, s>>>(scratch, chunks, dw, D);
+  LOWBIT_CUDA_CHECK(cudaGetLastError());
+}
+
+// ---- rotary embeddings + head-major permutation ------------------------------
+// Row-major src [M, heads * hd] <-> head-major dst [B, heads, S, hd]. With
+// rope, element i of a head pairs with i + hd/2 (Hugging Face "rotate half")
+// at angle pos * theta^(-2i/hd) from the float32 tables cos/sin [S, hd/2];
+// inverse applies the transpose (the backward). One thread per pair.
+template <class A>
+__global__ void permute_heads_kernel(const A* src, A* dst, const float* cos_t, const float* sin_t, int64_t S,
+                                     int64_t heads, int64_t hd, bool rope, bool inverse, bool to_head_major,
+                                     int64_t n_pairs) {
+  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= n_pairs) return;
+  const int64_t half = hd / 2;
+  const int64_t i = t % half, mh = t / half, h = mh % heads, m = mh / heads;
+  const int64_t b = m / S, p = m % S;
+  const int64_t row_idx = m * heads * hd + h * hd + i;           // [M, heads*hd]
+  const int64_t head_idx = ((b * heads + h) * S + p) * hd + i;   // [B, heads, S, hd]
+  const int64_t src_i = to_head_major ? row_idx : head_idx, dst_i = to_head_major ? head_idx : row_idx;
+  float a = ld(src, src_i), c2 = ld(src, src_i + half);
+  if (rope) {
+    const float c = cos_t[p * half + i], sn = inverse ? -sin_t[p * half + i] : sin_t[p * half + i];
+    const float a2 = a * c - c2 * sn;
+    c2 = c2 * c + a * sn;
+    a = a2;
+  }
+  st(dst, dst_i, a);
+  st(dst, dst_i + half, c2);
+}
+
+template <class A>
+void permute_heads(const A* src, A* dst, const float* cos_t, const float* sin_t, int64_t B, int64_t S, int64_t heads,
+                   int64_t hd, bool rope, bool inverse, bool to_head_major, cudaStream_t s) {
+  const int64_t n = B * S * heads * (hd / 2);
+  if (n == 0) return;
+  permute_heads_kernel<A><<<blocks_for(n, 256), 256, 0, s>>>(src, dst, cos_t, sin_t, S, heads, hd, rope, inverse,
+                                                               to_head_major, n);
+  LOWBIT_CUDA_CHECK(cudaGetLastError());
+}
+
+// ---- causal softmax ---------------------------------------------------------
+// scores [rows, S] float32 (already scaled), row r is query position r % S;
+// probs[r][j] = softmax over j <= r % S, 0 above the diagonal.
+template <class A>
+__global__ void causal_softmax_kernel(const float* scores, A* probs, int64_t S) {
+  __shared__ float scratch[32];
+  const int64_t r = blockIdx.x, i = r % S;
+  const float* sr = scores + r * S;
+  float mx = -INFINITY;
+  for (int64_t j = threadIdx.x; j <= i; j += blockDim.x) mx = fmaxf(mx, sr[j]);
+  mx = block_reduce<true>(mx, scratch);
+  float sum = 0.0f;
+  for (int64_t j = threadIdx.x; j <= i; j += blockDim.x) sum += expf(sr[j] - mx);
+  const float inv = 1.0f / block_reduce<false>(sum, scratch);
+  for (int64_t j = threadIdx.x; j < S; j += blockDim.x) st(probs + r * S, j, j <= i ? expf(sr[j] - mx) * inv : 0.0f);
+}
+
+template <class A>
+void causal_softmax(const float* scores, A* probs, int64_t rows, int64_t S, cudaStream_t s) {
+  if (rows == 0) return;
+  causal_softmax_kernel<A><<<unsigned(rows), row_threads, 0, s>>>(scores, probs, S);
+  LOWBIT_CUDA_CHECK(cudaGetLastError());
+}
+
+// dS_j = p_j (dP_j - sum_l p_l dP_l) * scale for j <= i, 0 above.
+template <class A>
+__global__ void causal_softmax_backward_kernel(const A* probs, const float* dprobs, A* dscores, int64_t S,
+                                               float scale) {
+  __shared__ float scratch[32];
+  const int64_t r = blockIdx.x, i = r % S;
+  const A* pr = probs + r * S;
+  const float* dpr = dprobs + r * S;
+  float dot = 0.0f;
+  for (int64_t j = threadIdx.x; j <= i; j += blockDim.x) dot += ld(pr, j) * dpr[j];
+  dot = block_reduce<false>(dot, scratch);
+  for (int64_t j = threadIdx.x; j < S; j += blockDim.x)
+    st(dscores + r * S, j, j <= i ? ld(pr, j) * (dpr[j] - dot) * scale : 0.0f);
+}
+
+template <class A>
+void causal_softmax_backward(const A* probs, const float* dprobs, A* dscores, int64_t rows, int64_t S, float scale,
+                             cudaStream_t s) {
+  if (rows == 0) return;
+  causal_softmax_backward_kernel<A><<<unsigned(rows), row_threads, 0, s>>>(probs, dprobs, dscores, S, scale);
+  LOWBIT_CUDA_CHECK(cudaGetLastError());
+}
+
+// ---- SwiGLU and the residual add ------------------------------------------------
+__device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+template <class A>
+__global__ void swiglu_forward_kernel(const A* gate, const A* up, A* h, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float g = ld(gate, i);
+    st(h, i, g * sigmoidf(g) * ld(up, i));
+  }
+}
+template <class A>
+__global__ void swiglu_backward_kernel(const A* dh, const A* gate, const A* up, A* dgate, A* dup, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float g = ld(gate, i), s = sigmoidf(g), d = ld(dh, i);
+    st(dup, i, d * (g * s));
+    st(dgate, i, d * ld(up, i) * (s * (1.0f + g * (1.0f - s))));
+  }
+}
+template <class A>
+__global__ void add_into_kernel(A* y, const A* x, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    st(y, i, ld(y, i) + ld(x, i));
+}
+
+inline unsigned grid_stride_blocks(int64_t n) {
+  const int64_t b = (n + 255) / 256;
+  return unsigned(b < 65536 ? (b > 0 ? b : 1) : 65536);
+}
+
+template <class A>
+void swiglu_forward(const A* gate, const A* up, A* h, int64_t n, cudaStream_t s) {
+  swiglu_forward_kernel<A><<<grid_stride_blocks(n), 256, 0, s>>>(gate, up, h, n);
+  LOWBIT_CUDA_CHECK(cudaGetLastError());
+}
+template <class A>
+void swiglu_backward(const A* dh, const A* gate, const A* up, A* dgate, A* dup, int64_t n, cudaStream_t s) {
+  swiglu_backward_kernel<A><<<grid_stride_blocks(n), 256, 0, s>>>(dh, gate, up, dgate, dup, n);
+  LOWBIT_CUDA_CHECK(cudaGetLastError());
+}
+template <class A>
+void add_into(A* y, const A* x, int64_t n, cudaStream_t s) {
+  add_into_kernel<A><<<grid_stride_blocks(n), 256, 0, s>>>(y, x, n);
+  LOWBIT_CUDA_CHECK(cudaGetLastError());
+}
+
+// ---- token embedding ----------------------------------------------------------
+// Dense tables (float32 / bfloat16): out[m, :] = table[tokens[m], :].
+// (Quantized tables go through lowbit::cuda::dequantize_rows.)
+template <class W, class A>
+__global__ void embed_gather_kernel(const W* table, const int32_t* tokens, A* out, int64_t D, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t m = i / D, j = i % D;
+    st(out, i, ld(table, int64_t(tokens[m]) * D + j));
+  }
+}
+template <class W, class A>
+void embed_gather(const W* table, const int32_t* tokens, A* out, int64_t M, int64_t D, cudaStream_t s) {
+  if (M == 0) return;
+  embed_gather_kernel<W, A><<<grid_stride_blocks(M * D), 256, 0, s>>>(table, tokens, out, D, M * D);
+  LOWBIT_CUDA_CHECK(cudaGetLastError());
+}
+
+// Backward: grad[v, :] += sum of dx[m, :] over the rows m with tokens[m] == v,
+// in increasing m (the CPU trainer's order). The host sorts the rows by
+// token (a CSR list: rows_by_token[start[u] .. start[u+1]) are the rows of
+// token ids[u]); block u owns token ids[u], so no two blocks write one row.
+template <class A>
+__global__ void embed_scatter_kernel(const A* dx, const int32_t* ids, const int32_t* start, const int32_t* rows,
+                                     float* grad, int64_t D) {
+  const int64_t u = blockIdx.y;
+  const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= D) return;
+  float* g = grad + int64_t(ids[u]) * D;
+  float acc = g[j];
+  for (int32_t k = start[u]; k < start[u + 1]; ++k) acc += ld(dx, int64_t(rows[k]) * D + j);
+  g[j] = acc;
+}
+template <class A>
+void embed_scatter(const A* dx, const int32_t* ids, const int32_t* start, const int32_t* rows, int64_t n_ids,
+                   float* grad, int64_t D, cudaStream_t s) {
+  if (n_ids == 0) return;
+  embed_scatter_kernel<A><<<dim3(blocks_for(D, 128), unsigned(n_ids)), 128, 0, s>>>(dx, ids, start, rows, grad, D);
+  LOWBIT_CUDA_CHECK(cudaGetLastError());
+}
+
+// ---- cross-entropy ----------------------------------------------------------------
+// Per row of logits [M, V] (float32): row_loss[m] = logsumexp - logit[target];
+// with dlogits, writes dloss/dlogits of the mean loss: (softmax - onehot) / M.
+template <class A>
+__global__ void cross_entropy_kernel(const float* logits, const int32_t* targets, float* row_loss, A* dlogits,
+                                     int64_t M, int64_t V) {
+  __shared__ float scratch[32];
+  const int64_t m = blockIdx.x;
+  const float* l = logits + m * V;
+  float mx = -INFINITY;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, l[j]);
+  mx = block_reduce<true>(mx, scratch);
+  float sum = 0.0f;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) sum += expf(l[j] - mx);
+  sum = block_reduce<false>(sum, scratch);
+  const float lse = mx + logf(sum);
+  const int32_t t = targets[m];
+  if (threadIdx.x == 0) row_loss[m] = lse - l[t];
+  if (!dlogits) return;
+  const float inv_m = 1.0f / float(M);
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    float g = expf(l[j] - lse) * inv_m;
+    if (j == t) g -= inv_m;
+    st(dlogits + m * V, j, g);
+  }
+}
+template <class A>
+void cross_entropy(const float* logits, const int32_t* targets, float* row_loss, A* dlogits, int64_t M, int64_t V,
+                   cudaStream_t s) {
+  if (M == 0) return;
+  cross_entropy_kernel<A><<<unsigned(M), row_threads, 0, s>>>(logits, targets, row_loss, dlogits, M, V);
+  LOWBIT_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace gpu
+}  // namespace llama

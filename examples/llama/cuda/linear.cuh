@@ -1,0 +1,95 @@
+// examples/llama/cuda/linear.cuh
+// The three products of a linear layer y = x W^T on CUDA, the twins of
+// linear.hpp, with W a matrix_ref whose pointers are device memory:
+//   linear_forward          y[M, rows]  = x[M, cols] W^T
+//   linear_backward_input   dx[M, cols] = dy[M, rows] W
+//   linear_weight_grad      dW[rows, cols] (float32) = dy^T x
+// Quantized W goes through lowbit::cuda::dequant_gemm_forward /
+// dequant_gemm_backward_input (the packed codes are read as they are stored;
+// the library picks its GEMV, tensor-core or dequantize+cuBLAS regime), a
+// dense float32 / bfloat16 W through cublasGemmEx (its dtype must equal the
+// activations': cuBLAS multiplies like types), and dW through
+// lowbit::cuda::gemm_weight_grad. Activations are float32 or bfloat16
+// (type A); outputs may be float32 where the caller wants (the logits).
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include <lowbit/lowbit.cuh>
+
+#include "../parameters.hpp"
+#include "attention.cuh"
+
+namespace llama {
+namespace gpu {
+
+inline lowbit::tensor_view dview(const void* p, lowbit::dtype t, int64_t rows, int64_t cols) {
+  return lowbit::make_view(const_cast<void*>(p), t, {rows, cols}, lowbit::device::cuda());
+}
+
+inline lowbit::dtype dense_dtype(const matrix_ref& w) {
+  return w.kind == matrix_storage::bf16 ? lowbit::dtype::bf16 : lowbit::dtype::f32;
+}
+
+inline cudaDataType_t cuda_dtype_of(lowbit::dtype t) {
+  return t == lowbit::dtype::bf16 ? CUDA_R_16BF : CUDA_R_32F;
+}
+
+inline void require_dense_match(const matrix_ref& w, lowbit::dtype act, const char* fn) {
+  lowbit::require(w.kind == matrix_storage::f32 || w.kind == matrix_storage::bf16, lowbit::errc::invalid_argument,
+                  std::string(fn) + ": dense weights must be float32 or bfloat16 on the GPU");
+  lowbit::require(dense_dtype(w) == act, lowbit::errc::unsupported,
+                  std::string(fn) + ": " + lowbit::dtype_name(dense_dtype(w)) + " weights with " +
+                      lowbit::dtype_name(act) + " activations (cuBLAS multiplies like types)");
+}
+
+// y [M, w.rows] of dtype y_type = x [M, w.cols] (dtype x_type) W^T.
+inline void linear_forward(cublasHandle_t h, const void* x, lowbit::dtype x_type, int64_t M, const matrix_ref& w,
+                           void* y, lowbit::dtype y_type, cudaStream_t s) {
+  if (w.kind == matrix_storage::quantized) {
+    lowbit::cuda::dequant_gemm_forward(dview(x, x_type, M, w.cols), w.q, w.rows, w.cols, nullptr,
+                                       dview(y, y_type, M, w.rows), s);
+    return;
+  }
+  require_dense_match(w, x_type, "linear_forward");
+  if (M == 0) return;
+  cublas_ok(cublasSetStream(h, s), "cublasSetStream");
+  const float one = 1.0f, zero = 0.0f;
+  // Y (M x N) = X (M x K) W^T ; column-major: Y^T (N x M) = W (N x K) X^T (K x M)
+  cublas_ok(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(M), int(w.cols), &one, w.data,
+                         cuda_dtype_of(x_type), int(w.cols), x, cuda_dtype_of(x_type), int(w.cols), &zero, y,
+                         cuda_dtype_of(y_type), int(w.rows), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            "linear_forward");
+}
+
+// dx [M, w.cols] = dy [M, w.rows] W, both of dtype t.
+inline void linear_backward_input(cublasHandle_t h, const void* dy, lowbit::dtype t, int64_t M, const matrix_ref& w,
+                                  void* dx, cudaStream_t s) {
+  if (w.kind == matrix_storage::quantized) {
+    lowbit::cuda::dequant_gemm_backward_input(dview(dy, t, M, w.rows), w.q, w.rows, w.cols,
+                                              dview(dx, t, M, w.cols), s);
+    return;
+  }
+  require_dense_match(w, t, "linear_backward_input");
+  if (M == 0) return;
+  cublas_ok(cublasSetStream(h, s), "cublasSetStream");
+  const float one = 1.0f, zero = 0.0f;
+  // dX (M x K) = dY (M x N) W (N x K) ; column-major: dX^T (K x M) = W^T (K x N) dY^T (N x M)
+  cublas_ok(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, int(w.cols), int(M), int(w.rows), &one, w.data,
+                         cuda_dtype_of(t), int(w.cols), dy, cuda_dtype_of(t), int(w.rows), &zero, dx,
+                         cuda_dtype_of(t), int(w.cols), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            "linear_backward_input");
+}
+
+// dw [rows, cols] float32 (+)= dy [M, rows]^T x [M, cols], both of dtype t.
+inline void linear_weight_grad(cublasHandle_t h, const void* dy, const void* x, lowbit::dtype t, int64_t M,
+                               int64_t rows, int64_t cols, float* dw, bool accumulate, cudaStream_t s) {
+  lowbit::cuda::gemm_weight_grad(dview(dy, t, M, rows), dview(x, t, M, cols),
+                                 dview(dw, lowbit::dtype::f32, rows, cols), accumulate, s, h);
+}
+
+}  // namespace gpu
+}  // namespace llama

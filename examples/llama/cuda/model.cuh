@@ -1,0 +1,361 @@
+// examples/llama/cuda/model.cuh
+// The LLaMA forward and backward passes on CUDA, the twin of model.hpp:
+// the same layer order, the same activation checkpointing (the residual
+// stream entering each layer is always kept; with checkpointing one layer's
+// intermediates are recomputed during the backward), the same gradient plan
+// and on_ready callbacks for the fused backward-update. Activations are of
+// type A (float32, or bfloat16 for speed: the GEMMs then run on tensor
+// cores), RMSNorm statistics, attention scores, logits and every parameter
+// gradient float32. All work is queued on one stream; the host waits only
+// where it needs a number (the loss) or the token ids of the next batch.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <lowbit/lowbit.cuh>
+
+#include "../config.hpp"
+#include "../ops.hpp"
+#include "../parameters.hpp"
+#include "attention.cuh"
+#include "device_buffer.cuh"
+#include "device_weights.cuh"
+#include "kernels.cuh"
+#include "linear.cuh"
+
+namespace llama {
+namespace gpu {
+
+template <class A>
+class cuda_model {
+ public:
+  static constexpr lowbit::dtype act_dtype = lowbit::dtype_of<A>::value;
+
+  cuda_model(const llama_config& c, const param_layout& L, device_weights& w, int64_t max_batch, int64_t max_seq,
+             bool checkpointing, cudaStream_t stream = nullptr)
+      : cfg_(c), L_(L), w_(w), max_batch_(max_batch), max_seq_(max_seq), checkpointing_(checkpointing), s_(stream) {
+    lowbit::require(max_seq <= c.max_seq_len, lowbit::errc::invalid_argument,
+                    "sequence length " + std::to_string(max_seq) + " exceeds the model's max_seq_len " +
+                        std::to_string(c.max_seq_len));
+    cublas_ok(cublasCreate(&cublas_), "cublasCreate");
+    const int64_t M = max_batch * max_seq, D = c.dim, F = c.hidden_dim, QW = c.q_dim(), KW = c.kv_dim();
+    const int64_t SS = max_batch * c.n_heads * max_seq * max_seq, V = c.vocab_size;
+    // rotary tables: the CPU trainer's (computed in double, rounded once)
+    const ops::rope_table<float> rope(max_seq, c.head_dim(), double(c.rope_theta));
+    cos_.resize(int64_t(rope.cos.size()));
+    sin_.resize(int64_t(rope.sin.size()));
+    cos_.upload(rope.cos.data(), cos_.size());
+    sin_.upload(rope.sin.data(), sin_.size());
+    tokens_.resize(M);
+    targets_.resize(M);
+    scatter_ids_.resize(M);
+    scatter_start_.resize(M + 1);
+    scatter_rows_.resize(M);
+    xs_.resize(size_t(c.n_layers + 1));
+    for (auto& x : xs_) x.resize(M * D);
+    acts_.resize(checkpointing ? 1 : size_t(c.n_layers));
+    for (layer_acts& a : acts_) a.allocate(c, max_batch, max_seq);
+    xn_f_.resize(M * D);
+    rstd_f_.resize(M);
+    logits_.resize(M * V);
+    dlogits_.resize(M * V);
+    row_loss_.resize(M);
+    q_raw_.resize(M * QW);
+    k_raw_.resize(M * KW);
+    v_raw_.resize(M * KW);
+    scores_.resize(SS);
+    oh_.resize(M * QW);
+    dx_.resize(M * D);
+    dmid_.resize(M * D);
+    dxn_.resize(M * D);
+    tmp_dim_.resize(M * D);
+    dgate_.resize(M * F);
+    dup_.resize(M * F);
+    dh_.resize(M * F);
+    dattn_.resize(M * QW);
+    doh_.resize(M * QW);
+    dqh_.resize(M * QW);
+    dkh_.resize(M * KW);
+    dvh_.resize(M * KW);
+    dq_raw_.resize(M * QW);
+    dk_raw_.resize(M * KW);
+    dv_raw_.resize(M * KW);
+    dscores_.resize(SS);
+    norm_scratch_.resize(rmsnorm_dw_scratch(M, D));
+    activation_bytes_ = device_bytes_held_by_this();
+  }
+  ~cuda_model() { cublasDestroy(cublas_); }
+  cuda_model(const cuda_model&) = delete;
+  cuda_model& operator=(const cuda_model&) = delete;
+
+  // Runs the model on tokens [batch, seq] (host memory, row-major). With
+  // targets, returns the mean cross-entropy and keeps dloss/dlogits for
+  // backward(); without, returns 0 and leaves the float32 logits
+  // [batch * seq, vocab] on the device (copy_logits_row reads one row).
+  double forward(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t seq) {
+    lowbit::require(batch >= 1 && batch <= max_batch_ && seq >= 1 && seq <= max_seq_, lowbit::errc::invalid_argument,
+                    "forward: batch x seq " + std::to_string(batch) + " x " + std::to_string(seq) +
+                        " exceeds the allocated " + std::to_string(max_batch_) + " x " + std::to_string(max_seq_));
+    B_ = batch, S_ = seq;
+    const int64_t M = B_ * S_, D = cfg_.dim, V = cfg_.vocab_size;
+    for (int64_t m = 0; m < M; ++m)
+      lowbit::require(tokens[m] >= 0 && tokens[m] < V, lowbit::errc::invalid_argument,
+                      "token id " + std::to_string(tokens[m]) + " outside the vocabulary [0, " + std::to_string(V) + ")");
+    if (targets)
+      for (int64_t m = 0; m < M; ++m)
+        lowbit::require(targets[m] >= 0 && targets[m] < V, lowbit::errc::invalid_argument,
+                        "target id " + std::to_string(targets[m]) + " outside the vocabulary");
+    host_tokens_.assign(tokens, tokens + M);
+    LOWBIT_CUDA_CHECK(cudaMemcpyAsync(tokens_.data(), tokens, size_t(M) * 4, cudaMemcpyHostToDevice, s_));
+    if (targets) LOWBIT_CUDA_CHECK(cudaMemcpyAsync(targets_.data(), targets, size_t(M) * 4, cudaMemcpyHostToDevice, s_));
+    embed_forward(xs_[0].data(), M);
+    for (int l = 0; l < cfg_.n_layers; ++l) layer_forward(l, acts_for(l), xs_[size_t(l) + 1].data());
+    rmsnorm_forward<A>(xs_.back().data(), w_.vector(L_.final_norm), xn_f_.data(), rstd_f_.data(), M, D, cfg_.norm_eps,
+                       s_);
+    linear_forward(cublas_, xn_f_.data(), act_dtype, M, w_.matrix(L_.head), logits_.data(), lowbit::dtype::f32, s_);
+    if (!targets) {
+      LOWBIT_CUDA_CHECK(cudaStreamSynchronize(s_));
+      return 0.0;
+    }
+    cross_entropy<A>(logits_.data(), targets_.data(), row_loss_.data(), dlogits_.data(), M, V, s_);
+    std::vector<float> rl(static_cast<size_t>(M));
+    LOWBIT_CUDA_CHECK(cudaMemcpyAsync(rl.data(), row_loss_.data(), size_t(M) * 4, cudaMemcpyDeviceToHost, s_));
+    LOWBIT_CUDA_CHECK(cudaStreamSynchronize(s_));
+    double total = 0;  // in row order, in double, as the CPU trainer sums
+    for (float r : rl) total += double(r);
+    return total / double(M);
+  }
+
+  // Row r of the last forward's logits (vocab floats) into host memory.
+  void copy_logits_row(int64_t r, float* out) const {
+    LOWBIT_CUDA_CHECK(cudaMemcpy(out, logits_.data() + r * cfg_.vocab_size, size_t(cfg_.vocab_size) * 4,
+                                 cudaMemcpyDeviceToHost));
+  }
+
+  // Gradients of the last forward's loss into grads (device, plan.size
+  // floats), calling on_ready(indices) as each group completes (the stream
+  // is synchronized before each call only if the callback needs it; the
+  // optimizer's CUDA step is queued on the same stream).
+  template <class Ready>
+  void backward(float* grads, const gradient_plan& plan, Ready&& on_ready) {
+    const int64_t M = B_ * S_, D = cfg_.dim, V = cfg_.vocab_size;
+    auto g = [&](int p) { return grads + plan.offset[size_t(p)]; };
+    const matrix_ref head = w_.matrix(L_.head);
+    linear_weight_grad(cublas_, dlogits_.data(), xn_f_.data(), act_dtype, M, V, D, g(L_.head), false, s_);
+    linear_backward_input(cublas_, dlogits_.data(), act_dtype, M, head, dxn_.data(), s_);
+    dx_.zero(s_);
+    rmsnorm_backward<A>(dxn_.data(), xs_.back().data(), w_.vector(L_.final_norm), rstd_f_.data(), dx_.data(),
+                        g(L_.final_norm), norm_scratch_.data(), M, D, s_);
+    if (cfg_.tied_embeddings) on_ready(std::vector<int>{L_.final_norm});
+    else on_ready(std::vector<int>{L_.head, L_.final_norm});
+    for (int l = cfg_.n_layers - 1; l >= 0; --l) {
+      layer_acts& a = acts_for(l);
+      if (checkpointing_) layer_forward(l, a, tmp_dim_.data());  // recompute this layer's intermediates
+      layer_backward(l, a, grads, plan);
+      on_ready(L_.layer_members(l));
+    }
+    // Token embedding: each row's gradient added to its token's row (onto
+    // the head's gradient when tied), rows of one token in increasing order.
+    float* ge = g(L_.embed);
+    if (!cfg_.tied_embeddings) LOWBIT_CUDA_CHECK(cudaMemsetAsync(ge, 0, size_t(V) * size_t(D) * 4, s_));
+    const int64_t n_ids = upload_scatter_plan(M);
+    embed_scatter<A>(dx_.data(), scatter_ids_.data(), scatter_start_.data(), scatter_rows_.data(), n_ids, ge, D, s_);
+    on_ready(std::vector<int>{L_.embed});
+  }
+
+  // Bytes of the activation and backward scratch buffers on the device.
+  int64_t activation_bytes() const { return activation_bytes_; }
+  cudaStream_t stream() const { return s_; }
+
+ private:
+  struct layer_acts {
+    device_array<A> xn1, qh, kh, vh, probs, attn, x_mid, xn2, gate, up, h;
+    device_array<float> rstd1, rstd2;
+    void allocate(const llama_config& c, int64_t B, int64_t S) {
+      const int64_t M = B * S;
+      xn1.resize(M * c.dim);
+      rstd1.resize(M);
+      qh.resize(M * c.q_dim());
+      kh.resize(M * c.kv_dim());
+      vh.resize(M * c.kv_dim());
+      probs.resize(B * c.n_heads * S * S);
+      attn.resize(M * c.q_dim());
+      x_mid.resize(M * c.dim);
+      xn2.resize(M * c.dim);
+      rstd2.resize(M);
+      gate.resize(M * c.hidden_dim);
+      up.resize(M * c.hidden_dim);
+      h.resize(M * c.hidden_dim);
+    }
+  };
+
+  int64_t device_bytes_held_by_this() const {
+    int64_t n = 0;
+    for (const auto& x : xs_) n += x.bytes();
+    for (const layer_acts& a : acts_) {
+      for (const device_array<A>* v : {&a.xn1, &a.qh, &a.kh, &a.vh, &a.probs, &a.attn, &a.x_mid, &a.xn2, &a.gate,
+                                       &a.up, &a.h})
+        n += v->bytes();
+      n += a.rstd1.bytes() + a.rstd2.bytes();
+    }
+    for (const device_array<A>* v : {&xn_f_, &dlogits_, &q_raw_, &k_raw_, &v_raw_, &oh_, &dx_, &dmid_, &dxn_,
+                                     &tmp_dim_, &dgate_, &dup_, &dh_, &dattn_, &doh_, &dqh_, &dkh_, &dvh_, &dq_raw_,
+                                     &dk_raw_, &dv_raw_, &dscores_})
+      n += v->bytes();
+    for (const device_array<float>* v : {&rstd_f_, &logits_, &row_loss_, &scores_, &norm_scratch_}) n += v->bytes();
+    return n;
+  }
+
+  layer_acts& acts_for(int l) { return acts_[checkpointing_ ? 0 : size_t(l)]; }
+
+  attention_dims attn_dims() const {
+    return {B_, S_, int64_t(cfg_.n_heads), int64_t(cfg_.n_kv_heads), int64_t(cfg_.head_dim())};
+  }
+
+  void embed_forward(A* out, int64_t M) {
+    const matrix_ref e = w_.matrix(L_.embed);
+    switch (e.kind) {
+      case matrix_storage::quantized:
+        lowbit::cuda::dequantize_rows(e.q, e.rows, e.cols, tokens_.data(), M,
+                                      dview(out, act_dtype, M, e.cols), s_, false);
+        return;
+      case matrix_storage::f32: embed_gather<float, A>(static_cast<const float*>(e.data), tokens_.data(), out, M, e.cols, s_); return;
+      case matrix_storage::bf16:
+        embed_gather<lowbit::bf16, A>(static_cast<const lowbit::bf16*>(e.data), tokens_.data(), out, M, e.cols, s_);
+        return;
+      case matrix_storage::f64: break;
+    }
+    throw lowbit::error(lowbit::errc::unsupported, "embedding: float64 weights on the GPU");
+  }
+
+  // Token ids of the last forward grouped by id (host sort, then upload):
+  // the deterministic scatter order of the embedding backward.
+  int64_t upload_scatter_plan(int64_t M) {
+    std::vector<int32_t> order(static_cast<size_t>(M));
+    for (int64_t m = 0; m < M; ++m) order[size_t(m)] = int32_t(m);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int32_t a, int32_t b) { return host_tokens_[size_t(a)] < host_tokens_[size_t(b)]; });
+    std::vector<int32_t> ids, start;
+    for (int64_t k = 0; k < M; ++k) {
+      const int32_t t = host_tokens_[size_t(order[size_t(k)])];
+      if (ids.empty() || ids.back() != t) {
+        ids.push_back(t);
+        start.push_back(int32_t(k));
+      }
+    }
+    start.push_back(int32_t(M));
+    LOWBIT_CUDA_CHECK(cudaMemcpyAsync(scatter_ids_.data(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice, s_));
+    LOWBIT_CUDA_CHECK(
+        cudaMemcpyAsync(scatter_start_.data(), start.data(), start.size() * 4, cudaMemcpyHostToDevice, s_));
+    LOWBIT_CUDA_CHECK(cudaMemcpyAsync(scatter_rows_.data(), order.data(), order.size() * 4, cudaMemcpyHostToDevice, s_));
+    // the host vectors die at return: wait for the copies (pageable memory
+    // copies are staged synchronously, but say so explicitly)
+    LOWBIT_CUDA_CHECK(cudaStreamSynchronize(s_));
+    return int64_t(ids.size());
+  }
+
+  void layer_forward(int l, layer_acts& a, A* x_out) {
+    const layer_params& P = L_.layers[size_t(l)];
+    const int64_t M = B_ * S_, D = cfg_.dim, F = cfg_.hidden_dim, hd = cfg_.head_dim();
+    const A* x = xs_[size_t(l)].data();
+    rmsnorm_forward<A>(x, w_.vector(P.attn_norm), a.xn1.data(), a.rstd1.data(), M, D, cfg_.norm_eps, s_);
+    linear_forward(cublas_, a.xn1.data(), act_dtype, M, w_.matrix(P.wq), q_raw_.data(), act_dtype, s_);
+    linear_forward(cublas_, a.xn1.data(), act_dtype, M, w_.matrix(P.wk), k_raw_.data(), act_dtype, s_);
+    linear_forward(cublas_, a.xn1.data(), act_dtype, M, w_.matrix(P.wv), v_raw_.data(), act_dtype, s_);
+    permute_heads<A>(q_raw_.data(), a.qh.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_heads, hd, true, false, true, s_);
+    permute_heads<A>(k_raw_.data(), a.kh.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_kv_heads, hd, true, false, true,
+                     s_);
+    permute_heads<A>(v_raw_.data(), a.vh.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_kv_heads, hd, false, false,
+                     true, s_);
+    attention_forward<A>(cublas_, attn_dims(), a.qh.data(), a.kh.data(), a.vh.data(), scores_.data(), a.probs.data(),
+                         oh_.data(), s_);
+    permute_heads<A>(oh_.data(), a.attn.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_heads, hd, false, false, false,
+                     s_);
+    linear_forward(cublas_, a.attn.data(), act_dtype, M, w_.matrix(P.wo), a.x_mid.data(), act_dtype, s_);
+    add_into<A>(a.x_mid.data(), x, M * D, s_);
+    rmsnorm_forward<A>(a.x_mid.data(), w_.vector(P.mlp_norm), a.xn2.data(), a.rstd2.data(), M, D, cfg_.norm_eps, s_);
+    linear_forward(cublas_, a.xn2.data(), act_dtype, M, w_.matrix(P.w_gate), a.gate.data(), act_dtype, s_);
+    linear_forward(cublas_, a.xn2.data(), act_dtype, M, w_.matrix(P.w_up), a.up.data(), act_dtype, s_);
+    swiglu_forward<A>(a.gate.data(), a.up.data(), a.h.data(), M * F, s_);
+    linear_forward(cublas_, a.h.data(), act_dtype, M, w_.matrix(P.w_down), x_out, act_dtype, s_);
+    add_into<A>(x_out, a.x_mid.data(), M * D, s_);
+  }
+
+  // On entry dx_ holds dloss/d(layer output); on exit dloss/d(layer input).
+  void layer_backward(int l, layer_acts& a, float* grads, const gradient_plan& plan) {
+    const layer_params& P = L_.layers[size_t(l)];
+    const int64_t M = B_ * S_, D = cfg_.dim, F = cfg_.hidden_dim, QW = cfg_.q_dim(), KW = cfg_.kv_dim(),
+                  hd = cfg_.head_dim();
+    const lowbit::dtype t = act_dtype;
+    auto g = [&](int p) { return grads + plan.offset[size_t(p)]; };
+    const A* x = xs_[size_t(l)].data();
+    // MLP: out = x_mid + down(silu(gate(xn2)) * up(xn2))
+    linear_weight_grad(cublas_, dx_.data(), a.h.data(), t, M, D, F, g(P.w_down), false, s_);
+    linear_backward_input(cublas_, dx_.data(), t, M, w_.matrix(P.w_down), dh_.data(), s_);
+    swiglu_backward<A>(dh_.data(), a.gate.data(), a.up.data(), dgate_.data(), dup_.data(), M * F, s_);
+    linear_weight_grad(cublas_, dgate_.data(), a.xn2.data(), t, M, F, D, g(P.w_gate), false, s_);
+    linear_weight_grad(cublas_, dup_.data(), a.xn2.data(), t, M, F, D, g(P.w_up), false, s_);
+    linear_backward_input(cublas_, dgate_.data(), t, M, w_.matrix(P.w_gate), dxn_.data(), s_);
+    linear_backward_input(cublas_, dup_.data(), t, M, w_.matrix(P.w_up), tmp_dim_.data(), s_);
+    add_into<A>(dxn_.data(), tmp_dim_.data(), M * D, s_);
+    LOWBIT_CUDA_CHECK(cudaMemcpyAsync(dmid_.data(), dx_.data(), size_t(M * D) * sizeof(A), cudaMemcpyDeviceToDevice, s_));
+    rmsnorm_backward<A>(dxn_.data(), a.x_mid.data(), w_.vector(P.mlp_norm), a.rstd2.data(), dmid_.data(),
+                        g(P.mlp_norm), norm_scratch_.data(), M, D, s_);
+    // Attention: x_mid = x + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1)))
+    linear_weight_grad(cublas_, dmid_.data(), a.attn.data(), t, M, D, QW, g(P.wo), false, s_);
+    linear_backward_input(cublas_, dmid_.data(), t, M, w_.matrix(P.wo), dattn_.data(), s_);
+    permute_heads<A>(dattn_.data(), doh_.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_heads, hd, false, false, true,
+                     s_);
+    attention_backward<A>(cublas_, attn_dims(), doh_.data(), a.qh.data(), a.kh.data(), a.vh.data(), a.probs.data(),
+                          scores_.data(), dscores_.data(), dqh_.data(), dkh_.data(), dvh_.data(), s_);
+    permute_heads<A>(dqh_.data(), dq_raw_.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_heads, hd, true, true, false,
+                     s_);
+    permute_heads<A>(dkh_.data(), dk_raw_.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_kv_heads, hd, true, true,
+                     false, s_);
+    permute_heads<A>(dvh_.data(), dv_raw_.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_kv_heads, hd, false, false,
+                     false, s_);
+    linear_weight_grad(cublas_, dq_raw_.data(), a.xn1.data(), t, M, QW, D, g(P.wq), false, s_);
+    linear_weight_grad(cublas_, dk_raw_.data(), a.xn1.data(), t, M, KW, D, g(P.wk), false, s_);
+    linear_weight_grad(cublas_, dv_raw_.data(), a.xn1.data(), t, M, KW, D, g(P.wv), false, s_);
+    linear_backward_input(cublas_, dq_raw_.data(), t, M, w_.matrix(P.wq), dxn_.data(), s_);
+    linear_backward_input(cublas_, dk_raw_.data(), t, M, w_.matrix(P.wk), tmp_dim_.data(), s_);
+    add_into<A>(dxn_.data(), tmp_dim_.data(), M * D, s_);
+    linear_backward_input(cublas_, dv_raw_.data(), t, M, w_.matrix(P.wv), tmp_dim_.data(), s_);
+    add_into<A>(dxn_.data(), tmp_dim_.data(), M * D, s_);
+    LOWBIT_CUDA_CHECK(cudaMemcpyAsync(dx_.data(), dmid_.data(), size_t(M * D) * sizeof(A), cudaMemcpyDeviceToDevice, s_));
+    rmsnorm_backward<A>(dxn_.data(), x, w_.vector(P.attn_norm), a.rstd1.data(), dx_.data(), g(P.attn_norm),
+                        norm_scratch_.data(), M, D, s_);
+  }
+
+  llama_config cfg_;
+  const param_layout& L_;
+  device_weights& w_;
+  int64_t max_batch_, max_seq_;
+  bool checkpointing_;
+  cudaStream_t s_;
+  cublasHandle_t cublas_ = nullptr;
+  int64_t B_ = 0, S_ = 0;
+  int64_t activation_bytes_ = 0;
+  std::vector<int32_t> host_tokens_;
+  device_array<float> cos_, sin_;
+  device_array<int32_t> tokens_, targets_, scatter_ids_, scatter_start_, scatter_rows_;
+  std::vector<device_array<A>> xs_;  // residual stream into layer l (xs_[L] = final)
+  std::vector<layer_acts> acts_;
+  device_array<A> xn_f_, dlogits_;
+  device_array<float> rstd_f_, logits_, row_loss_;
+  device_array<A> q_raw_, k_raw_, v_raw_, oh_;
+  device_array<float> scores_;  // attention scores, then dP in the backward (float32)
+  device_array<A> dx_, dmid_, dxn_, tmp_dim_, dgate_, dup_, dh_, dattn_, doh_, dqh_, dkh_, dvh_, dq_raw_, dk_raw_,
+      dv_raw_, dscores_;
+  device_array<float> norm_scratch_;
+};
+
+}  // namespace gpu
+}  // namespace llama

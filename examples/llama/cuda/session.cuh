@@ -1,0 +1,190 @@
+// examples/llama/cuda/session.cuh
+// One training run on CUDA: the twin of session.hpp's training_session.
+// The weights live on the device (device_weights, mirroring a host
+// weight_store that initialisation, Hugging Face loading and checkpoints
+// use), the optimizer is the mode's lowbit optimizer composed with a CUDA
+// memory policy (memory::device; memory::paged with eviction after each
+// tensor's step for paged-adamw8; memory::cpu_offload for offload-adamw8),
+// the gradient buffer is float32 on the device (one layer's worth with the
+// fused backward-update) and the model is cuda_model<A>. step() is the CPU
+// session's step, with the gradient pass on the device.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <memory>
+#include <string>
+
+#include <lowbit/lowbit.cuh>
+
+#include "../checkpoint.hpp"
+#include "../config.hpp"
+#include "../modes.hpp"
+#include "../parameters.hpp"
+#include "../session.hpp"
+#include "device_buffer.cuh"
+#include "device_weights.cuh"
+#include "model.cuh"
+
+namespace llama {
+namespace gpu {
+
+// The lowbit optimizer of a mode, updating the device weights in place.
+inline std::unique_ptr<trainer_optimizer> make_device_optimizer(const mode_info& m, device_weights& w,
+                                                                optimizer_hparams h) {
+  using namespace lowbit::optim;
+  using lowbit::format;
+  h.stable_weight_scales = m.stable_scales;
+  const lowbit::device dev = lowbit::device::cuda();
+  if (m.name == "fp32-adamw")
+    return std::make_unique<composed_optimizer<adamw, states::fp32, weights::fp32, memory::device>>(w, h, dev);
+  if (m.name == "bf16-adamw8")
+    return std::make_unique<composed_optimizer<adamw, states::int8, weights::bf16, memory::device>>(w, h, dev);
+  if (m.name == "bf16-lion8")
+    return std::make_unique<composed_optimizer<lion, states::int8, weights::bf16, memory::device>>(w, h, dev);
+  if (m.name == "qft" || m.name == "qft-stable")
+    return std::make_unique<
+        composed_optimizer<lion, states::int8, weights::quantized<format::int8>, memory::device>>(w, h, dev);
+  if (m.name == "qft-rn")
+    return std::make_unique<composed_optimizer<lion, states::int8,
+                                               weights::quantized<format::int8, rounding::nearest>, memory::device>>(
+        w, h, dev);
+  if (m.name == "nf4" || m.name == "nf4-f32scales")
+    return std::make_unique<
+        composed_optimizer<lion, states::int8, weights::quantized<format::nf4>, memory::device>>(w, h, dev);
+  if (m.name == "nf4-rn")
+    return std::make_unique<composed_optimizer<lion, states::int8,
+                                               weights::quantized<format::nf4, rounding::nearest>, memory::device>>(
+        w, h, dev);
+  if (m.name == "paged-adamw8") {
+    auto o = std::make_unique<composed_optimizer<adamw, states::int8, weights::bf16, memory::paged>>(w, h, dev);
+    // states go back to host memory after each tensor's step, so device
+    // memory holds one tensor's states at a time (bitsandbytes' paging
+    // under memory pressure, made explicit)
+    o->configure_memory([](memory::paged& p) { p.evict_after_step = true; });
+    return o;
+  }
+  if (m.name == "offload-adamw8")
+    return std::make_unique<composed_optimizer<adamw, states::int8, weights::bf16, memory::cpu_offload>>(w, h, dev);
+  throw lowbit::error(lowbit::errc::invalid_argument, "mode '" + m.name + "' has no CUDA optimizer");
+}
+
+inline std::string cuda_device_name() {
+  int dev = 0;
+  LOWBIT_CUDA_CHECK(cudaGetDevice(&dev));
+  cudaDeviceProp p{};
+  LOWBIT_CUDA_CHECK(cudaGetDeviceProperties(&p, dev));
+  return std::string(p.name);
+}
+
+template <class A>
+class cuda_session final : public session_base {
+ public:
+  cuda_session(const llama_config& cfg, const mode_info& mode, const session_options& o)
+      : cfg_(cfg), mode_(mode), opts_(o), layout_(cfg), host_(layout_, mode.storage, mode.qspec),
+        plan_(layout_, o.fused_update) {
+    dev_ = std::make_unique<device_weights>(host_);
+    optimizer_ = make_device_optimizer(mode, *dev_, o.hparams);
+    model_ = std::make_unique<cuda_model<A>>(cfg, layout_, *dev_, o.batch, o.seq, o.checkpointing);
+    grads_.resize(plan_.size);
+    grads_.zero();
+    sample_memory();
+  }
+
+  const llama_config& config() const override { return cfg_; }
+  const mode_info& mode() const override { return mode_; }
+  const session_options& options() const override { return opts_; }
+  const param_layout& layout() const override { return layout_; }
+  weight_store<float>& weights() override { return host_; }
+  void weights_changed() override { dev_->upload(host_); }
+  trainer_optimizer& optimizer() override { return *optimizer_; }
+  int64_t weight_bytes() const override { return dev_->bytes(); }
+  int64_t gradient_bytes() const override { return grads_.bytes(); }
+  int64_t activation_bytes() const override { return model_->activation_bytes(); }
+  std::string device_description() const override {
+    return "cuda (" + cuda_device_name() + "), " + lowbit::dtype_name(lowbit::dtype_of<A>::value) + " activations";
+  }
+  double peak_device_mib() const override { return double(peak_used_) / (1024.0 * 1024.0); }
+
+  step_result step(const int32_t* x, const int32_t* y, float lr, float clip) override {
+    lowbit::require(!(opts_.fused_update && clip > 0.0f), lowbit::errc::invalid_argument,
+                    "global-norm clipping is unavailable with the fused backward-update");
+    step_result r;
+    optimizer_->set_lr(lr);
+    r.loss = model_->forward(x, y, opts_.batch, opts_.seq);
+    sample_memory();
+    float* g = grads_.data();
+    if (opts_.fused_update) {
+      optimizer_->begin_step();
+      model_->backward(g, plan_, [&](const std::vector<int>& ready) {
+        for (int p : ready) optimizer_->step_param(p, g + plan_.offset[size_t(p)], 1.0f);
+        sample_memory();
+      });
+      r.skipped = optimizer_->end_step().skipped > 0;
+      sample_memory();
+      return r;
+    }
+    model_->backward(g, plan_, [&](const std::vector<int>&) { sample_memory(); });
+    const lowbit::optim::grad_stats gs =
+        lowbit::optim::cuda_grad_stats(g, lowbit::dtype::f32, plan_.size, model_->stream());
+    optimizer_->begin_step();
+    if (!gs.finite || !std::isfinite(r.loss)) {
+      r.skipped = true;  // keep the step count (and so the data order) moving
+    } else {
+      r.grad_norm = std::sqrt(gs.sumsq);
+      const float scale =
+          (clip > 0.0f && r.grad_norm > double(clip)) ? float(double(clip) / (r.grad_norm + 1e-6)) : 1.0f;
+      for (size_t p = 0; p < layout_.params.size(); ++p)
+        optimizer_->step_param(int(p), g + plan_.offset[p], scale);
+    }
+    optimizer_->end_step();
+    sample_memory();
+    return r;
+  }
+
+  double loss(const int32_t* x, const int32_t* y) override { return model_->forward(x, y, opts_.batch, opts_.seq); }
+
+  void last_logits(const int32_t* tokens, int64_t len, float* out) override {
+    model_->forward(tokens, nullptr, 1, len);
+    model_->copy_logits_row(len - 1, out);
+  }
+
+  void save(const std::string& path, const train_state& st) override {
+    LOWBIT_CUDA_CHECK(cudaDeviceSynchronize());
+    dev_->download(host_);
+    save_checkpoint(path, cfg_, mode_, host_, *optimizer_, st);
+  }
+  train_state load(const std::string& path) override {
+    LOWBIT_CUDA_CHECK(cudaDeviceSynchronize());
+    dev_->download(host_);  // a refused checkpoint leaves the host copy equal to the device
+    const train_state st = load_checkpoint(path, cfg_, mode_, host_, *optimizer_);
+    dev_->upload(host_);
+    return st;
+  }
+
+ private:
+  // Device memory in use (total - free: this process's allocations, the
+  // CUDA context and the stream-ordered pool's reserve), sampled after the
+  // forward, at every gradient group of the backward and after the update.
+  void sample_memory() {
+    size_t free_b = 0, total_b = 0;
+    LOWBIT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    peak_used_ = std::max<int64_t>(peak_used_, int64_t(total_b - free_b));
+  }
+
+  llama_config cfg_;
+  mode_info mode_;
+  session_options opts_;
+  param_layout layout_;
+  weight_store<float> host_;
+  gradient_plan plan_;
+  std::unique_ptr<device_weights> dev_;
+  std::unique_ptr<trainer_optimizer> optimizer_;
+  std::unique_ptr<cuda_model<A>> model_;
+  device_array<float> grads_;
+  int64_t peak_used_ = 0;
+};
+
+}  // namespace gpu
+}  // namespace llama
