@@ -26,7 +26,7 @@ Model FLOPs per token (PaLM appendix B / nanoGPT estimate_mfu convention):
 the second term is attention's QK^T and AV over the full sequence, forward and
 backward, not halved for the causal mask; recomputation under --checkpointing
 is not counted). MFU = FLOPs/token * tokens/s / (--peak-tflops * 1e12); the
-default 989 TFLOP/s is the H100 SXM dense bf16 peak.
+default 989.4 TFLOP/s is the H100 SXM dense bf16 peak, as llama_train --peak-tflops.
 
 Memory: torch.cuda.max_memory_allocated() and max_memory_reserved() over the
 whole run (weights, gradients, optimizer states, activations; the CUDA context
@@ -377,8 +377,8 @@ def parse_args(argv):
     t.add_argument("--checkpointing", action="store_true", help="gradient (activation) checkpointing per layer")
     t.add_argument("--seed", type=int, default=1337)
     o = ap.add_argument_group("output")
-    o.add_argument("--peak-tflops", type=float, default=989.0,
-                   help="the GPU's dense bf16 peak for MFU (default 989: H100 SXM)")
+    o.add_argument("--peak-tflops", type=float, default=989.4,
+                   help="the GPU's dense bf16 peak for MFU (default 989.4: H100 SXM, as llama_train)")
     o.add_argument("--json", default=None, metavar="FILE", help="write the result as one JSON object")
     o.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     return ap.parse_args(argv)
@@ -573,7 +573,7 @@ def main(argv=None):
           f"(PaLM / nanoGPT MFU convention)")
     if on_gpu:
         print(f"llama_torch_peer: MFU against {args.peak_tflops:g} TFLOP/s dense bf16 "
-              f"({'the H100 SXM peak, assumed' if args.peak_tflops == 989.0 else '--peak-tflops'}; "
+              f"({'the H100 SXM peak, assumed' if args.peak_tflops == 989.4 else '--peak-tflops'}; "
               f"pass --peak-tflops for another GPU)")
         print(f"RESULT {model_name} [{impl}]: {n_params} params, {tokens_per_s:.1f} tokens/s, "
               f"{ms_per_step:.2f} ms/step, {achieved_tflops:.1f} TFLOP/s, MFU {mfu * 100:.1f}%, "
