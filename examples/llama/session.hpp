@@ -54,6 +54,11 @@ class session_base {
   virtual step_result step(const int32_t* x, const int32_t* y, float lr, float clip) = 0;
   // Mean loss of one [batch, seq] batch (the session's shape), no update.
   virtual double loss(const int32_t* x, const int32_t* y) = 0;
+  // Loss of one batch and every parameter's gradient, no update: out gets
+  // the gradients in parameter order, each parameter's numel floats after
+  // the previous one's (the two-pass gradient plan; refused with the fused
+  // plan, whose layer regions overlap). For tests and diagnostics.
+  virtual double gradients(const int32_t* x, const int32_t* y, std::vector<float>& out) = 0;
   // Logits of the last position of tokens[0 .. len) (one sequence) into out[vocab].
   virtual void last_logits(const int32_t* tokens, int64_t len, float* out) = 0;
   virtual void save(const std::string& path, const train_state& st) = 0;
@@ -112,6 +117,14 @@ class training_session final : public session_base {
     return "cpu, " + std::to_string(lowbit::cpu::thread_count()) + " threads";
   }
   double loss(const int32_t* x, const int32_t* y) override { return model_->forward(x, y, opts_.batch, opts_.seq); }
+  double gradients(const int32_t* x, const int32_t* y, std::vector<float>& out) override {
+    lowbit::require(!opts_.fused_update, lowbit::errc::invalid_argument,
+                    "gradients(): the fused backward-update keeps no full gradient buffer");
+    const double loss = model_->forward(x, y, opts_.batch, opts_.seq);
+    model_->backward(grads_.data(), plan_, [](const std::vector<int>&) {});
+    out = grads_;
+    return loss;
+  }
   void last_logits(const int32_t* tokens, int64_t len, float* out) override {
     model_->forward(tokens, nullptr, 1, len);
     const float* l = model_->logits() + (len - 1) * cfg_.vocab_size;

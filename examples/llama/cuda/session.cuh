@@ -145,6 +145,17 @@ class cuda_session final : public session_base {
 
   double loss(const int32_t* x, const int32_t* y) override { return model_->forward(x, y, opts_.batch, opts_.seq); }
 
+  double gradients(const int32_t* x, const int32_t* y, std::vector<float>& out) override {
+    lowbit::require(!opts_.fused_update, lowbit::errc::invalid_argument,
+                    "gradients(): the fused backward-update keeps no full gradient buffer");
+    const double loss = model_->forward(x, y, opts_.batch, opts_.seq);
+    model_->backward(grads_.data(), plan_, [](const std::vector<int>&) {});
+    out.resize(size_t(plan_.size));
+    LOWBIT_CUDA_CHECK(cudaStreamSynchronize(model_->stream()));
+    grads_.download(out.data(), plan_.size);
+    return loss;
+  }
+
   void last_logits(const int32_t* tokens, int64_t len, float* out) override {
     model_->forward(tokens, nullptr, 1, len);
     model_->copy_logits_row(len - 1, out);

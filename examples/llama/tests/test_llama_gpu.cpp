@@ -1,0 +1,254 @@
+// GPU tests of the trainer's CUDA path (examples/llama/cuda), against the
+// CPU trainer, which the CPU tests tie to Hugging Face and to float64 finite
+// differences:
+//  - the loss and every parameter's gradient of one batch equal the CPU
+//    trainer's within stated tolerances, for float32 weights, bfloat16
+//    weights and int8 / NF4 quantized weights, float32 and bfloat16
+//    activations, GQA with an untied head and one kv head with tied
+//    embeddings, with and without activation checkpointing;
+//  - the validation loss falls in every mode, paged and CPU-offloaded
+//    AdamW 8-bit included;
+//  - the fused backward-update gives the same weights as the two-pass step
+//    (bit for bit);
+//  - save, resume and continue equals the uninterrupted run, bit for bit,
+//    and a GPU checkpoint resumes on the CPU.
+// The binary exits 77 (CTest SKIP) where no CUDA device is present.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "../backend.hpp"
+#include "../dataset.hpp"
+#include "../init.hpp"
+#include "../session.hpp"
+
+using namespace llama;
+
+namespace {
+
+llama_config small_config(bool tied, int kv_heads) {
+  llama_config c;
+  c.vocab_size = 256, c.dim = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = kv_heads, c.hidden_dim = 176;
+  c.max_seq_len = 64;
+  c.tied_embeddings = tied;
+  return c;
+}
+
+const dataset& corpus() {
+  static const dataset d = dataset::load(LLAMA_TEST_CORPUS, corpus_format::text, byte_tokenizer(), 256, 0.1);
+  return d;
+}
+
+session_options options_for(const mode_info& m, int64_t batch, int64_t seq) {
+  session_options o;
+  o.batch = batch;
+  o.seq = seq;
+  o.hparams.lr = m.rule == rule_kind::adamw ? 2e-3f : 1e-3f;
+  o.hparams.seed = 99;
+  return o;
+}
+
+// A CPU and a CUDA session of the same mode with the same random weights.
+struct pair_of_sessions {
+  std::unique_ptr<session_base> cpu, gpu;
+  pair_of_sessions(const llama_config& c, const std::string& mode, const session_options& o, const std::string& act) {
+    const mode_info& m = find_mode(mode);
+    cpu = make_session(c, m, o, "cpu");
+    gpu = make_session(c, m, o, "cuda", act);
+    init_random(cpu->weights(), c, 7);
+    init_random(gpu->weights(), c, 7);
+    cpu->weights_changed();
+    gpu->weights_changed();
+  }
+};
+
+double rel_l2(const float* a, const float* b, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = double(a[i]) - double(b[i]);
+    num += d * d;
+    den += double(b[i]) * double(b[i]);
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+// Loss and gradients of one batch, GPU against CPU. Tolerances: float32
+// activations differ from the CPU only by summation order (cuBLAS, block
+// reductions): 1e-5 relative on the loss, 2e-3 relative L2 per gradient
+// tensor. bfloat16 activations round every activation to 8 bits of
+// mantissa (relative 2^-9 per value), and the GEMMs round the quantized
+// weights to bfloat16: 2e-2 on the loss, 0.1 per gradient tensor. A wrong
+// index, layout or transpose gives errors of order 1.
+void check_gradients(const llama_config& c, const std::string& mode, const std::string& act, bool checkpointing) {
+  CAPTURE(mode);
+  CAPTURE(act);
+  CAPTURE(checkpointing);
+  const mode_info& m = find_mode(mode);
+  session_options o = options_for(m, 4, 32);  // M = 128: the tensor-core regime for bf16 quantized GEMMs
+  o.checkpointing = checkpointing;
+  pair_of_sessions s(c, mode, o, act);
+  std::vector<int32_t> x(size_t(o.batch * o.seq)), y(x.size());
+  corpus().train_batch(99, 3, o.batch, o.seq, x.data(), y.data());
+  std::vector<float> gc, gg;
+  const double lc = s.cpu->gradients(x.data(), y.data(), gc);
+  const double lg = s.gpu->gradients(x.data(), y.data(), gg);
+  const bool f32 = act == "f32" || (act == "auto" && m.storage == matrix_storage::f32);
+  const double loss_tol = f32 ? 1e-5 : 2e-2, grad_tol = f32 ? 2e-3 : 0.1;
+  CHECK(std::abs(lg - lc) <= loss_tol * lc);
+  REQUIRE(gc.size() == gg.size());
+  const param_layout& L = s.cpu->layout();
+  int64_t off = 0;
+  double worst = 0;
+  for (const param_info& p : L.params) {
+    if (c.tied_embeddings && p.name == "lm_head.weight") continue;
+    const double e = rel_l2(gg.data() + off, gc.data() + off, p.numel);
+    CAPTURE(p.name);
+    CHECK(e <= grad_tol);
+    worst = std::max(worst, e);
+    off += p.numel;
+  }
+  MESSAGE(mode << " " << act << (checkpointing ? " checkpointing" : "") << ": loss cpu " << lc << " gpu " << lg
+                << ", worst gradient relative L2 " << worst);
+}
+
+void train(session_base& s, int64_t from, int64_t to, float clip) {
+  const session_options& o = s.options();
+  std::vector<int32_t> x(size_t(o.batch * o.seq)), y(x.size());
+  for (int64_t step = from; step < to; ++step) {
+    corpus().train_batch(99, step, o.batch, o.seq, x.data(), y.data());
+    const step_result r = s.step(x.data(), y.data(), s.optimizer().step_count() < 5 ? 2e-4f : 1e-3f, clip);
+    REQUIRE(!r.skipped);
+  }
+}
+
+// The weights (downloaded through a checkpoint save) as bytes.
+std::string weight_bytes(session_base& s, const std::string& tmp) {
+  train_state st;
+  st.seed = 99;
+  s.save(tmp, st);
+  weight_store<float>& w = s.weights();
+  std::string out(reinterpret_cast<const char*>(w.vectors.data()), w.vectors.size() * 4);
+  out.append(reinterpret_cast<const char*>(w.m32.data()), w.m32.size() * 4);
+  out.append(reinterpret_cast<const char*>(w.m16.data()), w.m16.size() * 2);
+  for (const auto& q : w.mq) {
+    out.append(reinterpret_cast<const char*>(q.codes.data()), q.codes.size());
+    out.append(reinterpret_cast<const char*>(q.absmax.data()), q.absmax.size() * 4);
+    out.append(reinterpret_cast<const char*>(q.absmax_codes.data()), q.absmax_codes.size());
+    out.append(reinterpret_cast<const char*>(q.nested_absmax.data()), q.nested_absmax.size() * 4);
+  }
+  std::remove(tmp.c_str());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("GPU loss and gradients equal the CPU trainer's (GQA, untied head)") {
+  const llama_config c = small_config(false, 2);
+  check_gradients(c, "fp32-adamw", "auto", false);
+  check_gradients(c, "fp32-adamw", "auto", true);
+  check_gradients(c, "qft", "f32", false);
+  check_gradients(c, "nf4", "f32", false);
+  check_gradients(c, "qft", "bf16", false);
+  check_gradients(c, "nf4", "bf16", true);
+  check_gradients(c, "bf16-adamw8", "auto", false);
+}
+
+TEST_CASE("GPU loss and gradients equal the CPU trainer's (one kv head, tied embeddings)") {
+  const llama_config c = small_config(true, 1);
+  check_gradients(c, "fp32-adamw", "auto", false);
+  check_gradients(c, "qft", "f32", false);
+  check_gradients(c, "nf4", "bf16", false);
+}
+
+TEST_CASE("the validation loss falls in every mode on the GPU") {
+  const llama_config c = small_config(false, 2);
+  for (const mode_info& m : training_modes()) {
+    CAPTURE(m.name);
+    const session_options o = options_for(m, 8, 64);
+    std::unique_ptr<session_base> s = make_session(c, m, o, "cuda");
+    init_random(s->weights(), c, 7);
+    s->weights_changed();
+    const double before = s->evaluate(corpus(), 2);
+    train(*s, 0, 40, 1.0f);
+    const double after = s->evaluate(corpus(), 2);
+    MESSAGE(m.name << ": validation loss " << before << " -> " << after);
+    CHECK(after < before - 0.5);
+  }
+}
+
+TEST_CASE("GPU: the fused backward-update equals the two-pass step, bit for bit") {
+  const llama_config c = small_config(false, 2);
+  for (const char* mode : {"qft", "bf16-adamw8"}) {
+    CAPTURE(mode);
+    const mode_info& m = find_mode(mode);
+    session_options o = options_for(m, 8, 64);
+    std::unique_ptr<session_base> a = make_session(c, m, o, "cuda");
+    o.fused_update = true;
+    std::unique_ptr<session_base> b = make_session(c, m, o, "cuda");
+    for (session_base* s : {a.get(), b.get()}) {
+      init_random(s->weights(), c, 7);
+      s->weights_changed();
+      train(*s, 0, 4, 0.0f);
+    }
+    CHECK(weight_bytes(*a, "gpu_fused_a.safetensors") == weight_bytes(*b, "gpu_fused_b.safetensors"));
+    CHECK(b->gradient_bytes() < a->gradient_bytes());
+  }
+}
+
+TEST_CASE("GPU: save, resume and continue equals the uninterrupted run; the checkpoint resumes on the CPU") {
+  const llama_config c = small_config(false, 2);
+  for (const char* mode : {"qft", "nf4", "bf16-adamw8", "offload-adamw8"}) {
+    CAPTURE(mode);
+    const mode_info& m = find_mode(mode);
+    const session_options o = options_for(m, 8, 64);
+    std::unique_ptr<session_base> whole = make_session(c, m, o, "cuda");
+    init_random(whole->weights(), c, 7);
+    whole->weights_changed();
+    train(*whole, 0, 6, 1.0f);
+
+    std::unique_ptr<session_base> first = make_session(c, m, o, "cuda");
+    init_random(first->weights(), c, 7);
+    first->weights_changed();
+    train(*first, 0, 3, 1.0f);
+    train_state st;
+    st.step = 3;
+    st.seed = 99;
+    const std::string path = std::string("gpu_resume_") + mode + ".safetensors";
+    first->save(path, st);
+
+    std::unique_ptr<session_base> second = make_session(c, m, o, "cuda");
+    init_random(second->weights(), c, 1234);  // overwritten by the checkpoint
+    second->weights_changed();
+    CHECK(second->load(path).step == 3);
+    train(*second, 3, 6, 1.0f);
+    CHECK(weight_bytes(*second, "gpu_resume_b.safetensors") == weight_bytes(*whole, "gpu_resume_a.safetensors"));
+
+    if (!m.gpu_only) {  // the same checkpoint on the CPU: same validation loss within the GPU tolerance
+      std::unique_ptr<session_base> cpu = make_session(c, m, o, "cpu");
+      cpu->load(path);
+      std::unique_ptr<session_base> gpu = make_session(c, m, o, "cuda");
+      gpu->load(path);
+      const double lc = cpu->evaluate(corpus(), 1), lg = gpu->evaluate(corpus(), 1);
+      CHECK(std::abs(lc - lg) <= 2e-2 * lc);
+    }
+    std::remove(path.c_str());
+  }
+}
+
+TEST_CASE("GPU: bad requests are refused with clear errors") {
+  const llama_config c = small_config(false, 2);
+  const session_options o = options_for(find_mode("fp32-adamw"), 8, 64);
+  CHECK_THROWS_WITH_AS(make_session(c, find_mode("fp32-adamw"), o, "cuda", "bf16"),
+                       doctest::Contains("float32 weights"), lowbit::error);
+  CHECK_THROWS_WITH_AS(make_session(c, find_mode("bf16-lion8"), o, "cuda", "f32"),
+                       doctest::Contains("bfloat16 weights"), lowbit::error);
+  CHECK_THROWS_WITH_AS(make_session(c, find_mode("qft"), o, "cuda", "fp8"), doctest::Contains("--gpu-activations"),
+                       lowbit::error);
+  std::unique_ptr<session_base> s = make_session(c, find_mode("qft"), o, "cuda");
+  std::vector<int32_t> x(8 * 64, 300), y(8 * 64, 1);
+  CHECK_THROWS_WITH_AS(s->step(x.data(), y.data(), 1e-3f, 1.0f), doctest::Contains("outside the vocabulary"),
+                       lowbit::error);
+}
