@@ -16,14 +16,18 @@
 # every GPU test binary and every GPU benchmark succeeded.
 #
 # Usage: scripts/gpu-check.sh
-# Knobs (environment): STEPS (default "test sanitize bench"; configure and
+# Knobs (environment): STEPS (default "test sanitize bench llama"; "llama" runs
+# scripts/llama-gpu-figures.sh, the trainer's GPU figures, with its own knobs
+# FIGURES / MODES7B / MODES1B; configure and
 # build always run, incrementally, so a second call can do the rest of a
 # 10-minute-limited session, e.g. STEPS=bench), JOBS (16), BUILD_DIR
 # (build-gpu), SKIP_SANITIZER=1,
 # SANITIZER_TIMEOUT (s per binary and tool, 300), BENCH_ARGS (extra flags for
 # every GPU benchmark, e.g. "--n=67108864 --benchmark_min_time=0.2"),
 # BENCH_TIMEOUT (s per benchmark binary, 420), BENCHES (names of the
-# benchmark binaries to run, default all, e.g. "bench_dequant_gemm_cuda").
+# benchmark binaries to run, default all, e.g. "bench_dequant_gemm_cuda"),
+# TARGETS (build only these CMake targets, e.g. "llama_train test_llama_gpu";
+# default all), CTEST_ARGS (extra ctest flags, e.g. "-R llama" with TARGETS).
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 2
@@ -32,7 +36,7 @@ BUILD=${BUILD_DIR:-build-gpu}
 JOBS=${JOBS:-16}
 RESULTS=${OUT:-$ROOT/$BUILD/results}
 SANITIZER_TIMEOUT=${SANITIZER_TIMEOUT:-300}
-STEPS=" ${STEPS:-test sanitize bench} "
+STEPS=" ${STEPS:-test sanitize bench llama} "
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-420}
 mkdir -p "$RESULTS" "$BUILD"
 
@@ -153,12 +157,14 @@ steps() {
 
   section "build (-j$JOBS)"
   local t0=$SECONDS
-  if ! "$cmake" --build "$BUILD" -j "$JOBS"; then failed "build"; return; fi
+  local -a targets=()
+  [[ -n "${TARGETS:-}" ]] && targets=(--target $TARGETS)
+  if ! "$cmake" --build "$BUILD" -j "$JOBS" "${targets[@]}"; then failed "build"; return; fi
   note "build: ok ($((SECONDS - t0)) s)"
 
   local f
   local -a gpu_tests=()
-  for f in "$BUILD"/tests/gpu_test_*; do [[ -x "$f" && -f "$f" ]] && gpu_tests+=("$f"); done
+  for f in "$BUILD"/tests/gpu_test_* "$BUILD"/examples/test_llama_gpu; do [[ -x "$f" && -f "$f" ]] && gpu_tests+=("$f"); done
   if [[ ${#gpu_tests[@]} -eq 0 ]]; then
     failed "no GPU test binaries ($BUILD/tests/gpu_test_*) were built"
   fi
@@ -178,6 +184,17 @@ steps() {
   else
     note "GPU benchmarks: not run (STEPS=$STEPS)"
   fi
+  if [[ "$STEPS" == *" llama "* ]]; then
+    section "LLaMA trainer on the GPU (scripts/llama-gpu-figures.sh, FIGURES=${FIGURES:-default})"
+    local t0=$SECONDS
+    if bash "$ROOT/scripts/llama-gpu-figures.sh" "$BUILD" "$RESULTS"; then
+      note "llama figures: ok ($((SECONDS - t0)) s)"
+    else
+      failed "llama figures: a run failed (see $RESULTS/llama-*.log)"
+    fi
+  else
+    note "llama figures: not run (STEPS=$STEPS)"
+  fi
 }
 
 run_ctest() {
@@ -187,7 +204,8 @@ run_ctest() {
   ctest_bin=$(dirname "$cmake")/ctest
   [[ -x "$ctest_bin" ]] || ctest_bin=ctest
   local ctest_log=$RESULTS/ctest.log
-  (cd "$BUILD" && "$ctest_bin" --output-on-failure -j 4 2>&1) | tee "$ctest_log"
+  # shellcheck disable=SC2086
+  (cd "$BUILD" && "$ctest_bin" --output-on-failure -j 4 ${CTEST_ARGS:-} 2>&1) | tee "$ctest_log"
   local ctest_rc=${PIPESTATUS[0]}
   local skipped
   skipped=$(grep -cE '\*\*\*Skipped' "$ctest_log" || true)

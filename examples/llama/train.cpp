@@ -57,6 +57,7 @@ struct options {
   std::string prompt = "ROMEO:";
   float temperature = 0.8f;
   double peak_tflops = 989.4;  // MFU denominator: H100 SXM dense bf16 tensor-core peak
+  int64_t timing_warmup = 0;   // first steps left out of the final tokens/s
 };
 
 void print_help() {
@@ -98,6 +99,7 @@ void print_help() {
       "  --stop-after N        stop after step N (as if interrupted; for resume tests)\n"
       "  --sample-tokens N     tokens generated at the end (default 200), --prompt TEXT, --temperature X\n"
       "  --quiet               only the final summary\n"
+      "  --timing-warmup N     leave the first N steps out of the final tokens/s (default 0)\n"
       "  --peak-tflops X       GPU peak for the model FLOPs utilisation (default 989.4, H100 SXM bf16 dense)\n"
       "  --list-modes          list the training modes\n"
       "Threads: LOWBIT_NUM_THREADS (default: all cores).\n");
@@ -144,6 +146,7 @@ bool parse_args(int argc, char** argv, options& o) {
     } else if (a == "--mode") o.mode = need(i);
     else if (a == "--device") o.device = need(i);
     else if (a == "--peak-tflops") o.peak_tflops = to_float(a, need(i));
+    else if (a == "--timing-warmup") o.timing_warmup = to_int(a, need(i));
     else if (a == "--gpu-activations") o.gpu_activations = need(i);
     else if (a == "--preset") o.preset = need(i);
     else if (a == "--config") o.config_path = need(i);
@@ -341,6 +344,8 @@ int main(int argc, char** argv) {
     int64_t steps_run = 0, skipped_steps = 0;
     double loss = 0;
     double train_seconds = 0;  // excludes evaluation, checkpoints and sampling
+    double timed_seconds = 0;  // the same without the first --timing-warmup steps
+    int64_t timed_steps = 0;
     for (; st.step < end; ++steps_run) {
       const int64_t step = st.step;
       const auto t_step = std::chrono::steady_clock::now();
@@ -358,6 +363,10 @@ int main(int argc, char** argv) {
       st.tokens += M;
       const auto now = std::chrono::steady_clock::now();
       train_seconds += std::chrono::duration<double>(now - t_step).count();
+      if (steps_run >= o.timing_warmup) {
+        timed_seconds += std::chrono::duration<double>(now - t_step).count();
+        ++timed_steps;
+      }
       const double elapsed = std::chrono::duration<double>(now - t_start).count();
       const double tok_s = double(M) * double(steps_run + 1) / std::max(train_seconds, 1e-9);
       if (log)
@@ -409,7 +418,9 @@ int main(int argc, char** argv) {
       std::printf("sample (temperature %.2f):\n%s%s\n---\n", double(o.temperature), o.prompt.c_str(),
                   tok->decode(generated).c_str());
     }
-    const double train_tok_s = double(steps_run * M) / std::max(train_seconds, 1e-9);
+    const double train_tok_s = timed_steps > 0 && o.timing_warmup > 0
+                                   ? double(timed_steps * M) / std::max(timed_seconds, 1e-9)
+                                   : double(steps_run * M) / std::max(train_seconds, 1e-9);
     std::printf("llama_train: mode %s: %lld steps in %s (%.*f training tokens/s), final training loss %.4f",
                 mode.name.c_str(), static_cast<long long>(steps_run), human_time(seconds).c_str(),
                 train_tok_s < 100 ? 2 : 0, train_tok_s, loss);
@@ -417,18 +428,35 @@ int main(int argc, char** argv) {
     if (!std::isnan(first_val)) std::printf(" (from %.4f at step 0)", first_val);
     if (skipped_steps) std::printf(", %lld steps skipped", static_cast<long long>(skipped_steps));
     struct rusage usage;
-    if (getrusage(RUSAGE_SELF, &usage) == 0)
-      std::printf(", peak resident memory %.1f MiB", double(usage.ru_maxrss) / 1024.0);  // ru_maxrss is in KiB
-    if (run.peak_device_mib() >= 0) {
-      // model FLOPs per token: 6 N for the matrices' forward + backward, plus
-      // 12 L S D for attention's score and value products (the PaLM / nanoGPT
-      // MFU convention; the same formula as bench/llama_torch_peer.py)
-      const double flops_per_token =
-          6.0 * double(P) + 12.0 * double(cfg.n_layers) * double(o.seq) * double(cfg.dim);
-      std::printf(", peak device memory %.1f MiB, MFU %.1f%% of %.1f TFLOP/s", run.peak_device_mib(),
-                  100.0 * train_tok_s * flops_per_token / (o.peak_tflops * 1e12), o.peak_tflops);
+    double rss_mib = -1;
+    if (getrusage(RUSAGE_SELF, &usage) == 0) {
+      rss_mib = double(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB
+      std::printf(", peak resident memory %.1f MiB", rss_mib);
     }
+    // model FLOPs per token: 6 N for the matrices' forward + backward, plus
+    // 12 L S D for attention's score and value products (the PaLM / nanoGPT
+    // MFU convention; the same formula as bench/llama_torch_peer.py)
+    const double flops_per_token = 6.0 * double(P) + 12.0 * double(cfg.n_layers) * double(o.seq) * double(cfg.dim);
+    const double mfu = train_tok_s * flops_per_token / (o.peak_tflops * 1e12);
+    if (run.peak_device_mib() >= 0)
+      std::printf(", peak device memory %.1f MiB, MFU %.1f%% of %.1f TFLOP/s", run.peak_device_mib(), 100.0 * mfu,
+                  o.peak_tflops);
     std::printf("\n");
+    if (log) {  // one summary record, for scripts (scripts/llama-gpu-figures.sh)
+      const int64_t states = run.weight_bytes() + run.optimizer().state_bytes() + run.gradient_bytes();
+      log << "{\"summary\":true,\"mode\":\"" << mode.name << "\",\"device\":\"" << run.device_description()
+          << "\",\"params\":" << P << ",\"batch\":" << o.batch << ",\"seq\":" << o.seq
+          << ",\"checkpointing\":" << (o.checkpointing ? "true" : "false")
+          << ",\"fused_update\":" << (o.fused_update ? "true" : "false") << ",\"steps\":" << steps_run
+          << ",\"tokens_per_s\":" << train_tok_s << ",\"flops_per_token\":" << flops_per_token
+          << ",\"mfu\":" << (run.peak_device_mib() >= 0 ? std::to_string(mfu) : "null")
+          << ",\"peak_device_mib\":" << (run.peak_device_mib() >= 0 ? std::to_string(run.peak_device_mib()) : "null")
+          << ",\"peak_rss_mib\":" << rss_mib << ",\"weight_bytes\":" << run.weight_bytes()
+          << ",\"state_bytes\":" << run.optimizer().state_bytes() << ",\"gradient_bytes\":" << run.gradient_bytes()
+          << ",\"activation_bytes\":" << run.activation_bytes()
+          << ",\"model_state_bytes_per_param\":" << double(states) / double(P) << ",\"final_loss\":" << loss
+          << ",\"val_loss\":" << (std::isnan(last_val) ? std::string("null") : std::to_string(last_val)) << "}\n";
+    }
     return 0;
   } catch (const lowbit::error& e) {
     std::fprintf(stderr, "llama_train: error: %s\n", e.what());

@@ -101,15 +101,18 @@ __global__ void rmsnorm_backward_dx_kernel(const A* dy, const A* x, const float*
 
 // dw[j] partial sums over a chunk of rows: partial[chunk][j].
 constexpr int64_t norm_rows_per_chunk = 64;
+// gridDim.y is capped at 65535: a block row walks chunks blockIdx.y, + gridDim.y, ...
 template <class A>
 __global__ void rmsnorm_backward_dw_partial_kernel(const A* dy, const A* x, const float* rstd, float* partial,
-                                                   int64_t M, int64_t D) {
+                                                   int64_t M, int64_t D, int64_t chunks) {
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= D) return;
-  const int64_t m0 = int64_t(blockIdx.y) * norm_rows_per_chunk, m1 = min(M, m0 + norm_rows_per_chunk);
-  float s = 0.0f;
-  for (int64_t m = m0; m < m1; ++m) s += ld(dy, m * D + j) * (ld(x, m * D + j) * rstd[m]);
-  partial[int64_t(blockIdx.y) * D + j] = s;
+  for (int64_t c = blockIdx.y; c < chunks; c += gridDim.y) {
+    const int64_t m0 = c * norm_rows_per_chunk, m1 = min(M, m0 + norm_rows_per_chunk);
+    float s = 0.0f;
+    for (int64_t m = m0; m < m1; ++m) s += ld(dy, m * D + j) * (ld(x, m * D + j) * rstd[m]);
+    partial[c * D + j] = s;
+  }
 }
 __global__ void sum_chunks_kernel(const float* partial, int64_t chunks, float* out, int64_t D) {
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -131,8 +134,8 @@ void rmsnorm_backward(const A* dy, const A* x, const float* w, const float* rstd
   rmsnorm_backward_dx_kernel<A><<<unsigned(M), row_threads, 0, s>>>(dy, x, w, rstd, dx, D);
   LOWBIT_CUDA_CHECK(cudaGetLastError());
   const int64_t chunks = (M + norm_rows_per_chunk - 1) / norm_rows_per_chunk;
-  rmsnorm_backward_dw_partial_kernel<A><<<dim3(blocks_for(D, 128), unsigned(chunks)), 128, 0, s>>>(dy, x, rstd,
-                                                                                                   scratch, M, D);
+  rmsnorm_backward_dw_partial_kernel<A><<<dim3(blocks_for(D, 128), unsigned(chunks < 65535 ? chunks : 65535)), 128, 0,
+                                          s>>>(dy, x, rstd, scratch, M, D, chunks);
   LOWBIT_CUDA_CHECK(cudaGetLastError());
   sum_chunks_kernel<<<blocks_for(D, 128), 128, 0, s>>>(scratch, chunks, dw, D);
   LOWBIT_CUDA_CHECK(cudaGetLastError());
@@ -288,23 +291,26 @@ void embed_gather(const W* table, const int32_t* tokens, A* out, int64_t M, int6
 // Backward: grad[v, :] += sum of dx[m, :] over the rows m with tokens[m] == v,
 // in increasing m (the CPU trainer's order). The host sorts the rows by
 // token (a CSR list: rows_by_token[start[u] .. start[u+1]) are the rows of
-// token ids[u]); block u owns token ids[u], so no two blocks write one row.
+// token ids[u]); block row y owns tokens ids[y], ids[y + gridDim.y], ...
+// (gridDim.y is capped at 65535), so no two blocks write one row.
 template <class A>
 __global__ void embed_scatter_kernel(const A* dx, const int32_t* ids, const int32_t* start, const int32_t* rows,
-                                     float* grad, int64_t D) {
-  const int64_t u = blockIdx.y;
+                                     int64_t n_ids, float* grad, int64_t D) {
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= D) return;
-  float* g = grad + int64_t(ids[u]) * D;
-  float acc = g[j];
-  for (int32_t k = start[u]; k < start[u + 1]; ++k) acc += ld(dx, int64_t(rows[k]) * D + j);
-  g[j] = acc;
+  for (int64_t u = blockIdx.y; u < n_ids; u += gridDim.y) {
+    float* g = grad + int64_t(ids[u]) * D;
+    float acc = g[j];
+    for (int32_t k = start[u]; k < start[u + 1]; ++k) acc += ld(dx, int64_t(rows[k]) * D + j);
+    g[j] = acc;
+  }
 }
 template <class A>
 void embed_scatter(const A* dx, const int32_t* ids, const int32_t* start, const int32_t* rows, int64_t n_ids,
                    float* grad, int64_t D, cudaStream_t s) {
   if (n_ids == 0) return;
-  embed_scatter_kernel<A><<<dim3(blocks_for(D, 128), unsigned(n_ids)), 128, 0, s>>>(dx, ids, start, rows, grad, D);
+  embed_scatter_kernel<A><<<dim3(blocks_for(D, 128), unsigned(n_ids < 65535 ? n_ids : 65535)), 128, 0, s>>>(
+      dx, ids, start, rows, n_ids, grad, D);
   LOWBIT_CUDA_CHECK(cudaGetLastError());
 }
 

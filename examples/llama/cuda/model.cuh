@@ -44,7 +44,6 @@ class cuda_model {
     lowbit::require(max_seq <= c.max_seq_len, lowbit::errc::invalid_argument,
                     "sequence length " + std::to_string(max_seq) + " exceeds the model's max_seq_len " +
                         std::to_string(c.max_seq_len));
-    cublas_ok(cublasCreate(&cublas_), "cublasCreate");
     const int64_t M = max_batch * max_seq, D = c.dim, F = c.hidden_dim, QW = c.q_dim(), KW = c.kv_dim();
     const int64_t SS = max_batch * c.n_heads * max_seq * max_seq, V = c.vocab_size;
     // rotary tables: the CPU trainer's (computed in double, rounded once)
@@ -90,6 +89,8 @@ class cuda_model {
     dscores_.resize(SS);
     norm_scratch_.resize(rmsnorm_dw_scratch(M, D));
     activation_bytes_ = device_bytes_held_by_this();
+    // last: an allocation above that throws must not leak the handle (no destructor runs)
+    cublas_ok(cublasCreate(&cublas_), "cublasCreate");
   }
   ~cuda_model() { cublasDestroy(cublas_); }
   cuda_model(const cuda_model&) = delete;

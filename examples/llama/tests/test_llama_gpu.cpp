@@ -12,7 +12,9 @@
 //    (bit for bit);
 //  - save, resume and continue equals the uninterrupted run, bit for bit,
 //    and a GPU checkpoint resumes on the CPU.
-// The binary exits 77 (CTest SKIP) where no CUDA device is present.
+// The binary exits 77 (CTest SKIP) where no CUDA device is present. Test
+// cases named "[large]" (many training steps) are left out under
+// compute-sanitizer by scripts/gpu-check.sh.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -163,7 +165,7 @@ TEST_CASE("GPU loss and gradients equal the CPU trainer's (one kv head, tied emb
   check_gradients(c, "nf4", "bf16", false);
 }
 
-TEST_CASE("the validation loss falls in every mode on the GPU") {
+TEST_CASE("the validation loss falls in every mode on the GPU [large]") {
   const llama_config c = small_config(false, 2);
   for (const mode_info& m : training_modes()) {
     CAPTURE(m.name);
@@ -175,11 +177,14 @@ TEST_CASE("the validation loss falls in every mode on the GPU") {
     train(*s, 0, 40, 1.0f);
     const double after = s->evaluate(corpus(), 2);
     MESSAGE(m.name << ": validation loss " << before << " -> " << after);
-    CHECK(after < before - 0.5);
+    // as the CPU test: round-to-nearest quantized weights stall (nf4-rn on the
+    // CPU: 5.57 -> 5.06 in 40 steps, too close to a 0.5 margin)
+    if (m.stochastic || m.storage != matrix_storage::quantized) CHECK(after < before - 0.5);
+    else CHECK(after < before);
   }
 }
 
-TEST_CASE("GPU: the fused backward-update equals the two-pass step, bit for bit") {
+TEST_CASE("GPU: the fused backward-update equals the two-pass step, bit for bit [large]") {
   const llama_config c = small_config(false, 2);
   for (const char* mode : {"qft", "bf16-adamw8"}) {
     CAPTURE(mode);
@@ -198,7 +203,7 @@ TEST_CASE("GPU: the fused backward-update equals the two-pass step, bit for bit"
   }
 }
 
-TEST_CASE("GPU: save, resume and continue equals the uninterrupted run; the checkpoint resumes on the CPU") {
+TEST_CASE("GPU: save, resume and continue equals the uninterrupted run; the checkpoint resumes on the CPU [large]") {
   const llama_config c = small_config(false, 2);
   for (const char* mode : {"qft", "nf4", "bf16-adamw8", "offload-adamw8"}) {
     CAPTURE(mode);

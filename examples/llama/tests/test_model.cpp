@@ -18,6 +18,7 @@
 
 #include "../hf_checkpoint.hpp"
 #include "../model.hpp"
+#include "../init.hpp"
 #include "../parameters.hpp"
 
 using namespace llama;
@@ -349,4 +350,30 @@ TEST_CASE("a checkpoint with bitsandbytes NF4 weights loads: dequantized exactly
   std::remove((dir + "/model.safetensors").c_str());
   std::remove((dir + "/config.json").c_str());
   std::remove(dir.c_str());
+}
+
+TEST_CASE("large models draw their initial weights from Philox: N(0, stddev^2), reproducible, distinct per tensor") {
+  const int64_t n = 1 << 20;
+  std::vector<float> a(size_t(n), NAN), b(size_t(n), NAN), c(size_t(n), NAN);
+  philox_normal(a.data(), n - 1, 0.02f, 1337, 5);  // odd count: the last pair is half used
+  philox_normal(b.data(), n - 1, 0.02f, 1337, 5);
+  philox_normal(c.data(), n - 1, 0.02f, 1337, 6);
+  CHECK(std::isnan(a[size_t(n - 1)]));  // nothing written past the count
+  CHECK(std::memcmp(a.data(), b.data(), size_t(n - 1) * 4) == 0);
+  double sum = 0, sumsq = 0, same = 0, cross = 0;
+  for (int64_t i = 0; i < n - 1; ++i) {
+    sum += a[size_t(i)];
+    sumsq += double(a[size_t(i)]) * a[size_t(i)];
+    cross += double(a[size_t(i)]) * c[size_t(i)];
+    same += a[size_t(i)] == c[size_t(i)];
+  }
+  const double m = sum / double(n - 1), var = sumsq / double(n - 1) - m * m;
+  // standard error of the mean 0.02 / 1024 ~ 2e-5; of the variance 4e-4 * sqrt(2 / n) ~ 5.5e-7
+  CHECK(std::abs(m) < 5 * 0.02 / 1024);
+  CHECK(std::abs(var - 4e-4) < 5 * 4e-4 * std::sqrt(2.0 / double(n)));
+  CHECK(same == 0);
+  CHECK(std::abs(cross / double(n - 1)) < 5 * 4e-4 / 1024);  // independent streams: correlation ~ 0
+  llama_config big = llama_config::preset("llama3.2-1b");
+  CHECK(big.n_params() >= parallel_init_min_params);
+  CHECK(llama_config().n_params() < parallel_init_min_params);  // the tiny default keeps its mt19937_64 draws
 }
