@@ -8,7 +8,8 @@
 // buffer (float64, float32 or bfloat16) or as one lowbit quantized_tensor
 // each. gradient_plan gives each parameter an offset into one gradient
 // buffer: distinct offsets, or, for the fused backward-update, every layer's
-// tensors sharing one layer-sized region that is reused layer after layer.
+// tensors (and an untied head and the embedding) sharing one region that is
+// reused group after group.
 #pragma once
 
 #include <cstdint>
@@ -104,9 +105,23 @@ struct gradient_plan {
     offset.assign(L.params.size(), 0);
     int64_t shared = 0;
     std::vector<int64_t> layer_used(L.layers.size(), 0);
+    // With an untied head, the head's gradient is consumed (its update
+    // done) before the first layer's is written, and the embedding's is
+    // written after the last layer's was consumed: both share the region
+    // too. (A tied head's gradient is the embedding's, accumulated across
+    // the whole backward, so it keeps its own place.)
+    const bool untied = L.head != L.embed;
+    auto in_region = [&](size_t i) {
+      return fused && (L.params[i].layer >= 0 || (untied && (int(i) == L.head || int(i) == L.embed)));
+    };
+    int64_t region = 0;
+    for (size_t i = 0; i < L.params.size(); ++i)
+      if (in_region(i) && L.params[i].layer < 0) region = std::max(region, L.params[i].numel);
     for (size_t i = 0; i < L.params.size(); ++i) {
       const param_info& p = L.params[i];
-      if (fused && p.layer >= 0) {
+      if (in_region(i) && p.layer < 0) {
+        offset[i] = 0;  // relative to the shared region
+      } else if (fused && p.layer >= 0) {
         offset[i] = layer_used[size_t(p.layer)];  // relative to the shared region
         layer_used[size_t(p.layer)] += p.numel;
       } else {
@@ -115,10 +130,9 @@ struct gradient_plan {
       }
     }
     if (fused) {
-      int64_t region = 0;
       for (int64_t u : layer_used) region = std::max(region, u);
       for (size_t i = 0; i < L.params.size(); ++i)
-        if (L.params[i].layer >= 0) offset[i] += shared;
+        if (in_region(i)) offset[i] += shared;
       size = shared + region;
     } else {
       size = shared;
