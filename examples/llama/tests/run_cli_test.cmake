@@ -66,7 +66,8 @@ run_ok(hf_init --mode nf4 --steps 3 --init ${DATA_DIR}/tiny_gqa_bf16_sharded --b
 run_fails(bad_mode "unknown mode 'nonsense'" --mode nonsense)
 run_fails(bad_number "--steps expects an integer" --steps ten)
 run_fails(fused_clip "pass --clip 0" --fused-update)
-run_fails(gpu_mode "needs the trainer's CUDA path" --mode paged-adamw8)
+run_fails(gpu_mode "runs on the trainer's CUDA path only" --device cpu --mode paged-adamw8)
+run_fails(bad_device "--device must be auto, cpu or cuda" --device tpu)
 run_fails(mode_mismatch "trained in mode 'qft', this run uses mode 'fp32-adamw'" --mode fp32-adamw --steps 10 ${SMALL}
           --resume full.safetensors)
 run_fails(missing_data "cannot open corpus" --data ${WORK_DIR}/nope.txt)
