@@ -64,8 +64,9 @@ class llama_model {
     B_ = batch, S_ = seq;
     const int64_t M = B_ * S_, D = cfg_.dim, V = cfg_.vocab_size;
     for (int64_t m = 0; m < M; ++m) {
-      lowbit::require(tokens[m] >= 0 && tokens[m] < V, lowbit::errc::invalid_argument,
-                      "token id " + std::to_string(tokens[m]) + " outside the vocabulary [0, " + std::to_string(V) + ")");
+      if (tokens[m] < 0 || tokens[m] >= V)  // (checked first: the message is built only on failure)
+        throw lowbit::error(lowbit::errc::invalid_argument,
+            "token id " + std::to_string(tokens[m]) + " outside the vocabulary [0, " + std::to_string(V) + ")");
       w_.get_rows(L_.embed, tokens[m], 1, xs_[0].data() + m * D);
     }
     for (int l = 0; l < cfg_.n_layers; ++l) layer_forward(l, acts_for(l), xs_[size_t(l) + 1].data());
@@ -75,8 +76,9 @@ class llama_model {
     tokens_.assign(tokens, tokens + M);
     if (!targets) return 0.0;
     for (int64_t m = 0; m < M; ++m)
-      lowbit::require(targets[m] >= 0 && targets[m] < V, lowbit::errc::invalid_argument,
-                      "target id " + std::to_string(targets[m]) + " outside the vocabulary");
+      if (targets[m] < 0 || targets[m] >= V)
+        throw lowbit::error(lowbit::errc::invalid_argument,
+            "target id " + std::to_string(targets[m]) + " outside the vocabulary");
     return ops::cross_entropy(logits_.data(), targets, M, V, true);
   }
 

@@ -16,9 +16,8 @@
 // plain cuBLAS call. Operands are the activation type A (float32 or
 // bfloat16), accumulation float32; scores and dP are float32.
 //
-// cuBLAS is column-major: a row-major r x c matrix with leading dimension c
-// is, to cuBLAS, its c x r transpose. Each call below states the row-major
-// product it computes and the column-major one it is written as.
+// The cuBLAS arguments of each product are in gemm_plans.hpp, where a CPU
+// test checks them against the CPU trainer's attention.
 #pragma once
 
 #include <cublas_v2.h>
@@ -30,6 +29,7 @@
 #include <lowbit/core/dtype.hpp>
 #include <lowbit/core/error.hpp>
 
+#include "gemm_plans.hpp"
 #include "kernels.cuh"
 
 namespace llama {
@@ -47,24 +47,25 @@ inline cudaDataType_t cuda_dtype<float>() { return CUDA_R_32F; }
 template <>
 inline cudaDataType_t cuda_dtype<lowbit::bf16>() { return CUDA_R_16BF; }
 
-struct attention_dims {
-  int64_t B, S, H, KV, hd;
-  int64_t G() const { return H / KV; }
-};
+// fp32 accumulation; for float32 operands the pedantic mode, so that no
+// math-mode setting turns the products into TF32 (the float32 path is the
+// one compared tightly with the CPU trainer).
+inline cublasComputeType_t compute_type_for(cudaDataType_t operands) {
+  return operands == CUDA_R_32F ? CUBLAS_COMPUTE_32F_PEDANTIC : CUBLAS_COMPUTE_32F;
+}
 
-// C (row-major) = alpha * op(X) op(Y) over `batch` pairs, written in the
-// column-major form the caller gives (see each use).
+// One strided-batched product with the arguments of a plan (gemm_plans.hpp).
 template <class A>
-void batched_gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
-                  float alpha, const A* a, int64_t lda, int64_t stride_a, const A* b, int64_t ldb, int64_t stride_b,
-                  float beta, void* c, cudaDataType_t c_type, int64_t ldc, int64_t stride_c, int64_t batch,
+void batched_gemm(cublasHandle_t h, const gemm_args& g, const A* a, const A* b, void* c, cudaDataType_t c_type,
                   const char* what) {
-  lowbit::require(m < (int64_t(1) << 31) && n < (int64_t(1) << 31) && k < (int64_t(1) << 31) &&
-                      batch < (int64_t(1) << 31),
+  const int64_t lim = int64_t(1) << 31;
+  lowbit::require(g.m < lim && g.n < lim && g.k < lim && g.batch < lim && g.lda < lim && g.ldb < lim && g.ldc < lim,
                   lowbit::errc::unsupported, std::string(what) + ": dimension too large for cuBLAS");
-  cublas_ok(cublasGemmStridedBatchedEx(h, ta, tb, int(m), int(n), int(k), &alpha, a, cuda_dtype<A>(), int(lda),
-                                       stride_a, b, cuda_dtype<A>(), int(ldb), stride_b, &beta, c, c_type, int(ldc),
-                                       stride_c, int(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+  cublas_ok(cublasGemmStridedBatchedEx(h, g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                       int(g.m), int(g.n), int(g.k), &g.alpha, a, cuda_dtype<A>(), int(g.lda),
+                                       g.stride_a, b, cuda_dtype<A>(), int(g.ldb), g.stride_b, &g.beta, c, c_type,
+                                       int(g.ldc), g.stride_c, int(g.batch), compute_type_for(cuda_dtype<A>()),
+                                       CUBLAS_GEMM_DEFAULT),
             what);
 }
 
@@ -73,16 +74,11 @@ void batched_gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, 
 template <class A>
 void attention_forward(cublasHandle_t h, const attention_dims& d, const A* qh, const A* kh, const A* vh,
                        float* scores, A* probs, A* oh, cudaStream_t s) {
-  const int64_t S = d.S, hd = d.hd, GS = d.G() * S, batch = d.B * d.KV;
-  const float scale = 1.0f / std::sqrt(float(hd));
+  const attention_plan p = plan_attention(d, 1.0f / std::sqrt(float(d.hd)));
   cublas_ok(cublasSetStream(h, s), "cublasSetStream");
-  // scores (GS x S) = scale Q (GS x hd) K^T ; column-major: scores^T (S x GS) = K (S x hd) Q^T (hd x GS)
-  batched_gemm<A>(h, CUBLAS_OP_T, CUBLAS_OP_N, S, GS, hd, scale, kh, hd, S * hd, qh, hd, GS * hd, 0.0f, scores,
-                  CUDA_R_32F, S, GS * S, batch, "attention scores");
-  causal_softmax<A>(scores, probs, d.B * d.H * S, S, s);
-  // O (GS x hd) = P (GS x S) V (S x hd) ; column-major: O^T (hd x GS) = V^T (hd x S) P^T (S x GS)
-  batched_gemm<A>(h, CUBLAS_OP_N, CUBLAS_OP_N, hd, GS, S, 1.0f, vh, hd, S * hd, probs, S, GS * S, 0.0f, oh,
-                  cuda_dtype<A>(), hd, GS * hd, batch, "attention output");
+  batched_gemm<A>(h, p.scores, kh, qh, scores, CUDA_R_32F, "attention scores");
+  causal_softmax<A>(scores, probs, d.B * d.H * d.S, d.S, s);
+  batched_gemm<A>(h, p.output, vh, probs, oh, cuda_dtype<A>(), "attention output");
 }
 
 // doh [B,H,S,hd] -> dqh [B,H,S,hd], dkh / dvh [B,KV,S,hd] (written, summed
@@ -92,22 +88,14 @@ template <class A>
 void attention_backward(cublasHandle_t h, const attention_dims& d, const A* doh, const A* qh, const A* kh,
                         const A* vh, const A* probs, float* dprobs, A* dscores, A* dqh, A* dkh, A* dvh,
                         cudaStream_t s) {
-  const int64_t S = d.S, hd = d.hd, GS = d.G() * S, batch = d.B * d.KV;
-  const float scale = 1.0f / std::sqrt(float(hd));
+  const float scale = 1.0f / std::sqrt(float(d.hd));
+  const attention_plan p = plan_attention(d, scale);
   cublas_ok(cublasSetStream(h, s), "cublasSetStream");
-  // dP (GS x S) = dO (GS x hd) V^T ; column-major: dP^T (S x GS) = V (S x hd) dO^T (hd x GS)
-  batched_gemm<A>(h, CUBLAS_OP_T, CUBLAS_OP_N, S, GS, hd, 1.0f, vh, hd, S * hd, doh, hd, GS * hd, 0.0f, dprobs,
-                  CUDA_R_32F, S, GS * S, batch, "attention dP");
-  // dV (S x hd) = P^T (S x GS) dO (GS x hd) ; column-major: dV^T (hd x S) = dO^T (hd x GS) P (GS x S)
-  batched_gemm<A>(h, CUBLAS_OP_N, CUBLAS_OP_T, hd, S, GS, 1.0f, doh, hd, GS * hd, probs, S, GS * S, 0.0f, dvh,
-                  cuda_dtype<A>(), hd, S * hd, batch, "attention dV");
-  causal_softmax_backward<A>(probs, dprobs, dscores, d.B * d.H * S, S, scale, s);
-  // dQ (GS x hd) = dS (GS x S) K (S x hd) ; column-major: dQ^T (hd x GS) = K^T (hd x S) dS^T (S x GS)
-  batched_gemm<A>(h, CUBLAS_OP_N, CUBLAS_OP_N, hd, GS, S, 1.0f, kh, hd, S * hd, dscores, S, GS * S, 0.0f, dqh,
-                  cuda_dtype<A>(), hd, GS * hd, batch, "attention dQ");
-  // dK (S x hd) = dS^T (S x GS) Q (GS x hd) ; column-major: dK^T (hd x S) = Q^T (hd x GS) dS (GS x S)
-  batched_gemm<A>(h, CUBLAS_OP_N, CUBLAS_OP_T, hd, S, GS, 1.0f, qh, hd, GS * hd, dscores, S, GS * S, 0.0f, dkh,
-                  cuda_dtype<A>(), hd, S * hd, batch, "attention dK");
+  batched_gemm<A>(h, p.dprobs, vh, doh, dprobs, CUDA_R_32F, "attention dP");
+  batched_gemm<A>(h, p.dv, doh, probs, dvh, cuda_dtype<A>(), "attention dV");
+  causal_softmax_backward<A>(probs, dprobs, dscores, d.B * d.H * d.S, d.S, scale, s);
+  batched_gemm<A>(h, p.dq, kh, dscores, dqh, cuda_dtype<A>(), "attention dQ");
+  batched_gemm<A>(h, p.dk, qh, dscores, dkh, cuda_dtype<A>(), "attention dK");
 }
 
 }  // namespace gpu

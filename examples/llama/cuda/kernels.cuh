@@ -23,6 +23,8 @@
 #include <lowbit/core/dtype.hpp>
 #include <lowbit/cuda/check.cuh>
 
+#include "gemm_plans.hpp"
+
 namespace llama {
 namespace gpu {
 
@@ -155,8 +157,8 @@ __global__ void permute_heads_kernel(const A* src, A* dst, const float* cos_t, c
   const int64_t half = hd / 2;
   const int64_t i = t % half, mh = t / half, h = mh % heads, m = mh / heads;
   const int64_t b = m / S, p = m % S;
-  const int64_t row_idx = m * heads * hd + h * hd + i;           // [M, heads*hd]
-  const int64_t head_idx = ((b * heads + h) * S + p) * hd + i;   // [B, heads, S, hd]
+  const int64_t row_idx = row_major_offset(b, h, p, i, S, heads, hd);    // [M, heads*hd]
+  const int64_t head_idx = head_major_offset(b, h, p, i, S, heads, hd);  // [B, heads, S, hd]
   const int64_t src_i = to_head_major ? row_idx : head_idx, dst_i = to_head_major ? head_idx : row_idx;
   float a = ld(src, src_i), c2 = ld(src, src_i + half);
   if (rope) {

@@ -46,6 +46,21 @@ inline void require_dense_match(const matrix_ref& w, lowbit::dtype act, const ch
                       lowbit::dtype_name(act) + " activations (cuBLAS multiplies like types)");
 }
 
+inline void require_int_dims(int64_t a, int64_t b, int64_t c, const char* fn) {
+  const int64_t lim = int64_t(1) << 31;
+  lowbit::require(a < lim && b < lim && c < lim, lowbit::errc::unsupported,
+                  std::string(fn) + ": a dimension is too large for cuBLAS (>= 2^31)");
+}
+
+// One dense product with the arguments of a plan (gemm_plans.hpp): A = W.
+inline void dense_gemm(cublasHandle_t h, const gemm_args& g, const void* w, const void* b, cudaDataType_t ab_type,
+                       void* c, cudaDataType_t c_type, const char* what) {
+  cublas_ok(cublasGemmEx(h, g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, int(g.m),
+                         int(g.n), int(g.k), &g.alpha, w, ab_type, int(g.lda), b, ab_type, int(g.ldb), &g.beta, c,
+                         c_type, int(g.ldc), compute_type_for(ab_type), CUBLAS_GEMM_DEFAULT),
+            what);
+}
+
 // y [M, w.rows] of dtype y_type = x [M, w.cols] (dtype x_type) W^T.
 inline void linear_forward(cublasHandle_t h, const void* x, lowbit::dtype x_type, int64_t M, const matrix_ref& w,
                            void* y, lowbit::dtype y_type, cudaStream_t s) {
@@ -56,13 +71,10 @@ inline void linear_forward(cublasHandle_t h, const void* x, lowbit::dtype x_type
   }
   require_dense_match(w, x_type, "linear_forward");
   if (M == 0) return;
+  require_int_dims(M, w.rows, w.cols, "linear_forward");
   cublas_ok(cublasSetStream(h, s), "cublasSetStream");
-  const float one = 1.0f, zero = 0.0f;
-  // Y (M x N) = X (M x K) W^T ; column-major: Y^T (N x M) = W (N x K) X^T (K x M)
-  cublas_ok(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(M), int(w.cols), &one, w.data,
-                         cuda_dtype_of(x_type), int(w.cols), x, cuda_dtype_of(x_type), int(w.cols), &zero, y,
-                         cuda_dtype_of(y_type), int(w.rows), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-            "linear_forward");
+  dense_gemm(h, plan_linear_forward(M, w.rows, w.cols), w.data, x, cuda_dtype_of(x_type), y, cuda_dtype_of(y_type),
+             "linear_forward");
 }
 
 // dx [M, w.cols] = dy [M, w.rows] W, both of dtype t.
@@ -75,13 +87,10 @@ inline void linear_backward_input(cublasHandle_t h, const void* dy, lowbit::dtyp
   }
   require_dense_match(w, t, "linear_backward_input");
   if (M == 0) return;
+  require_int_dims(M, w.rows, w.cols, "linear_backward_input");
   cublas_ok(cublasSetStream(h, s), "cublasSetStream");
-  const float one = 1.0f, zero = 0.0f;
-  // dX (M x K) = dY (M x N) W (N x K) ; column-major: dX^T (K x M) = W^T (K x N) dY^T (N x M)
-  cublas_ok(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, int(w.cols), int(M), int(w.rows), &one, w.data,
-                         cuda_dtype_of(t), int(w.cols), dy, cuda_dtype_of(t), int(w.rows), &zero, dx,
-                         cuda_dtype_of(t), int(w.cols), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-            "linear_backward_input");
+  dense_gemm(h, plan_linear_backward_input(M, w.rows, w.cols), w.data, dy, cuda_dtype_of(t), dx, cuda_dtype_of(t),
+             "linear_backward_input");
 }
 
 // dw [rows, cols] float32 (+)= dy [M, rows]^T x [M, cols], both of dtype t.

@@ -107,12 +107,14 @@ class cuda_model {
     B_ = batch, S_ = seq;
     const int64_t M = B_ * S_, D = cfg_.dim, V = cfg_.vocab_size;
     for (int64_t m = 0; m < M; ++m)
-      lowbit::require(tokens[m] >= 0 && tokens[m] < V, lowbit::errc::invalid_argument,
-                      "token id " + std::to_string(tokens[m]) + " outside the vocabulary [0, " + std::to_string(V) + ")");
+      if (tokens[m] < 0 || tokens[m] >= V)  // (checked first: the message is built only on failure)
+        throw lowbit::error(lowbit::errc::invalid_argument,
+            "token id " + std::to_string(tokens[m]) + " outside the vocabulary [0, " + std::to_string(V) + ")");
     if (targets)
       for (int64_t m = 0; m < M; ++m)
-        lowbit::require(targets[m] >= 0 && targets[m] < V, lowbit::errc::invalid_argument,
-                        "target id " + std::to_string(targets[m]) + " outside the vocabulary");
+        if (targets[m] < 0 || targets[m] >= V)
+          throw lowbit::error(lowbit::errc::invalid_argument,
+              "target id " + std::to_string(targets[m]) + " outside the vocabulary");
     host_tokens_.assign(tokens, tokens + M);
     LOWBIT_CUDA_CHECK(cudaMemcpyAsync(tokens_.data(), tokens, size_t(M) * 4, cudaMemcpyHostToDevice, s_));
     if (targets) LOWBIT_CUDA_CHECK(cudaMemcpyAsync(targets_.data(), targets, size_t(M) * 4, cudaMemcpyHostToDevice, s_));
