@@ -36,6 +36,25 @@ struct step_result {
   bool skipped = false;    // non-finite loss or gradient: no update
 };
 
+// The update of a two-pass step once the gradients and their statistics
+// exist (CPU and CUDA sessions alike): a non-finite loss or gradient skips
+// the update (the step count still moves, and with it the data order);
+// otherwise every parameter is stepped with its gradient (grads + its
+// offset, in the optimizer's memory), scaled so the global L2 norm is at
+// most clip when clip > 0.
+inline void two_pass_update(trainer_optimizer& opt, const lowbit::optim::grad_stats& gs, const float* grads,
+                            const gradient_plan& plan, float clip, step_result& r) {
+  opt.begin_step();
+  if (!gs.finite || !std::isfinite(r.loss)) {
+    r.skipped = true;
+  } else {
+    r.grad_norm = std::sqrt(gs.sumsq);
+    const float scale = (clip > 0.0f && r.grad_norm > double(clip)) ? float(double(clip) / (r.grad_norm + 1e-6)) : 1.0f;
+    for (size_t p = 0; p < plan.offset.size(); ++p) opt.step_param(int(p), grads + plan.offset[p], scale);
+  }
+  opt.end_step();
+}
+
 // What the command line needs from a run, on the CPU (training_session
 // below) or on CUDA (gpu::cuda_session, cuda/session.cuh). The host
 // weight_store is where initialisation, Hugging Face loading and
@@ -149,16 +168,7 @@ class training_session final : public session_base {
     }
     model_->backward(grads_.data(), plan_, [](const std::vector<int>&) {});
     const lowbit::optim::grad_stats gs = lowbit::optim::cpu_grad_stats(grads_.data(), lowbit::dtype::f32, plan_.size);
-    optimizer_->begin_step();
-    if (!gs.finite || !std::isfinite(r.loss)) {
-      r.skipped = true;  // keep the step count (and so the data order) moving
-    } else {
-      r.grad_norm = std::sqrt(gs.sumsq);
-      const float scale = (clip > 0.0f && r.grad_norm > double(clip)) ? float(double(clip) / (r.grad_norm + 1e-6)) : 1.0f;
-      for (size_t p = 0; p < layout_.params.size(); ++p)
-        optimizer_->step_param(int(p), grads_.data() + plan_.offset[p], scale);
-    }
-    optimizer_->end_step();
+    two_pass_update(*optimizer_, gs, grads_.data(), plan_, clip, r);
     return r;
   }
 

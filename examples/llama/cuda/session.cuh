@@ -128,17 +128,7 @@ class cuda_session final : public session_base {
     model_->backward(g, plan_, [&](const std::vector<int>&) { sample_memory(); });
     const lowbit::optim::grad_stats gs =
         lowbit::optim::cuda_grad_stats(g, lowbit::dtype::f32, plan_.size, model_->stream());
-    optimizer_->begin_step();
-    if (!gs.finite || !std::isfinite(r.loss)) {
-      r.skipped = true;  // keep the step count (and so the data order) moving
-    } else {
-      r.grad_norm = std::sqrt(gs.sumsq);
-      const float scale =
-          (clip > 0.0f && r.grad_norm > double(clip)) ? float(double(clip) / (r.grad_norm + 1e-6)) : 1.0f;
-      for (size_t p = 0; p < layout_.params.size(); ++p)
-        optimizer_->step_param(int(p), g + plan_.offset[p], scale);
-    }
-    optimizer_->end_step();
+    two_pass_update(*optimizer_, gs, g, plan_, clip, r);
     sample_memory();
     return r;
   }

@@ -26,6 +26,7 @@
 #include "../dataset.hpp"
 #include "../init.hpp"
 #include "../session.hpp"
+#include "weight_bytes.hpp"
 
 using namespace llama;
 
@@ -131,16 +132,7 @@ std::string weight_bytes(session_base& s, const std::string& tmp) {
   train_state st;
   st.seed = 99;
   s.save(tmp, st);
-  weight_store<float>& w = s.weights();
-  std::string out(reinterpret_cast<const char*>(w.vectors.data()), w.vectors.size() * 4);
-  out.append(reinterpret_cast<const char*>(w.m32.data()), w.m32.size() * 4);
-  out.append(reinterpret_cast<const char*>(w.m16.data()), w.m16.size() * 2);
-  for (const auto& q : w.mq) {
-    out.append(reinterpret_cast<const char*>(q.codes.data()), q.codes.size());
-    out.append(reinterpret_cast<const char*>(q.absmax.data()), q.absmax.size() * 4);
-    out.append(reinterpret_cast<const char*>(q.absmax_codes.data()), q.absmax_codes.size());
-    out.append(reinterpret_cast<const char*>(q.nested_absmax.data()), q.nested_absmax.size() * 4);
-  }
+  const std::string out = store_bytes(s.weights());
   std::remove(tmp.c_str());
   return out;
 }

@@ -15,6 +15,7 @@
 #include "../dataset.hpp"
 #include "../init.hpp"
 #include "../session.hpp"
+#include "weight_bytes.hpp"
 
 using namespace llama;
 
@@ -56,19 +57,7 @@ std::string file_bytes(const std::string& path) {
   return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
 }
 
-std::string weight_bytes(training_session& s) {
-  weight_store<float>& w = s.weights();
-  std::string out(reinterpret_cast<const char*>(w.vectors.data()), w.vectors.size() * 4);
-  out.append(reinterpret_cast<const char*>(w.m32.data()), w.m32.size() * 4);
-  out.append(reinterpret_cast<const char*>(w.m16.data()), w.m16.size() * 2);
-  for (const auto& q : w.mq) {
-    out.append(reinterpret_cast<const char*>(q.codes.data()), q.codes.size());
-    out.append(reinterpret_cast<const char*>(q.absmax.data()), q.absmax.size() * 4);
-    out.append(reinterpret_cast<const char*>(q.absmax_codes.data()), q.absmax_codes.size());
-    out.append(reinterpret_cast<const char*>(q.nested_absmax.data()), q.nested_absmax.size() * 4);
-  }
-  return out;
-}
+std::string weight_bytes(training_session& s) { return store_bytes(s.weights()); }
 
 }  // namespace
 
