@@ -281,6 +281,12 @@ int main(int argc, char** argv) {
     so.hparams.beta2 = o.beta2;
     so.hparams.weight_decay = o.weight_decay;
     so.hparams.seed = o.seed;
+    // Large models take a while to allocate, draw or load and copy: say so.
+    const bool slow_setup = !o.quiet && cfg.n_params() >= (int64_t(1) << 26);
+    const auto t_setup = std::chrono::steady_clock::now();
+    if (slow_setup)
+      std::printf("llama_train: setting up %.2f B parameters (%s) ...\n", double(cfg.n_params()) * 1e-9,
+                  o.init_dir.empty() ? "random init" : o.init_dir.c_str());
     const std::unique_ptr<session_base> session = make_session(cfg, mode, so, o.device, o.gpu_activations);
     session_base& run = *session;
     if (!o.init_dir.empty()) {
@@ -290,6 +296,9 @@ int main(int argc, char** argv) {
       init_random(run.weights(), cfg, o.seed);
     }
     run.weights_changed();
+    if (slow_setup)
+      std::printf("llama_train: set up in %s\n",
+                  human_time(std::chrono::duration<double>(std::chrono::steady_clock::now() - t_setup).count()).c_str());
     train_state st;
     st.seed = o.seed;
     if (!o.resume_path.empty()) {
