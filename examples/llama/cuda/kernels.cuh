@@ -9,6 +9,9 @@
 // Determinism: no atomics; every reduction has a fixed order (a block tree
 // for per-row sums, row chunks summed in order for the RMSNorm gain), so the
 // same inputs give the same bits on every run.
+// Launches go through launch.cuh's LLAMA_LAUNCH, so that the CPU test
+// (tests/test_kernels_emulated.cpp) runs these very kernels under g++ with
+// the emulator of tests/cuda_emulator.hpp.
 // Shapes as in ops.hpp: M = batch * seq rows, row m is position m % seq of
 // sequence m / seq. Head-major ("permuted") tensors are [batch, heads, seq,
 // head_dim], so that the query heads sharing one kv head form one
@@ -17,13 +20,16 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include <lowbit/core/dtype.hpp>
 #include <lowbit/cuda/check.cuh>
 
 #include "gemm_plans.hpp"
+#include "launch.cuh"
 
 namespace llama {
 namespace gpu {
@@ -81,8 +87,8 @@ __global__ void rmsnorm_forward_kernel(const A* x, const float* w, A* y, float* 
 template <class A>
 void rmsnorm_forward(const A* x, const float* w, A* y, float* rstd, int64_t M, int64_t D, float eps, cudaStream_t s) {
   if (M == 0) return;
-  rmsnorm_forward_kernel<A><<<unsigned(M), row_threads, 0, s>>>(x, w, y, rstd, D, eps);
-  LOWBIT_CUDA_CHECK(cudaGetLastError());
+  LLAMA_LAUNCH(rmsnorm_forward_kernel<A>, unsigned(M), row_threads, s)(x, w, y, rstd, D, eps);
+  LLAMA_CHECK_LAUNCH();
 }
 
 // dx += r (dy w - (x r) c), c = sum_j (dy_j w_j)(x_j r) / D, per row.
@@ -110,7 +116,7 @@ __global__ void rmsnorm_backward_dw_partial_kernel(const A* dy, const A* x, cons
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= D) return;
   for (int64_t c = blockIdx.y; c < chunks; c += gridDim.y) {
-    const int64_t m0 = c * norm_rows_per_chunk, m1 = min(M, m0 + norm_rows_per_chunk);
+    const int64_t m0 = c * norm_rows_per_chunk, m1 = M < m0 + norm_rows_per_chunk ? M : m0 + norm_rows_per_chunk;
     float s = 0.0f;
     for (int64_t m = m0; m < m1; ++m) s += ld(dy, m * D + j) * (ld(x, m * D + j) * rstd[m]);
     partial[c * D + j] = s;
@@ -133,14 +139,14 @@ template <class A>
 void rmsnorm_backward(const A* dy, const A* x, const float* w, const float* rstd, A* dx, float* dw, float* scratch,
                       int64_t M, int64_t D, cudaStream_t s) {
   if (M == 0) return;
-  rmsnorm_backward_dx_kernel<A><<<unsigned(M), row_threads, 0, s>>>(dy, x, w, rstd, dx, D);
-  LOWBIT_CUDA_CHECK(cudaGetLastError());
+  LLAMA_LAUNCH(rmsnorm_backward_dx_kernel<A>, unsigned(M), row_threads, s)(dy, x, w, rstd, dx, D);
+  LLAMA_CHECK_LAUNCH();
   const int64_t chunks = (M + norm_rows_per_chunk - 1) / norm_rows_per_chunk;
-  rmsnorm_backward_dw_partial_kernel<A><<<dim3(blocks_for(D, 128), unsigned(chunks < 65535 ? chunks : 65535)), 128, 0,
-                                          s>>>(dy, x, rstd, scratch, M, D, chunks);
-  LOWBIT_CUDA_CHECK(cudaGetLastError());
-  sum_chunks_kernel<<<blocks_for(D, 128), 128, 0, s>>>(scratch, chunks, dw, D);
-  LOWBIT_CUDA_CHECK(cudaGetLastError());
+  const dim3 dw_grid(blocks_for(D, 128), unsigned(chunks < 65535 ? chunks : 65535));
+  LLAMA_LAUNCH(rmsnorm_backward_dw_partial_kernel<A>, dw_grid, 128, s)(dy, x, rstd, scratch, M, D, chunks);
+  LLAMA_CHECK_LAUNCH();
+  LLAMA_LAUNCH(sum_chunks_kernel, blocks_for(D, 128), 128, s)(scratch, chunks, dw, D);
+  LLAMA_CHECK_LAUNCH();
 }
 
 // ---- rotary embeddings + head-major permutation ------------------------------
@@ -176,9 +182,9 @@ void permute_heads(const A* src, A* dst, const float* cos_t, const float* sin_t,
                    int64_t hd, bool rope, bool inverse, bool to_head_major, cudaStream_t s) {
   const int64_t n = B * S * heads * (hd / 2);
   if (n == 0) return;
-  permute_heads_kernel<A><<<blocks_for(n, 256), 256, 0, s>>>(src, dst, cos_t, sin_t, S, heads, hd, rope, inverse,
-                                                               to_head_major, n);
-  LOWBIT_CUDA_CHECK(cudaGetLastError());
+  LLAMA_LAUNCH(permute_heads_kernel<A>, blocks_for(n, 256), 256, s)(src, dst, cos_t, sin_t, S, heads, hd, rope, inverse,
+                                                                   to_head_major, n);
+  LLAMA_CHECK_LAUNCH();
 }
 
 // ---- causal softmax ---------------------------------------------------------
@@ -201,8 +207,8 @@ __global__ void causal_softmax_kernel(const float* scores, A* probs, int64_t S) 
 template <class A>
 void causal_softmax(const float* scores, A* probs, int64_t rows, int64_t S, cudaStream_t s) {
   if (rows == 0) return;
-  causal_softmax_kernel<A><<<unsigned(rows), row_threads, 0, s>>>(scores, probs, S);
-  LOWBIT_CUDA_CHECK(cudaGetLastError());
+  LLAMA_LAUNCH(causal_softmax_kernel<A>, unsigned(rows), row_threads, s)(scores, probs, S);
+  LLAMA_CHECK_LAUNCH();
 }
 
 // dS_j = p_j (dP_j - sum_l p_l dP_l) * scale for j <= i, 0 above.
@@ -224,8 +230,8 @@ template <class A>
 void causal_softmax_backward(const A* probs, const float* dprobs, A* dscores, int64_t rows, int64_t S, float scale,
                              cudaStream_t s) {
   if (rows == 0) return;
-  causal_softmax_backward_kernel<A><<<unsigned(rows), row_threads, 0, s>>>(probs, dprobs, dscores, S, scale);
-  LOWBIT_CUDA_CHECK(cudaGetLastError());
+  LLAMA_LAUNCH(causal_softmax_backward_kernel<A>, unsigned(rows), row_threads, s)(probs, dprobs, dscores, S, scale);
+  LLAMA_CHECK_LAUNCH();
 }
 
 // ---- SwiGLU and the residual add ------------------------------------------------
@@ -259,18 +265,18 @@ inline unsigned grid_stride_blocks(int64_t n) {
 
 template <class A>
 void swiglu_forward(const A* gate, const A* up, A* h, int64_t n, cudaStream_t s) {
-  swiglu_forward_kernel<A><<<grid_stride_blocks(n), 256, 0, s>>>(gate, up, h, n);
-  LOWBIT_CUDA_CHECK(cudaGetLastError());
+  LLAMA_LAUNCH(swiglu_forward_kernel<A>, grid_stride_blocks(n), 256, s)(gate, up, h, n);
+  LLAMA_CHECK_LAUNCH();
 }
 template <class A>
 void swiglu_backward(const A* dh, const A* gate, const A* up, A* dgate, A* dup, int64_t n, cudaStream_t s) {
-  swiglu_backward_kernel<A><<<grid_stride_blocks(n), 256, 0, s>>>(dh, gate, up, dgate, dup, n);
-  LOWBIT_CUDA_CHECK(cudaGetLastError());
+  LLAMA_LAUNCH(swiglu_backward_kernel<A>, grid_stride_blocks(n), 256, s)(dh, gate, up, dgate, dup, n);
+  LLAMA_CHECK_LAUNCH();
 }
 template <class A>
 void add_into(A* y, const A* x, int64_t n, cudaStream_t s) {
-  add_into_kernel<A><<<grid_stride_blocks(n), 256, 0, s>>>(y, x, n);
-  LOWBIT_CUDA_CHECK(cudaGetLastError());
+  LLAMA_LAUNCH(add_into_kernel<A>, grid_stride_blocks(n), 256, s)(y, x, n);
+  LLAMA_CHECK_LAUNCH();
 }
 
 // ---- token embedding ----------------------------------------------------------
@@ -286,15 +292,42 @@ __global__ void embed_gather_kernel(const W* table, const int32_t* tokens, A* ou
 template <class W, class A>
 void embed_gather(const W* table, const int32_t* tokens, A* out, int64_t M, int64_t D, cudaStream_t s) {
   if (M == 0) return;
-  embed_gather_kernel<W, A><<<grid_stride_blocks(M * D), 256, 0, s>>>(table, tokens, out, D, M * D);
-  LOWBIT_CUDA_CHECK(cudaGetLastError());
+  auto* k = &embed_gather_kernel<W, A>;  // (a template-id with a comma is no macro argument)
+  LLAMA_LAUNCH(k, grid_stride_blocks(M * D), 256, s)(table, tokens, out, D, M * D);
+  LLAMA_CHECK_LAUNCH();
 }
 
 // Backward: grad[v, :] += sum of dx[m, :] over the rows m with tokens[m] == v,
 // in increasing m (the CPU trainer's order). The host sorts the rows by
-// token (a CSR list: rows_by_token[start[u] .. start[u+1]) are the rows of
-// token ids[u]); block row y owns tokens ids[y], ids[y + gridDim.y], ...
-// (gridDim.y is capped at 65535), so no two blocks write one row.
+// token (build_scatter_plan, a CSR list: rows[start[u] .. start[u+1]) are
+// the rows of token ids[u]); block row y owns tokens ids[y], ids[y +
+// gridDim.y], ... (gridDim.y is capped at 65535), so no two blocks write
+// one row.
+struct scatter_plan {
+  std::vector<int32_t> ids;    // distinct token ids, increasing
+  std::vector<int32_t> start;  // ids.size() + 1 offsets into rows
+  std::vector<int32_t> rows;   // row indices grouped by token, increasing within a token
+  int64_t n_ids() const { return int64_t(ids.size()); }
+};
+
+// Host: the plan of tokens[0 .. M) (a stable sort keeps each token's rows in
+// increasing order).
+inline scatter_plan build_scatter_plan(const int32_t* tokens, int64_t M) {
+  scatter_plan p;
+  p.rows.resize(static_cast<size_t>(M));
+  for (int64_t m = 0; m < M; ++m) p.rows[size_t(m)] = int32_t(m);
+  std::stable_sort(p.rows.begin(), p.rows.end(), [&](int32_t a, int32_t b) { return tokens[a] < tokens[b]; });
+  for (int64_t k = 0; k < M; ++k) {
+    const int32_t t = tokens[p.rows[size_t(k)]];
+    if (p.ids.empty() || p.ids.back() != t) {
+      p.ids.push_back(t);
+      p.start.push_back(int32_t(k));
+    }
+  }
+  p.start.push_back(int32_t(M));
+  return p;
+}
+
 template <class A>
 __global__ void embed_scatter_kernel(const A* dx, const int32_t* ids, const int32_t* start, const int32_t* rows,
                                      int64_t n_ids, float* grad, int64_t D) {
@@ -311,9 +344,9 @@ template <class A>
 void embed_scatter(const A* dx, const int32_t* ids, const int32_t* start, const int32_t* rows, int64_t n_ids,
                    float* grad, int64_t D, cudaStream_t s) {
   if (n_ids == 0) return;
-  embed_scatter_kernel<A><<<dim3(blocks_for(D, 128), unsigned(n_ids < 65535 ? n_ids : 65535)), 128, 0, s>>>(
+  LLAMA_LAUNCH(embed_scatter_kernel<A>, dim3(blocks_for(D, 128), unsigned(n_ids < 65535 ? n_ids : 65535)), 128, s)(
       dx, ids, start, rows, n_ids, grad, D);
-  LOWBIT_CUDA_CHECK(cudaGetLastError());
+  LLAMA_CHECK_LAUNCH();
 }
 
 // ---- cross-entropy ----------------------------------------------------------------
@@ -346,8 +379,8 @@ template <class A>
 void cross_entropy(const float* logits, const int32_t* targets, float* row_loss, A* dlogits, int64_t M, int64_t V,
                    cudaStream_t s) {
   if (M == 0) return;
-  cross_entropy_kernel<A><<<unsigned(M), row_threads, 0, s>>>(logits, targets, row_loss, dlogits, M, V);
-  LOWBIT_CUDA_CHECK(cudaGetLastError());
+  LLAMA_LAUNCH(cross_entropy_kernel<A>, unsigned(M), row_threads, s)(logits, targets, row_loss, dlogits, M, V);
+  LLAMA_CHECK_LAUNCH();
 }
 
 }  // namespace gpu

@@ -241,27 +241,16 @@ class cuda_model {
   // Token ids of the last forward grouped by id (host sort, then upload):
   // the deterministic scatter order of the embedding backward.
   int64_t upload_scatter_plan(int64_t M) {
-    std::vector<int32_t> order(static_cast<size_t>(M));
-    for (int64_t m = 0; m < M; ++m) order[size_t(m)] = int32_t(m);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int32_t a, int32_t b) { return host_tokens_[size_t(a)] < host_tokens_[size_t(b)]; });
-    std::vector<int32_t> ids, start;
-    for (int64_t k = 0; k < M; ++k) {
-      const int32_t t = host_tokens_[size_t(order[size_t(k)])];
-      if (ids.empty() || ids.back() != t) {
-        ids.push_back(t);
-        start.push_back(int32_t(k));
-      }
-    }
-    start.push_back(int32_t(M));
-    LOWBIT_CUDA_CHECK(cudaMemcpyAsync(scatter_ids_.data(), ids.data(), ids.size() * 4, cudaMemcpyHostToDevice, s_));
+    const scatter_plan p = build_scatter_plan(host_tokens_.data(), M);
+    LOWBIT_CUDA_CHECK(cudaMemcpyAsync(scatter_ids_.data(), p.ids.data(), p.ids.size() * 4, cudaMemcpyHostToDevice, s_));
     LOWBIT_CUDA_CHECK(
-        cudaMemcpyAsync(scatter_start_.data(), start.data(), start.size() * 4, cudaMemcpyHostToDevice, s_));
-    LOWBIT_CUDA_CHECK(cudaMemcpyAsync(scatter_rows_.data(), order.data(), order.size() * 4, cudaMemcpyHostToDevice, s_));
+        cudaMemcpyAsync(scatter_start_.data(), p.start.data(), p.start.size() * 4, cudaMemcpyHostToDevice, s_));
+    LOWBIT_CUDA_CHECK(
+        cudaMemcpyAsync(scatter_rows_.data(), p.rows.data(), p.rows.size() * 4, cudaMemcpyHostToDevice, s_));
     // the host vectors die at return: wait for the copies (pageable memory
     // copies are staged synchronously, but say so explicitly)
     LOWBIT_CUDA_CHECK(cudaStreamSynchronize(s_));
-    return int64_t(ids.size());
+    return p.n_ids();
   }
 
   void layer_forward(int l, layer_acts& a, A* x_out) {

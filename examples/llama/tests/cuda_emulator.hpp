@@ -1,0 +1,240 @@
+// examples/llama/tests/cuda_emulator.hpp
+// A small, deterministic CUDA execution emulator, so that the trainer's
+// kernels (cuda/kernels.cuh) run unchanged, compiled by g++ against CUDA's
+// host headers, on a machine without a GPU. Include it before kernels.cuh:
+// it defines LLAMA_CUDA_EMULATION, which makes launch.cuh's
+// LLAMA_LAUNCH(kernel, grid, block, stream)(args...) call
+// cuda_emulator::launch, and it supplies what device code needs and host
+// headers lack: threadIdx / blockIdx / blockDim / gridDim (globals, set
+// before the emulator switches into a thread), __shared__ (a function-local
+// static: one array per kernel, right because blocks run one at a time),
+// __syncthreads() and __shfl_xor_sync(). Everything runs on the calling OS
+// thread: the blocks of the grid one after another (x fastest, then y, z);
+// within a block every thread is a ucontext fiber (stacks reused across
+// blocks and launches), run round-robin in thread order, each until it
+// reaches a barrier or returns, then switching straight to the next; a
+// barrier opens when every thread of the block waits at it, and a barrier
+// reached by some threads while others have returned (divergence) throws
+// cuda_emulator::error. Restrictions: a shuffle is an exchange through a
+// per-block buffer with a barrier, so every thread of the block must call
+// it (full mask, width 32), as kernels.cuh's block reductions do, and as it
+// synchronizes the whole block, not one warp, a __syncthreads missing
+// between warp-level steps can go unnoticed. Barriers are not told apart by
+// call site (threads waiting at different barriers are released together).
+// Not emulated: streams (ignored; launches are synchronous), atomics, warp
+// votes, dynamic shared memory, memory spaces (device pointers are host
+// pointers). Shared arrays keep their contents from block to block.
+#pragma once
+
+#define LLAMA_CUDA_EMULATION 1
+
+#include <cuda_runtime.h>
+#include <ucontext.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#undef __shared__
+#define __shared__ static
+
+// CUDA's built-in variables: the scheduler sets them before each switch.
+inline uint3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
+
+namespace cuda_emulator {
+
+struct error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// A failure inside a fiber cannot unwind into the scheduler's stack: abort.
+[[noreturn]] inline void die(const char* what) {
+  std::fprintf(stderr, "cuda_emulator: %s\n", what);
+  std::abort();
+}
+
+// The block being run. One per process; launches are not reentrant.
+struct block_state {
+  enum status : uint8_t { runnable, at_barrier, done };
+  static constexpr size_t stack_bytes = 256 * 1024;
+  std::vector<std::unique_ptr<char[]>> stacks;  // one per thread index, kept for later blocks
+  std::vector<ucontext_t> ctx;
+  std::vector<status> st;
+  std::vector<uint64_t> shfl[2];  // __shfl_xor_sync's exchange buffers, by linear thread index
+  std::vector<uint8_t> parity;    // per thread: the buffer its next shuffle uses
+  ucontext_t sched;               // the scheduler's context
+  int current = -1;               // linear index of the running thread; -1 outside a kernel
+  void (*body)(void*) = nullptr;  // runs the kernel once for the current thread
+  void* arg = nullptr;
+};
+inline block_state& state() {
+  static block_state s;
+  return s;
+}
+
+// Makes thread i (linear index) the running one.
+inline void enter(size_t i) {
+  block_state& s = state();
+  threadIdx = uint3{unsigned(i) % blockDim.x, (unsigned(i) / blockDim.x) % blockDim.y,
+                    unsigned(i) / (blockDim.x * blockDim.y)};
+  s.current = int(i);
+}
+
+// The running thread, now at a barrier or finished, hands over to the next
+// runnable thread of this pass (in thread order) or, when there is none,
+// back to the scheduler: one context switch per thread and pass. `from`
+// saves the leaving thread (nullptr: finished, never resumed).
+inline void pass_on(ucontext_t* from) {
+  block_state& s = state();
+  size_t j = size_t(s.current) + 1;
+  while (j < s.st.size() && s.st[j] != block_state::runnable) ++j;
+  ucontext_t* to = &s.sched;
+  if (j < s.st.size()) {
+    enter(j);
+    to = &s.ctx[j];
+  } else {
+    s.current = -1;
+  }
+  if ((from ? swapcontext(from, to) : setcontext(to)) != 0) die("swapcontext failed");
+}
+
+inline void fiber_entry() {
+  block_state& s = state();
+  s.body(s.arg);
+  s.st[size_t(s.current)] = block_state::done;
+  pass_on(nullptr);
+}
+
+// Runs one block of n threads (blockIdx / blockDim already set).
+inline void run_block(unsigned n) {
+  block_state& s = state();
+  for (unsigned i = 0; i < n; ++i) {
+    ucontext_t& c = s.ctx[i];
+    if (getcontext(&c) != 0) throw error("getcontext failed");
+    c.uc_stack.ss_sp = s.stacks[i].get();
+    c.uc_stack.ss_size = block_state::stack_bytes;
+    c.uc_link = &s.sched;
+    makecontext(&c, fiber_entry, 0);
+    s.st[i] = block_state::runnable;
+    s.parity[i] = 0;
+  }
+  for (;;) {
+    // one pass: every runnable thread, in order, runs to its next barrier or its end
+    unsigned first = 0;
+    while (first < n && s.st[first] != block_state::runnable) ++first;
+    if (first < n) {
+      enter(first);
+      if (swapcontext(&s.sched, &s.ctx[first]) != 0) throw error("swapcontext failed");
+    }
+    unsigned waiting = 0, finished = 0;
+    for (unsigned i = 0; i < n; ++i) {
+      waiting += s.st[i] == block_state::at_barrier;
+      finished += s.st[i] == block_state::done;
+    }
+    if (finished == n) return;
+    if (finished > 0)
+      throw error("divergent __syncthreads in block (" + std::to_string(blockIdx.x) + ", " +
+                  std::to_string(blockIdx.y) + ", " + std::to_string(blockIdx.z) + "): " + std::to_string(waiting) +
+                  " threads wait at a barrier that " + std::to_string(finished) + " exited threads never reach");
+    for (unsigned i = 0; i < n; ++i) s.st[i] = block_state::runnable;  // every thread arrived: open
+  }
+}
+
+// Runs body(arg) as every thread of every block of the grid, with CUDA's
+// launch limits checked.
+inline void run_grid(dim3 grid, dim3 block, void (*body)(void*), void* arg) {
+  block_state& s = state();
+  if (s.current >= 0) die("kernel launch from device code");
+  const uint64_t n = uint64_t(block.x) * block.y * block.z;
+  if (n == 0 || n > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 ||
+      grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535)
+    throw error("invalid launch configuration: grid (" + std::to_string(grid.x) + ", " + std::to_string(grid.y) +
+                ", " + std::to_string(grid.z) + "), block (" + std::to_string(block.x) + ", " +
+                std::to_string(block.y) + ", " + std::to_string(block.z) + ")");
+  while (s.stacks.size() < n) s.stacks.emplace_back(new char[block_state::stack_bytes]);
+  s.ctx.resize(n);
+  s.st.resize(n);
+  s.shfl[0].assign(n, 0);
+  s.shfl[1].assign(n, 0);
+  s.parity.resize(n);
+  s.body = body;
+  s.arg = arg;
+  gridDim = grid;
+  blockDim = block;
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        blockIdx = uint3{x, y, z};
+        run_block(unsigned(n));
+      }
+}
+
+// LLAMA_LAUNCH(kernel, grid, block, stream) is launch(kernel, grid, block,
+// stream); calling the result with the arguments runs the grid. As on a GPU,
+// the arguments are converted to the kernel's parameter types once, and
+// each thread receives its own copies.
+template <class... P>
+struct launcher {
+  void (*kernel)(P...);
+  dim3 grid, block;
+  template <class... Args>
+  void operator()(Args&&... args) const {
+    static_assert(sizeof...(Args) == sizeof...(P), "kernel launched with the wrong number of arguments");
+    struct call {
+      void (*k)(P...);
+      std::tuple<P...> params;
+    } c{kernel, std::tuple<P...>(std::forward<Args>(args)...)};
+    run_grid(grid, block, [](void* a) {
+      call* c = static_cast<call*>(a);
+      std::apply(c->k, c->params);  // tuple elements are lvalues: copied into the by-value parameters
+    }, &c);
+  }
+};
+template <class... P>
+launcher<P...> launch(void (*kernel)(P...), dim3 grid, dim3 block, cudaStream_t /*stream*/) {
+  return launcher<P...>{kernel, grid, block};
+}
+
+}  // namespace cuda_emulator
+
+// ---- device intrinsics ----------------------------------------------------------
+inline void __syncthreads() {
+  cuda_emulator::block_state& s = cuda_emulator::state();
+  if (s.current < 0) cuda_emulator::die("__syncthreads outside a kernel");
+  s.st[size_t(s.current)] = cuda_emulator::block_state::at_barrier;
+  cuda_emulator::pass_on(&s.ctx[size_t(s.current)]);
+}
+
+// Lane (t & 31) ^ lane_mask of the caller's warp. Every thread of the block
+// must call it (see the restriction at the top). A shuffle writes the
+// caller's value to an exchange buffer, waits at a barrier, reads the
+// source lane's value. Consecutive shuffles alternate between two buffers,
+// so no second barrier is needed: a thread writes buffer b again only after
+// passing the next shuffle's barrier, when every thread has done its read of
+// buffer b.
+template <class T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  static_assert(std::is_trivially_copyable<T>::value && sizeof(T) <= sizeof(uint64_t), "shuffle of this type");
+  cuda_emulator::block_state& s = cuda_emulator::state();
+  if (s.current < 0) cuda_emulator::die("__shfl_xor_sync outside a kernel");
+  if (mask != 0xffffffffu || width != 32 || lane_mask < 0 || lane_mask >= 32)
+    cuda_emulator::die("__shfl_xor_sync: only the full mask, width 32 and lane masks < 32 are emulated");
+  const size_t me = size_t(s.current), src = me ^ size_t(lane_mask);
+  if (src >= s.parity.size()) cuda_emulator::die("__shfl_xor_sync: source lane outside the block (partial warp)");
+  std::vector<uint64_t>& buf = s.shfl[s.parity[me]];
+  s.parity[me] ^= 1;
+  std::memcpy(&buf[me], &v, sizeof(T));
+  __syncthreads();
+  T r;
+  std::memcpy(&r, &buf[src], sizeof(T));
+  return r;
+}
