@@ -28,7 +28,7 @@ TRAIN=$BUILD/examples/llama_train
 FIGURES=" ${FIGURES:-tiny mem7b speed1b} "
 MODES7B=${MODES7B:-qft nf4 bf16-adamw8 paged-adamw8 offload-adamw8}
 MODES1B=${MODES1B:-qft nf4 bf16-adamw8 fp32-adamw}
-RUN_TIMEOUT=${RUN_TIMEOUT:-300}
+RUN_TIMEOUT=${RUN_TIMEOUT:-240}
 mkdir -p "$RESULTS"
 FAILED=0
 [[ -x "$TRAIN" ]] || { echo "llama-gpu-figures: $TRAIN not built"; exit 1; }
