@@ -11,7 +11,7 @@
 // same inputs give the same bits on every run.
 // Launches go through launch.cuh's LLAMA_LAUNCH, so that the CPU test
 // (tests/test_kernels_emulated.cpp) runs these very kernels under g++ with
-// the emulator of tests/cuda_emulator.hpp.
+// the emulator of tests/emulation/cuda_emulator.hpp (library tests).
 // Shapes as in ops.hpp: M = batch * seq rows, row m is position m % seq of
 // sequence m / seq. Head-major ("permuted") tensors are [batch, heads, seq,
 // head_dim], so that the query heads sharing one kv head form one

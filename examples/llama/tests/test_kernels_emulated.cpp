@@ -1,5 +1,5 @@
 // The CUDA trainer's kernels (cuda/kernels.cuh), run unchanged on the CPU
-// under the emulator of cuda_emulator.hpp (g++, no GPU needed) and checked
+// under the emulator of tests/emulation/cuda_emulator.hpp (g++, no GPU needed) and checked
 // against the CPU trainer's ops (ops.hpp), or a float64 computation where
 // ops.hpp has no twin. Inputs are random, shapes are not multiples of the
 // block sizes (rows longer than a 256-thread block, partial last blocks),
@@ -21,7 +21,7 @@
 // shared-memory barrier, shuffles, 3-d grids, divergence and launch errors).
 // Not covered (too large to emulate): the grid-stride loops' second lap
 // (n > 65536 * 256) and the 65535 caps on gridDim.y.
-#include "cuda_emulator.hpp"  // first: kernels.cuh launches through it
+#include "cuda_emulator.hpp"  // tests/emulation; first: kernels.cuh launches through it
 #include "../cuda/kernels.cuh"
 
 #include <doctest/doctest.h>

@@ -32,6 +32,7 @@
 #include "../formats/nested_scales.hpp"
 #include "../formats/quantized_view.hpp"
 #include "check.cuh"
+#include "launch.cuh"
 
 namespace lowbit {
 namespace cuda {
@@ -150,10 +151,8 @@ inline void dequantize_rows(const quantized_view& w, int64_t rows, int64_t cols,
   const bool four = is_4bit(w.layout.fmt);
   dispatch_float_dtype(out.type, "cuda::dequantize_rows: out", [&](auto t) {
     using T = decltype(t);
-    if (four)
-      rows_detail::dequantize_rows_kernel<true, T><<<grid, threads, 0, stream>>>(a, table, map);
-    else
-      rows_detail::dequantize_rows_kernel<false, T><<<grid, threads, 0, stream>>>(a, table, map);
+    auto* kernel = four ? &rows_detail::dequantize_rows_kernel<true, T> : &rows_detail::dequantize_rows_kernel<false, T>;
+    LOWBIT_LAUNCH(kernel, grid, threads, 0, stream)(a, table, map);
   });
   const cudaError_t launched = cudaGetLastError();
   if (launched != cudaSuccess && check) (void)cudaFreeAsync(a.first_bad, stream);

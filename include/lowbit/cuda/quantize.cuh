@@ -28,6 +28,7 @@
 #include "../formats/nested_scales.hpp"
 #include "../formats/quantized_view.hpp"
 #include "check.cuh"
+#include "launch.cuh"
 
 namespace lowbit {
 namespace cuda {
@@ -297,23 +298,19 @@ inline void quantize(const tensor_view& input, const quantized_view& out, cudaSt
     const int grid = detail::grid_for((l.n + detail::elems_per_thread - 1) / detail::elems_per_thread, threads);
     dispatch_format(l.fmt, [&](auto tag) {
       constexpr format F = decltype(tag)::value;
-      if (vec)
-        detail::quantize_kernel<F, T, true>
-            <<<grid, threads, 0, stream>>>(x, l.n, l.block_size, out.codes, absmax, flag, dyn);
-      else
-        detail::quantize_kernel<F, T, false>
-            <<<grid, threads, 0, stream>>>(x, l.n, l.block_size, out.codes, absmax, flag, dyn);
+      auto* kernel = vec ? &detail::quantize_kernel<F, T, true> : &detail::quantize_kernel<F, T, false>;
+      LOWBIT_LAUNCH(kernel, grid, threads, 0, stream)(x, l.n, l.block_size, out.codes, absmax, flag, dyn);
     });
   });
   LOWBIT_CUDA_CHECK(cudaGetLastError());
   if (l.nested) {
-    detail::nested_mean_kernel<<<1, mean_lanes, 0, stream>>>(absmax, nb, out.nested_offset);
+    LOWBIT_LAUNCH(detail::nested_mean_kernel, 1, mean_lanes, 0, stream)(absmax, nb, out.nested_offset, nullptr);
     LOWBIT_CUDA_CHECK(cudaGetLastError());
     const int64_t chunks = l.n_nested_blocks();
     const int grid = int(chunks < int64_t(sm_count()) * 16 ? chunks : int64_t(sm_count()) * 16);
-    detail::nested_encode_kernel<<<grid, nested_block_size, 0, stream>>>(
+    LOWBIT_LAUNCH(detail::nested_encode_kernel, grid, nested_block_size, 0, stream)(
         absmax, nb, out.nested_offset, out.absmax_codes, out.nested_absmax,
-        detail::table_or_zero(signed_dynamic_map().data()));
+        detail::table_or_zero(signed_dynamic_map().data()), nullptr);
     LOWBIT_CUDA_CHECK(cudaGetLastError());
   }
   int flagged = 0;
@@ -343,12 +340,9 @@ inline void dequantize(const quantized_view& in, const tensor_view& output, cuda
       constexpr format F = decltype(tag)::value;
       const float* absmax = l.nested ? nullptr : in.absmax;
       const uint8_t* acodes = l.nested ? in.absmax_codes : nullptr;
-      if (vec)
-        detail::dequantize_kernel<F, T, true><<<grid, threads, 0, stream>>>(
-            in.codes, absmax, acodes, in.nested_absmax, in.nested_offset, l.n, l.block_size, y, table, map);
-      else
-        detail::dequantize_kernel<F, T, false><<<grid, threads, 0, stream>>>(
-            in.codes, absmax, acodes, in.nested_absmax, in.nested_offset, l.n, l.block_size, y, table, map);
+      auto* kernel = vec ? &detail::dequantize_kernel<F, T, true> : &detail::dequantize_kernel<F, T, false>;
+      LOWBIT_LAUNCH(kernel, grid, threads, 0, stream)(in.codes, absmax, acodes, in.nested_absmax, in.nested_offset,
+                                                      l.n, l.block_size, y, table, map);
     });
   });
   LOWBIT_CUDA_CHECK(cudaGetLastError());

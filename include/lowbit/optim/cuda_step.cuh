@@ -19,6 +19,7 @@
 #include "../core/reduce.hpp"
 #include "../core/rng.hpp"
 #include "../cuda/check.cuh"
+#include "../cuda/launch.cuh"
 #include "../cuda/quantize.cuh"
 #include "cpu_step.hpp"
 #include "fused_step.hpp"
@@ -274,11 +275,12 @@ inline std::vector<grad_stats> cuda_grad_stats_all(const std::vector<const void*
     const int grid = int(chunks < max_grid ? chunks : max_grid);
     dispatch_float_dtype(types[i], "gradient", [&](auto t) {
       using T = decltype(t);
-      cuda_detail::sumsq_chunk_kernel<T>
-          <<<grid, sumsq_chunk_lanes, 0, stream>>>(static_cast<const T*>(grads[i]), n[i], scratch + offset[i]);
+      LOWBIT_LAUNCH(cuda_detail::sumsq_chunk_kernel<T>, grid, sumsq_chunk_lanes, 0, stream)(
+          static_cast<const T*>(grads[i]), n[i], scratch + offset[i]);
     });
     LOWBIT_CUDA_CHECK(cudaGetLastError());
-    cuda_detail::sumsq_final_kernel<<<1, sumsq_final_lanes, 0, stream>>>(scratch + offset[i], chunks, totals + i);
+    LOWBIT_LAUNCH(cuda_detail::sumsq_final_kernel, 1, sumsq_final_lanes, 0, stream)(scratch + offset[i], chunks,
+                                                                                  totals + i);
     LOWBIT_CUDA_CHECK(cudaGetLastError());
   }
   std::vector<double> host(count, 0.0);
@@ -338,18 +340,20 @@ void cuda_fused_step(const fused_step_args& a, const typename Rule::consts& c, c
   const int threads = int(tile / cuda_detail::per_thread > 256 ? tile / cuda_detail::per_thread : 256);
   const int64_t spans = (n + int64_t(threads) * cuda_detail::per_thread - 1) / (int64_t(threads) * cuda_detail::per_thread);
   const int grid = int(spans < int64_t(cuda::sm_count()) * 8 ? spans : int64_t(cuda::sm_count()) * 8);
-  cuda_detail::fused_step_kernel<Rule><<<grid, threads, 0, stream>>>(a, c, tables, weight_absmax, renest_flag);
+  LOWBIT_LAUNCH(cuda_detail::fused_step_kernel<Rule>, grid, threads, 0, stream)(a, c, tables, weight_absmax,
+                                                                               renest_flag);
   LOWBIT_CUDA_CHECK(cudaGetLastError());
   if (nested_weight) {
     // With stable scales the nested parameters are re-quantized only when
     // the kernel raised the flag (the kernels read it and return otherwise).
     const quantized_view& q = a.weight.q;
     const int* only_if = keep ? renest_flag : nullptr;
-    cuda::detail::nested_mean_kernel<<<1, mean_lanes, 0, stream>>>(weight_absmax, nb, q.nested_offset, only_if);
+    LOWBIT_LAUNCH(cuda::detail::nested_mean_kernel, 1, mean_lanes, 0, stream)(weight_absmax, nb, q.nested_offset,
+                                                                              only_if);
     LOWBIT_CUDA_CHECK(cudaGetLastError());
     const int64_t chunks = q.layout.n_nested_blocks();
     const int g2 = int(chunks < int64_t(cuda::sm_count()) * 16 ? chunks : int64_t(cuda::sm_count()) * 16);
-    cuda::detail::nested_encode_kernel<<<g2, nested_block_size, 0, stream>>>(
+    LOWBIT_LAUNCH(cuda::detail::nested_encode_kernel, g2, nested_block_size, 0, stream)(
         weight_absmax, nb, q.nested_offset, q.absmax_codes, q.nested_absmax, tables.nested_map, only_if);
     LOWBIT_CUDA_CHECK(cudaGetLastError());
     LOWBIT_CUDA_CHECK(cudaFreeAsync(weight_absmax, stream));
@@ -360,7 +364,7 @@ void cuda_fused_step(const fused_step_args& a, const typename Rule::consts& c, c
 inline void cuda_widen_to_f32(float* out, const storage_view& in, cudaStream_t stream) {
   if (in.n == 0) return;
   const int grid = int(in.n / 256 + 1 < int64_t(cuda::sm_count()) * 16 ? in.n / 256 + 1 : int64_t(cuda::sm_count()) * 16);
-  cuda_detail::widen_to_f32_kernel<<<grid, 256, 0, stream>>>(out, in.kind, in.data, in.n);
+  LOWBIT_LAUNCH(cuda_detail::widen_to_f32_kernel, grid, 256, 0, stream)(out, in.kind, in.data, in.n);
   LOWBIT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -1,9 +1,11 @@
-// examples/llama/tests/cuda_emulator.hpp
-// A small, deterministic CUDA execution emulator, so that the trainer's
-// kernels (cuda/kernels.cuh) run unchanged, compiled by g++ against CUDA's
-// host headers, on a machine without a GPU. Include it before kernels.cuh:
-// it defines LLAMA_CUDA_EMULATION, which makes launch.cuh's
-// LLAMA_LAUNCH(kernel, grid, block, stream)(args...) call
+// tests/emulation/cuda_emulator.hpp
+// A small, deterministic CUDA execution emulator, so that CUDA kernels (the
+// library's quantize / dequantize / dequantize_rows / fused optimizer step,
+// the llama example's cuda/kernels.cuh) run unchanged, compiled by g++
+// against CUDA's host headers, on a machine without a GPU. Include it before
+// any kernel header: it defines LOWBIT_CUDA_EMULATION (and, for the example,
+// LLAMA_CUDA_EMULATION), which makes <lowbit/cuda/launch.cuh>'s
+// LOWBIT_LAUNCH(kernel, grid, block, smem, stream)(args...) call
 // cuda_emulator::launch, and it supplies what device code needs and host
 // headers lack: threadIdx / blockIdx / blockDim / gridDim (globals, set
 // before the emulator switches into a thread), __shared__ (a function-local
@@ -15,17 +17,27 @@
 // reaches a barrier or returns, then switching straight to the next; a
 // barrier opens when every thread of the block waits at it, and a barrier
 // reached by some threads while others have returned (divergence) throws
-// cuda_emulator::error. Restrictions: a shuffle is an exchange through a
-// per-block buffer with a barrier, so every thread of the block must call
-// it (full mask, width 32), as kernels.cuh's block reductions do, and as it
+// cuda_emulator::error. Barriers are told apart by call site (file, line)
+// and kind (__syncthreads, or a shuffle and its lane mask): a barrier that
+// opens with threads waiting at different call sites throws
+// cuda_emulator::error too, so non-uniform barriers or shuffles fail loudly
+// (two barriers on the same source line are not told apart).
+// Restrictions: a shuffle is an exchange through a per-block buffer with a
+// barrier, so every thread of the block must call it (full mask, width 32),
+// as the block reductions of kernels.cuh and the library do; a shuffle
+// called by some warps only (inside a branch other warps skip) is such a
+// non-uniform barrier and throws, never returns garbage. As a shuffle
 // synchronizes the whole block, not one warp, a __syncthreads missing
-// between warp-level steps can go unnoticed. Barriers are not told apart by
-// call site (threads waiting at different barriers are released together).
-// Not emulated: streams (ignored; launches are synchronous), atomics, warp
-// votes, dynamic shared memory, memory spaces (device pointers are host
+// between warp-level steps can go unnoticed. Atomics are plain
+// read-modify-writes (one OS thread runs everything). Not emulated: streams
+// (ignored; launches are synchronous), warp votes, dynamic shared memory
+// (a launch asking for it throws), memory spaces (device pointers are host
 // pointers). Shared arrays keep their contents from block to block.
+// A CUDA runtime for emulated host code (cudaMalloc on host memory and so
+// on) is not part of this header: see fake_cuda_runtime.cpp.
 #pragma once
 
+#define LOWBIT_CUDA_EMULATION 1
 #define LLAMA_CUDA_EMULATION 1
 
 #include <cuda_runtime.h>
@@ -45,6 +57,8 @@
 
 #undef __shared__
 #define __shared__ static
+#undef __grid_constant__
+#define __grid_constant__
 
 // CUDA's built-in variables: the scheduler sets them before each switch.
 inline uint3 threadIdx, blockIdx;
@@ -71,6 +85,12 @@ struct block_state {
   std::vector<status> st;
   std::vector<uint64_t> shfl[2];  // __shfl_xor_sync's exchange buffers, by linear thread index
   std::vector<uint8_t> parity;    // per thread: the buffer its next shuffle uses
+  struct site {
+    const char* file;
+    int line;
+    int kind;  // -1: __syncthreads; 0..31: a shuffle's lane mask
+  };
+  std::vector<site> waits_at;     // per thread: the barrier it waits at
   ucontext_t sched;               // the scheduler's context
   int current = -1;               // linear index of the running thread; -1 outside a kernel
   void (*body)(void*) = nullptr;  // runs the kernel once for the current thread
@@ -145,6 +165,19 @@ inline void run_block(unsigned n) {
       throw error("divergent __syncthreads in block (" + std::to_string(blockIdx.x) + ", " +
                   std::to_string(blockIdx.y) + ", " + std::to_string(blockIdx.z) + "): " + std::to_string(waiting) +
                   " threads wait at a barrier that " + std::to_string(finished) + " exited threads never reach");
+    const block_state::site& w0 = s.waits_at[0];
+    for (unsigned i = 1; i < n; ++i) {
+      const block_state::site& w = s.waits_at[i];
+      if (w.line != w0.line || w.kind != w0.kind || std::strcmp(w.file, w0.file) != 0) {
+        auto name = [](const block_state::site& x) {
+          return std::string(x.kind < 0 ? "__syncthreads" : "__shfl_xor_sync(lane mask " + std::to_string(x.kind) + ")") +
+                 " at " + x.file + ":" + std::to_string(x.line);
+        };
+        throw error("non-uniform barrier in block (" + std::to_string(blockIdx.x) + ", " + std::to_string(blockIdx.y) +
+                    ", " + std::to_string(blockIdx.z) + "): thread 0 waits at " + name(w0) + ", thread " +
+                    std::to_string(i) + " at " + name(w));
+      }
+    }
     for (unsigned i = 0; i < n; ++i) s.st[i] = block_state::runnable;  // every thread arrived: open
   }
 }
@@ -166,6 +199,7 @@ inline void run_grid(dim3 grid, dim3 block, void (*body)(void*), void* arg) {
   s.shfl[0].assign(n, 0);
   s.shfl[1].assign(n, 0);
   s.parity.resize(n);
+  s.waits_at.resize(n);
   s.body = body;
   s.arg = arg;
   gridDim = grid;
@@ -203,13 +237,22 @@ template <class... P>
 launcher<P...> launch(void (*kernel)(P...), dim3 grid, dim3 block, cudaStream_t /*stream*/) {
   return launcher<P...>{kernel, grid, block};
 }
+// LOWBIT_LAUNCH(kernel, grid, block, smem, stream): dynamic shared memory is
+// not emulated, so smem must be 0.
+template <class... P>
+launcher<P...> launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream) {
+  if (smem != 0) throw error("dynamic shared memory is not emulated (launch with " + std::to_string(smem) + " bytes)");
+  return launch(kernel, grid, block, stream);
+}
 
 }  // namespace cuda_emulator
 
 // ---- device intrinsics ----------------------------------------------------------
-inline void __syncthreads() {
+// file / line: the call site (filled in by the compiler), which tells barriers apart.
+inline void __syncthreads(const char* file = __builtin_FILE(), int line = __builtin_LINE(), int kind = -1) {
   cuda_emulator::block_state& s = cuda_emulator::state();
   if (s.current < 0) cuda_emulator::die("__syncthreads outside a kernel");
+  s.waits_at[size_t(s.current)] = cuda_emulator::block_state::site{file, line, kind};
   s.st[size_t(s.current)] = cuda_emulator::block_state::at_barrier;
   cuda_emulator::pass_on(&s.ctx[size_t(s.current)]);
 }
@@ -222,7 +265,8 @@ inline void __syncthreads() {
 // passing the next shuffle's barrier, when every thread has done its read of
 // buffer b.
 template <class T>
-T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32, const char* file = __builtin_FILE(),
+                  int line = __builtin_LINE()) {
   static_assert(std::is_trivially_copyable<T>::value && sizeof(T) <= sizeof(uint64_t), "shuffle of this type");
   cuda_emulator::block_state& s = cuda_emulator::state();
   if (s.current < 0) cuda_emulator::die("__shfl_xor_sync outside a kernel");
@@ -233,8 +277,38 @@ T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
   std::vector<uint64_t>& buf = s.shfl[s.parity[me]];
   s.parity[me] ^= 1;
   std::memcpy(&buf[me], &v, sizeof(T));
-  __syncthreads();
+  __syncthreads(file, line, lane_mask);
   T r;
   std::memcpy(&r, &buf[src], sizeof(T));
   return r;
 }
+
+// Atomics: every thread runs on the one OS thread and is never preempted
+// between the read and the write, so a plain read-modify-write is atomic.
+namespace cuda_emulator {
+template <class T, class F>
+T atomic_rmw(T* p, F f) {
+  if (state().current < 0) die("atomic outside a kernel");
+  const T old = *p;
+  *p = f(old);
+  return old;
+}
+}  // namespace cuda_emulator
+#define LOWBIT_EMU_ATOMIC(name, expr)                                                                      \
+  inline int name(int* p, int v) { return cuda_emulator::atomic_rmw(p, [v](int o) { return expr; }); } \
+  inline unsigned name(unsigned* p, unsigned v) {                                                       \
+    return cuda_emulator::atomic_rmw(p, [v](unsigned o) { return expr; });                              \
+  }                                                                                                     \
+  inline unsigned long long name(unsigned long long* p, unsigned long long v) {                         \
+    return cuda_emulator::atomic_rmw(p, [v](unsigned long long o) { return expr; });                    \
+  }
+LOWBIT_EMU_ATOMIC(atomicOr, o | v)
+LOWBIT_EMU_ATOMIC(atomicAnd, o & v)
+LOWBIT_EMU_ATOMIC(atomicXor, o ^ v)
+LOWBIT_EMU_ATOMIC(atomicAdd, o + v)
+LOWBIT_EMU_ATOMIC(atomicMin, v < o ? v : o)
+LOWBIT_EMU_ATOMIC(atomicMax, v > o ? v : o)
+LOWBIT_EMU_ATOMIC(atomicExch, (void(o), v))
+#undef LOWBIT_EMU_ATOMIC
+inline float atomicAdd(float* p, float v) { return cuda_emulator::atomic_rmw(p, [v](float o) { return o + v; }); }
+inline double atomicAdd(double* p, double v) { return cuda_emulator::atomic_rmw(p, [v](double o) { return o + v; }); }
