@@ -19,30 +19,15 @@
 #include <string>
 #include <vector>
 
+#include "../cpu/row_gather_inputs.hpp"
 #include "device_buffer.cuh"
 
 using namespace lowbit;
 
 namespace {
 
-std::vector<float> random_matrix(int64_t n, unsigned seed, bool non_negative) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> d;
-  std::vector<float> x(static_cast<size_t>(n));
-  for (auto& v : x) v = non_negative ? std::fabs(d(g)) : d(g);
-  return x;
-}
-
-std::vector<int32_t> random_indices(int64_t rows, int64_t count, unsigned seed) {
-  std::mt19937 g(seed);
-  std::uniform_int_distribution<int32_t> d(0, int32_t(rows - 1));
-  std::vector<int32_t> idx(static_cast<size_t>(count));
-  for (auto& i : idx) i = d(g);
-  idx[0] = int32_t(rows - 1);
-  idx[1] = 0;
-  idx[3] = idx[2];
-  return idx;
-}
+using row_gather_inputs::random_indices;
+using row_gather_inputs::random_matrix;
 
 void upload(device_quantized& dq, const quantized_tensor& q) {
   dq.codes.upload(q.codes);
