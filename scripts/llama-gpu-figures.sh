@@ -2,11 +2,12 @@
 # scripts/llama-gpu-figures.sh BUILD_DIR RESULTS_DIR
 # The LLaMA trainer's GPU figures (issue 5), from a build with CUDA
 # (BUILD_DIR/examples/llama_train; gpu-check.sh's "llama" step calls this).
-# Groups (FIGURES, default "tiny mem7b speed1b"), each run under a timeout
-# and logged to RESULTS_DIR/llama-*.log / *.jsonl:
+# Groups (FIGURES, default "tiny mem7b speed1b peer1b"), each run under a
+# timeout (RUN_TIMEOUT s, 240) and logged to RESULTS_DIR/llama-*.log / *.jsonl:
 #   tiny    the README's main job on the GPU: the tiny default on
-#           tinyshakespeare, 600 steps, fp32-adamw and qft (validation loss
-#           to compare with docs/RESULTS.md's CPU runs)
+#           tinyshakespeare, 600 steps, per mode (TINY_MODES, default
+#           "fp32-adamw qft"; validation loss to compare with
+#           docs/RESULTS.md's CPU runs)
 #   mem7b   LLaMA-2-7B shape, random init, batch 1 x seq 512, activation
 #           checkpointing, fused backward-update (no full gradient buffer),
 #           4 steps: peak device memory, bytes per parameter, tokens/s per
@@ -14,9 +15,9 @@
 #           offload-adamw8")
 #   speed1b LLaMA-3.2-1B shape, batch 4 x seq 512, 8 steps (the first 2 not
 #           timed): tokens/s, MFU and peak device memory per mode (MODES1B,
-#           default "qft nf4 bf16-adamw8 fp32-adamw"), then the PyTorch +
-#           transformers bf16 peer (bench/llama_torch_peer.py) on the same
-#           shape and machine
+#           default "qft nf4 bf16-adamw8 fp32-adamw")
+#   peer1b  the PyTorch + transformers bf16 peer (bench/llama_torch_peer.py)
+#           on the speed1b shape, same machine
 #   peer7b  the PyTorch peer on the 7B shape (batch 1 x seq 512, checkpointing)
 # Ends with a table of every run's summary record. Exit status: 0 when
 # every run finished.
@@ -25,7 +26,8 @@ BUILD=${1:?usage: llama-gpu-figures.sh BUILD_DIR RESULTS_DIR}
 RESULTS=${2:?usage: llama-gpu-figures.sh BUILD_DIR RESULTS_DIR}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TRAIN=$BUILD/examples/llama_train
-FIGURES=" ${FIGURES:-tiny mem7b speed1b} "
+FIGURES=" ${FIGURES:-tiny mem7b speed1b peer1b} "
+TINY_MODES=${TINY_MODES:-fp32-adamw qft}
 MODES7B=${MODES7B:-qft nf4 bf16-adamw8 paged-adamw8 offload-adamw8}
 MODES1B=${MODES1B:-qft nf4 bf16-adamw8 fp32-adamw}
 RUN_TIMEOUT=${RUN_TIMEOUT:-240}
@@ -50,7 +52,7 @@ run() {
 }
 
 if [[ "$FIGURES" == *" tiny "* ]]; then
-  for mode in fp32-adamw qft; do
+  for mode in $TINY_MODES; do
     run "tiny-$mode" --mode "$mode" --sample-tokens 100
   done
 fi
@@ -67,6 +69,9 @@ if [[ "$FIGURES" == *" speed1b "* ]]; then
     run "1b-$mode" --mode "$mode" --preset llama3.2-1b --batch 4 --seq 512 --steps 8 --warmup 1 --timing-warmup 2 \
       --eval-every 0 --sample-tokens 0 --log-every 1
   done
+fi
+
+if [[ "$FIGURES" == *" peer1b "* ]]; then
   echo "--- PyTorch peer, llama3.2-1b, batch 4 x seq 512"
   timeout "$RUN_TIMEOUT" python3 "$ROOT/bench/llama_torch_peer.py" --preset llama3.2-1b --batch 4 --seq 512 \
     --json "$RESULTS/torch-peer-1b.json" >"$RESULTS/torch-peer-1b.log" 2>&1 || { echo "FAIL: torch peer 1b"; FAILED=1; }
