@@ -432,8 +432,13 @@ TEST_CASE("the automatic dispatch follows the documented rule") {
   CHECK(cuda::select_gemm_regime(1, dtype::bf16) == gemm_regime::gemv);
   CHECK(cuda::select_gemm_regime(4, dtype::f32) == gemm_regime::gemv);
   CHECK(cuda::select_gemm_regime(5, dtype::bf16) == gemm_regime::mma);
-  CHECK(cuda::select_gemm_regime(511, dtype::f16) == gemm_regime::mma);
-  CHECK(cuda::select_gemm_regime(512, dtype::bf16) == gemm_regime::dequant_cublas);
+  CHECK(cuda::select_gemm_regime(255, dtype::f16) == gemm_regime::mma);
+  CHECK(cuda::select_gemm_regime(256, dtype::bf16) == gemm_regime::dequant_cublas);
+  using cuda::gemm_direction;
+  CHECK(cuda::select_gemm_regime(gemm_direction::backward_input, 2, dtype::bf16) == gemm_regime::gemv);
+  CHECK(cuda::select_gemm_regime(gemm_direction::backward_input, 3, dtype::bf16) == gemm_regime::mma);
+  CHECK(cuda::select_gemm_regime(gemm_direction::backward_input, 4, dtype::f32) == gemm_regime::gemv);
+  CHECK(cuda::select_gemm_regime(gemm_direction::forward, 4, dtype::bf16) == gemm_regime::gemv);
   CHECK(cuda::select_gemm_regime(16, dtype::f32) == gemm_regime::dequant_cublas);
 }
 

@@ -113,7 +113,7 @@ void check_gradients(const llama_config& c, const std::string& mode, const std::
     worst = std::max(worst, e);
     off += p.numel;
   }
-  MESSAGE(mode << " " << act << (checkpointing ? " checkpointing" : "") << ": loss cpu " << lc << " gpu " << lg
+  MESSAGE(mode << " " << act << std::string(checkpointing ? " checkpointing" : "") << ": loss cpu " << lc << " gpu " << lg
                 << ", worst gradient relative L2 " << worst);
 }
 

@@ -47,12 +47,13 @@ inline const char* gemm_regime_name(gemm_regime r) {
   return "?";
 }
 
-// Thresholds of the automatic dispatch. Provisional: chosen from operation
-// counts, not from measurements (no GPU has run these kernels yet); set them
-// from bench_dequant_gemm_cuda on the target GPU.
+// Thresholds of the automatic dispatch (dequant_gemm.cuh states the rule),
+// from bench_dequant_gemm_cuda on an H100 (2026-11-26); re-measure for
+// another GPU.
 struct gemm_policy {
-  int64_t gemv_max_m = 4;      // M <= this: gemv
-  int64_t cublas_min_m = 512;  // M >= this (or float32 activations): dequant_cublas; between: mma
+  int64_t gemv_max_m = 4;           // forward (and float32) M <= this: gemv
+  int64_t gemv_max_m_backward = 2;  // backward dX with bf16 / fp16, M <= this: gemv
+  int64_t cublas_min_m = 256;       // M >= this (or float32 activations): dequant_cublas; between: mma
 };
 
 struct gemm_options {
