@@ -21,8 +21,12 @@
 #   gemm:NxK                 bench_dequant_gemm_cuda on one weight shape
 #   bench:optimizer / bench:quantize
 #   san:TOOL:NAME            compute-sanitizer TOOL (memcheck, racecheck) on a GPU test binary
+#   ncu:BENCH:KERNEL[:ARGS]  Nsight Compute on the first NCU_COUNT (2) launches of kernels matching
+#                            the regex KERNEL in bench binary BENCH, ARGS ('+'-separated) passed to
+#                            the benchmark, e.g. ncu:bench_dequant_gemm_cuda:mma:--shapes=11008x4096+--m=64;
+#                            clocks are left as found (--clock-control none)
 # Knobs: PLAN, DEADLINE_S, GEMM_M (the M list of gemm:, default all),
-# BENCH_ARGS (extra flags for bench:*).
+# BENCH_ARGS (extra flags for bench:*), NCU_COUNT.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
@@ -125,6 +129,14 @@ for word in $PLAN; do
       sub=tests; [[ $name == test_llama_gpu ]] && sub=examples
       step "$word" 150 compute-sanitizer --tool "$tool" --error-exitcode 99 "$BIN/$sub/$name" \
         --test-case-exclude='*2^31*,*[large]*' ;;
+    ncu:*)
+      rest=${word#ncu:}; bench=${rest%%:*}; rest=${rest#*:}; kernel=${rest%%:*}; args=""
+      [[ $rest == *:* ]] && args=${rest#*:}
+      # shellcheck disable=SC2086
+      step "$word" 200 ncu --clock-control none -k "regex:$kernel" -c "${NCU_COUNT:-2}" \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+        --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
+        "$BIN/bench/$bench" --benchmark_min_time=0.01 ${args//+/ } ;;
     *) echo "unknown PLAN word: $word" | tee -a "$SUMMARY" ;;
   esac
 done
