@@ -290,19 +290,48 @@ struct run_result {
   std::vector<double> norms;
 };
 
+// How the step's inputs are laid out: the gradient dtype, and how many
+// elements into their buffers the dense weights and the gradients start
+// (1: misaligned, so the kernel's wide 16-byte accesses cannot be used and
+// its scalar path runs instead).
+struct input_layout {
+  dtype grad_type = dtype::f32;
+  size_t misalign = 0;
+};
+
+// A gradient of `g`'s values in dtype t, `misalign` elements into a buffer.
+struct grad_buffer {
+  std::vector<uint8_t> bytes;
+  tensor_view view;
+  grad_buffer(const std::vector<float>& g, dtype t, size_t misalign, device dev) {
+    const size_t es = t == dtype::f32 ? 4 : 2;
+    bytes.assign((g.size() + misalign + 8) * es, 0);
+    uint8_t* base = bytes.data() + misalign * es;
+    if (t == dtype::f32) std::memcpy(base, g.data(), g.size() * 4);
+    else if (t == dtype::bf16) std::memcpy(base, convert<bf16>(g).data(), g.size() * 2);
+    else std::memcpy(base, convert<fp16>(g).data(), g.size() * 2);
+    const int64_t n = int64_t(g.size());
+    if (t == dtype::f32) view = make_flat_view(reinterpret_cast<float*>(base), n, dev);
+    else if (t == dtype::bf16) view = make_flat_view(reinterpret_cast<bf16*>(base), n, dev);
+    else view = make_flat_view(reinterpret_cast<fp16*>(base), n, dev);
+  }
+};
+
 // Steps 3 times; the second step's gradient of the second tensor has a NaN
 // (skipped). Dense weights: three tensors (quantized states only for the
 // one over 4096 elements); quantized weights: one tensor.
 template <class Rule, class S, class W, class M>
-run_result run(const typename Rule::hparams& h, const optimizer_options& o) {
+run_result run(const typename Rule::hparams& h, const optimizer_options& o, input_layout in = {}) {
   constexpr bool on_device = std::is_same<M, memory::device>::value;
   const device dev = on_device ? device::cuda() : device::cpu();
   optimizer<Rule, S, W, M> opt(h, o);
   std::vector<int64_t> sizes;
   std::vector<std::vector<uint8_t>> dense;          // dense weights' bytes
   std::vector<std::unique_ptr<quantized_tensor>> q;  // quantized weights
+  std::vector<std::vector<uint8_t>> moved_codes;       // their codes, `misalign` bytes into a buffer
   if constexpr (W::is_quantized) {
     sizes = {5003, 999};
+    moved_codes.resize(sizes.size());
     for (size_t k = 0; k < sizes.size(); ++k) {
       const bool nested = W::weight_format == format::nf4;
       q.push_back(std::make_unique<quantized_tensor>(make_layout(W::weight_format, sizes[k], 64, nested)));
@@ -310,27 +339,36 @@ run_result run(const typename Rule::hparams& h, const optimizer_options& o) {
       cpu::quantize(make_flat_view(init.data(), sizes[k]), q.back()->view());
       quantized_view v = q.back()->view();
       v.dev = dev;
+      if (in.misalign > 0) {
+        const size_t nb = size_t(v.layout.code_bytes());
+        moved_codes[k].assign(nb + in.misalign, 0);
+        std::memcpy(moved_codes[k].data() + in.misalign, v.codes, nb);
+        v.codes = moved_codes[k].data() + in.misalign;
+      }
       opt.add_param(v);
     }
   } else {
     using T = std::conditional_t<W::weight_dtype == dtype::f32, float, bf16>;
     sizes = {5000, 1000, 333};
     for (size_t k = 0; k < sizes.size(); ++k) {
-      const std::vector<T> w = convert<T>(normal(size_t(sizes[k]), unsigned(10 + k), 0.2f));
+      std::vector<T> w(in.misalign);
+      const std::vector<T> values = convert<T>(normal(size_t(sizes[k]), unsigned(10 + k), 0.2f));
+      w.insert(w.end(), values.begin(), values.end());
       dense.push_back(bytes_of(w.data(), w.size()));
     }
     for (size_t k = 0; k < sizes.size(); ++k)
-      opt.add_param(make_flat_view(reinterpret_cast<T*>(dense[k].data()), sizes[k], dev));
+      opt.add_param(make_flat_view(reinterpret_cast<T*>(dense[k].data()) + in.misalign, sizes[k], dev));
   }
   run_result r;
   for (int t = 0; t < 3; ++t) {
-    std::vector<std::vector<float>> g;
+    std::vector<grad_buffer> g;
     std::vector<tensor_view> grads;
     for (size_t k = 0; k < sizes.size(); ++k) {
-      g.push_back(normal(size_t(sizes[k]), unsigned(1000 * t + k)));
-      if (t == 1 && k == 1) g.back()[7] = nan_;
+      std::vector<float> values = normal(size_t(sizes[k]), unsigned(1000 * t + k));
+      if (t == 1 && k == 1) values[7] = nan_;
+      g.emplace_back(values, in.grad_type, in.misalign, dev);
     }
-    for (size_t k = 0; k < sizes.size(); ++k) grads.push_back(make_flat_view(g[k].data(), sizes[k], dev));
+    for (size_t k = 0; k < sizes.size(); ++k) grads.push_back(g[k].view);
     const step_report rep = opt.step(grads);
     r.skipped.push_back(rep.skipped);
     r.norms.push_back(rep.grad_norm);
@@ -340,14 +378,16 @@ run_result run(const typename Rule::hparams& h, const optimizer_options& o) {
 }
 
 template <class Rule, class S, class W>
-void compare(const typename Rule::hparams& h, optimizer_options o, const char* what) {
-  CAPTURE(what);
+void compare(const typename Rule::hparams& h, optimizer_options o, const char* what, input_layout in = {}) {
+  const std::string label = std::string(what) + ", " + dtype_name(in.grad_type) + " gradients, views " +
+                            std::to_string(in.misalign) + " elements into their buffers";
+  CAPTURE(label);  // (a std::string: doctest prints a captured const char* as a pointer)
   for (float clip : {0.0f, 5.0f}) {
     CAPTURE(clip);
     o.max_grad_norm = clip;
     o.max_update = clip > 0.0f ? 1e-3f : 0.0f;
-    const run_result ref = run<Rule, S, W, memory::host>(h, o);
-    const run_result got = run<Rule, S, W, memory::device>(h, o);
+    const run_result ref = run<Rule, S, W, memory::host>(h, o, in);
+    const run_result got = run<Rule, S, W, memory::device>(h, o, in);
     REQUIRE(ref.after_step.size() == got.after_step.size());
     for (size_t t = 0; t < ref.after_step.size(); ++t) {
       CAPTURE(t);
@@ -365,7 +405,8 @@ template <class Rule, class S>
 void compare_weights(const typename Rule::hparams& h, const char* states) {
   optimizer_options o;
   o.seed = 7;
-  CAPTURE(states);
+  const std::string states_label = states;
+  CAPTURE(states_label);
   compare<Rule, S, weights::fp32>(h, o, "fp32 weights");
   compare<Rule, S, weights::bf16>(h, o, "bf16 weights (stochastic rounding)");
   compare<Rule, S, weights::fp32_master_bf16>(h, o, "fp32 master, bf16 weights");
@@ -395,6 +436,27 @@ TEST_CASE("emulated optimizer<..., memory::device> matches memory::host bit for 
   compare_weights<adamw, states::fp32>(h, "fp32 states");
   compare_weights<adamw, states::int8>(h, "int8 states");
   compare_weights<adamw, states::int4>(h, "int4 states");
+}
+
+// The kernel's wide (16-byte) and scalar access paths: bf16 / f16 gradients
+// and dense weights, aligned and misaligned by one element.
+TEST_CASE("emulated optimizer step: 16-bit gradients and misaligned views match memory::host bit for bit") {
+  lion::hparams hl;
+  hl.lr = 1e-3f;
+  hl.weight_decay = 0.1f;
+  adamw::hparams ha;
+  ha.lr = 1e-2f;
+  ha.weight_decay = 0.01f;
+  optimizer_options o;
+  o.seed = 11;
+  for (dtype gt : {dtype::f32, dtype::bf16, dtype::f16})
+    for (size_t misalign : {size_t(0), size_t(1)}) {
+      const input_layout in{gt, misalign};
+      compare<lion, states::int8, weights::fp32>(hl, o, "lion, int8 states, fp32 weights", in);
+      compare<adamw, states::fp32, weights::bf16>(ha, o, "adamw, fp32 states, bf16 weights", in);
+      compare<adamw, states::int4, weights::fp32_master_bf16>(ha, o, "adamw, int4 states, fp32 master", in);
+      compare<lion, states::int8, weights::quantized<format::nf4>>(hl, o, "lion, int8 states, nf4 weights", in);
+    }
 }
 
 TEST_CASE("the emulator refuses non-uniform barriers and shuffles") {

@@ -3,7 +3,8 @@
 // statistics. One kernel pass reads the gradient, decodes weight and states,
 // applies the rule, re-encodes states with fresh block scales and writes the
 // weight back (stochastic rounding where the policy says), with no full-size
-// temporary. Each thread owns 8 consecutive elements; the threads of one
+// temporary. Each thread owns 8 consecutive elements (read and written with
+// one wide access where the address allows); the threads of one
 // quantization block reduce its absmax with warp shuffles (shared memory for
 // blocks over 256 elements). Every element operation, the random stream and
 // the reduction orders are those of cpu_step.hpp, so results are
@@ -48,6 +49,134 @@ struct shared_tables {
 
 constexpr int per_thread = 8;
 
+// Wide memory access to a thread's 8 consecutive elements. A warp's threads
+// own consecutive 8-element groups, so one scalar access per element makes
+// each warp instruction touch 32 sectors with a 16- or 32-byte stride and
+// each scalar store a partial-sector write; one 16-byte (or 8- / 4-byte for
+// codes) access per group makes the warp's access one contiguous span. The
+// wide form is taken when the 8 elements are all in range and the address
+// is aligned for it (views may start anywhere); otherwise the scalar form.
+// Both read and write the same values, so results do not depend on which
+// form ran.
+template <int Bytes>
+__device__ __forceinline__ bool aligned_for(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & uintptr_t(Bytes - 1)) == 0;
+}
+
+// v[k] = element idx + k of a dense storage (0 past n).
+__device__ __forceinline__ void load_dense8(storage_kind kind, const void* data, int64_t idx, int64_t n,
+                                            float (&v)[8]) {
+  if (idx + 8 <= n) {
+    if (kind == storage_kind::f32) {
+      const float* p = static_cast<const float*>(data) + idx;
+      if (aligned_for<16>(p)) {
+        const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+        return;
+      }
+    } else if (kind == storage_kind::bf16 || kind == storage_kind::f16) {
+      const uint16_t* p = static_cast<const uint16_t*>(data) + idx;
+      if (aligned_for<16>(p)) {
+        const uint4 w = *reinterpret_cast<const uint4*>(p);
+        const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          const uint16_t bits = uint16_t(words[k / 2] >> (16 * (k % 2)));  // little-endian: element k
+          v[k] = kind == storage_kind::bf16 ? to_float(bf16{bits}) : to_float(fp16{bits});
+        }
+        return;
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 8; ++k) v[k] = idx + k < n ? load_dense(kind, data, idx + k) : 0.0f;
+}
+
+// Stores v[k] to element idx + k of a dense storage (elements past n are
+// left alone), rounded as store_dense rounds.
+__device__ __forceinline__ void store_dense8(storage_kind kind, void* data, int64_t idx, int64_t n,
+                                             const float (&v)[8], bool stochastic, const uint32_t (&bits)[8]) {
+  if (idx + 8 <= n) {
+    if (kind == storage_kind::f32) {
+      float* p = static_cast<float*>(data) + idx;
+      if (aligned_for<16>(p)) {
+        reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+        reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+        return;
+      }
+    } else if (kind == storage_kind::bf16 || kind == storage_kind::f16) {
+      uint16_t* p = static_cast<uint16_t*>(data) + idx;
+      if (aligned_for<16>(p)) {
+        uint32_t words[4] = {0, 0, 0, 0};
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          const uint16_t h = kind == storage_kind::bf16
+                                 ? (stochastic ? to_bf16_stochastic(v[k], bits[k]) : to_bf16(v[k])).bits
+                                 : (stochastic ? to_fp16_stochastic(v[k], bits[k]) : to_fp16(v[k])).bits;
+          words[k / 2] |= uint32_t(h) << (16 * (k % 2));
+        }
+        *reinterpret_cast<uint4*>(p) = make_uint4(words[0], words[1], words[2], words[3]);
+        return;
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 8; ++k)
+    if (idx + k < n) store_dense(kind, data, idx + k, v[k], stochastic, bits[k]);
+}
+
+// c[k] = code of element idx + k of a blockwise storage (idx is a multiple
+// of 8; 0 past n).
+__device__ __forceinline__ void load_codes8(const uint8_t* codes, int64_t idx, int64_t n, bool four,
+                                            int (&c)[8]) {
+  if (idx + 8 <= n) {
+    if (four && aligned_for<4>(codes + (idx >> 1))) {
+      const uint32_t w = *reinterpret_cast<const uint32_t*>(codes + (idx >> 1));
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const uint32_t byte = (w >> (8 * j)) & 0xFFu;  // little-endian: byte j holds elements 2j (high), 2j+1
+        c[2 * j] = int(byte >> 4);
+        c[2 * j + 1] = int(byte & 15u);
+      }
+      return;
+    }
+    if (!four && aligned_for<8>(codes + idx)) {
+      const uint2 w = *reinterpret_cast<const uint2*>(codes + idx);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) c[k] = int(((k < 4 ? w.x : w.y) >> (8 * (k % 4))) & 0xFFu);
+      return;
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 8; ++k) c[k] = idx + k < n ? load_code(codes, idx + k, four) : 0;
+}
+
+// Writes the codes c[k] of elements idx..idx+7 (idx a multiple of 8; past
+// n: nothing, and a 4-bit byte's unused low half gets `zero`).
+__device__ __forceinline__ void store_codes8(uint8_t* codes, int64_t idx, int64_t n, bool four, uint8_t zero,
+                                             const uint8_t (&c)[8]) {
+  if (four) {
+    if (idx + 8 <= n && aligned_for<4>(codes + (idx >> 1))) {
+      uint32_t w = 0;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) w |= uint32_t(uint8_t((c[2 * j] << 4) | c[2 * j + 1])) << (8 * j);
+      *reinterpret_cast<uint32_t*>(codes + (idx >> 1)) = w;
+      return;
+    }
+    for (int j = 0; j < 4 && idx + 2 * j < n; ++j)
+      codes[(idx >> 1) + j] = uint8_t((c[2 * j] << 4) | (idx + 2 * j + 1 < n ? c[2 * j + 1] : zero));
+    return;
+  }
+  if (idx + 8 <= n && aligned_for<8>(codes + idx)) {
+    uint32_t lo = 0, hi = 0;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) lo |= uint32_t(c[k]) << (8 * k), hi |= uint32_t(c[4 + k]) << (8 * k);
+    *reinterpret_cast<uint2*>(codes + idx) = make_uint2(lo, hi);
+    return;
+  }
+  for (int k = 0; k < 8 && idx + k < n; ++k) codes[idx + k] = c[k];
+}
+
 // Decodes elements idx..idx+7; returns the block scale they were decoded
 // with (0 for dense storages), which stable weight scales keep.
 __device__ __forceinline__ float load8(const storage_view& st, const shared_tables& t, int which, int64_t idx,
@@ -58,16 +187,15 @@ __device__ __forceinline__ float load8(const storage_view& st, const shared_tabl
     return 0.0f;
   }
   if (st.kind != storage_kind::blockwise) {
-#pragma unroll
-    for (int k = 0; k < 8; ++k) v[k] = idx + k < n ? load_dense(st.kind, st.data, idx + k) : 0.0f;
+    load_dense8(st.kind, st.data, idx, n, v);
     return 0.0f;
   }
   const quantized_view& q = st.q;
   const float scale = idx < n ? stored_block_scale(q, idx / q.layout.block_size, t.nested_map) : 0.0f;
-  const bool four = is_4bit(q.layout.fmt);
+  int c[8];
+  load_codes8(q.codes, idx, n, is_4bit(q.layout.fmt), c);
 #pragma unroll
-  for (int k = 0; k < 8; ++k)
-    v[k] = idx + k < n ? mul_rn(t.decode[which][load_code(q.codes, idx + k, four)], scale) : 0.0f;
+  for (int k = 0; k < 8; ++k) v[k] = idx + k < n ? mul_rn(t.decode[which][c[k]], scale) : 0.0f;
   return scale;
 }
 
@@ -108,9 +236,7 @@ __device__ __forceinline__ void store8(const storage_view& st, const shared_tabl
     for (int k = 0; k < 4; ++k) bits[k] = r0.w[k], bits[4 + k] = r1.w[k];
   }
   if (st.kind != storage_kind::blockwise) {
-#pragma unroll
-    for (int k = 0; k < 8; ++k)
-      if (idx + k < n) store_dense(st.kind, st.data, idx + k, v[k], stochastic && st.kind != storage_kind::f32, bits[k]);
+    store_dense8(st.kind, st.data, idx, n, v, stochastic && st.kind != storage_kind::f32, bits);
     return;
   }
   const quantized_view& q = st.q;
@@ -147,13 +273,7 @@ __device__ __forceinline__ void store8(const storage_view& st, const shared_tabl
     c[k] = stochastic ? encode_stochastic(u, bits[k], t.sorted[which], t.code[which], t.size[which], t.steps[which])
                       : encode_nearest(u, t.sorted[which], t.code[which], t.size[which], t.steps[which]);
   }
-  if (is_4bit(q.layout.fmt)) {
-    const uint8_t zero = zero_code(q.layout.fmt);
-    for (int j = 0; j < 4 && idx + 2 * j < n; ++j)
-      q.codes[(idx >> 1) + j] = uint8_t((c[2 * j] << 4) | (idx + 2 * j + 1 < n ? c[2 * j + 1] : zero));
-  } else {
-    for (int k = 0; k < 8 && idx + k < n; ++k) q.codes[idx + k] = c[k];
-  }
+  store_codes8(q.codes, idx, n, is_4bit(q.layout.fmt), zero_code(q.layout.fmt), c);
 }
 
 // The large by-value parameters are __grid_constant__: the kernel takes their
@@ -190,14 +310,15 @@ __global__ void fused_step_kernel(const __grid_constant__ fused_step_args a,
   const int64_t span = int64_t(blockDim.x) * per_thread;
   for (int64_t base = int64_t(blockIdx.x) * span; base < n; base += int64_t(gridDim.x) * span) {
     const int64_t idx = base + int64_t(threadIdx.x) * per_thread;
-    float p[8], m[8], v[8];
+    float p[8], m[8], v[8], gr[8];
     const float old_scale = load8(a.weight, t, 0, idx, n, p);
     load8(a.state1, t, 1, idx, n, m);
     load8(a.state2, t, 2, idx, n, v);
+    load_dense8(gk, a.grad, idx, n, gr);
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       if (idx + k >= n) continue;
-      const float g = mul_rn(load_dense(gk, a.grad, idx + k), a.grad_scale);
+      const float g = mul_rn(gr[k], a.grad_scale);
       const float old = p[k];
       float next = Rule::apply(old, g, m[k], v[k], c);
       if (a.max_update > 0.0f) {
@@ -209,8 +330,10 @@ __global__ void fused_step_kernel(const __grid_constant__ fused_step_args a,
     store8(a.state1, t, 1, idx, n, m, a.state_stochastic, r1, a.state1.q.absmax, warp_max);
     store8(a.state2, t, 2, idx, n, v, a.state_stochastic, r2, a.state2.q.absmax, warp_max);
     store8(a.weight, t, 0, idx, n, p, a.weight_stochastic, rw, weight_absmax, warp_max, keep, old_scale, renest_flag);
-    if (a.weight_copy.kind != storage_kind::none && idx < n)
-      for (int k = 0; k < 8 && idx + k < n; ++k) store_dense(a.weight_copy.kind, a.weight_copy.data, idx + k, p[k], false, 0);
+    if (a.weight_copy.kind != storage_kind::none && idx < n) {
+      const uint32_t no_bits[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      store_dense8(a.weight_copy.kind, a.weight_copy.data, idx, n, p, false, no_bits);
+    }
   }
 }
 
