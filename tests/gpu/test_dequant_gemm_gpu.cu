@@ -520,6 +520,44 @@ TEST_CASE("split reductions: gemv backward and mma split-K") {
   }
 }
 
+// The dequant_cublas regime decodes W whole (cuda::dequantize) when it fits
+// gemm_options::max_tile_bytes and panel by panel (its tile kernel)
+// otherwise; a tiny budget forces 64-row forward / 64-column backward
+// panels, cut through quantization blocks (K = 200 with blocks of 64).
+TEST_CASE("dequant_cublas in panels (tile kernel) matches float64 references") {
+  struct config {
+    format f;
+    bool nested;
+    dtype act, out;
+    bool bias;
+  };
+  const config configs[] = {{format::nf4, true, dtype::bf16, dtype::bf16, true},
+                            {format::int8, false, dtype::f16, dtype::f16, false},
+                            {format::int4, true, dtype::f32, dtype::f32, false},
+                            {format::dynamic8, false, dtype::bf16, dtype::f32, true}};
+  const int64_t M = 33, N = 300, K = 200;
+  uint64_t seed = 9100;
+  for (const config& c : configs) {
+    CAPTURE(std::string(format_name(c.f)));
+    CAPTURE(std::string(dtype_name(c.act)));
+    test_weight w(c.f, N, K, 64, c.nested, seed++);
+    const dense x = random_dense(c.act, M, K, seed++);
+    const dense dy = random_dense(c.act, M, N, seed++);
+    const dense bias = random_dense(dtype::f32, 1, N, seed++, 4.0f);
+    const std::vector<double> wT = w.weights(c.act);  // dequant_cublas multiplies by W in the activation dtype
+    const reference fref = ref_forward(x, wT, N, K, c.bias ? &bias : nullptr), bref = ref_backward(dy, wT, N, K);
+    cuda::gemm_options o = opts(gemm_regime::dequant_cublas);
+    o.max_tile_bytes = 1;  // the plan's floor: 64 rows / columns per panel
+    const cuda::gemm_plan fp = cuda::plan_dequant_gemm(cuda::gemm_direction::forward, M, N, K, c.f, c.act, c.out,
+                                                       c.bias, o);
+    CHECK(fp.workspace_bytes < size_t(N) * size_t(K) * dtype_size(c.act));  // really in panels
+    const dense y = run_forward(x, w, c.bias ? &bias : nullptr, c.out, gemm_regime::dequant_cublas, &o);
+    CHECK(check_all(y, fref, bounds_of(fref, gemm_regime::dequant_cublas, c.out), "forward in row panels"));
+    const dense dx = run_backward(dy, w, c.out, gemm_regime::dequant_cublas, &o);
+    CHECK(check_all(dx, bref, bounds_of(bref, gemm_regime::dequant_cublas, c.out), "backward in column panels"));
+  }
+}
+
 TEST_CASE("bias dtypes, automatic regime, caller workspace, managed memory") {
   const int64_t M = 20, N = 70, K = 128;
   test_weight w(format::nf4, N, K, 64, true, 77);

@@ -282,7 +282,7 @@ inline void dequant_gemm_forward(const tensor_view& x, const quantized_view& w, 
       if (plan.splits > 1) finalize_splits(plan, a.partial, M, n, bias, y.data, y.type, stream);
     } else {
       dispatch_operand_type(x.type, [&](auto t) {
-        dequant_cublas_forward<D, decltype(t)>(x, wa, bias, y, M, n, k, opt, table, map, stream, fn);
+        dequant_cublas_forward<D, decltype(t)>(x, wa, w, bias, y, M, n, k, opt, table, map, stream, fn);
       });
     }
   });
@@ -355,7 +355,7 @@ inline void dequant_gemm_backward_input(const tensor_view& dy, const quantized_v
       if (plan.splits > 1) finalize_splits(plan, a.partial, M, k, nullptr, dx.data, dx.type, stream);
     } else {
       dispatch_operand_type(dy.type, [&](auto t) {
-        dequant_cublas_backward<D, decltype(t)>(dy, wa, dx, M, n, k, opt, table, map, stream, fn);
+        dequant_cublas_backward<D, decltype(t)>(dy, wa, w, dx, M, n, k, opt, table, map, stream, fn);
       });
     }
   });

@@ -13,7 +13,14 @@
 // reduction from one cuBLAS call and is rounded once. A bias or an output
 // dtype different from the activations goes through an fp32 staging panel
 // and finalize_kernel (bias added in fp32, one rounding). When all of W fits
-// in gemm_options::max_tile_bytes there is a single panel.
+// in gemm_options::max_tile_bytes there is a single panel, and it is decoded
+// by cuda::dequantize (quantize.cuh) rather than the tile kernel below: on
+// the H100 (2026-11-26) the regime cost about 270 us more than cuBLAS bf16
+// alone on 11008x4096 at every M, while cuda::dequantize decodes at 78 to
+// 86 % of copy bandwidth into bf16 (about 50 us for that matrix). The tile
+// kernel remains for panels (W over the budget, backward column panels);
+// both write the same values (the GPU test checks every regime against
+// cuda::dequantize).
 //
 // Linking: code that calls these functions links cuBLAS (CMake:
 // CUDA::cublas). Including the header alone does not reference cuBLAS.
@@ -30,6 +37,7 @@
 #include "../../core/error.hpp"
 #include "../../core/view.hpp"
 #include "../check.cuh"
+#include "../quantize.cuh"
 #include "common.cuh"
 #include "decode.cuh"
 
@@ -165,6 +173,20 @@ void launch_dequant_tile(const weight_args& w, int64_t r0, int64_t rows, int64_t
   LOWBIT_CUDA_CHECK(cudaGetLastError());
 }
 
+// W decoded into `tile` ([rows][cols] of the panel): the whole matrix
+// through cuda::dequantize, a panel through the tile kernel.
+template <decode_kind D, class T>
+void dequantize_panel(const weight_args& w, const quantized_view& whole, int64_t r0, int64_t rows, int64_t c0,
+                      int64_t cols, T* tile, const code_table& table, const code_table& map, cudaStream_t stream) {
+  if (r0 == 0 && c0 == 0 && rows == w.rows && cols == w.cols) {
+    int dev = 0;
+    LOWBIT_CUDA_CHECK(cudaGetDevice(&dev));
+    dequantize(whole, make_flat_view(tile, rows * cols, device::cuda(dev)), stream);
+    return;
+  }
+  launch_dequant_tile<D, T>(w, r0, rows, c0, cols, tile, table, map, stream);
+}
+
 // Panels of the dequant_cublas regime: `units` rows of W per panel
 // (forward) or columns (backward), as many as fit `budget` bytes of
 // dequantized weights plus fp32 staging, at least min(total, 64).
@@ -194,7 +216,8 @@ inline panel_plan plan_panels(bool backward, int64_t M, int64_t N, int64_t K, si
 
 // Y[M][N] = X[M][K] W^T (+ bias). x.type is the operand dtype T.
 template <decode_kind D, class T>
-void dequant_cublas_forward(const tensor_view& x, const weight_args& w, const tensor_view* bias, const tensor_view& y,
+void dequant_cublas_forward(const tensor_view& x, const weight_args& w, const quantized_view& whole,
+                            const tensor_view* bias, const tensor_view& y,
                             int64_t M, int64_t N, int64_t K, const gemm_options& opt, const code_table& table,
                             const code_table& map, cudaStream_t stream, const char* fn) {
   require_int_dims(fn, M, N, K);
@@ -209,7 +232,7 @@ void dequant_cublas_forward(const tensor_view& x, const weight_args& w, const te
   const float one = 1.0f, zero = 0.0f;
   for (int64_t n0 = 0; n0 < N; n0 += nc_max) {
     const int64_t nc = N - n0 < nc_max ? N - n0 : nc_max;
-    launch_dequant_tile<D, T>(w, n0, nc, 0, K, tile, table, map, stream);
+    dequantize_panel<D, T>(w, whole, n0, nc, 0, K, tile, table, map, stream);
     // column-major view: Y^T[n0:n0+nc, :] (nc x M) = (W panel) (nc x K) * X^T (K x M)
     void* c = staging ? static_cast<void*>(stage) : static_cast<void*>(static_cast<T*>(y.data) + n0);
     LOWBIT_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(nc), int(M), int(K), &one, tile,
@@ -235,7 +258,8 @@ void dequant_cublas_forward(const tensor_view& x, const weight_args& w, const te
 
 // dX[M][K] = dY[M][N] W. dy.type is the operand dtype T.
 template <decode_kind D, class T>
-void dequant_cublas_backward(const tensor_view& dy, const weight_args& w, const tensor_view& dx, int64_t M, int64_t N,
+void dequant_cublas_backward(const tensor_view& dy, const weight_args& w, const quantized_view& whole,
+                             const tensor_view& dx, int64_t M, int64_t N,
                              int64_t K, const gemm_options& opt, const code_table& table, const code_table& map,
                              cudaStream_t stream, const char* fn) {
   require_int_dims(fn, M, N, K);
@@ -250,7 +274,7 @@ void dequant_cublas_backward(const tensor_view& dy, const weight_args& w, const 
   const float one = 1.0f, zero = 0.0f;
   for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
     const int64_t kc = K - k0 < kc_max ? K - k0 : kc_max;
-    launch_dequant_tile<D, T>(w, 0, N, k0, kc, tile, table, map, stream);
+    dequantize_panel<D, T>(w, whole, 0, N, k0, kc, tile, table, map, stream);
     // column-major view: dX^T[k0:k0+kc, :] (kc x M) = (W panel)^T (kc x N) * dY^T (N x M)
     void* c = staging ? static_cast<void*>(stage) : static_cast<void*>(static_cast<T*>(dx.data) + k0);
     LOWBIT_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, int(kc), int(M), int(N), &one, tile,
