@@ -6,9 +6,10 @@
 // probabilities, MLP) are kept for every layer, or, with activation
 // checkpointing, for one layer at a time and recomputed from xs during the
 // backward. backward() writes each parameter's gradient at the offset a
-// gradient_plan gives it and calls on_ready(indices) as soon as a group of
-// gradients is complete (head, then each layer from the last, then the
-// embedding), which is where a fused backward-update steps the optimizer.
+// gradient_plan gives it and calls on_ready(indices) as soon as gradients
+// are complete and their weights used for the last time (the head, then
+// each layer's tensors one by one from the last layer, then the embedding),
+// which is where a fused backward-update steps the optimizer.
 #pragma once
 
 #include <algorithm>
@@ -101,8 +102,7 @@ class llama_model {
     for (int l = cfg_.n_layers - 1; l >= 0; --l) {
       layer_acts& a = acts_for(l);
       if (checkpointing_) layer_forward(l, a, tmp_dim_.data());  // recompute this layer's intermediates
-      layer_backward(l, a, grads, plan);
-      on_ready(L_.layer_members(l));
+      layer_backward(l, a, grads, plan, on_ready);
     }
     // Token embedding: scatter-add each row's gradient (onto the head's
     // gradient when tied). Columns in parallel, rows in order.
@@ -185,7 +185,12 @@ class llama_model {
   }
 
   // On entry dx_ holds dloss/d(layer output); on exit dloss/d(layer input).
-  void layer_backward(int l, layer_acts& a, T* grads, const gradient_plan& plan) {
+  // Each tensor is reported to on_ready as soon as its gradient is complete
+  // and its weight has been used for the last time (its input gradient
+  // computed), so a fused update may change it at once and the next
+  // tensor's gradient may reuse its place (gradient_plan).
+  template <class Ready>
+  void layer_backward(int l, layer_acts& a, T* grads, const gradient_plan& plan, Ready&& on_ready) {
     const layer_params& P = L_.layers[size_t(l)];
     const int64_t M = B_ * S_, D = cfg_.dim, F = cfg_.hidden_dim, QW = cfg_.q_dim(), KW = cfg_.kv_dim();
     auto g = [&](int p) { return grads + plan.offset[size_t(p)]; };
@@ -193,32 +198,41 @@ class llama_model {
     // MLP: out = x_mid + down(silu(gate(xn2)) * up(xn2))
     linear_weight_grad(dx_.data(), a.h.data(), M, D, F, g(P.w_down), false);
     linear_backward_input(dx_.data(), M, w_.matrix(P.w_down), dh_.data());
+    on_ready(std::vector<int>{P.w_down});
     ops::swiglu_backward(dh_.data(), a.gate.data(), a.up.data(), dgate_.data(), dup_.data(), M * F);
     linear_weight_grad(dgate_.data(), a.xn2.data(), M, F, D, g(P.w_gate), false);
-    linear_weight_grad(dup_.data(), a.xn2.data(), M, F, D, g(P.w_up), false);
     linear_backward_input(dgate_.data(), M, w_.matrix(P.w_gate), dxn_.data());
+    on_ready(std::vector<int>{P.w_gate});
+    linear_weight_grad(dup_.data(), a.xn2.data(), M, F, D, g(P.w_up), false);
     linear_backward_input(dup_.data(), M, w_.matrix(P.w_up), tmp_dim_.data());
+    on_ready(std::vector<int>{P.w_up});
     add_into(dxn_.data(), tmp_dim_.data(), M * D);
     std::copy(dx_.begin(), dx_.begin() + M * D, dmid_.begin());
     ops::rmsnorm_backward(dxn_.data(), a.x_mid.data(), w_.vector(P.mlp_norm), a.rstd2.data(), dmid_.data(),
                           g(P.mlp_norm), M, D);
+    on_ready(std::vector<int>{P.mlp_norm});
     // Attention: x_mid = x + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1)))
     linear_weight_grad(dmid_.data(), a.attn.data(), M, D, QW, g(P.wo), false);
     linear_backward_input(dmid_.data(), M, w_.matrix(P.wo), dattn_.data());
+    on_ready(std::vector<int>{P.wo});
     ops::attention_backward(dattn_.data(), a.q.data(), a.k.data(), a.v.data(), a.probs.data(), dq_.data(),
                             dk_.data(), dv_.data(), attn_shape());
     ops::rope_apply(dq_.data(), M, S_, cfg_.n_heads, rope_, true);
     ops::rope_apply(dk_.data(), M, S_, cfg_.n_kv_heads, rope_, true);
     linear_weight_grad(dq_.data(), a.xn1.data(), M, QW, D, g(P.wq), false);
-    linear_weight_grad(dk_.data(), a.xn1.data(), M, KW, D, g(P.wk), false);
-    linear_weight_grad(dv_.data(), a.xn1.data(), M, KW, D, g(P.wv), false);
     linear_backward_input(dq_.data(), M, w_.matrix(P.wq), dxn_.data());
+    on_ready(std::vector<int>{P.wq});
+    linear_weight_grad(dk_.data(), a.xn1.data(), M, KW, D, g(P.wk), false);
     linear_backward_input(dk_.data(), M, w_.matrix(P.wk), tmp_dim_.data());
+    on_ready(std::vector<int>{P.wk});
     add_into(dxn_.data(), tmp_dim_.data(), M * D);
+    linear_weight_grad(dv_.data(), a.xn1.data(), M, KW, D, g(P.wv), false);
     linear_backward_input(dv_.data(), M, w_.matrix(P.wv), tmp_dim_.data());
+    on_ready(std::vector<int>{P.wv});
     add_into(dxn_.data(), tmp_dim_.data(), M * D);
     std::copy(dmid_.begin(), dmid_.begin() + M * D, dx_.begin());
     ops::rmsnorm_backward(dxn_.data(), x, w_.vector(P.attn_norm), a.rstd1.data(), dx_.data(), g(P.attn_norm), M, D);
+    on_ready(std::vector<int>{P.attn_norm});
   }
 
   static void add_into(T* y, const T* x, int64_t n) {

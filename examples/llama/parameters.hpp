@@ -7,11 +7,14 @@
 // holds the values: the vectors in one buffer, the matrices in one dense
 // buffer (float64, float32 or bfloat16) or as one lowbit quantized_tensor
 // each. gradient_plan gives each parameter an offset into one gradient
-// buffer: distinct offsets, or, for the fused backward-update, every layer's
-// tensors (and an untied head and the embedding) sharing one region that is
-// reused group after group.
+// buffer: distinct offsets, or, for the fused backward-update, every layer
+// tensor (and an untied head and the embedding) at the start of one shared
+// region that each tensor's gradient uses in turn: the backward reports
+// each tensor as soon as its gradient is complete (model.hpp), the update
+// consumes it, and the next tensor's gradient overwrites it.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -70,13 +73,6 @@ struct param_layout {
       if (params[i].name == name) return int(i);
     return -1;
   }
-  // Parameter indices of layer l in registration order.
-  std::vector<int> layer_members(int l) const {
-    std::vector<int> out;
-    for (size_t i = 0; i < params.size(); ++i)
-      if (params[i].layer == l) out.push_back(int(i));
-    return out;
-  }
 
  private:
   int add(const std::string& name, std::vector<int64_t> shape, bool matrix, int layer) {
@@ -99,44 +95,33 @@ struct param_layout {
 struct gradient_plan {
   std::vector<int64_t> offset;
   int64_t size = 0;
-  bool fused = false;  // layer tensors share one region (fused backward-update)
+  bool fused = false;  // region tensors share one place (fused backward-update)
 
   gradient_plan(const param_layout& L, bool fused_update) : fused(fused_update) {
     offset.assign(L.params.size(), 0);
-    int64_t shared = 0;
-    std::vector<int64_t> layer_used(L.layers.size(), 0);
-    // With an untied head, the head's gradient is consumed (its update
-    // done) before the first layer's is written, and the embedding's is
-    // written after the last layer's was consumed: both share the region
-    // too. (A tied head's gradient is the embedding's, accumulated across
-    // the whole backward, so it keeps its own place.)
+    // With the fused update every tensor the backward reports on its own
+    // (each layer tensor; an untied head, consumed before the first layer's
+    // gradient is written; the embedding, written after the last layer's
+    // was consumed) takes the region in turn, so the region is as large as
+    // the largest of them. A tied head's gradient is the embedding's,
+    // accumulated across the whole backward, so it keeps its own place, as
+    // does the final norm (reported together with the head).
     const bool untied = L.head != L.embed;
     auto in_region = [&](size_t i) {
       return fused && (L.params[i].layer >= 0 || (untied && (int(i) == L.head || int(i) == L.embed)));
     };
-    int64_t region = 0;
-    for (size_t i = 0; i < L.params.size(); ++i)
-      if (in_region(i) && L.params[i].layer < 0) region = std::max(region, L.params[i].numel);
+    int64_t shared = 0, region = 0;
     for (size_t i = 0; i < L.params.size(); ++i) {
-      const param_info& p = L.params[i];
-      if (in_region(i) && p.layer < 0) {
-        offset[i] = 0;  // relative to the shared region
-      } else if (fused && p.layer >= 0) {
-        offset[i] = layer_used[size_t(p.layer)];  // relative to the shared region
-        layer_used[size_t(p.layer)] += p.numel;
+      if (in_region(i)) {
+        region = std::max(region, L.params[i].numel);
       } else {
         offset[i] = shared;
-        shared += p.numel;
+        shared += L.params[i].numel;
       }
     }
-    if (fused) {
-      for (int64_t u : layer_used) region = std::max(region, u);
-      for (size_t i = 0; i < L.params.size(); ++i)
-        if (in_region(i)) offset[i] += shared;
-      size = shared + region;
-    } else {
-      size = shared;
-    }
+    for (size_t i = 0; i < L.params.size(); ++i)
+      if (in_region(i)) offset[i] = shared;
+    size = shared + region;
   }
 };
 

@@ -76,7 +76,7 @@ class session_base {
   // Loss of one batch and every parameter's gradient, no update: out gets
   // the gradients in parameter order, each parameter's numel floats after
   // the previous one's (the two-pass gradient plan; refused with the fused
-  // plan, whose layer regions overlap). For tests and diagnostics.
+  // plan, in which the tensors share one region). For tests and diagnostics.
   virtual double gradients(const int32_t* x, const int32_t* y, std::vector<float>& out) = 0;
   // Logits of the last position of tokens[0 .. len) (one sequence) into out[vocab].
   virtual void last_logits(const int32_t* tokens, int64_t len, float* out) = 0;

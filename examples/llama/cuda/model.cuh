@@ -143,7 +143,9 @@ class cuda_model {
   }
 
   // Gradients of the last forward's loss into grads (device, plan.size
-  // floats), calling on_ready(indices) as each group completes (the stream
+  // floats), calling on_ready(indices) as gradients complete, in model.hpp's
+  // order (each layer tensor on its own, once its weight has been used for
+  // the last time; the stream
   // is synchronized before each call only if the callback needs it; the
   // optimizer's CUDA step is queued on the same stream).
   template <class Ready>
@@ -161,8 +163,7 @@ class cuda_model {
     for (int l = cfg_.n_layers - 1; l >= 0; --l) {
       layer_acts& a = acts_for(l);
       if (checkpointing_) layer_forward(l, a, tmp_dim_.data());  // recompute this layer's intermediates
-      layer_backward(l, a, grads, plan);
-      on_ready(L_.layer_members(l));
+      layer_backward(l, a, grads, plan, on_ready);
     }
     // Token embedding: each row's gradient added to its token's row (onto
     // the head's gradient when tied), rows of one token in increasing order.
@@ -281,7 +282,10 @@ class cuda_model {
   }
 
   // On entry dx_ holds dloss/d(layer output); on exit dloss/d(layer input).
-  void layer_backward(int l, layer_acts& a, float* grads, const gradient_plan& plan) {
+  // Each tensor goes to on_ready as soon as its gradient is complete and its
+  // weight used for the last time (model.hpp's order).
+  template <class Ready>
+  void layer_backward(int l, layer_acts& a, float* grads, const gradient_plan& plan, Ready&& on_ready) {
     const layer_params& P = L_.layers[size_t(l)];
     const int64_t M = B_ * S_, D = cfg_.dim, F = cfg_.hidden_dim, QW = cfg_.q_dim(), KW = cfg_.kv_dim(),
                   hd = cfg_.head_dim();
@@ -291,18 +295,23 @@ class cuda_model {
     // MLP: out = x_mid + down(silu(gate(xn2)) * up(xn2))
     linear_weight_grad(cublas_, dx_.data(), a.h.data(), t, M, D, F, g(P.w_down), false, s_);
     linear_backward_input(cublas_, dx_.data(), t, M, w_.matrix(P.w_down), dh_.data(), s_);
+    on_ready(std::vector<int>{P.w_down});
     swiglu_backward<A>(dh_.data(), a.gate.data(), a.up.data(), dgate_.data(), dup_.data(), M * F, s_);
     linear_weight_grad(cublas_, dgate_.data(), a.xn2.data(), t, M, F, D, g(P.w_gate), false, s_);
-    linear_weight_grad(cublas_, dup_.data(), a.xn2.data(), t, M, F, D, g(P.w_up), false, s_);
     linear_backward_input(cublas_, dgate_.data(), t, M, w_.matrix(P.w_gate), dxn_.data(), s_);
+    on_ready(std::vector<int>{P.w_gate});
+    linear_weight_grad(cublas_, dup_.data(), a.xn2.data(), t, M, F, D, g(P.w_up), false, s_);
     linear_backward_input(cublas_, dup_.data(), t, M, w_.matrix(P.w_up), tmp_dim_.data(), s_);
+    on_ready(std::vector<int>{P.w_up});
     add_into<A>(dxn_.data(), tmp_dim_.data(), M * D, s_);
     LOWBIT_CUDA_CHECK(cudaMemcpyAsync(dmid_.data(), dx_.data(), size_t(M * D) * sizeof(A), cudaMemcpyDeviceToDevice, s_));
     rmsnorm_backward<A>(dxn_.data(), a.x_mid.data(), w_.vector(P.mlp_norm), a.rstd2.data(), dmid_.data(),
                         g(P.mlp_norm), norm_scratch_.data(), M, D, s_);
+    on_ready(std::vector<int>{P.mlp_norm});
     // Attention: x_mid = x + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1)))
     linear_weight_grad(cublas_, dmid_.data(), a.attn.data(), t, M, D, QW, g(P.wo), false, s_);
     linear_backward_input(cublas_, dmid_.data(), t, M, w_.matrix(P.wo), dattn_.data(), s_);
+    on_ready(std::vector<int>{P.wo});
     permute_heads<A>(dattn_.data(), doh_.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_heads, hd, false, false, true,
                      s_);
     attention_backward<A>(cublas_, attn_dims(), doh_.data(), a.qh.data(), a.kh.data(), a.vh.data(), a.probs.data(),
@@ -314,16 +323,20 @@ class cuda_model {
     permute_heads<A>(dvh_.data(), dv_raw_.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_kv_heads, hd, false, false,
                      false, s_);
     linear_weight_grad(cublas_, dq_raw_.data(), a.xn1.data(), t, M, QW, D, g(P.wq), false, s_);
-    linear_weight_grad(cublas_, dk_raw_.data(), a.xn1.data(), t, M, KW, D, g(P.wk), false, s_);
-    linear_weight_grad(cublas_, dv_raw_.data(), a.xn1.data(), t, M, KW, D, g(P.wv), false, s_);
     linear_backward_input(cublas_, dq_raw_.data(), t, M, w_.matrix(P.wq), dxn_.data(), s_);
+    on_ready(std::vector<int>{P.wq});
+    linear_weight_grad(cublas_, dk_raw_.data(), a.xn1.data(), t, M, KW, D, g(P.wk), false, s_);
     linear_backward_input(cublas_, dk_raw_.data(), t, M, w_.matrix(P.wk), tmp_dim_.data(), s_);
+    on_ready(std::vector<int>{P.wk});
     add_into<A>(dxn_.data(), tmp_dim_.data(), M * D, s_);
+    linear_weight_grad(cublas_, dv_raw_.data(), a.xn1.data(), t, M, KW, D, g(P.wv), false, s_);
     linear_backward_input(cublas_, dv_raw_.data(), t, M, w_.matrix(P.wv), tmp_dim_.data(), s_);
+    on_ready(std::vector<int>{P.wv});
     add_into<A>(dxn_.data(), tmp_dim_.data(), M * D, s_);
     LOWBIT_CUDA_CHECK(cudaMemcpyAsync(dx_.data(), dmid_.data(), size_t(M * D) * sizeof(A), cudaMemcpyDeviceToDevice, s_));
     rmsnorm_backward<A>(dxn_.data(), x, w_.vector(P.attn_norm), a.rstd1.data(), dx_.data(), g(P.attn_norm),
                         norm_scratch_.data(), M, D, s_);
+    on_ready(std::vector<int>{P.attn_norm});
   }
 
   llama_config cfg_;

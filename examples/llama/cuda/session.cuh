@@ -5,8 +5,8 @@
 // use), the optimizer is the mode's lowbit optimizer composed with a CUDA
 // memory policy (memory::device; memory::paged with eviction after each
 // tensor's step for paged-adamw8; memory::cpu_offload for offload-adamw8),
-// the gradient buffer is float32 on the device (one layer's worth with the
-// fused backward-update) and the model is cuda_model<A>. step() is the CPU
+// the gradient buffer is float32 on the device (the largest tensor's worth
+// with the fused backward-update) and the model is cuda_model<A>. step() is the CPU
 // session's step, with the gradient pass on the device.
 #pragma once
 
