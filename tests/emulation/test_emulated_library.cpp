@@ -418,21 +418,31 @@ void compare_weights(const typename Rule::hparams& h, const char* states) {
   }
 }
 
-}  // namespace
-
-TEST_CASE("emulated optimizer<..., memory::device> matches memory::host bit for bit (Lion)") {
+lion::hparams test_lion() {
   lion::hparams h;
   h.lr = 1e-3f;
   h.weight_decay = 0.1f;
+  return h;
+}
+
+adamw::hparams test_adamw() {
+  adamw::hparams h;
+  h.lr = 1e-2f;
+  h.weight_decay = 0.01f;
+  return h;
+}
+
+}  // namespace
+
+TEST_CASE("emulated optimizer<..., memory::device> matches memory::host bit for bit (Lion)") {
+  const lion::hparams h = test_lion();
   compare_weights<lion, states::fp32>(h, "fp32 states");
   compare_weights<lion, states::int8>(h, "int8 states");
   compare_weights<lion, states::int4>(h, "int4 states");
 }
 
 TEST_CASE("emulated optimizer<..., memory::device> matches memory::host bit for bit (AdamW)") {
-  adamw::hparams h;
-  h.lr = 1e-2f;
-  h.weight_decay = 0.01f;
+  const adamw::hparams h = test_adamw();
   compare_weights<adamw, states::fp32>(h, "fp32 states");
   compare_weights<adamw, states::int8>(h, "int8 states");
   compare_weights<adamw, states::int4>(h, "int4 states");
@@ -441,12 +451,8 @@ TEST_CASE("emulated optimizer<..., memory::device> matches memory::host bit for 
 // The kernel's wide (16-byte) and scalar access paths: bf16 / f16 gradients
 // and dense weights, aligned and misaligned by one element.
 TEST_CASE("emulated optimizer step: 16-bit gradients and misaligned views match memory::host bit for bit") {
-  lion::hparams hl;
-  hl.lr = 1e-3f;
-  hl.weight_decay = 0.1f;
-  adamw::hparams ha;
-  ha.lr = 1e-2f;
-  ha.weight_decay = 0.01f;
+  const lion::hparams hl = test_lion();
+  const adamw::hparams ha = test_adamw();
   optimizer_options o;
   o.seed = 11;
   for (dtype gt : {dtype::f32, dtype::bf16, dtype::f16})

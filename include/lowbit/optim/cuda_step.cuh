@@ -81,8 +81,7 @@ __device__ __forceinline__ void load_dense8(storage_kind kind, const void* data,
         const uint32_t words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
-          const uint16_t bits = uint16_t(words[k / 2] >> (16 * (k % 2)));  // little-endian: element k
-          v[k] = kind == storage_kind::bf16 ? to_float(bf16{bits}) : to_float(fp16{bits});
+          v[k] = widen16(kind, uint16_t(words[k / 2] >> (16 * (k % 2))));  // little-endian: element k
         }
         return;
       }
@@ -109,12 +108,7 @@ __device__ __forceinline__ void store_dense8(storage_kind kind, void* data, int6
       if (aligned_for<16>(p)) {
         uint32_t words[4] = {0, 0, 0, 0};
 #pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          const uint16_t h = kind == storage_kind::bf16
-                                 ? (stochastic ? to_bf16_stochastic(v[k], bits[k]) : to_bf16(v[k])).bits
-                                 : (stochastic ? to_fp16_stochastic(v[k], bits[k]) : to_fp16(v[k])).bits;
-          words[k / 2] |= uint32_t(h) << (16 * (k % 2));
-        }
+        for (int k = 0; k < 8; ++k) words[k / 2] |= uint32_t(narrow16(kind, v[k], stochastic, bits[k])) << (16 * (k % 2));
         *reinterpret_cast<uint4*>(p) = make_uint4(words[0], words[1], words[2], words[3]);
         return;
       }

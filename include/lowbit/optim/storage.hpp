@@ -91,11 +91,23 @@ inline format_tables make_format_tables(format f) { return {make_code_table(f), 
 
 // ---- element access shared by the CPU and CUDA steps --------------------------------
 
+// A bf16 / f16 storage element: its 16 bits as a float, and a float rounded
+// to them (stochastically with `random_bits` when `stochastic`, else to
+// nearest). The CUDA step's wide accesses pack and unpack these bits.
+LOWBIT_HD float widen16(storage_kind kind, uint16_t bits) {
+  return kind == storage_kind::bf16 ? to_float(bf16{bits}) : to_float(fp16{bits});
+}
+
+LOWBIT_HD uint16_t narrow16(storage_kind kind, float v, bool stochastic, uint32_t random_bits) {
+  if (kind == storage_kind::bf16) return (stochastic ? to_bf16_stochastic(v, random_bits) : to_bf16(v)).bits;
+  return (stochastic ? to_fp16_stochastic(v, random_bits) : to_fp16(v)).bits;
+}
+
 LOWBIT_HD float load_dense(storage_kind kind, const void* data, int64_t i) {
   switch (kind) {
     case storage_kind::f32: return static_cast<const float*>(data)[i];
-    case storage_kind::bf16: return to_float(static_cast<const bf16*>(data)[i]);
-    case storage_kind::f16: return to_float(static_cast<const fp16*>(data)[i]);
+    case storage_kind::bf16:
+    case storage_kind::f16: return widen16(kind, static_cast<const uint16_t*>(data)[i]);
     default: return 0.0f;
   }
 }
@@ -106,11 +118,7 @@ LOWBIT_HD void store_dense(storage_kind kind, void* data, int64_t i, float v, bo
   switch (kind) {
     case storage_kind::f32: static_cast<float*>(data)[i] = v; break;
     case storage_kind::bf16:
-      static_cast<bf16*>(data)[i] = stochastic ? to_bf16_stochastic(v, random_bits) : to_bf16(v);
-      break;
-    case storage_kind::f16:
-      static_cast<fp16*>(data)[i] = stochastic ? to_fp16_stochastic(v, random_bits) : to_fp16(v);
-      break;
+    case storage_kind::f16: static_cast<uint16_t*>(data)[i] = narrow16(kind, v, stochastic, random_bits); break;
     default: break;
   }
 }
