@@ -26,7 +26,7 @@
 #                            the benchmark, e.g. ncu:bench_dequant_gemm_cuda:mma:--shapes=11008x4096+--m=64;
 #                            clocks are left as found (--clock-control none)
 # Knobs: PLAN, DEADLINE_S, GEMM_M (the M list of gemm:, default all),
-# BENCH_ARGS (extra flags for bench:*), NCU_COUNT.
+# BENCH_ARGS (extra flags for bench:*), NCU_COUNT, NCU_EXTRA (more ncu flags, e.g. --section SourceCounters).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
@@ -135,7 +135,7 @@ for word in $PLAN; do
       # shellcheck disable=SC2086
       step "$word" 200 ncu --clock-control none -k "regex:$kernel" -c "${NCU_COUNT:-2}" \
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
-        --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
+        --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis ${NCU_EXTRA:-} \
         "$BIN/bench/$bench" --benchmark_min_time=0.01 ${args//+/ } ;;
     *) echo "unknown PLAN word: $word" | tee -a "$SUMMARY" ;;
   esac
