@@ -59,6 +59,8 @@
 #define __shared__ static
 #undef __grid_constant__
 #define __grid_constant__
+#undef __launch_bounds__
+#define __launch_bounds__(...)
 
 // CUDA's built-in variables: the scheduler sets them before each switch.
 inline uint3 threadIdx, blockIdx;

@@ -103,6 +103,12 @@ const char* cudaGetErrorString(cudaError_t e) {
   }
 }
 
+// Blocks run one at a time here; any positive count is right.
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* blocks, const void*, int, size_t, unsigned int) {
+  *blocks = 2;
+  return cudaSuccess;
+}
+
 cudaError_t cudaGetDevice(int* dev) {
   if (!dev) return fail(cudaErrorInvalidValue);
   *dev = 0;

@@ -596,6 +596,29 @@ TEST_CASE("bias dtypes, automatic regime, caller workspace, managed memory") {
   }
 }
 
+TEST_CASE("the scratch pool keeps a call's workspace until release_gemm_scratch") {
+  // The dequant_cublas regime with no caller workspace takes its tile from
+  // lowbit's scratch pool; after the call completes the pool still holds at
+  // least the tile (the next call need not map it again), the result is
+  // unchanged on a second call served from the kept memory, and
+  // release_gemm_scratch returns everything.
+  const int64_t M = 9, N = 96, K = 256;
+  test_weight w(format::nf4, N, K, 64, true, 91);
+  const dense x = random_dense(dtype::bf16, M, K, 92);
+  cuda::release_gemm_scratch();
+  const size_t before = cuda::gemm_scratch_bytes();
+  const dense y1 = run_forward(x, w, nullptr, dtype::bf16, gemm_regime::dequant_cublas);
+  LOWBIT_CUDA_CHECK(cudaDeviceSynchronize());
+  const size_t tile = size_t(N * K) * 2;
+  CHECK(cuda::gemm_scratch_bytes() >= before + tile);
+  const dense y2 = run_forward(x, w, nullptr, dtype::bf16, gemm_regime::dequant_cublas);
+  REQUIRE(y1.bytes.size() == y2.bytes.size());
+  CHECK(y1.bytes == y2.bytes);
+  LOWBIT_CUDA_CHECK(cudaDeviceSynchronize());
+  cuda::release_gemm_scratch();
+  CHECK(cuda::gemm_scratch_bytes() == 0);
+}
+
 TEST_CASE("empty dimensions: M = 0 writes nothing, K = 0 gives the bias, N = 0 gives zero dX") {
   test_weight w0(format::nf4, 16, 0, 64, false, 3);  // K = 0
   const dense bias = random_dense(dtype::f32, 1, 16, 4, 2.0f);

@@ -39,10 +39,10 @@ struct floor_index_table {
 };
 
 // The bucket of u, in [0, n_buckets): monotone in u (u <= v implies
-// bucket(u) <= bucket(v)). Branch-free integer arithmetic; vectorizes.
-inline int32_t floor_bucket(float u) {
-  uint32_t bits;
-  std::memcpy(&bits, &u, 4);
+// bucket(u) <= bucket(v)). Branch-free integer arithmetic; vectorizes. Also
+// a device function: the CUDA optimizer step searches with the same table.
+LOWBIT_HD int32_t floor_bucket(float u) {
+  const uint32_t bits = float_bits(u);
   const int32_t mag = int32_t(bits & 0x7FFFFFFFu) >> 17;  // octave and 6 mantissa bits, >= 0
   const int32_t m = mag < floor_index_table::top ? mag : floor_index_table::top;
   const int32_t above_tiny = m >= floor_index_table::tiny ? m - floor_index_table::tiny + 1 : 0;

@@ -361,6 +361,25 @@ inline void dequant_gemm_backward_input(const tensor_view& dy, const quantized_v
   });
 }
 
+// Bytes lowbit's GEMM scratch pool of device `dev` (the current device when
+// -1) holds now: memory kept between calls that allocate their own scratch
+// (gemm_options::workspace == nullptr).
+inline size_t gemm_scratch_bytes(int dev = -1) {
+  if (dev < 0) LOWBIT_CUDA_CHECK(cudaGetDevice(&dev));
+  uint64_t bytes = 0;
+  LOWBIT_CUDA_CHECK(cudaMemPoolGetAttribute(gemm_detail::gemm_scratch_pool(dev), cudaMemPoolAttrReservedMemCurrent,
+                                            &bytes));
+  return size_t(bytes);
+}
+
+// Returns what the scratch pool of device `dev` keeps to the system. Call it
+// once the work that used the scratch has completed (e.g. after
+// cudaDeviceSynchronize); memory of calls still in flight is not returned.
+inline void release_gemm_scratch(int dev = -1) {
+  if (dev < 0) LOWBIT_CUDA_CHECK(cudaGetDevice(&dev));
+  LOWBIT_CUDA_CHECK(cudaMemPoolTrimTo(gemm_detail::gemm_scratch_pool(dev), 0));
+}
+
 // dW[N, K] = dY[M, N]^T X[M, K] (accumulate: dW += dY^T X) with cuBLAS,
 // fp32 accumulation, one rounding into dw's dtype. dy and x: the same dtype,
 // float32 / bfloat16 / float16; dw: float32 or bfloat16 (bfloat16 needs

@@ -15,10 +15,14 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
 #include <vector>
 
 #include "../core/reduce.hpp"
 #include "../core/rng.hpp"
+#include "../cpu/floor_index.hpp"
 #include "../cuda/check.cuh"
 #include "../cuda/launch.cuh"
 #include "../cuda/quantize.cuh"
@@ -31,23 +35,39 @@ namespace lowbit {
 namespace optim {
 namespace cuda_detail {
 
+constexpr int n_buckets = cpu::floor_index_table::n_buckets;
+
 // Tables for the three storages plus the signed map of nested scales, passed
-// by value (about 8 KB of kernel parameters; CUDA 12.1+ allows 32 KB).
+// by value (about 18 KB of kernel parameters; CUDA 12.1+ allows 32 KB).
+// bucket[s] is cpu/floor_index.hpp's bucket table of storage s as bytes
+// (every start index is < 256): the floor index of a value in the sorted
+// codebook from one table read and two compare-and-step moves instead of a
+// binary search of 8 dependent reads (the search made the QFT step
+// instruction-bound: about 360 instructions per element, ncu, 2026-11-26).
 struct step_tables {
   format_tables weight, state1, state2;
   code_table nested_map;
+  uint8_t bucket[3][n_buckets];
+  int bucketed[3];  // the table is usable (cpu::floor_index_table::usable)
 };
 
 struct shared_tables {
   float decode[3][256];
   float sorted[3][256];
   uint8_t code[3][256];
+  uint8_t bucket[3][n_buckets];
+  int bucketed[3];
   int size[3];
   int steps[3];
   float nested_map[256];
 };
 
 constexpr int per_thread = 8;
+// Launch bounds: blocks of up to 512 threads (one thread per 8 elements of a
+// tile of up to 4096), at least 2 of them (32 warps) per SM, which caps
+// registers at 64 a thread.
+constexpr int fused_max_threads = 512;
+constexpr int fused_min_blocks_at_max = 2;
 
 // Wide memory access to a thread's 8 consecutive elements. A warp's threads
 // own consecutive 8-element groups, so one scalar access per element makes
@@ -171,6 +191,122 @@ __device__ __forceinline__ void store_codes8(uint8_t* codes, int64_t idx, int64_
   for (int k = 0; k < 8 && idx + k < n; ++k) codes[idx + k] = c[k];
 }
 
+// Index of the block holding element idx, as a shift: block sizes are
+// powers of two (formats/layout.hpp), and a 64-bit division costs dozens of
+// instructions, paid for every storage of every 8 elements.
+__device__ __forceinline__ int log2_of_pow2(int bs) {
+#if defined(__CUDA_ARCH__)
+  return __ffs(bs) - 1;
+#else
+  return __builtin_ctz(unsigned(bs));  // the CPU emulator of the tests
+#endif
+}
+__device__ __forceinline__ int64_t block_of(int64_t idx, int bs) { return idx >> log2_of_pow2(bs); }
+__device__ __forceinline__ bool starts_block(int64_t idx, int bs) { return (idx & int64_t(bs - 1)) == 0; }
+
+// The fast path of the main loop (8 elements all in range, every storage
+// aligned for its wide access) separates loading from decoding: fetch8
+// issues the loads of one storage's 8 elements (values or codes, and the raw
+// parts of the block scale) into registers without using them, so the loads
+// of weight, states and gradient are all in flight together; decode8 then
+// turns them into floats. (Loading and decoding storage by storage left the
+// plain fp32 AdamW step latency-bound at 36 % of DRAM bandwidth, ncu,
+// 2026-11-26.)
+struct raw8 {
+  uint4 a = make_uint4(0u, 0u, 0u, 0u), b = make_uint4(0u, 0u, 0u, 0u);  // up to 32 bytes of values or codes
+  float scale = 0.0f;        // absmax, or (nested) the group's absmax
+  uint32_t scale_code = 0;   // nested: the block's scale code
+};
+
+__device__ __forceinline__ void fetch8(storage_kind kind, const storage_view& st, const void* data, int64_t idx,
+                                       raw8& r) {
+  switch (kind) {
+    case storage_kind::f32: {
+      const uint4* p = reinterpret_cast<const uint4*>(static_cast<const float*>(data) + idx);
+      r.a = p[0];
+      r.b = p[1];
+      break;
+    }
+    case storage_kind::bf16:
+    case storage_kind::f16: r.a = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(data) + idx); break;
+    case storage_kind::blockwise: {
+      const quantized_view& q = st.q;
+      if (is_4bit(q.layout.fmt)) {
+        r.a.x = *reinterpret_cast<const uint32_t*>(q.codes + (idx >> 1));
+      } else {
+        const uint2 w = *reinterpret_cast<const uint2*>(q.codes + idx);
+        r.a.x = w.x, r.a.y = w.y;
+      }
+      const int64_t b = block_of(idx, q.layout.block_size);
+      if (q.layout.nested) {
+        r.scale_code = q.absmax_codes[b];
+        r.scale = q.nested_absmax[b >> 8];  // nested_block_size == 256
+      } else {
+        r.scale = q.absmax[b];
+      }
+      break;
+    }
+    default: break;
+  }
+}
+
+// The values fetched by fetch8; returns the block scale (0 for dense).
+__device__ __forceinline__ float decode8(storage_kind kind, const storage_view& st, const shared_tables& t, int which,
+                                         const raw8& r, float (&v)[8]) {
+  switch (kind) {
+    case storage_kind::f32: {
+      const uint32_t w[8] = {r.a.x, r.a.y, r.a.z, r.a.w, r.b.x, r.b.y, r.b.z, r.b.w};
+#pragma unroll
+      for (int k = 0; k < 8; ++k) v[k] = bits_float(w[k]);
+      return 0.0f;
+    }
+    case storage_kind::bf16:
+    case storage_kind::f16: {
+      const uint32_t w[4] = {r.a.x, r.a.y, r.a.z, r.a.w};
+#pragma unroll
+      for (int k = 0; k < 8; ++k) v[k] = widen16(kind, uint16_t(w[k / 2] >> (16 * (k % 2))));  // little-endian
+      return 0.0f;
+    }
+    case storage_kind::blockwise: {
+      const quantized_view& q = st.q;
+      const float scale =
+          q.layout.nested ? decode_nested_scale(uint8_t(r.scale_code), r.scale, *q.nested_offset, t.nested_map) : r.scale;
+      int c[8];
+      if (is_4bit(q.layout.fmt)) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const uint32_t byte = (r.a.x >> (8 * j)) & 0xFFu;  // byte j holds elements 2j (high), 2j+1
+          c[2 * j] = int(byte >> 4);
+          c[2 * j + 1] = int(byte & 15u);
+        }
+      } else {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) c[k] = int(((k < 4 ? r.a.x : r.a.y) >> (8 * (k % 4))) & 0xFFu);
+      }
+#pragma unroll
+      for (int k = 0; k < 8; ++k) v[k] = mul_rn(t.decode[which][c[k]], scale);
+      return scale;
+    }
+    default:
+#pragma unroll
+      for (int k = 0; k < 8; ++k) v[k] = 0.0f;
+      return 0.0f;
+  }
+}
+
+// Whether every storage of the step is aligned for the fast path's wide
+// accesses (element 0 aligned makes every 8-element group aligned).
+inline bool wide_aligned(const storage_view& st) {
+  const auto at = [](const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0; };
+  switch (st.kind) {
+    case storage_kind::f32:
+    case storage_kind::bf16:
+    case storage_kind::f16: return at(st.data, 16);
+    case storage_kind::blockwise: return at(st.q.codes, is_4bit(st.q.layout.fmt) ? 4 : 8);
+    default: return true;
+  }
+}
+
 // Decodes elements idx..idx+7; returns the block scale they were decoded
 // with (0 for dense storages), which stable weight scales keep.
 __device__ __forceinline__ float load8(const storage_view& st, const shared_tables& t, int which, int64_t idx,
@@ -185,7 +321,7 @@ __device__ __forceinline__ float load8(const storage_view& st, const shared_tabl
     return 0.0f;
   }
   const quantized_view& q = st.q;
-  const float scale = idx < n ? stored_block_scale(q, idx / q.layout.block_size, t.nested_map) : 0.0f;
+  const float scale = idx < n ? stored_block_scale(q, block_of(idx, q.layout.block_size), t.nested_map) : 0.0f;
   int c[8];
   load_codes8(q.codes, idx, n, is_4bit(q.layout.fmt), c);
 #pragma unroll
@@ -214,6 +350,27 @@ __device__ __forceinline__ float block_absmax8(const float (&v)[8], int64_t idx,
   return m;
 }
 
+// lo[k] = sorted_floor_index(u[k]) in storage `which`'s codebook (for
+// finite u; the encoders handle values outside the codebook before reading
+// lo): through the bucket table where it is usable, as the CPU step does.
+__device__ __forceinline__ void floor_index8(const shared_tables& t, int which, const float (&u)[8], int (&lo)[8]) {
+  const float* sorted = t.sorted[which];
+  if (!t.bucketed[which]) {
+    sorted_floor_index8(u, sorted, t.steps[which], lo);
+    return;
+  }
+  const int size = t.size[which];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) lo[k] = t.bucket[which][cpu::floor_bucket(u[k])];
+#pragma unroll
+  for (int r = 0; r < cpu::floor_index_table::refine_steps; ++r)
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const int next = lo[k] + 1 < size ? lo[k] + 1 : lo[k];
+      lo[k] = sorted[next] <= u[k] ? next : lo[k];
+    }
+}
+
 // Encodes elements idx..idx+7 (fresh block scales for blockwise storages).
 // keep: stable weight scales (stable_scales.hpp), with old_scale the block's
 // scale before the step; a nested group that cannot cover the block raises
@@ -237,7 +394,8 @@ __device__ __forceinline__ void store8(const storage_view& st, const shared_tabl
   const int bs = q.layout.block_size;
   float m = block_absmax8(v, idx, n, bs, warp_max);  // every thread of the CUDA block takes part
   if (idx >= n) return;
-  const int64_t b = idx / bs;
+  const int64_t b = block_of(idx, bs);
+  const bool first = starts_block(idx, bs);
   if (keep) {
     // Every thread of the block takes the same decision; its first thread
     // stores it. Threads of this block read the old scale in load8 before
@@ -246,27 +404,34 @@ __device__ __forceinline__ void store8(const storage_view& st, const shared_tabl
     const stable_scale sc = choose_stable_scale(old_scale, m, nested, nested ? q.nested_absmax[b / nested_block_size] : 0.0f,
                                                 nested ? *q.nested_offset : 0.0f, t.nested_map);
     m = sc.value;
-    if (idx % bs == 0) {
+    if (first) {
       if (sc.code >= 0) q.absmax_codes[b] = uint8_t(sc.code);
       if (sc.renest) *renest_flag = 1;
     }
   }
-  if (idx % bs == 0) absmax_out[b] = m;
+  if (first) absmax_out[b] = m;
   const float inv = inverse_scale(m);
+  const float* sorted = t.sorted[which];
+  const int size = t.size[which];
+  float u[8];
+  int lo[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) u[k] = mul_rn(v[k], inv);
+  floor_index8(t, which, u, lo);
+  if (keep) {  // snap an unmoved weight onto its grid value, as the CPU step does
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const int up = lo[k] + 1 < size ? lo[k] + 1 : lo[k];
+      const int d = snap_direction(u[k], sorted[lo[k]], sorted[up]);
+      if (d > 0) u[k] = sorted[up], lo[k] = up;
+      else if (d < 0) u[k] = sorted[lo[k]];
+    }
+  }
   uint8_t c[8];
 #pragma unroll
-  for (int k = 0; k < 8; ++k) {
-    float u = mul_rn(v[k], inv);
-    if (keep) {  // snap an unmoved weight onto its grid value, as the CPU step does
-      const float* sorted = t.sorted[which];
-      const int lo = sorted_floor_index(u, sorted, t.steps[which]);
-      const float below = sorted[lo], above = sorted[lo + 1 < t.size[which] ? lo + 1 : lo];
-      const int d = snap_direction(u, below, above);
-      u = d > 0 ? above : (d < 0 ? below : u);
-    }
-    c[k] = stochastic ? encode_stochastic(u, bits[k], t.sorted[which], t.code[which], t.size[which], t.steps[which])
-                      : encode_nearest(u, t.sorted[which], t.code[which], t.size[which], t.steps[which]);
-  }
+  for (int k = 0; k < 8; ++k)
+    c[k] = stochastic ? stochastic_from_floor(u[k], lo[k], bits[k], sorted, t.code[which], size)
+                      : nearest_from_floor(u[k], lo[k], sorted, t.code[which], size);
   store_codes8(q.codes, idx, n, is_4bit(q.layout.fmt), zero_code(q.layout.fmt), c);
 }
 
@@ -274,10 +439,10 @@ __device__ __forceinline__ void store8(const storage_view& st, const shared_tabl
 // addresses (references to the storages and tables), which would otherwise
 // make nvcc copy them into every thread's local memory.
 template <class Rule>
-__global__ void fused_step_kernel(const __grid_constant__ fused_step_args a,
+__global__ void __launch_bounds__(fused_max_threads, fused_min_blocks_at_max) fused_step_kernel(const __grid_constant__ fused_step_args a,
                                   const __grid_constant__ typename Rule::consts c,
                                   const __grid_constant__ step_tables tables_param, float* weight_absmax,
-                                  int* renest_flag) {
+                                  int* renest_flag, bool wide) {
   __shared__ shared_tables t;
   __shared__ float warp_max[32];
   const storage_view* sts[3] = {&a.weight, &a.state1, &a.state2};
@@ -289,7 +454,10 @@ __global__ void fused_step_kernel(const __grid_constant__ fused_step_args a,
       t.sorted[s][i] = src[s]->sorted.value[i];
       t.code[s][i] = src[s]->sorted.code[i];
     }
-    if (threadIdx.x == 0) t.size[s] = src[s]->sorted.size, t.steps[s] = src[s]->sorted.steps;
+    if (tables_param.bucketed[s])
+      for (int i = threadIdx.x; i < n_buckets; i += blockDim.x) t.bucket[s][i] = tables_param.bucket[s][i];
+    if (threadIdx.x == 0)
+      t.size[s] = src[s]->sorted.size, t.steps[s] = src[s]->sorted.steps, t.bucketed[s] = tables_param.bucketed[s];
   }
   for (int i = threadIdx.x; i < 256; i += blockDim.x) t.nested_map[i] = tables_param.nested_map.value[i];
   __syncthreads();
@@ -305,10 +473,23 @@ __global__ void fused_step_kernel(const __grid_constant__ fused_step_args a,
   for (int64_t base = int64_t(blockIdx.x) * span; base < n; base += int64_t(gridDim.x) * span) {
     const int64_t idx = base + int64_t(threadIdx.x) * per_thread;
     float p[8], m[8], v[8], gr[8];
-    const float old_scale = load8(a.weight, t, 0, idx, n, p);
-    load8(a.state1, t, 1, idx, n, m);
-    load8(a.state2, t, 2, idx, n, v);
-    load_dense8(gk, a.grad, idx, n, gr);
+    float old_scale;
+    if (wide && idx + 8 <= n) {
+      raw8 rw, r1, r2, rg;
+      fetch8(a.weight.kind, a.weight, a.weight.data, idx, rw);
+      fetch8(a.state1.kind, a.state1, a.state1.data, idx, r1);
+      fetch8(a.state2.kind, a.state2, a.state2.data, idx, r2);
+      fetch8(gk, a.weight, a.grad, idx, rg);
+      old_scale = decode8(a.weight.kind, a.weight, t, 0, rw, p);
+      decode8(a.state1.kind, a.state1, t, 1, r1, m);
+      decode8(a.state2.kind, a.state2, t, 2, r2, v);
+      decode8(gk, a.weight, t, 0, rg, gr);
+    } else {
+      old_scale = load8(a.weight, t, 0, idx, n, p);
+      load8(a.state1, t, 1, idx, n, m);
+      load8(a.state2, t, 2, idx, n, v);
+      load_dense8(gk, a.grad, idx, n, gr);
+    }
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       if (idx + k >= n) continue;
@@ -329,6 +510,24 @@ __global__ void fused_step_kernel(const __grid_constant__ fused_step_args a,
       store_dense8(a.weight_copy.kind, a.weight_copy.data, idx, n, p, false, no_bits);
     }
   }
+}
+
+// Resident blocks per SM of the step kernel at `threads` threads (cached
+// per device and block size; at least 1).
+template <class Rule>
+int fused_blocks_per_sm(int threads) {
+  static std::mutex mu;
+  static std::map<std::pair<int, int>, int> cache;
+  int dev = 0;
+  LOWBIT_CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find({dev, threads});
+  if (it != cache.end()) return it->second;
+  int blocks = 0;
+  LOWBIT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fused_step_kernel<Rule>, threads, 0));
+  if (blocks < 1) blocks = 1;
+  cache[{dev, threads}] = blocks;
+  return blocks;
 }
 
 // Chunk sums of squares: one CUDA block of sumsq_chunk_lanes threads per chunk.
@@ -440,6 +639,18 @@ void cuda_fused_step(const fused_step_args& a, const typename Rule::consts& c, c
   if (a.state2_tables) tables.state2 = *a.state2_tables;
   const auto& map = signed_dynamic_map();
   for (int i = 0; i < 256; ++i) tables.nested_map.value[i] = map[size_t(i)];
+  const storage_view* sts[3] = {&a.weight, &a.state1, &a.state2};
+  const format_tables* tabs[3] = {a.weight_tables, a.state1_tables, a.state2_tables};
+  for (int s = 0; s < 3; ++s) {
+    if (!sts[s]->is_blockwise() || !tabs[s]) continue;
+    const cpu::floor_index_table& ft = cpu::floor_index_for(sts[s]->q.layout.fmt, tabs[s]->sorted);
+    tables.bucketed[s] = ft.usable ? 1 : 0;
+    if (ft.usable)
+      for (int i = 0; i < cuda_detail::n_buckets; ++i) tables.bucket[s][i] = uint8_t(ft.start[i]);
+  }
+  bool wide = cuda_detail::wide_aligned(a.weight) && cuda_detail::wide_aligned(a.state1) &&
+              cuda_detail::wide_aligned(a.state2) && cuda_detail::wide_aligned(a.weight_copy);
+  wide = wide && (reinterpret_cast<uintptr_t>(a.grad) & 15u) == 0;
 
   const bool nested_weight = a.weight.is_blockwise() && a.weight.q.layout.nested;
   const bool keep = a.stable_weight_scales && a.weight.is_blockwise();
@@ -456,9 +667,12 @@ void cuda_fused_step(const fused_step_args& a, const typename Rule::consts& c, c
   const int64_t tile = fused_tile_size(a);
   const int threads = int(tile / cuda_detail::per_thread > 256 ? tile / cuda_detail::per_thread : 256);
   const int64_t spans = (n + int64_t(threads) * cuda_detail::per_thread - 1) / (int64_t(threads) * cuda_detail::per_thread);
-  const int grid = int(spans < int64_t(cuda::sm_count()) * 8 ? spans : int64_t(cuda::sm_count()) * 8);
+  // One wave of resident blocks looping over the tensor: a grid of several
+  // partial waves left the last one a third full (ncu, 2026-11-26).
+  const int64_t resident = int64_t(cuda::sm_count()) * cuda_detail::fused_blocks_per_sm<Rule>(threads);
+  const int grid = int(spans < resident ? spans : resident);
   LOWBIT_LAUNCH(cuda_detail::fused_step_kernel<Rule>, grid, threads, 0, stream)(a, c, tables, weight_absmax,
-                                                                               renest_flag);
+                                                                               renest_flag, wide);
   LOWBIT_CUDA_CHECK(cudaGetLastError());
   if (nested_weight) {
     // With stable scales the nested parameters are re-quantized only when
