@@ -94,9 +94,14 @@ class trainer_optimizer {
   virtual ~trainer_optimizer() = default;
   virtual void set_lr(float lr) = 0;
   virtual void begin_step() = 0;
-  // Updates parameter p with its gradient now; false if it was skipped
-  // (non-finite gradient: weight and states untouched).
-  virtual bool step_param(int p, const float* grad, float grad_scale) = 0;
+  // Updates parameter p with its gradient now (numel elements of dtype
+  // grad_type: float32, or bfloat16 from the CUDA trainer's --grad-dtype
+  // bf16); false if it was skipped (non-finite gradient: weight and states
+  // untouched).
+  virtual bool step_param(int p, const void* grad, lowbit::dtype grad_type, float grad_scale) = 0;
+  bool step_param(int p, const float* grad, float grad_scale) {
+    return step_param(p, grad, lowbit::dtype::f32, grad_scale);
+  }
   virtual lowbit::optim::step_report end_step() = 0;
   virtual int64_t step_count() const = 0;
   virtual int64_t state_bytes() const = 0;  // optimizer states, their scales, any master copy
@@ -148,8 +153,10 @@ class composed_optimizer final : public trainer_optimizer {
     matrices_.begin_step();
     vectors_.begin_step();
   }
-  bool step_param(int p, const float* grad, float grad_scale) override {
-    const lowbit::tensor_view g = lowbit::make_flat_view(grad, numel_[size_t(p)], grad_device_);
+  using trainer_optimizer::step_param;
+  bool step_param(int p, const void* grad, lowbit::dtype grad_type, float grad_scale) override {
+    const lowbit::tensor_view g =
+        lowbit::make_view(const_cast<void*>(grad), grad_type, {numel_[size_t(p)]}, grad_device_);
     return matrix_flag_[size_t(p)] ? matrices_.step_param(index_[size_t(p)], g, grad_scale)
                                    : vectors_.step_param(index_[size_t(p)], g, grad_scale);
   }

@@ -123,6 +123,10 @@ struct gradient_plan {
       if (in_region(i)) offset[i] = shared;
     size = shared + region;
   }
+
+  // Bytes of the buffer with elements of dtype t (float32; bfloat16 with
+  // the CUDA trainer's --grad-dtype bf16).
+  int64_t bytes(lowbit::dtype t) const { return size * int64_t(lowbit::dtype_size(t)); }
 };
 
 // How the matrices are stored.

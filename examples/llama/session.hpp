@@ -27,8 +27,19 @@ struct session_options {
   int64_t batch = 16, seq = 128;
   bool checkpointing = false;
   bool fused_update = false;  // no full gradient buffer; no global-norm clipping
+  // Element type of the gradient buffer: float32, or bfloat16 (CUDA path
+  // only, with bfloat16 activations; --grad-dtype): half the gradient
+  // memory, each gradient rounded to bfloat16 once per step.
+  lowbit::dtype grad_dtype = lowbit::dtype::f32;
   optimizer_hparams hparams;
 };
+
+// "f32" / "bf16" (the command line's --grad-dtype) as a dtype.
+inline lowbit::dtype parse_grad_dtype(const std::string& s) {
+  if (s == "f32") return lowbit::dtype::f32;
+  if (s == "bf16") return lowbit::dtype::bf16;
+  throw lowbit::error(lowbit::errc::invalid_argument, "--grad-dtype must be f32 or bf16, got '" + s + "'");
+}
 
 struct step_result {
   double loss = 0;
@@ -41,16 +52,19 @@ struct step_result {
 // the update (the step count still moves, and with it the data order);
 // otherwise every parameter is stepped with its gradient (grads + its
 // offset, in the optimizer's memory), scaled so the global L2 norm is at
-// most clip when clip > 0.
-inline void two_pass_update(trainer_optimizer& opt, const lowbit::optim::grad_stats& gs, const float* grads,
-                            const gradient_plan& plan, float clip, step_result& r) {
+// most clip when clip > 0. grads: plan.size elements of dtype grad_type.
+inline void two_pass_update(trainer_optimizer& opt, const lowbit::optim::grad_stats& gs, const void* grads,
+                            lowbit::dtype grad_type, const gradient_plan& plan, float clip, step_result& r) {
   opt.begin_step();
   if (!gs.finite || !std::isfinite(r.loss)) {
     r.skipped = true;
   } else {
     r.grad_norm = std::sqrt(gs.sumsq);
     const float scale = (clip > 0.0f && r.grad_norm > double(clip)) ? float(double(clip) / (r.grad_norm + 1e-6)) : 1.0f;
-    for (size_t p = 0; p < plan.offset.size(); ++p) opt.step_param(int(p), grads + plan.offset[p], scale);
+    const char* base = static_cast<const char*>(grads);
+    const int64_t esize = int64_t(lowbit::dtype_size(grad_type));
+    for (size_t p = 0; p < plan.offset.size(); ++p)
+      opt.step_param(int(p), base + plan.offset[p] * esize, grad_type, scale);
   }
   opt.end_step();
 }
@@ -114,6 +128,10 @@ class training_session final : public session_base {
     lowbit::require(!mode.gpu_only, lowbit::errc::unsupported,
                     "mode '" + mode.name + "' keeps optimizer states in CUDA memory: it runs on the trainer's CUDA "
                     "path only (--device cuda, in a build with CUDA on a machine with a GPU)");
+    lowbit::require(o.grad_dtype == lowbit::dtype::f32, lowbit::errc::unsupported,
+                    std::string("--grad-dtype ") + (o.grad_dtype == lowbit::dtype::bf16 ? "bf16" : "other than f32") +
+                        " needs the CUDA backend (--device cuda, in a build with CUDA on a machine with a GPU): the "
+                        "CPU trainer keeps float32 gradients");
     optimizer_ = make_optimizer(mode, weights_, o.hparams);
     model_ = std::make_unique<llama_model<float>>(cfg, layout_, weights_, o.batch, o.seq, o.checkpointing);
     grads_.assign(size_t(plan_.size), 0.0f);
@@ -168,7 +186,7 @@ class training_session final : public session_base {
     }
     model_->backward(grads_.data(), plan_, [](const std::vector<int>&) {});
     const lowbit::optim::grad_stats gs = lowbit::optim::cpu_grad_stats(grads_.data(), lowbit::dtype::f32, plan_.size);
-    two_pass_update(*optimizer_, gs, grads_.data(), plan_, clip, r);
+    two_pass_update(*optimizer_, gs, grads_.data(), lowbit::dtype::f32, plan_, clip, r);
     return r;
   }
 

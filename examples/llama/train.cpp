@@ -47,7 +47,7 @@ struct options {
   std::string preset = "tiny";
   std::string config_path, init_dir, resume_path, save_path, log_path;
   std::string data = LLAMA_DEFAULT_DATA, data_format = "text", tokenizer_spec = "byte";
-  std::string device = "auto", gpu_activations = "auto";
+  std::string device = "auto", gpu_activations = "auto", grad_dtype = "f32";
   int64_t steps = 600, batch = 16, seq = 128;
   float lr = -1.0f, min_lr_ratio = 0.1f, weight_decay = 0.0f, clip = 1.0f, beta1 = 0.9f, beta2 = 0.95f;
   int64_t warmup = 30, eval_every = 100, eval_batches = 8, log_every = 10, save_every = 0, stop_after = -1;
@@ -68,6 +68,9 @@ void print_help() {
       "  --device D            auto (default: cuda when built with CUDA and a GPU is present), cpu, cuda\n"
       "  --gpu-activations A   CUDA activation dtype: auto (bf16, or f32 for fp32-adamw), bf16, f32\n"
       "                        (f32 only with float32 or quantized weights, bf16 only with bf16 or quantized)\n"
+      "  --grad-dtype T        gradient buffer dtype: f32 (default) or bf16 (CUDA only, with bf16\n"
+      "                        activations): half the gradient memory; every gradient is summed in\n"
+      "                        float32 and rounded to bf16 once per step (a tied head's twice)\n"
       "model:\n"
       "  --preset NAME         tiny (default), llama2-7b, llama3.2-1b, tinyllama-1.1b (random init)\n"
       "  --config FILE         Hugging Face config.json instead of a preset (random init)\n"
@@ -148,6 +151,7 @@ bool parse_args(int argc, char** argv, options& o) {
     else if (a == "--peak-tflops") o.peak_tflops = to_float(a, need(i));
     else if (a == "--timing-warmup") o.timing_warmup = to_int(a, need(i));
     else if (a == "--gpu-activations") o.gpu_activations = need(i);
+    else if (a == "--grad-dtype") o.grad_dtype = need(i);
     else if (a == "--preset") o.preset = need(i);
     else if (a == "--config") o.config_path = need(i);
     else if (a == "--init") o.init_dir = need(i);
@@ -200,6 +204,7 @@ bool parse_args(int argc, char** argv, options& o) {
                   "clipping is unavailable; pass --clip 0 with it");
   lowbit::require(o.config_path.empty() || o.init_dir.empty(), lowbit::errc::invalid_argument,
                   "--config and --init both give the model config; use one");
+  parse_grad_dtype(o.grad_dtype);  // f32 or bf16, else a clear error
   return true;
 }
 
@@ -231,7 +236,8 @@ void print_memory_table(const mode_info& m, int64_t P, int64_t weight_bytes, int
               m.name.c_str());
   row("weights", weight_bytes, std_w);
   row("optimizer states", state_bytes, std_s);
-  row(o.fused_update ? "gradients (fused)" : "gradients", grad_bytes, std_g);
+  const std::string grad_row = std::string(o.fused_update ? "gradients (fused " : "gradients (") + o.grad_dtype + ")";
+  row(grad_row.c_str(), grad_bytes, std_g);
   const int64_t ours_states = weight_bytes + state_bytes + grad_bytes, std_states = std_w + std_s + std_g;
   row("model states", ours_states, std_states);
   std::printf("  %-22s %8s         %10.1f MiB  | %6s         %10.1f MiB   (batch %lld x seq %lld%s)\n",
@@ -276,6 +282,7 @@ int main(int argc, char** argv) {
     so.seq = o.seq;
     so.checkpointing = o.checkpointing;
     so.fused_update = o.fused_update;
+    so.grad_dtype = parse_grad_dtype(o.grad_dtype);
     so.hparams.lr = peak_lr;
     so.hparams.beta1 = o.beta1;
     so.hparams.beta2 = o.beta2;
@@ -456,7 +463,8 @@ int main(int argc, char** argv) {
       log << "{\"summary\":true,\"mode\":\"" << mode.name << "\",\"device\":\"" << run.device_description()
           << "\",\"params\":" << P << ",\"batch\":" << o.batch << ",\"seq\":" << o.seq
           << ",\"checkpointing\":" << (o.checkpointing ? "true" : "false")
-          << ",\"fused_update\":" << (o.fused_update ? "true" : "false") << ",\"steps\":" << steps_run
+          << ",\"fused_update\":" << (o.fused_update ? "true" : "false") << ",\"grad_dtype\":\"" << o.grad_dtype
+          << "\",\"steps\":" << steps_run
           << ",\"tokens_per_s\":" << train_tok_s << ",\"flops_per_token\":" << flops_per_token
           << ",\"mfu\":" << (run.peak_device_mib() >= 0 ? std::to_string(mfu) : "null")
           << ",\"peak_device_mib\":" << (run.peak_device_mib() >= 0 ? std::to_string(run.peak_device_mib()) : "null")

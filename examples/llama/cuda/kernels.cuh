@@ -5,7 +5,9 @@
 // the token embedding (forward gather, backward scatter) and the
 // cross-entropy loss. Activations are of type A (float or lowbit::bf16;
 // every kernel computes in float and rounds once on store); RMSNorm's 1/rms,
-// the scores, the logits and all parameter gradients are float32.
+// the scores and the logits are float32, the parameter gradients of type G
+// (float32, or bfloat16 with --grad-dtype bf16: summed in float32, rounded
+// once when written).
 // Determinism: no atomics; every reduction has a fixed order (a block tree
 // for per-row sums, row chunks summed in order for the RMSNorm gain), so the
 // same inputs give the same bits on every run.
@@ -122,21 +124,23 @@ __global__ void rmsnorm_backward_dw_partial_kernel(const A* dy, const A* x, cons
     partial[c * D + j] = s;
   }
 }
-__global__ void sum_chunks_kernel(const float* partial, int64_t chunks, float* out, int64_t D) {
+template <class G>
+__global__ void sum_chunks_kernel(const float* partial, int64_t chunks, G* out, int64_t D) {
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= D) return;
   float s = 0.0f;
   for (int64_t c = 0; c < chunks; ++c) s += partial[c * D + j];
-  out[j] = s;
+  st(out, j, s);  // bf16: the float32 sum rounded once
 }
 
 inline int64_t rmsnorm_dw_scratch(int64_t M, int64_t D) {
   return ((M + norm_rows_per_chunk - 1) / norm_rows_per_chunk) * D;
 }
 
-// dx += d(rmsnorm)/dx . dy ; dw (float32) written. scratch: rmsnorm_dw_scratch(M, D) floats.
-template <class A>
-void rmsnorm_backward(const A* dy, const A* x, const float* w, const float* rstd, A* dx, float* dw, float* scratch,
+// dx += d(rmsnorm)/dx . dy ; dw written (G: float32, or bfloat16 rounded
+// once from the float32 sum). scratch: rmsnorm_dw_scratch(M, D) floats.
+template <class A, class G>
+void rmsnorm_backward(const A* dy, const A* x, const float* w, const float* rstd, A* dx, G* dw, float* scratch,
                       int64_t M, int64_t D, cudaStream_t s) {
   if (M == 0) return;
   LLAMA_LAUNCH(rmsnorm_backward_dx_kernel<A>, unsigned(M), row_threads, s)(dy, x, w, rstd, dx, D);
@@ -145,7 +149,7 @@ void rmsnorm_backward(const A* dy, const A* x, const float* w, const float* rstd
   const dim3 dw_grid(blocks_for(D, 128), unsigned(chunks < 65535 ? chunks : 65535));
   LLAMA_LAUNCH(rmsnorm_backward_dw_partial_kernel<A>, dw_grid, 128, s)(dy, x, rstd, scratch, M, D, chunks);
   LLAMA_CHECK_LAUNCH();
-  LLAMA_LAUNCH(sum_chunks_kernel, blocks_for(D, 128), 128, s)(scratch, chunks, dw, D);
+  LLAMA_LAUNCH(sum_chunks_kernel<G>, blocks_for(D, 128), 128, s)(scratch, chunks, dw, D);
   LLAMA_CHECK_LAUNCH();
 }
 
@@ -298,7 +302,10 @@ void embed_gather(const W* table, const int32_t* tokens, A* out, int64_t M, int6
 }
 
 // Backward: grad[v, :] += sum of dx[m, :] over the rows m with tokens[m] == v,
-// in increasing m (the CPU trainer's order). The host sorts the rows by
+// in increasing m (the CPU trainer's order), summed in float32 from grad's
+// value and written once (a bfloat16 grad is rounded once per row; onto a
+// tied head's bfloat16 gradient that is its second rounding, see
+// model.cuh). The host sorts the rows by
 // token (build_scatter_plan, a CSR list: rows[start[u] .. start[u+1]) are
 // the rows of token ids[u]); block row y owns tokens ids[y], ids[y +
 // gridDim.y], ... (gridDim.y is capped at 65535), so no two blocks write
@@ -328,23 +335,24 @@ inline scatter_plan build_scatter_plan(const int32_t* tokens, int64_t M) {
   return p;
 }
 
-template <class A>
+template <class A, class G>
 __global__ void embed_scatter_kernel(const A* dx, const int32_t* ids, const int32_t* start, const int32_t* rows,
-                                     int64_t n_ids, float* grad, int64_t D) {
+                                     int64_t n_ids, G* grad, int64_t D) {
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= D) return;
   for (int64_t u = blockIdx.y; u < n_ids; u += gridDim.y) {
-    float* g = grad + int64_t(ids[u]) * D;
-    float acc = g[j];
+    G* g = grad + int64_t(ids[u]) * D;
+    float acc = ld(g, j);
     for (int32_t k = start[u]; k < start[u + 1]; ++k) acc += ld(dx, int64_t(rows[k]) * D + j);
-    g[j] = acc;
+    st(g, j, acc);
   }
 }
-template <class A>
+template <class A, class G>
 void embed_scatter(const A* dx, const int32_t* ids, const int32_t* start, const int32_t* rows, int64_t n_ids,
-                   float* grad, int64_t D, cudaStream_t s) {
+                   G* grad, int64_t D, cudaStream_t s) {
   if (n_ids == 0) return;
-  LLAMA_LAUNCH(embed_scatter_kernel<A>, dim3(blocks_for(D, 128), unsigned(n_ids < 65535 ? n_ids : 65535)), 128, s)(
+  auto* k = &embed_scatter_kernel<A, G>;  // (a template-id with a comma is no macro argument)
+  LLAMA_LAUNCH(k, dim3(blocks_for(D, 128), unsigned(n_ids < 65535 ? n_ids : 65535)), 128, s)(
       dx, ids, start, rows, n_ids, grad, D);
   LLAMA_CHECK_LAUNCH();
 }

@@ -3,7 +3,7 @@
 // linear.hpp, with W a matrix_ref whose pointers are device memory:
 //   linear_forward          y[M, rows]  = x[M, cols] W^T
 //   linear_backward_input   dx[M, cols] = dy[M, rows] W
-//   linear_weight_grad      dW[rows, cols] (float32) = dy^T x
+//   linear_weight_grad      dW[rows, cols] (float32 or bfloat16) = dy^T x
 // Quantized W goes through lowbit::cuda::dequant_gemm_forward /
 // dequant_gemm_backward_input (the packed codes are read as they are stored;
 // the library picks its GEMV, tensor-core or dequantize+cuBLAS regime), a
@@ -93,11 +93,18 @@ inline void linear_backward_input(cublasHandle_t h, const void* dy, lowbit::dtyp
              "linear_backward_input");
 }
 
-// dw [rows, cols] float32 (+)= dy [M, rows]^T x [M, cols], both of dtype t.
+// dw [rows, cols] (+)= dy [M, rows]^T x [M, cols], both of dtype t; dw of
+// dtype dw_type: float32, or bfloat16 (needs bfloat16 dy and x: cuBLAS has
+// no float32 x float32 -> bfloat16 GEMM). The products are summed in
+// float32 and rounded once into dw; with accumulate and a bfloat16 dw the
+// sum starts from dw's already rounded value, so the result is rounded a
+// second time (the trainer never accumulates here; see model.cuh for the
+// tied head).
 inline void linear_weight_grad(cublasHandle_t h, const void* dy, const void* x, lowbit::dtype t, int64_t M,
-                               int64_t rows, int64_t cols, float* dw, bool accumulate, cudaStream_t s) {
-  lowbit::cuda::gemm_weight_grad(dview(dy, t, M, rows), dview(x, t, M, cols),
-                                 dview(dw, lowbit::dtype::f32, rows, cols), accumulate, s, h);
+                               int64_t rows, int64_t cols, void* dw, lowbit::dtype dw_type, bool accumulate,
+                               cudaStream_t s) {
+  lowbit::cuda::gemm_weight_grad(dview(dy, t, M, rows), dview(x, t, M, cols), dview(dw, dw_type, rows, cols),
+                                 accumulate, s, h);
 }
 
 }  // namespace gpu

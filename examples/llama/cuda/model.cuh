@@ -5,8 +5,10 @@
 // intermediates are recomputed during the backward), the same gradient plan
 // and on_ready callbacks for the fused backward-update. Activations are of
 // type A (float32, or bfloat16 for speed: the GEMMs then run on tensor
-// cores), RMSNorm statistics, attention scores, logits and every parameter
-// gradient float32. All work is queued on one stream; the host waits only
+// cores), RMSNorm statistics, attention scores and logits float32, the
+// parameter gradients of type G (float32, or bfloat16 with --grad-dtype
+// bf16, which needs bfloat16 activations: summed in float32, rounded once
+// when written). All work is queued on one stream; the host waits only
 // where it needs a number (the loss) or the token ids of the next batch.
 #pragma once
 
@@ -17,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <lowbit/lowbit.cuh>
@@ -143,17 +146,23 @@ class cuda_model {
   }
 
   // Gradients of the last forward's loss into grads (device, plan.size
-  // floats), calling on_ready(indices) as gradients complete, in model.hpp's
+  // elements of G: float or lowbit::bf16), calling on_ready(indices) as
+  // gradients complete, in model.hpp's
   // order (each layer tensor on its own, once its weight has been used for
   // the last time; the stream
   // is synchronized before each call only if the callback needs it; the
   // optimizer's CUDA step is queued on the same stream).
-  template <class Ready>
-  void backward(float* grads, const gradient_plan& plan, Ready&& on_ready) {
+  template <class G, class Ready>
+  void backward(G* grads, const gradient_plan& plan, Ready&& on_ready) {
+    static_assert(std::is_same<G, float>::value || std::is_same<G, lowbit::bf16>::value,
+                  "gradients are float32 or bfloat16");
+    const lowbit::dtype gt = lowbit::dtype_of<G>::value;
+    lowbit::require(gt == lowbit::dtype::f32 || act_dtype == lowbit::dtype::bf16, lowbit::errc::unsupported,
+                    "bfloat16 gradients need bfloat16 activations (cuBLAS has no float32 x float32 -> bfloat16 GEMM)");
     const int64_t M = B_ * S_, D = cfg_.dim, V = cfg_.vocab_size;
     auto g = [&](int p) { return grads + plan.offset[size_t(p)]; };
     const matrix_ref head = w_.matrix(L_.head);
-    linear_weight_grad(cublas_, dlogits_.data(), xn_f_.data(), act_dtype, M, V, D, g(L_.head), false, s_);
+    linear_weight_grad(cublas_, dlogits_.data(), xn_f_.data(), act_dtype, M, V, D, g(L_.head), gt, false, s_);
     linear_backward_input(cublas_, dlogits_.data(), act_dtype, M, head, dxn_.data(), s_);
     dx_.zero(s_);
     rmsnorm_backward<A>(dxn_.data(), xs_.back().data(), w_.vector(L_.final_norm), rstd_f_.data(), dx_.data(),
@@ -166,9 +175,16 @@ class cuda_model {
       layer_backward(l, a, grads, plan, on_ready);
     }
     // Token embedding: each row's gradient added to its token's row (onto
-    // the head's gradient when tied), rows of one token in increasing order.
-    float* ge = g(L_.embed);
-    if (!cfg_.tied_embeddings) LOWBIT_CUDA_CHECK(cudaMemsetAsync(ge, 0, size_t(V) * size_t(D) * 4, s_));
+    // the head's gradient when tied), rows of one token in increasing order,
+    // summed in float32 and written once. With bfloat16 gradients and a
+    // tied head, the rows of the batch's tokens start from the head's
+    // gradient as already rounded to bfloat16 above, so they are rounded
+    // twice (each rounding within 2^-8 of its own value; the other rows
+    // once). Holding the tied head's gradient in float32 scratch until
+    // here would cost vocab x dim x 4 bytes, twice what bfloat16 saves on
+    // that tensor.
+    G* ge = g(L_.embed);
+    if (!cfg_.tied_embeddings) LOWBIT_CUDA_CHECK(cudaMemsetAsync(ge, 0, size_t(V) * size_t(D) * sizeof(G), s_));
     const int64_t n_ids = upload_scatter_plan(M);
     embed_scatter<A>(dx_.data(), scatter_ids_.data(), scatter_start_.data(), scatter_rows_.data(), n_ids, ge, D, s_);
     on_ready(std::vector<int>{L_.embed});
@@ -284,23 +300,23 @@ class cuda_model {
   // On entry dx_ holds dloss/d(layer output); on exit dloss/d(layer input).
   // Each tensor goes to on_ready as soon as its gradient is complete and its
   // weight used for the last time (model.hpp's order).
-  template <class Ready>
-  void layer_backward(int l, layer_acts& a, float* grads, const gradient_plan& plan, Ready&& on_ready) {
+  template <class G, class Ready>
+  void layer_backward(int l, layer_acts& a, G* grads, const gradient_plan& plan, Ready&& on_ready) {
     const layer_params& P = L_.layers[size_t(l)];
     const int64_t M = B_ * S_, D = cfg_.dim, F = cfg_.hidden_dim, QW = cfg_.q_dim(), KW = cfg_.kv_dim(),
                   hd = cfg_.head_dim();
-    const lowbit::dtype t = act_dtype;
+    const lowbit::dtype t = act_dtype, gt = lowbit::dtype_of<G>::value;
     auto g = [&](int p) { return grads + plan.offset[size_t(p)]; };
     const A* x = xs_[size_t(l)].data();
     // MLP: out = x_mid + down(silu(gate(xn2)) * up(xn2))
-    linear_weight_grad(cublas_, dx_.data(), a.h.data(), t, M, D, F, g(P.w_down), false, s_);
+    linear_weight_grad(cublas_, dx_.data(), a.h.data(), t, M, D, F, g(P.w_down), gt, false, s_);
     linear_backward_input(cublas_, dx_.data(), t, M, w_.matrix(P.w_down), dh_.data(), s_);
     on_ready(std::vector<int>{P.w_down});
     swiglu_backward<A>(dh_.data(), a.gate.data(), a.up.data(), dgate_.data(), dup_.data(), M * F, s_);
-    linear_weight_grad(cublas_, dgate_.data(), a.xn2.data(), t, M, F, D, g(P.w_gate), false, s_);
+    linear_weight_grad(cublas_, dgate_.data(), a.xn2.data(), t, M, F, D, g(P.w_gate), gt, false, s_);
     linear_backward_input(cublas_, dgate_.data(), t, M, w_.matrix(P.w_gate), dxn_.data(), s_);
     on_ready(std::vector<int>{P.w_gate});
-    linear_weight_grad(cublas_, dup_.data(), a.xn2.data(), t, M, F, D, g(P.w_up), false, s_);
+    linear_weight_grad(cublas_, dup_.data(), a.xn2.data(), t, M, F, D, g(P.w_up), gt, false, s_);
     linear_backward_input(cublas_, dup_.data(), t, M, w_.matrix(P.w_up), tmp_dim_.data(), s_);
     on_ready(std::vector<int>{P.w_up});
     add_into<A>(dxn_.data(), tmp_dim_.data(), M * D, s_);
@@ -309,7 +325,7 @@ class cuda_model {
                         g(P.mlp_norm), norm_scratch_.data(), M, D, s_);
     on_ready(std::vector<int>{P.mlp_norm});
     // Attention: x_mid = x + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1)))
-    linear_weight_grad(cublas_, dmid_.data(), a.attn.data(), t, M, D, QW, g(P.wo), false, s_);
+    linear_weight_grad(cublas_, dmid_.data(), a.attn.data(), t, M, D, QW, g(P.wo), gt, false, s_);
     linear_backward_input(cublas_, dmid_.data(), t, M, w_.matrix(P.wo), dattn_.data(), s_);
     on_ready(std::vector<int>{P.wo});
     permute_heads<A>(dattn_.data(), doh_.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_heads, hd, false, false, true,
@@ -322,14 +338,14 @@ class cuda_model {
                      false, s_);
     permute_heads<A>(dvh_.data(), dv_raw_.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_kv_heads, hd, false, false,
                      false, s_);
-    linear_weight_grad(cublas_, dq_raw_.data(), a.xn1.data(), t, M, QW, D, g(P.wq), false, s_);
+    linear_weight_grad(cublas_, dq_raw_.data(), a.xn1.data(), t, M, QW, D, g(P.wq), gt, false, s_);
     linear_backward_input(cublas_, dq_raw_.data(), t, M, w_.matrix(P.wq), dxn_.data(), s_);
     on_ready(std::vector<int>{P.wq});
-    linear_weight_grad(cublas_, dk_raw_.data(), a.xn1.data(), t, M, KW, D, g(P.wk), false, s_);
+    linear_weight_grad(cublas_, dk_raw_.data(), a.xn1.data(), t, M, KW, D, g(P.wk), gt, false, s_);
     linear_backward_input(cublas_, dk_raw_.data(), t, M, w_.matrix(P.wk), tmp_dim_.data(), s_);
     on_ready(std::vector<int>{P.wk});
     add_into<A>(dxn_.data(), tmp_dim_.data(), M * D, s_);
-    linear_weight_grad(cublas_, dv_raw_.data(), a.xn1.data(), t, M, KW, D, g(P.wv), false, s_);
+    linear_weight_grad(cublas_, dv_raw_.data(), a.xn1.data(), t, M, KW, D, g(P.wv), gt, false, s_);
     linear_backward_input(cublas_, dv_raw_.data(), t, M, w_.matrix(P.wv), tmp_dim_.data(), s_);
     on_ready(std::vector<int>{P.wv});
     add_into<A>(dxn_.data(), tmp_dim_.data(), M * D, s_);

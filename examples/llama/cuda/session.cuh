@@ -5,9 +5,13 @@
 // use), the optimizer is the mode's lowbit optimizer composed with a CUDA
 // memory policy (memory::device; memory::paged with eviction after each
 // tensor's step for paged-adamw8; memory::cpu_offload for offload-adamw8),
-// the gradient buffer is float32 on the device (the largest tensor's worth
-// with the fused backward-update) and the model is cuda_model<A>. step() is the CPU
-// session's step, with the gradient pass on the device.
+// the gradient buffer is on the device (the largest tensor's worth with the
+// fused backward-update), float32 or, with --grad-dtype bf16 (bfloat16
+// activations only), bfloat16: half the bytes, every gradient rounded to
+// bfloat16 once per step (a tied head's twice, see model.cuh); the
+// optimizers read bfloat16 gradients as they are. The model is
+// cuda_model<A>. step() is the CPU session's step, with the gradient pass
+// on the device.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -15,6 +19,8 @@
 #include <cmath>
 #include <memory>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include <lowbit/lowbit.cuh>
 
@@ -84,11 +90,23 @@ class cuda_session final : public session_base {
   cuda_session(const llama_config& cfg, const mode_info& mode, const session_options& o)
       : cfg_(cfg), mode_(mode), opts_(o), layout_(cfg), host_(layout_, mode.storage, mode.qspec),
         plan_(layout_, o.fused_update) {
+    lowbit::require(o.grad_dtype == lowbit::dtype::f32 || o.grad_dtype == lowbit::dtype::bf16,
+                    lowbit::errc::invalid_argument, "--grad-dtype must be f32 or bf16");
+    lowbit::require(o.grad_dtype == lowbit::dtype::f32 || std::is_same<A, lowbit::bf16>::value,
+                    lowbit::errc::unsupported,
+                    "--grad-dtype bf16 needs bfloat16 activations (--gpu-activations bf16 with quantized weights, or "
+                    "a mode with bfloat16 weights; mode '" + mode.name + "' runs with float32 activations here): "
+                    "cuBLAS has no float32 x float32 -> bfloat16 GEMM");
     dev_ = std::make_unique<device_weights>(host_);
     optimizer_ = make_device_optimizer(mode, *dev_, o.hparams);
     model_ = std::make_unique<cuda_model<A>>(cfg, layout_, *dev_, o.batch, o.seq, o.checkpointing);
-    grads_.resize(plan_.size);
-    grads_.zero();
+    if (bf16_grads()) {
+      grads16_.resize(plan_.size);
+      grads16_.zero();
+    } else {
+      grads32_.resize(plan_.size);
+      grads32_.zero();
+    }
     sample_memory();
   }
 
@@ -100,10 +118,11 @@ class cuda_session final : public session_base {
   void weights_changed() override { dev_->upload(host_); }
   trainer_optimizer& optimizer() override { return *optimizer_; }
   int64_t weight_bytes() const override { return dev_->bytes(); }
-  int64_t gradient_bytes() const override { return grads_.bytes(); }
+  int64_t gradient_bytes() const override { return grads32_.bytes() + grads16_.bytes(); }
   int64_t activation_bytes() const override { return model_->activation_bytes(); }
   std::string device_description() const override {
-    return "cuda (" + cuda_device_name() + "), " + lowbit::dtype_name(lowbit::dtype_of<A>::value) + " activations";
+    return "cuda (" + cuda_device_name() + "), " + lowbit::dtype_name(lowbit::dtype_of<A>::value) + " activations, " +
+           lowbit::dtype_name(opts_.grad_dtype) + " gradients";
   }
   double peak_device_mib() const override { return double(peak_used_) / (1024.0 * 1024.0); }
 
@@ -114,22 +133,8 @@ class cuda_session final : public session_base {
     optimizer_->set_lr(lr);
     r.loss = model_->forward(x, y, opts_.batch, opts_.seq);
     sample_memory();
-    float* g = grads_.data();
-    if (opts_.fused_update) {
-      optimizer_->begin_step();
-      model_->backward(g, plan_, [&](const std::vector<int>& ready) {
-        for (int p : ready) optimizer_->step_param(p, g + plan_.offset[size_t(p)], 1.0f);
-        sample_memory();
-      });
-      r.skipped = optimizer_->end_step().skipped > 0;
-      sample_memory();
-      return r;
-    }
-    model_->backward(g, plan_, [&](const std::vector<int>&) { sample_memory(); });
-    const lowbit::optim::grad_stats gs =
-        lowbit::optim::cuda_grad_stats(g, lowbit::dtype::f32, plan_.size, model_->stream());
-    two_pass_update(*optimizer_, gs, g, plan_, clip, r);
-    sample_memory();
+    if (bf16_grads()) backward_and_update(grads16_.data(), clip, r);
+    else backward_and_update(grads32_.data(), clip, r);
     return r;
   }
 
@@ -139,10 +144,18 @@ class cuda_session final : public session_base {
     lowbit::require(!opts_.fused_update, lowbit::errc::invalid_argument,
                     "gradients(): the fused backward-update keeps no full gradient buffer");
     const double loss = model_->forward(x, y, opts_.batch, opts_.seq);
-    model_->backward(grads_.data(), plan_, [](const std::vector<int>&) {});
     out.resize(size_t(plan_.size));
-    LOWBIT_CUDA_CHECK(cudaStreamSynchronize(model_->stream()));
-    grads_.download(out.data(), plan_.size);
+    if (bf16_grads()) {  // widened to float32 on the host (exact)
+      model_->backward(grads16_.data(), plan_, [](const std::vector<int>&) {});
+      LOWBIT_CUDA_CHECK(cudaStreamSynchronize(model_->stream()));
+      std::vector<lowbit::bf16> g16(static_cast<size_t>(plan_.size));
+      grads16_.download(g16.data(), plan_.size);
+      for (size_t i = 0; i < g16.size(); ++i) out[i] = lowbit::to_float(g16[i]);
+    } else {
+      model_->backward(grads32_.data(), plan_, [](const std::vector<int>&) {});
+      LOWBIT_CUDA_CHECK(cudaStreamSynchronize(model_->stream()));
+      grads32_.download(out.data(), plan_.size);
+    }
     return loss;
   }
 
@@ -165,6 +178,30 @@ class cuda_session final : public session_base {
   }
 
  private:
+  bool bf16_grads() const { return opts_.grad_dtype == lowbit::dtype::bf16; }
+
+  // The backward into the gradient buffer g (float or bfloat16) and the
+  // update: per tensor as its gradient completes (fused), or after the
+  // whole backward with the gradients' statistics (two-pass).
+  template <class G>
+  void backward_and_update(G* g, float clip, step_result& r) {
+    const lowbit::dtype gt = lowbit::dtype_of<G>::value;
+    if (opts_.fused_update) {
+      optimizer_->begin_step();
+      model_->backward(g, plan_, [&](const std::vector<int>& ready) {
+        for (int p : ready) optimizer_->step_param(p, g + plan_.offset[size_t(p)], gt, 1.0f);
+        sample_memory();
+      });
+      r.skipped = optimizer_->end_step().skipped > 0;
+      sample_memory();
+      return;
+    }
+    model_->backward(g, plan_, [&](const std::vector<int>&) { sample_memory(); });
+    const lowbit::optim::grad_stats gs = lowbit::optim::cuda_grad_stats(g, gt, plan_.size, model_->stream());
+    two_pass_update(*optimizer_, gs, g, gt, plan_, clip, r);
+    sample_memory();
+  }
+
   // Device memory in use (total - free: this process's allocations, the
   // CUDA context and the stream-ordered pool's reserve), sampled after the
   // forward, at every gradient group of the backward and after the update.
@@ -183,7 +220,8 @@ class cuda_session final : public session_base {
   std::unique_ptr<device_weights> dev_;
   std::unique_ptr<trainer_optimizer> optimizer_;
   std::unique_ptr<cuda_model<A>> model_;
-  device_array<float> grads_;
+  device_array<float> grads32_;         // --grad-dtype f32 (the default)
+  device_array<lowbit::bf16> grads16_;  // --grad-dtype bf16; the other one stays empty
   int64_t peak_used_ = 0;
 };
 
