@@ -16,7 +16,10 @@
 // |bf16(v) - v| <= 2^-8 |v|); with v = ref + e, |e| <= the float32 bound,
 // |got - ref| <= 2^-8 |ref| + (1 + 2^-8) |e|, so the bf16 check is
 // |got - ref| <= (2^-8 + 1.1e-5) |ref| + 1.1e-5 max|ref|, ref computed in
-// float from the same (bf16) inputs.
+// float from the same (bf16) inputs. bfloat16 parameter gradients
+// (--grad-dtype bf16: the RMSNorm gain's dw, the embedding scatter) are
+// the float32 kernel's result rounded once, so they are compared bit for
+// bit with the float32-output kernel's result rounded to bf16 here.
 // The first test case checks the emulator itself (block reductions, a
 // shared-memory barrier, shuffles, 3-d grids, divergence and launch errors).
 // Not covered (too large to emulate): the grid-stride loops' second lap
@@ -236,6 +239,16 @@ void check_rmsnorm(int64_t M, int64_t D, uint64_t seed) {
                       nullptr);
   expect_close(to_f32(dx), dx_ref, act_tol<A>(), "rmsnorm dx");
   expect_close(dw, dw_ref, f32_tol, "rmsnorm dw");
+
+  // bfloat16 dw (--grad-dtype bf16): the same float32 sum, rounded once;
+  // dx as with a float32 dw
+  std::vector<A> dx16 = dx0;
+  std::vector<bf16> dw16 = poisoned<bf16>(size_t(D));
+  std::vector<float> scratch16(scratch.size(), nanf_);
+  rmsnorm_backward<A>(dy.data(), x.data(), w.data(), rstd_ref.data(), dx16.data(), dw16.data(), scratch16.data(), M, D,
+                      nullptr);
+  expect_bits(to_f32(dw16), to_f32(to_act<bf16>(dw)), "rmsnorm dw (bf16) = float32 dw rounded once");
+  expect_bits(to_f32(dx16), to_f32(dx), "rmsnorm dx with a bf16 dw");
 }
 }  // namespace
 
@@ -473,6 +486,22 @@ void check_scatter(int64_t V, int64_t M, int64_t D, uint64_t seed) {
   embed_scatter<A>(dx.data(), plan.ids.data(), plan.start.data(), plan.rows.data(), plan.n_ids(), grad.data(), D,
                    nullptr);
   expect_bits(grad, ref, "embed_scatter");  // unused ids' rows untouched, the others in row order
+
+  // bfloat16 gradients (--grad-dtype bf16), onto zeros (the untied
+  // embedding) and onto bf16 values (a tied head's gradient): each row
+  // summed in float32 from its start value as the float32 kernel does, and
+  // rounded once; unused rows untouched.
+  for (bool zero_start : {true, false}) {
+    CAPTURE(zero_start);
+    const std::vector<bf16> g16_0 = zero_start ? to_act<bf16>(std::vector<float>(grad0.size(), 0.0f)) : to_act<bf16>(grad0);
+    std::vector<float> g32 = to_f32(g16_0);  // the float32 kernel from the same start values
+    embed_scatter<A>(dx.data(), plan.ids.data(), plan.start.data(), plan.rows.data(), plan.n_ids(), g32.data(), D,
+                     nullptr);
+    std::vector<bf16> g16 = g16_0;
+    embed_scatter<A>(dx.data(), plan.ids.data(), plan.start.data(), plan.rows.data(), plan.n_ids(), g16.data(), D,
+                     nullptr);
+    expect_bits(to_f32(g16), to_f32(to_act<bf16>(g32)), "embed_scatter (bf16) = float32 scatter rounded once");
+  }
 }
 }  // namespace
 

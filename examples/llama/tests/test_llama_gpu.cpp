@@ -11,7 +11,11 @@
 //  - the fused backward-update gives the same weights as the two-pass step
 //    (bit for bit);
 //  - save, resume and continue equals the uninterrupted run, bit for bit,
-//    and a GPU checkpoint resumes on the CPU.
+//    and a GPU checkpoint resumes on the CPU;
+//  - bfloat16 gradients (--grad-dtype bf16) are the float32 ones rounded
+//    once (a tied head's rows of the batch's tokens twice), the loss falls
+//    with them, the fused update equals the two-pass step, and the
+//    gradient buffer is half as large.
 // The binary exits 77 (CTest SKIP) where no CUDA device is present. Test
 // cases named "[large]" (many training steps) are left out under
 // compute-sanitizer by scripts/gpu-check.sh.
@@ -115,6 +119,79 @@ void check_gradients(const llama_config& c, const std::string& mode, const std::
   }
   MESSAGE(mode << " " << act << std::string(checkpointing ? " checkpointing" : "") << ": loss cpu " << lc << " gpu " << lg
                 << ", worst gradient relative L2 " << worst);
+}
+
+// Gradients in bfloat16 (--grad-dtype bf16) against the float32 gradient
+// buffer, both on the GPU with the same weights and batch. The forward and
+// the backward's data path do not depend on the gradient dtype (the losses
+// are equal bit for bit), and every gradient is summed in float32 and
+// rounded once to bf16 (round to nearest, 8 significant bits: within 2^-8
+// of its value). Per element: |g16 - g32| <= 2^-8 |g32| + 1e-5 max|g32|
+// over the tensor (the floor: cuBLAS may sum a bf16-output GEMM in another
+// float32 order, a few float32 ulps of the sum of |terms|; a wrong index,
+// dtype or missed write gives errors of order |g32|). Tied embeddings: the
+// rows of the batch's tokens add the embedding scatter onto the head's
+// gradient already rounded to bf16, so they are rounded twice; there the
+// tolerance is 2^-7 relative L2 over those rows (two roundings, each about
+// 2^-9.5 relative RMS, with room for a head part up to several times the
+// sum); the other rows are rounded once and checked per element.
+void check_bf16_gradients(const llama_config& c, const std::string& mode, bool checkpointing) {
+  CAPTURE(mode);
+  CAPTURE(checkpointing);
+  const mode_info& m = find_mode(mode);
+  session_options o = options_for(m, 4, 32);
+  o.checkpointing = checkpointing;
+  std::unique_ptr<session_base> s32 = make_session(c, m, o, "cuda");
+  o.grad_dtype = lowbit::dtype::bf16;
+  std::unique_ptr<session_base> s16 = make_session(c, m, o, "cuda");
+  for (session_base* s : {s32.get(), s16.get()}) {
+    init_random(s->weights(), c, 7);
+    s->weights_changed();
+  }
+  std::vector<int32_t> x(size_t(o.batch * o.seq)), y(x.size());
+  corpus().train_batch(99, 3, o.batch, o.seq, x.data(), y.data());
+  std::vector<float> g32, g16;
+  const double l32 = s32->gradients(x.data(), y.data(), g32);
+  const double l16 = s16->gradients(x.data(), y.data(), g16);
+  CHECK(l16 == l32);
+  REQUIRE(g16.size() == g32.size());
+  const param_layout& L = s32->layout();
+  std::vector<char> in_batch(size_t(c.vocab_size), 0);
+  for (int32_t t : x) in_batch[size_t(t)] = 1;
+  int64_t off = 0;
+  double worst = 0;  // largest per-element error / allowed
+  for (int pi = 0; pi < int(L.params.size()); ++pi) {
+    const param_info& p = L.params[size_t(pi)];
+    CAPTURE(p.name);
+    const float* a = g16.data() + off;
+    const float* b = g32.data() + off;
+    const bool twice = c.tied_embeddings && pi == L.embed;  // rows of the batch's tokens: two roundings
+    double scale = 0;
+    for (int64_t i = 0; i < p.numel; ++i) scale = std::max(scale, std::abs(double(b[i])));
+    CHECK(scale > 0);
+    int64_t bad = 0;
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < p.numel; ++i) {
+      const double err = std::abs(double(a[i]) - double(b[i]));
+      if (twice && in_batch[size_t(i / c.dim)]) {
+        num += err * err;
+        den += double(b[i]) * double(b[i]);
+        continue;
+      }
+      const double allowed = std::ldexp(std::abs(double(b[i])), -8) + 1e-5 * scale;
+      if (!(err <= allowed)) ++bad;
+      worst = std::max(worst, err / allowed);
+    }
+    CHECK(bad == 0);
+    if (twice) {
+      CHECK(den > 0);
+      CHECK(std::sqrt(num / den) <= std::ldexp(1.0, -7));
+      MESSAGE(p.name << ": relative L2 over the batch's token rows (rounded twice) " << std::sqrt(num / den));
+    }
+    off += p.numel;
+  }
+  MESSAGE(mode << std::string(checkpointing ? " checkpointing" : "") << std::string(c.tied_embeddings ? " tied" : "")
+                << ": bf16 gradients, worst per-element error " << worst << " x allowed");
 }
 
 void train(session_base& s, int64_t from, int64_t to, float clip) {
@@ -235,6 +312,53 @@ TEST_CASE("GPU: save, resume and continue equals the uninterrupted run; the chec
   }
 }
 
+TEST_CASE("GPU: bfloat16 gradients are the float32 ones rounded once") {
+  check_bf16_gradients(small_config(false, 2), "qft", false);
+  check_bf16_gradients(small_config(false, 2), "qft", true);
+  check_bf16_gradients(small_config(false, 2), "bf16-adamw8", false);
+  check_bf16_gradients(small_config(true, 1), "qft", false);
+}
+
+TEST_CASE("GPU: with bfloat16 gradients the loss falls, fused equals two-pass, the buffer is half [large]") {
+  const llama_config c = small_config(false, 2);
+  const mode_info& m = find_mode("qft");
+  session_options o = options_for(m, 8, 64);
+  std::unique_ptr<session_base> s32 = make_session(c, m, o, "cuda");
+  o.grad_dtype = lowbit::dtype::bf16;
+  std::unique_ptr<session_base> s16 = make_session(c, m, o, "cuda");
+  double before = 0, after[2] = {0, 0};
+  int k = 0;
+  for (session_base* s : {s32.get(), s16.get()}) {
+    init_random(s->weights(), c, 7);
+    s->weights_changed();
+    before = s->evaluate(corpus(), 2);
+    train(*s, 0, 40, 1.0f);  // two-pass with clipping: the global norm from the bf16 buffer
+    after[k++] = s->evaluate(corpus(), 2);
+  }
+  MESSAGE("qft validation loss " << before << " -> " << after[0] << " (f32 gradients), " << after[1]
+                                 << " (bf16 gradients)");
+  CHECK(after[1] < before - 0.5);  // as every mode in "the validation loss falls"
+  // the same run up to gradient rounding: Lion steps by the sign of its
+  // momentum, which bf16 rounding rarely flips
+  CHECK(std::abs(after[1] - after[0]) <= 0.05);
+  const gradient_plan two_pass(s16->layout(), false), fused_plan(s16->layout(), true);
+  CHECK(s16->gradient_bytes() == two_pass.bytes(lowbit::dtype::bf16));
+  CHECK(2 * s16->gradient_bytes() == s32->gradient_bytes());
+
+  // fused backward-update with bf16 gradients == two-pass with bf16 gradients, bit for bit
+  std::unique_ptr<session_base> a = make_session(c, m, o, "cuda");
+  o.fused_update = true;
+  std::unique_ptr<session_base> b = make_session(c, m, o, "cuda");
+  for (session_base* s : {a.get(), b.get()}) {
+    init_random(s->weights(), c, 7);
+    s->weights_changed();
+    train(*s, 0, 4, 0.0f);
+  }
+  CHECK(weight_bytes(*a, "gpu_bf16g_a.safetensors") == weight_bytes(*b, "gpu_bf16g_b.safetensors"));
+  CHECK(b->gradient_bytes() == fused_plan.bytes(lowbit::dtype::bf16));
+  CHECK(b->gradient_bytes() < a->gradient_bytes());
+}
+
 TEST_CASE("GPU: bad requests are refused with clear errors") {
   const llama_config c = small_config(false, 2);
   const session_options o = options_for(find_mode("fp32-adamw"), 8, 64);
@@ -243,6 +367,14 @@ TEST_CASE("GPU: bad requests are refused with clear errors") {
   CHECK_THROWS_WITH_AS(make_session(c, find_mode("bf16-lion8"), o, "cuda", "f32"),
                        doctest::Contains("bfloat16 weights"), lowbit::error);
   CHECK_THROWS_WITH_AS(make_session(c, find_mode("qft"), o, "cuda", "fp8"), doctest::Contains("--gpu-activations"),
+                       lowbit::error);
+  session_options o16 = o;
+  o16.grad_dtype = lowbit::dtype::bf16;  // bf16 gradients need bf16 activations
+  CHECK_THROWS_WITH_AS(make_session(c, find_mode("fp32-adamw"), o16, "cuda"),
+                       doctest::Contains("--grad-dtype bf16 needs bfloat16 activations"), lowbit::error);
+  CHECK_THROWS_WITH_AS(make_session(c, find_mode("qft"), o16, "cuda", "f32"),
+                       doctest::Contains("--grad-dtype bf16 needs bfloat16 activations"), lowbit::error);
+  CHECK_THROWS_WITH_AS(make_session(c, find_mode("qft"), o16, "cpu"), doctest::Contains("needs the CUDA backend"),
                        lowbit::error);
   std::unique_ptr<session_base> s = make_session(c, find_mode("qft"), o, "cuda");
   std::vector<int32_t> x(8 * 64, 300), y(8 * 64, 1);

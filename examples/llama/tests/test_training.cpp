@@ -3,7 +3,8 @@
 // weights as the two-pass step; save, resume and continue equals the
 // uninterrupted run bit for bit (checkpoint files compared byte for byte);
 // corrupted or mismatched checkpoints give clear errors and leave the
-// session's weights untouched.
+// session's weights untouched; --grad-dtype parses, bf16 is refused by the
+// CPU trainer, and the gradient buffer's bytes follow its dtype.
 #include <doctest/doctest.h>
 
 #include <cstdio>
@@ -94,6 +95,42 @@ TEST_CASE("the fused backward-update equals the two-pass step") {
     CHECK(b.gradient_bytes() < a.gradient_bytes());
     CHECK_THROWS_AS(train(b, 6, 7, 1.0f), lowbit::error);  // clipping needs the full gradient
   }
+}
+
+TEST_CASE("--grad-dtype: f32 or bf16, bf16 on the CUDA path only; gradient bytes by dtype") {
+  CHECK(parse_grad_dtype("f32") == lowbit::dtype::f32);
+  CHECK(parse_grad_dtype("bf16") == lowbit::dtype::bf16);
+  CHECK_THROWS_WITH_AS(parse_grad_dtype("fp16"), doctest::Contains("--grad-dtype must be f32 or bf16, got 'fp16'"),
+                       lowbit::error);
+  const mode_info& m = find_mode("qft");
+  session_options o = small_options(m);
+  o.grad_dtype = lowbit::dtype::bf16;
+  auto make_bf16 = [&] { training_session s(small_config(), m, o); };
+  CHECK_THROWS_WITH_AS(make_bf16(), doctest::Contains("--grad-dtype bf16 needs the CUDA backend"), lowbit::error);
+
+  // the CPU session's gradient buffer: float32, as the plan says
+  for (bool fused : {false, true}) {
+    session_options of = small_options(m);
+    of.fused_update = fused;
+    training_session s(small_config(), m, of);
+    CHECK(s.gradient_bytes() == gradient_plan(s.layout(), fused).bytes(lowbit::dtype::f32));
+  }
+
+  // LLaMA-2-7B with the fused update: the final norm's gain (its own
+  // place, reported with the head) and one region as large as the largest
+  // tensor, the untied 32000 x 4096 head / embedding (the layers' norm
+  // gains take the region in turn); bf16 halves it
+  const llama_config c7 = llama_config::preset("llama2-7b");
+  const param_layout L7(c7);
+  const gradient_plan p7(L7, true);
+  const int64_t own = c7.dim, region = int64_t(c7.vocab_size) * c7.dim;
+  CHECK(p7.size == own + region);
+  CHECK(p7.bytes(lowbit::dtype::f32) == 4 * (own + region));
+  CHECK(p7.bytes(lowbit::dtype::bf16) == 2 * (own + region));
+  MESSAGE("llama2-7b fused gradient buffer: " << double(p7.bytes(lowbit::dtype::f32)) / 1048576.0 << " MiB f32 ("
+          << double(p7.bytes(lowbit::dtype::f32)) / double(L7.total()) << " B/param), "
+          << double(p7.bytes(lowbit::dtype::bf16)) / 1048576.0 << " MiB bf16 ("
+          << double(p7.bytes(lowbit::dtype::bf16)) / double(L7.total()) << " B/param)");
 }
 
 TEST_CASE("save, resume and continue equals the uninterrupted run, bit for bit") {
