@@ -19,6 +19,8 @@
 #   peer1b  the PyTorch + transformers bf16 peer (bench/llama_torch_peer.py)
 #           on the speed1b shape, same machine
 #   peer7b  the PyTorch peer on the 7B shape (batch 1 x seq 512, checkpointing)
+# LLAMA_EXTRA adds flags to every llama_train run (e.g. "--grad-dtype bf16")
+# and LLAMA_TAG names such runs (llama-7b-qft-TAG.log).
 # Ends with a table of every run's summary record. Exit status: 0 when
 # every run finished.
 set -uo pipefail
@@ -37,7 +39,9 @@ FAILED=0
 
 # run NAME ARGS...: one llama_train run with its log and JSONL.
 run() {
-  local name=$1; shift
+  local name=$1${LLAMA_TAG:+-$LLAMA_TAG}; shift
+  # shellcheck disable=SC2086
+  set -- "$@" ${LLAMA_EXTRA:-}
   echo "--- llama_train $name: $*"
   local t0=$SECONDS
   timeout "$RUN_TIMEOUT" "$TRAIN" --device cuda --log "$RESULTS/llama-$name.jsonl" "$@" \

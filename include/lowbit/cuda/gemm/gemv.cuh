@@ -4,7 +4,8 @@
 // as float32, exactly the values cuda::dequantize writes as float32; products
 // and sums are fp32 FMAs; one rounding into the output dtype at the end.
 //
-// Forward Y = X W^T: each warp owns 2 rows of W (2 output columns) and
+// Forward Y = X W^T: each warp owns 2 rows of W (2 output columns; 1 when
+// M = 1, gemv_fwd_rows_per_warp) and
 // streams them along K with 16-byte loads (32 4-bit or 16 8-bit codes a lane;
 // a warp reads 512 contiguous bytes of a row per step), decodes in registers
 // (decode.cuh), and multiplies by up to MT = 4 rows of X read with 16-byte
@@ -16,7 +17,8 @@
 // (8-bit) consecutive columns of W (8-byte loads: a warp reads 256
 // contiguous bytes of a row), the 8 warps of a CTA take interleaved rows of
 // one row range, each multiplies its decoded row segment by the dY values of
-// that row (broadcast loads), and the CTA sums its warps in a fixed tree in
+// that row (broadcast loads; gemv_bwd_rows_in_flight rows loaded per step),
+// and the CTA sums its warps in a fixed tree in
 // shared memory. Row ranges are spread over CTAs ("splits") until the device
 // is busy; splits write fp32 partials that finalize_kernel sums in order, so
 // results do not depend on timing.
@@ -40,8 +42,16 @@ namespace gemm_detail {
 
 constexpr int gemv_threads = 256;
 constexpr int gemv_warps = gemv_threads / 32;
-constexpr int gemv_fwd_rows_per_warp = 2;
-constexpr int gemv_bwd_ctas_per_sm = 3;  // split target (provisional)
+// Rows of W per warp in the forward: 2 share each activation load when
+// several activation rows are multiplied; with one (M = 1) there is nothing
+// to share, and one row per warp doubles the warps: a 4096-row W then fills
+// the H100 once (512 CTAs) instead of half (ncu, 2026-11-26: 0.48 waves,
+// 24 % achieved occupancy, 51 % of copy bandwidth).
+LOWBIT_HD constexpr int gemv_fwd_rows_per_warp(int mt) { return mt == 1 ? 1 : 2; }
+constexpr int gemv_bwd_ctas_per_sm = 4;  // split target
+// Backward: rows of W each warp has in flight per step (interleaved by
+// gemv_warps), so a lane keeps several 8-byte loads outstanding.
+constexpr int gemv_bwd_rows_in_flight = 2;
 
 struct gemv_args {
   const void* act = nullptr;  // x [M][K] (forward) or dy [M][N] (backward)
@@ -108,7 +118,7 @@ __global__ void __launch_bounds__(gemv_threads)
   float* map = nullptr;
   const decoder dec = setup_decoder<D>(smem, table.value, map_src.value, p.w.nested, &map);
   __syncthreads();  // the only barrier: warps may leave early below
-  constexpr int R = gemv_fwd_rows_per_warp;
+  constexpr int R = gemv_fwd_rows_per_warp(MT);
   const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31u);
   const int64_t n0 = (int64_t(blockIdx.x) * gemv_warps + warp) * R;
   if (n0 >= p.N) return;
@@ -241,33 +251,50 @@ __global__ void __launch_bounds__(gemv_threads)
 
   if (active) {
     if (p.vec) {
-      uint2 cw = make_uint2(0u, 0u);
-      scale_raw sr;
-      float dyv[MT];
-      auto fetch = [&](int64_t row) {
+      // U rows per step (row, row + 8, ...: the warp's rows in their usual
+      // order, so sums are as with one), loaded a step ahead.
+      constexpr int U = gemv_bwd_rows_in_flight;
+      uint2 cw[U];
+      scale_raw sr[U];
+      float dyv[U][MT];
+      auto fetch = [&](int u, int64_t row) {
         const int64_t i0 = row * K + c0;
-        cw = __ldg(reinterpret_cast<const uint2*>(p.w.codes + (kind_is_4bit(D) ? (i0 >> 1) : i0)));
-        sr = fetch_scale(p.w, i0 >> p.w.bs_log2);
-#pragma unroll
-        for (int m = 0; m < MT; ++m) dyv[m] = m < mcount ? load_as_float(p.act, p.act_type, (m0 + m) * N + row) : 0.0f;
-      };
-      int64_t row = r_beg + warp;
-      if (row < r_end) fetch(row);
-      while (row < r_end) {
-        const uint2 cur = cw;
-        const float s = finish_scale(p.w, sr, map, offset);
-        float dcur[MT];
-#pragma unroll
-        for (int m = 0; m < MT; ++m) dcur[m] = dyv[m];
-        const int64_t next = row + gemv_warps;
-        if (next < r_end) fetch(next);
-        float wv[E];
-        decode_word<D>(dec, cur.x, s, wv);
-        decode_word<D>(dec, cur.y, s, wv + EPW);
+        cw[u] = __ldg(reinterpret_cast<const uint2*>(p.w.codes + (kind_is_4bit(D) ? (i0 >> 1) : i0)));
+        sr[u] = fetch_scale(p.w, i0 >> p.w.bs_log2);
 #pragma unroll
         for (int m = 0; m < MT; ++m)
+          dyv[u][m] = m < mcount ? load_as_float(p.act, p.act_type, (m0 + m) * N + row) : 0.0f;
+      };
+      int64_t row = r_beg + warp;
 #pragma unroll
-          for (int e = 0; e < E; ++e) acc[m][e] = fmaf(dcur[m], wv[e], acc[m][e]);
+      for (int u = 0; u < U; ++u)
+        if (row + u * gemv_warps < r_end) fetch(u, row + u * gemv_warps);
+      while (row < r_end) {
+        uint2 cur[U];
+        float s[U], dcur[U][MT];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const bool ok = row + u * gemv_warps < r_end;
+          cur[u] = cw[u];
+          s[u] = ok ? finish_scale(p.w, sr[u], map, offset) : 0.0f;
+#pragma unroll
+          for (int m = 0; m < MT; ++m) dcur[u][m] = ok ? dyv[u][m] : 0.0f;
+        }
+        const int64_t next = row + U * gemv_warps;
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          if (next + u * gemv_warps < r_end) fetch(u, next + u * gemv_warps);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          if (row + u * gemv_warps >= r_end) break;
+          float wv[E];
+          decode_word<D>(dec, cur[u].x, s[u], wv);
+          decode_word<D>(dec, cur[u].y, s[u], wv + EPW);
+#pragma unroll
+          for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int e = 0; e < E; ++e) acc[m][e] = fmaf(dcur[u][m], wv[e], acc[m][e]);
+        }
         row = next;
       }
     } else {
@@ -333,7 +360,7 @@ void launch_gemv_forward_mt(gemv_args p, const code_table& table, const code_tab
   const int smem = decode_smem_bytes(D);
   auto kernel = gemv_forward_kernel<D, MT>;
   allow_dynamic_smem(kernel, smem, smem_set);
-  const int64_t rows_per_cta = int64_t(gemv_warps) * gemv_fwd_rows_per_warp;
+  const int64_t rows_per_cta = int64_t(gemv_warps) * gemv_fwd_rows_per_warp(MT);
   const int64_t gx = (p.N + rows_per_cta - 1) / rows_per_cta;
   const int64_t groups = (p.M + MT - 1) / MT;
   for (int64_t g0 = 0; g0 < groups; g0 += 65535) {
