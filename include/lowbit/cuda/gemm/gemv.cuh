@@ -48,8 +48,6 @@ constexpr int gemv_warps = gemv_threads / 32;
 // the H100 once (512 CTAs) instead of half (ncu, 2026-11-26: 0.48 waves,
 // 24 % achieved occupancy, 51 % of copy bandwidth).
 LOWBIT_HD constexpr int gemv_fwd_rows_per_warp(int mt) { return mt == 1 ? 1 : 2; }
-// Forward: 16-byte vectors of each row a lane has in flight per step.
-LOWBIT_HD constexpr int gemv_fwd_vectors_in_flight(int mt) { return mt == 1 ? 4 : 1; }
 constexpr int gemv_bwd_ctas_per_sm = 4;  // split target
 // Backward: rows of W each warp has in flight per step (interleaved by
 // gemv_warps), so a lane keeps several 8-byte loads outstanding.
@@ -138,72 +136,55 @@ __global__ void __launch_bounds__(gemv_threads)
     constexpr int EPW = kind_elems_per_word(D);
     constexpr int E = 4 * EPW;  // elements per 16-byte vector
     const int64_t nvec = K / E;
-    // One step: U vectors per row (columns (v + 32 u) * E, the lane's next
-    // U in its usual order, so sums are as with U = 1) of the R rows, codes
-    // and raw scales loaded a step ahead, times the MT activation rows.
-    // Several vectors in flight per lane shorten each warp's chain of
-    // memory round trips (a 4096 x 11008 W took 11 steps of one load each).
-    constexpr int U = gemv_fwd_vectors_in_flight(MT);
-    uint4 cw[U][R];
-    scale_raw sr[U][R];
+    // One step: the R rows' vectors at column v * E (codes and raw scales
+    // loaded first, then decoded), times the MT activation rows.
+    uint4 cw[R];
+    scale_raw sr[R];
 #pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-      for (int r = 0; r < R; ++r) cw[u][r] = make_uint4(0u, 0u, 0u, 0u);
-    auto fetch = [&](int u, int64_t v) {
+    for (int r = 0; r < R; ++r) cw[r] = make_uint4(0u, 0u, 0u, 0u);
+    auto fetch = [&](int64_t v) {
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         if (n0 + r < p.N) {
           const int64_t i0 = (n0 + r) * K + v * E;
-          cw[u][r] = __ldg(reinterpret_cast<const uint4*>(p.w.codes + (kind_is_4bit(D) ? (i0 >> 1) : i0)));
-          sr[u][r] = fetch_scale(p.w, i0 >> p.w.bs_log2);
+          cw[r] = __ldg(reinterpret_cast<const uint4*>(p.w.codes + (kind_is_4bit(D) ? (i0 >> 1) : i0)));
+          sr[r] = fetch_scale(p.w, i0 >> p.w.bs_log2);
         }
       }
     };
     int64_t v = lane;
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (v + 32 * u < nvec) fetch(u, v + 32 * u);
+    if (v < nvec) fetch(v);
     while (v < nvec) {
-      uint4 cur[U][R];
-      float sc[U][R];
+      uint4 cur[R];
+      float sc[R];
 #pragma unroll
-      for (int u = 0; u < U; ++u)
+      for (int r = 0; r < R; ++r) {
+        cur[r] = cw[r];
+        sc[r] = n0 + r < p.N ? finish_scale(p.w, sr[r], map, offset) : 0.0f;
+      }
+      const int64_t vn = v + 32;
+      if (vn < nvec) fetch(vn);  // next step's loads fly while this one computes
+#pragma unroll
+      for (int g = 0; g < 4; ++g) {
+        float xv[MT][EPW];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          if (m < mcount) {
+            load_group<EPW>(p.act, p.act_type, (m0 + m) * K + v * E + g * EPW, xv[m]);
+          } else {
+#pragma unroll
+            for (int e = 0; e < EPW; ++e) xv[m][e] = 0.0f;
+          }
+        }
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-          cur[u][r] = cw[u][r];
-          sc[u][r] = n0 + r < p.N && v + 32 * u < nvec ? finish_scale(p.w, sr[u][r], map, offset) : 0.0f;
-        }
-      const int64_t vn = v + 32 * U;
+          if (n0 + r < p.N) {
+            float wv[EPW];
+            decode_word<D>(dec, word_of(cur[r], g), sc[r], wv);
 #pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (vn + 32 * u < nvec) fetch(u, vn + 32 * u);  // next step's loads fly while this one computes
+            for (int m = 0; m < MT; ++m)
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t vu = v + 32 * u;
-        if (vu >= nvec) break;
-#pragma unroll
-        for (int g = 0; g < 4; ++g) {
-          float xv[MT][EPW];
-#pragma unroll
-          for (int m = 0; m < MT; ++m) {
-            if (m < mcount) {
-              load_group<EPW>(p.act, p.act_type, (m0 + m) * K + vu * E + g * EPW, xv[m]);
-            } else {
-#pragma unroll
-              for (int e = 0; e < EPW; ++e) xv[m][e] = 0.0f;
-            }
-          }
-#pragma unroll
-          for (int r = 0; r < R; ++r) {
-            if (n0 + r < p.N) {
-              float wv[EPW];
-              decode_word<D>(dec, word_of(cur[u][r], g), sc[u][r], wv);
-#pragma unroll
-              for (int m = 0; m < MT; ++m)
-#pragma unroll
-                for (int e = 0; e < EPW; ++e) acc[r][m] = fmaf(xv[m][e], wv[e], acc[r][m]);
-            }
+              for (int e = 0; e < EPW; ++e) acc[r][m] = fmaf(xv[m][e], wv[e], acc[r][m]);
           }
         }
       }
