@@ -17,6 +17,7 @@
 #   tiny:MODE                the main job (tiny preset, tinyshakespeare) on the GPU
 #   7b:MODE                  7B-shaped memory run (llama-gpu-figures.sh mem7b)
 #   1b:MODE                  1B-shaped speed run (llama-gpu-figures.sh speed1b)
+#   1bckpt:MODE              the same with activation checkpointing and the fused update (least memory)
 #   peer1b / peer7b          the PyTorch + transformers bf16 peer
 #   gemm:NxK                 bench_dequant_gemm_cuda on one weight shape
 #   bench:optimizer / bench:quantize
@@ -26,7 +27,7 @@
 #                            the benchmark, e.g. ncu:bench_dequant_gemm_cuda:mma:--shapes=11008x4096+--m=64;
 #                            clocks are left as found (--clock-control none)
 # Knobs: PLAN, DEADLINE_S, GEMM_M (the M list of gemm:, default all),
-# BENCH_ARGS (extra flags for bench:*), NCU_COUNT, NCU_EXTRA (more ncu flags, e.g. --section SourceCounters).
+# BENCH_ARGS (extra flags for bench:*), LLAMA_EXTRA / LLAMA_TAG (llama-gpu-figures.sh), NCU_COUNT, NCU_EXTRA (more ncu flags, e.g. --section SourceCounters).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
@@ -114,6 +115,8 @@ for word in $PLAN; do
       step "$word" 200 bash -c 'RUN_TIMEOUT=$((STEP_TIMEOUT - 5)) FIGURES=mem7b MODES7B='"${word#7b:}"' bash scripts/llama-gpu-figures.sh "$0" "$1"' "$BIN" "$RES" ;;
     1b:*)
       step "$word" 120 bash -c 'RUN_TIMEOUT=$((STEP_TIMEOUT - 5)) FIGURES=speed1b MODES1B='"${word#1b:}"' bash scripts/llama-gpu-figures.sh "$0" "$1"' "$BIN" "$RES" ;;
+    1bckpt:*)
+      step "$word" 120 bash -c 'LLAMA_EXTRA="${LLAMA_EXTRA:-} --checkpointing --fused-update --clip 0" LLAMA_TAG="${LLAMA_TAG:+$LLAMA_TAG-}ckpt-fused" RUN_TIMEOUT=$((STEP_TIMEOUT - 5)) FIGURES=speed1b MODES1B='"${word#1bckpt:}"' bash scripts/llama-gpu-figures.sh "$0" "$1"' "$BIN" "$RES" ;;
     peer1b|peer7b)
       step "$word" 150 bash -c 'RUN_TIMEOUT=$((STEP_TIMEOUT - 5)) FIGURES='"$word"' bash scripts/llama-gpu-figures.sh "$0" "$1"' "$BIN" "$RES" ;;
     gemm:*)

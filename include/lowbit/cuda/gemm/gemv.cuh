@@ -4,8 +4,7 @@
 // as float32, exactly the values cuda::dequantize writes as float32; products
 // and sums are fp32 FMAs; one rounding into the output dtype at the end.
 //
-// Forward Y = X W^T: each warp owns 2 rows of W (2 output columns; 1 when
-// M = 1, gemv_fwd_rows_per_warp) and
+// Forward Y = X W^T: each warp owns 2 rows of W (2 output columns) and
 // streams them along K with 16-byte loads (32 4-bit or 16 8-bit codes a lane;
 // a warp reads 512 contiguous bytes of a row per step), decodes in registers
 // (decode.cuh), and multiplies by up to MT = 4 rows of X read with 16-byte
@@ -42,12 +41,14 @@ namespace gemm_detail {
 
 constexpr int gemv_threads = 256;
 constexpr int gemv_warps = gemv_threads / 32;
-// Rows of W per warp in the forward: 2 share each activation load when
-// several activation rows are multiplied; with one (M = 1) there is nothing
-// to share, and one row per warp doubles the warps: a 4096-row W then fills
-// the H100 once (512 CTAs) instead of half (ncu, 2026-11-26: 0.48 waves,
-// 24 % achieved occupancy, 51 % of copy bandwidth).
-LOWBIT_HD constexpr int gemv_fwd_rows_per_warp(int mt) { return mt == 1 ? 1 : 2; }
+// Rows of W per warp in the forward; both share each activation load. Tried
+// and measured on the H100 (2026-11-26, bench_dequant_gemm_cuda, M = 1,
+// NF4 nested): one row per warp at M = 1 (twice the warps: ncu had shown
+// 0.48 waves and 24 % achieved occupancy) was no faster (31.1 / 31.8 us
+// against 29.9 / 29.5 us on 4096x11008 / 11008x4096), and four vectors per
+// lane in flight on top of it was slower (46 / 37 us: 79 registers, fewer
+// warps); so 2 rows and one vector a step, as first measured.
+LOWBIT_HD constexpr int gemv_fwd_rows_per_warp(int) { return 2; }
 constexpr int gemv_bwd_ctas_per_sm = 4;  // split target
 // Backward: rows of W each warp has in flight per step (interleaved by
 // gemv_warps), so a lane keeps several 8-byte loads outstanding.
