@@ -214,6 +214,23 @@ std::string weight_bytes(session_base& s, const std::string& tmp) {
   return out;
 }
 
+// A two-pass session (a) and a fused backward-update session (b) of the same
+// options, trained 4 steps from the same weights; the caller compares them.
+struct two_pass_and_fused {
+  std::unique_ptr<session_base> a, b;
+  two_pass_and_fused(const llama_config& c, const mode_info& m, session_options o) {
+    o.fused_update = false;
+    a = make_session(c, m, o, "cuda");
+    o.fused_update = true;
+    b = make_session(c, m, o, "cuda");
+    for (session_base* s : {a.get(), b.get()}) {
+      init_random(s->weights(), c, 7);
+      s->weights_changed();
+      train(*s, 0, 4, 0.0f);
+    }
+  }
+};
+
 }  // namespace
 
 TEST_CASE("GPU loss and gradients equal the CPU trainer's (GQA, untied head)") {
@@ -258,17 +275,9 @@ TEST_CASE("GPU: the fused backward-update equals the two-pass step, bit for bit 
   for (const char* mode : {"qft", "bf16-adamw8"}) {
     CAPTURE(mode);
     const mode_info& m = find_mode(mode);
-    session_options o = options_for(m, 8, 64);
-    std::unique_ptr<session_base> a = make_session(c, m, o, "cuda");
-    o.fused_update = true;
-    std::unique_ptr<session_base> b = make_session(c, m, o, "cuda");
-    for (session_base* s : {a.get(), b.get()}) {
-      init_random(s->weights(), c, 7);
-      s->weights_changed();
-      train(*s, 0, 4, 0.0f);
-    }
-    CHECK(weight_bytes(*a, "gpu_fused_a.safetensors") == weight_bytes(*b, "gpu_fused_b.safetensors"));
-    CHECK(b->gradient_bytes() < a->gradient_bytes());
+    const two_pass_and_fused r(c, m, options_for(m, 8, 64));
+    CHECK(weight_bytes(*r.a, "gpu_fused_a.safetensors") == weight_bytes(*r.b, "gpu_fused_b.safetensors"));
+    CHECK(r.b->gradient_bytes() < r.a->gradient_bytes());
   }
 }
 
@@ -346,17 +355,10 @@ TEST_CASE("GPU: with bfloat16 gradients the loss falls, fused equals two-pass, t
   CHECK(2 * s16->gradient_bytes() == s32->gradient_bytes());
 
   // fused backward-update with bf16 gradients == two-pass with bf16 gradients, bit for bit
-  std::unique_ptr<session_base> a = make_session(c, m, o, "cuda");
-  o.fused_update = true;
-  std::unique_ptr<session_base> b = make_session(c, m, o, "cuda");
-  for (session_base* s : {a.get(), b.get()}) {
-    init_random(s->weights(), c, 7);
-    s->weights_changed();
-    train(*s, 0, 4, 0.0f);
-  }
-  CHECK(weight_bytes(*a, "gpu_bf16g_a.safetensors") == weight_bytes(*b, "gpu_bf16g_b.safetensors"));
-  CHECK(b->gradient_bytes() == fused_plan.bytes(lowbit::dtype::bf16));
-  CHECK(b->gradient_bytes() < a->gradient_bytes());
+  const two_pass_and_fused r(c, m, o);
+  CHECK(weight_bytes(*r.a, "gpu_bf16g_a.safetensors") == weight_bytes(*r.b, "gpu_bf16g_b.safetensors"));
+  CHECK(r.b->gradient_bytes() == fused_plan.bytes(lowbit::dtype::bf16));
+  CHECK(r.b->gradient_bytes() < r.a->gradient_bytes());
 }
 
 TEST_CASE("GPU: bad requests are refused with clear errors") {
