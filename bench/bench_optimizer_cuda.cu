@@ -1,7 +1,8 @@
 // bench/bench_optimizer_cuda.cu
 // Google Benchmark step throughput of lowbit's fused optimizer kernel on the
-// GPU (memory::device): Lion and AdamW with fp32 / int8 / int4 states and
-// fp32 / bf16 / int8 / NF4 (block 64, nested) weights, one tensor of n
+// GPU (memory::device): Lion and AdamW with fp32 / int8 / int4 states (and
+// int8 re-encoded to nearest, bitsandbytes' rounding) and fp32 / bf16 /
+// int8 / NF4 (block 64, nested) weights, one tensor of n
 // elements (default 256M; --n=N) with a bf16 gradient. Timing is manual with
 // CUDA events around the fused kernel launch only (cuda_fused_step; the
 // gradient-statistics pass of optimizer::step is excluded so the figure is
@@ -178,12 +179,17 @@ LOWBIT_BENCH(bm_copy, "d2d_copy_f32_tensor");
 LOWBIT_BENCH((bm_dense<adamw, states::fp32, weights::fp32>), "cuda/adamw/states:fp32/weights:fp32");
 LOWBIT_BENCH((bm_dense<adamw, states::int8, weights::fp32>), "cuda/adamw/states:int8/weights:fp32");
 LOWBIT_BENCH((bm_dense<adamw, states::int4, weights::fp32>), "cuda/adamw/states:int4/weights:fp32");
+// int8 states re-encoded to nearest, as bitsandbytes' 8-bit optimizers do
+// (lowbit's default re-encodes stochastically: two Philox draws per 8
+// elements and state): the like-for-like row for a bitsandbytes comparison.
+LOWBIT_BENCH((bm_dense<adamw, states::int8_nearest, weights::fp32>), "cuda/adamw/states:int8+rn/weights:fp32");
 LOWBIT_BENCH((bm_dense<adamw, states::int8, weights::bf16>), "cuda/adamw/states:int8/weights:bf16");
 LOWBIT_BENCH((bm_quantized<adamw, states::int8, format::int8>), "cuda/adamw/states:int8/weights:int8");
 LOWBIT_BENCH((bm_quantized<adamw, states::int8, format::nf4>), "cuda/adamw/states:int8/weights:nf4");
 LOWBIT_BENCH((bm_dense<lion, states::fp32, weights::fp32>), "cuda/lion/states:fp32/weights:fp32");
 LOWBIT_BENCH((bm_dense<lion, states::int8, weights::fp32>), "cuda/lion/states:int8/weights:fp32");
 LOWBIT_BENCH((bm_dense<lion, states::int4, weights::fp32>), "cuda/lion/states:int4/weights:fp32");
+LOWBIT_BENCH((bm_dense<lion, states::int8_nearest, weights::fp32>), "cuda/lion/states:int8+rn/weights:fp32");
 LOWBIT_BENCH((bm_dense<lion, states::int8, weights::bf16>), "cuda/lion/states:int8/weights:bf16");
 LOWBIT_BENCH((bm_quantized<lion, states::int8, format::int8>), "cuda/lion/states:int8/weights:int8");
 LOWBIT_BENCH((bm_quantized<lion, states::int8, format::nf4>), "cuda/lion/states:int8/weights:nf4");
