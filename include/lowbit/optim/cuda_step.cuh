@@ -4,9 +4,12 @@
 // applies the rule, re-encodes states with fresh block scales and writes the
 // weight back (stochastic rounding where the policy says), with no full-size
 // temporary. Each thread owns 8 consecutive elements (read and written with
-// one wide access where the address allows); the threads of one
+// one wide access where the address allows; on that path the loads of every
+// storage are issued before any is decoded); the threads of one
 // quantization block reduce its absmax with warp shuffles (shared memory for
-// blocks over 256 elements). Every element operation, the random stream and
+// blocks over 256 elements); re-encoding finds each value's place in the
+// sorted codebook through the CPU step's bucket table; one resident wave of
+// blocks loops over the tensor. Every element operation, the random stream and
 // the reduction orders are those of cpu_step.hpp, so results are
 // bit-identical to the CPU executor. Nested (double-quantized) weight scales
 // are finished by the nested kernels of cuda/quantize.cuh.
