@@ -78,15 +78,19 @@ inline const floor_index_table& floor_index_for(format f, const sorted_codebook&
   return *tables[i];
 }
 
+// One compare-and-step move after the bucket's start: lo + 1 when that entry
+// is still <= u, else lo. Shared with the CUDA optimizer step.
+LOWBIT_HD int floor_refine_step(int lo, float u, const float* sorted, int size) {
+  const int next = lo + 1 < size ? lo + 1 : lo;
+  return sorted[next] <= u ? next : lo;
+}
+
 // lo[k] = sorted_floor_index(u[k]) for k < len, for finite u (NaN and
 // infinities give an index that the encoders' range checks override).
 inline void floor_indices(const floor_index_table& ft, const sorted_codebook& t, const float* u, int len, int* lo) {
   for (int k = 0; k < len; ++k) lo[k] = ft.start[floor_bucket(u[k])];
   for (int r = 0; r < floor_index_table::refine_steps; ++r)
-    for (int k = 0; k < len; ++k) {
-      const int next = lo[k] + 1 < t.size ? lo[k] + 1 : lo[k];
-      lo[k] = t.value[next] <= u[k] ? next : lo[k];
-    }
+    for (int k = 0; k < len; ++k) lo[k] = floor_refine_step(lo[k], u[k], t.value, t.size);
 }
 
 }  // namespace cpu

@@ -206,16 +206,7 @@ inline void store_tile(const storage_view& st, const format_tables* tab, int64_t
       // With a kept scale, an unchanged weight comes back as table[c] * s
       // * (1 / s), a few ulps off its own grid value; snap it there so that
       // stochastic rounding does not re-draw weights that did not move.
-      for (int k = 0; k < len; ++k) {
-        const float below = t.value[lo[k]], above = t.value[lo[k] + 1 < t.size ? lo[k] + 1 : lo[k]];
-        const int d = snap_direction(u[k], below, above);
-        if (d > 0) {
-          u[k] = above;
-          lo[k] = lo[k] + 1 < t.size ? lo[k] + 1 : lo[k];
-        } else if (d < 0) {
-          u[k] = below;
-        }
-      }
+      for (int k = 0; k < len; ++k) lo[k] = snap_onto_grid(u[k], lo[k], t.value, t.size);
     }
     if (stochastic)
       for (int k = 0; k < len; k += 4) {  // s + j0 is a multiple of 4

@@ -86,6 +86,29 @@ __device__ __forceinline__ bool aligned_for(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & uintptr_t(Bytes - 1)) == 0;
 }
 
+// The 8 values of 16-bit elements packed little-endian in four words.
+__device__ __forceinline__ void unpack16x8(storage_kind kind, const uint32_t (&w)[4], float (&v)[8]) {
+#pragma unroll
+  for (int k = 0; k < 8; ++k) v[k] = widen16(kind, uint16_t(w[k / 2] >> (16 * (k % 2))));
+}
+
+// The codes of 8 elements packed in w0 (4-bit: byte j holds elements 2j in
+// its high nibble and 2j+1 in its low one) or in w0, w1 (8-bit, byte k of
+// the pair is element k); little-endian.
+__device__ __forceinline__ void unpack_codes8(bool four, uint32_t w0, uint32_t w1, int (&c)[8]) {
+  if (four) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t byte = (w0 >> (8 * j)) & 0xFFu;
+      c[2 * j] = int(byte >> 4);
+      c[2 * j + 1] = int(byte & 15u);
+    }
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < 8; ++k) c[k] = int(((k < 4 ? w0 : w1) >> (8 * (k % 4))) & 0xFFu);
+}
+
 // v[k] = element idx + k of a dense storage (0 past n).
 __device__ __forceinline__ void load_dense8(storage_kind kind, const void* data, int64_t idx, int64_t n,
                                             float (&v)[8]) {
@@ -101,11 +124,7 @@ __device__ __forceinline__ void load_dense8(storage_kind kind, const void* data,
       const uint16_t* p = static_cast<const uint16_t*>(data) + idx;
       if (aligned_for<16>(p)) {
         const uint4 w = *reinterpret_cast<const uint4*>(p);
-        const uint32_t words[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          v[k] = widen16(kind, uint16_t(words[k / 2] >> (16 * (k % 2))));  // little-endian: element k
-        }
+        unpack16x8(kind, {w.x, w.y, w.z, w.w}, v);
         return;
       }
     }
@@ -148,19 +167,12 @@ __device__ __forceinline__ void load_codes8(const uint8_t* codes, int64_t idx, i
                                             int (&c)[8]) {
   if (idx + 8 <= n) {
     if (four && aligned_for<4>(codes + (idx >> 1))) {
-      const uint32_t w = *reinterpret_cast<const uint32_t*>(codes + (idx >> 1));
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const uint32_t byte = (w >> (8 * j)) & 0xFFu;  // little-endian: byte j holds elements 2j (high), 2j+1
-        c[2 * j] = int(byte >> 4);
-        c[2 * j + 1] = int(byte & 15u);
-      }
+      unpack_codes8(true, *reinterpret_cast<const uint32_t*>(codes + (idx >> 1)), 0u, c);
       return;
     }
     if (!four && aligned_for<8>(codes + idx)) {
       const uint2 w = *reinterpret_cast<const uint2*>(codes + idx);
-#pragma unroll
-      for (int k = 0; k < 8; ++k) c[k] = int(((k < 4 ? w.x : w.y) >> (8 * (k % 4))) & 0xFFu);
+      unpack_codes8(false, w.x, w.y, c);
       return;
     }
   }
@@ -264,28 +276,13 @@ __device__ __forceinline__ float decode8(storage_kind kind, const storage_view& 
       return 0.0f;
     }
     case storage_kind::bf16:
-    case storage_kind::f16: {
-      const uint32_t w[4] = {r.a.x, r.a.y, r.a.z, r.a.w};
-#pragma unroll
-      for (int k = 0; k < 8; ++k) v[k] = widen16(kind, uint16_t(w[k / 2] >> (16 * (k % 2))));  // little-endian
-      return 0.0f;
-    }
+    case storage_kind::f16: unpack16x8(kind, {r.a.x, r.a.y, r.a.z, r.a.w}, v); return 0.0f;
     case storage_kind::blockwise: {
       const quantized_view& q = st.q;
       const float scale =
           q.layout.nested ? decode_nested_scale(uint8_t(r.scale_code), r.scale, *q.nested_offset, t.nested_map) : r.scale;
       int c[8];
-      if (is_4bit(q.layout.fmt)) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const uint32_t byte = (r.a.x >> (8 * j)) & 0xFFu;  // byte j holds elements 2j (high), 2j+1
-          c[2 * j] = int(byte >> 4);
-          c[2 * j + 1] = int(byte & 15u);
-        }
-      } else {
-#pragma unroll
-        for (int k = 0; k < 8; ++k) c[k] = int(((k < 4 ? r.a.x : r.a.y) >> (8 * (k % 4))) & 0xFFu);
-      }
+      unpack_codes8(is_4bit(q.layout.fmt), r.a.x, r.a.y, c);
 #pragma unroll
       for (int k = 0; k < 8; ++k) v[k] = mul_rn(t.decode[which][c[k]], scale);
       return scale;
@@ -368,10 +365,7 @@ __device__ __forceinline__ void floor_index8(const shared_tables& t, int which, 
 #pragma unroll
   for (int r = 0; r < cpu::floor_index_table::refine_steps; ++r)
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const int next = lo[k] + 1 < size ? lo[k] + 1 : lo[k];
-      lo[k] = sorted[next] <= u[k] ? next : lo[k];
-    }
+    for (int k = 0; k < 8; ++k) lo[k] = cpu::floor_refine_step(lo[k], u[k], sorted, size);
 }
 
 // Encodes elements idx..idx+7 (fresh block scales for blockwise storages).
@@ -421,15 +415,9 @@ __device__ __forceinline__ void store8(const storage_view& st, const shared_tabl
 #pragma unroll
   for (int k = 0; k < 8; ++k) u[k] = mul_rn(v[k], inv);
   floor_index8(t, which, u, lo);
-  if (keep) {  // snap an unmoved weight onto its grid value, as the CPU step does
+  if (keep)  // snap an unmoved weight onto its grid value, as the CPU step does
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const int up = lo[k] + 1 < size ? lo[k] + 1 : lo[k];
-      const int d = snap_direction(u[k], sorted[lo[k]], sorted[up]);
-      if (d > 0) u[k] = sorted[up], lo[k] = up;
-      else if (d < 0) u[k] = sorted[lo[k]];
-    }
-  }
+    for (int k = 0; k < 8; ++k) lo[k] = snap_onto_grid(u[k], lo[k], sorted, size);
   uint8_t c[8];
 #pragma unroll
   for (int k = 0; k < 8; ++k)
@@ -482,7 +470,7 @@ __global__ void __launch_bounds__(fused_max_threads, fused_min_blocks_at_max) fu
       fetch8(a.weight.kind, a.weight, a.weight.data, idx, rw);
       fetch8(a.state1.kind, a.state1, a.state1.data, idx, r1);
       fetch8(a.state2.kind, a.state2, a.state2.data, idx, r2);
-      fetch8(gk, a.weight, a.grad, idx, rg);
+      fetch8(gk, a.weight, a.grad, idx, rg);  // dense: the storage_view argument is not read
       old_scale = decode8(a.weight.kind, a.weight, t, 0, rw, p);
       decode8(a.state1.kind, a.state1, t, 1, r1, m);
       decode8(a.state2.kind, a.state2, t, 2, r2, v);

@@ -51,5 +51,19 @@ LOWBIT_HD int snap_direction(float u, float below, float above) {
   return above - u <= tol_above ? 1 : (u - below <= tol_below ? -1 : 0);
 }
 
+// Snaps u onto its grid neighbour (snap_direction) in the sorted codebook
+// `sorted` of `size` entries, given lo = its floor index; returns the floor
+// index of the snapped value. The CPU and CUDA steps both call this.
+LOWBIT_HD int snap_onto_grid(float& u, int lo, const float* sorted, int size) {
+  const int up = lo + 1 < size ? lo + 1 : lo;
+  const int d = snap_direction(u, sorted[lo], sorted[up]);
+  if (d > 0) {
+    u = sorted[up];
+    return up;
+  }
+  if (d < 0) u = sorted[lo];
+  return lo;
+}
+
 }  // namespace optim
 }  // namespace lowbit

@@ -48,7 +48,7 @@ constexpr int gemv_warps = gemv_threads / 32;
 // against 29.9 / 29.5 us on 4096x11008 / 11008x4096), and four vectors per
 // lane in flight on top of it was slower (46 / 37 us: 79 registers, fewer
 // warps); so 2 rows and one vector a step, as first measured.
-LOWBIT_HD constexpr int gemv_fwd_rows_per_warp(int) { return 2; }
+constexpr int gemv_fwd_rows_per_warp = 2;
 constexpr int gemv_bwd_ctas_per_sm = 4;  // split target
 // Backward: rows of W each warp has in flight per step (interleaved by
 // gemv_warps), so a lane keeps several 8-byte loads outstanding.
@@ -119,7 +119,7 @@ __global__ void __launch_bounds__(gemv_threads)
   float* map = nullptr;
   const decoder dec = setup_decoder<D>(smem, table.value, map_src.value, p.w.nested, &map);
   __syncthreads();  // the only barrier: warps may leave early below
-  constexpr int R = gemv_fwd_rows_per_warp(MT);
+  constexpr int R = gemv_fwd_rows_per_warp;
   const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31u);
   const int64_t n0 = (int64_t(blockIdx.x) * gemv_warps + warp) * R;
   if (n0 >= p.N) return;
@@ -361,7 +361,7 @@ void launch_gemv_forward_mt(gemv_args p, const code_table& table, const code_tab
   const int smem = decode_smem_bytes(D);
   auto kernel = gemv_forward_kernel<D, MT>;
   allow_dynamic_smem(kernel, smem, smem_set);
-  const int64_t rows_per_cta = int64_t(gemv_warps) * gemv_fwd_rows_per_warp(MT);
+  const int64_t rows_per_cta = int64_t(gemv_warps) * gemv_fwd_rows_per_warp;
   const int64_t gx = (p.N + rows_per_cta - 1) / rows_per_cta;
   const int64_t groups = (p.M + MT - 1) / MT;
   for (int64_t g0 = 0; g0 < groups; g0 += 65535) {
