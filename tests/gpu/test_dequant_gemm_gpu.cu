@@ -428,20 +428,6 @@ TEST_CASE("GEMM decoders equal the format tables bit for bit (host)") {
   }
 }
 
-TEST_CASE("the automatic dispatch follows the documented rule") {
-  CHECK(cuda::select_gemm_regime(1, dtype::bf16) == gemm_regime::gemv);
-  CHECK(cuda::select_gemm_regime(4, dtype::f32) == gemm_regime::gemv);
-  CHECK(cuda::select_gemm_regime(5, dtype::bf16) == gemm_regime::mma);
-  CHECK(cuda::select_gemm_regime(255, dtype::f16) == gemm_regime::mma);
-  CHECK(cuda::select_gemm_regime(256, dtype::bf16) == gemm_regime::dequant_cublas);
-  using cuda::gemm_direction;
-  CHECK(cuda::select_gemm_regime(gemm_direction::backward_input, 2, dtype::bf16) == gemm_regime::gemv);
-  CHECK(cuda::select_gemm_regime(gemm_direction::backward_input, 3, dtype::bf16) == gemm_regime::mma);
-  CHECK(cuda::select_gemm_regime(gemm_direction::backward_input, 4, dtype::f32) == gemm_regime::gemv);
-  CHECK(cuda::select_gemm_regime(gemm_direction::forward, 4, dtype::bf16) == gemm_regime::gemv);
-  CHECK(cuda::select_gemm_regime(16, dtype::f32) == gemm_regime::dequant_cublas);
-}
-
 TEST_CASE("decoded weights equal cuda::dequantize in every regime (identity activations)") {
   // Y = I W^T has y[m][n] = w[n][m] exactly (one product by 1, the rest 0),
   // dX = I W has dx[n][k] = w[n][k]; so the weights each regime multiplies

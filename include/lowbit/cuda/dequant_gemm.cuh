@@ -25,21 +25,14 @@
 //                   workspace, then cublasGemmEx (fp32 accumulation); weights
 //                   in the activation dtype (float32 included).
 //
-// Automatic dispatch (select_gemm_regime; M = rows of X or dY; thresholds in
-// gemm_policy, set from bench_dequant_gemm_cuda on an H100, 2026-11-26: the
-// fastest measured NF4 regime per shape and M, docs/PERFORMANCE.md):
+// Automatic dispatch (select_gemm_regime in gemm/dispatch.hpp, where the
+// thresholds and the measurements behind them are written down):
 //
-//   forward, M <= 4; backward, M <= 2       -> gemv
-//   float32 activations with M <= 4         -> gemv (either direction)
-//   float32 activations, or M >= 256        -> dequant_cublas
-//   otherwise (bf16 / fp16)                 -> mma
-//
-// Measured on the four LLaMA-7B shapes: the forward gemv beat mma at M = 1
-// and 4 on all of them; the backward gemv (split over W's rows) beat mma at
-// M = 1 but lost at M = 4 on three of four; at M = 256 the fallback beat mma
-// on 4096x4096 by 25 % (NF4) to 40 % (int8) and lost to it by at most 8 %
-// on the larger shapes, so M >= 256 goes to the fallback. M between the
-// measured points (2-3, 65-255) follows the nearest measured side.
+//   forward, M <= 4; backward, M <= 2          -> gemv
+//   float32 activations with M <= 4            -> gemv (either direction)
+//   float32 activations, or M >= 256           -> dequant_cublas
+//   n k <= 24 Mi and M >= 16 (backward: 64)    -> dequant_cublas
+//   otherwise (bf16 / fp16)                    -> mma
 //
 // Why: below ~4 rows every weight feeds too few FMAs for tensor cores to
 // matter and the product is a pass over W at memory bandwidth; from a few
@@ -47,8 +40,9 @@
 // tensor cores do the math while W is read once in packed form; for large M
 // the GEMM is compute bound, decoding W once (O(NK)) costs little next to
 // the O(MNK) math, and cuBLAS's sm_90 kernels (wgmma, TMA) are faster than
-// this library's mma.sync kernel. Float32 activations have no 16-bit tensor
-// core path, so beyond GEMV they go to fp32 cuBLAS.
+// this library's mma.sync kernel; a small W gives the mma grid too few
+// tiles to fill the GPU, and decoding it costs little. Float32 activations
+// have no 16-bit tensor core path, so beyond GEMV they go to fp32 cuBLAS.
 //
 // Which weights each regime multiplies by (all equal to cuda::dequantize's
 // output bit for bit, in the dtype stated): gemv uses float32 weights, mma
@@ -94,25 +88,6 @@
 namespace lowbit {
 namespace cuda {
 
-enum class gemm_direction : uint8_t { forward, backward_input };
-
-// The regime the automatic dispatch picks for M activation rows.
-inline gemm_regime select_gemm_regime(gemm_direction dir, int64_t M, dtype activations,
-                                      const gemm_policy& policy = {}) {
-  // float32 has no mma path, so its gemv range does not shrink backward
-  const int64_t gemv_max =
-      dir == gemm_direction::backward_input && activations != dtype::f32 ? policy.gemv_max_m_backward
-                                                                          : policy.gemv_max_m;
-  if (M <= gemv_max) return gemm_regime::gemv;
-  if (activations == dtype::f32 || M >= policy.cublas_min_m) return gemm_regime::dequant_cublas;
-  return gemm_regime::mma;
-}
-
-// The forward's rule (kept for callers that name no direction).
-inline gemm_regime select_gemm_regime(int64_t M, dtype activations, const gemm_policy& policy = {}) {
-  return select_gemm_regime(gemm_direction::forward, M, activations, policy);
-}
-
 // What one call will do: its regime, its reduction splits (gemv backward and
 // mma write fp32 partials when splits > 1) and the scratch bytes it needs
 // (pass a buffer at least that large as gemm_options::workspace to avoid
@@ -128,7 +103,7 @@ inline gemm_plan plan_dequant_gemm(gemm_direction dir, int64_t M, int64_t n, int
                                    dtype activations, dtype output, bool has_bias, const gemm_options& opt = {}) {
   using namespace gemm_detail;
   gemm_plan p;
-  p.regime = opt.regime == gemm_regime::automatic ? select_gemm_regime(dir, M, activations, opt.policy) : opt.regime;
+  p.regime = opt.regime == gemm_regime::automatic ? select_gemm_regime(dir, M, n, k, activations, opt.policy) : opt.regime;
   const bool fwd = dir == gemm_direction::forward;
   const int64_t P = fwd ? n : k, R = fwd ? k : n;  // output columns, reduction length
   if (M == 0 || P == 0 || R == 0) return p;

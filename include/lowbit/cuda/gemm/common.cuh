@@ -1,6 +1,6 @@
 // lowbit/cuda/gemm/common.cuh
-// What the three dequant-GEMM regimes share: the public regime / options
-// types, argument validation (shapes, dtypes, memory spaces, with errors that
+// What the three dequant-GEMM regimes share: the public options type (the
+// regime names and the dispatch rule are in dispatch.hpp), argument validation (shapes, dtypes, memory spaces, with errors that
 // name the argument like the CPU twin), the stream-ordered scratch buffer,
 // the split-reduction finalize kernel (sums fp32 partials in a fixed order,
 // adds the bias, rounds once into the output dtype), and the runtime-format
@@ -25,38 +25,10 @@
 #include "../../formats/quantized_view.hpp"
 #include "../check.cuh"
 #include "decode.cuh"
+#include "dispatch.hpp"
 
 namespace lowbit {
 namespace cuda {
-
-// Which kernel family computes a dequant-GEMM (see dequant_gemm.cuh for the
-// automatic rule). Tests and benchmarks force one; callers normally leave
-// `automatic`.
-enum class gemm_regime : uint8_t {
-  automatic,
-  gemv,            // CUDA cores, fp32 weights, memory bound: small M
-  mma,             // tensor cores (mma.sync m16n8k16), W tiles decoded into shared memory
-  dequant_cublas,  // dequantize W tile-wise into a workspace, then cuBLAS
-};
-
-inline const char* gemm_regime_name(gemm_regime r) {
-  switch (r) {
-    case gemm_regime::automatic: return "automatic";
-    case gemm_regime::gemv: return "gemv";
-    case gemm_regime::mma: return "mma";
-    case gemm_regime::dequant_cublas: return "dequant_cublas";
-  }
-  return "?";
-}
-
-// Thresholds of the automatic dispatch (dequant_gemm.cuh states the rule),
-// from bench_dequant_gemm_cuda on an H100 (2026-11-26); re-measure for
-// another GPU.
-struct gemm_policy {
-  int64_t gemv_max_m = 4;           // forward (and float32) M <= this: gemv
-  int64_t gemv_max_m_backward = 2;  // backward dX with bf16 / fp16, M <= this: gemv
-  int64_t cublas_min_m = 256;       // M >= this (or float32 activations): dequant_cublas; between: mma
-};
 
 struct gemm_options {
   gemm_regime regime = gemm_regime::automatic;
