@@ -10,7 +10,9 @@
 // headers lack: threadIdx / blockIdx / blockDim / gridDim (globals, set
 // before the emulator switches into a thread), __shared__ (a function-local
 // static: one array per kernel, right because blocks run one at a time),
-// __syncthreads() and __shfl_xor_sync(). Everything runs on the calling OS
+// __syncthreads(), __shfl_xor_sync(), __ldg() and dynamic shared memory
+// (LOWBIT_DYNAMIC_SHARED of <lowbit/cuda/launch.cuh>: one buffer of the
+// launch's size, zeroed per launch). Everything runs on the calling OS
 // thread: the blocks of the grid one after another (x fastest, then y, z);
 // within a block every thread is a ucontext fiber (stacks reused across
 // blocks and launches), run round-robin in thread order, each until it
@@ -97,6 +99,8 @@ struct block_state {
   int current = -1;               // linear index of the running thread; -1 outside a kernel
   void (*body)(void*) = nullptr;  // runs the kernel once for the current thread
   void* arg = nullptr;
+  std::vector<uint64_t> dynamic_shared;  // the launch's dynamic shared memory (8-byte aligned words)
+  size_t dynamic_shared_bytes = 0;
 };
 inline block_state& state() {
   static block_state s;
@@ -163,23 +167,46 @@ inline void run_block(unsigned n) {
       finished += s.st[i] == block_state::done;
     }
     if (finished == n) return;
+    auto name = [](const block_state::site& x) {
+      return std::string(x.kind < 0 ? "__syncthreads" : "__shfl_xor_sync(lane mask " + std::to_string(x.kind) + ")") +
+             " at " + x.file + ":" + std::to_string(x.line);
+    };
+    auto where = [] {
+      return "block (" + std::to_string(blockIdx.x) + ", " + std::to_string(blockIdx.y) + ", " +
+             std::to_string(blockIdx.z) + ")";
+    };
+    auto same = [](const block_state::site& a, const block_state::site& b) {
+      return a.line == b.line && a.kind == b.kind && std::strcmp(a.file, b.file) == 0;
+    };
+    // Shuffles first: a warp whose lanes all wait at one shuffle goes on.
+    bool opened = false;
+    for (unsigned w0 = 0; w0 < n; w0 += 32) {
+      const unsigned w1 = w0 + 32 < n ? w0 + 32 : n;
+      bool any_shuffle = false;
+      for (unsigned i = w0; i < w1; ++i) any_shuffle |= s.st[i] == block_state::at_barrier && s.waits_at[i].kind >= 0;
+      if (!any_shuffle) continue;
+      for (unsigned i = w0; i < w1; ++i) {
+        if (s.st[i] != block_state::at_barrier)
+          throw error("divergent warp in " + where() + ": lane " + std::to_string(i - w0) + " of warp " +
+                      std::to_string(w0 / 32) + " has returned while others wait at " + name(s.waits_at[w0]));
+        if (!same(s.waits_at[i], s.waits_at[w0]))
+          throw error("non-uniform shuffle in " + where() + ": lane 0 of warp " + std::to_string(w0 / 32) +
+                      " waits at " + name(s.waits_at[w0]) + ", lane " + std::to_string(i - w0) + " at " +
+                      name(s.waits_at[i]));
+      }
+      for (unsigned i = w0; i < w1; ++i) s.st[i] = block_state::runnable;
+      opened = true;
+    }
+    if (opened) continue;
+    // Otherwise every thread waits at one __syncthreads.
     if (finished > 0)
-      throw error("divergent __syncthreads in block (" + std::to_string(blockIdx.x) + ", " +
-                  std::to_string(blockIdx.y) + ", " + std::to_string(blockIdx.z) + "): " + std::to_string(waiting) +
+      throw error("divergent __syncthreads in " + where() + ": " + std::to_string(waiting) +
                   " threads wait at a barrier that " + std::to_string(finished) + " exited threads never reach");
     const block_state::site& w0 = s.waits_at[0];
-    for (unsigned i = 1; i < n; ++i) {
-      const block_state::site& w = s.waits_at[i];
-      if (w.line != w0.line || w.kind != w0.kind || std::strcmp(w.file, w0.file) != 0) {
-        auto name = [](const block_state::site& x) {
-          return std::string(x.kind < 0 ? "__syncthreads" : "__shfl_xor_sync(lane mask " + std::to_string(x.kind) + ")") +
-                 " at " + x.file + ":" + std::to_string(x.line);
-        };
-        throw error("non-uniform barrier in block (" + std::to_string(blockIdx.x) + ", " + std::to_string(blockIdx.y) +
-                    ", " + std::to_string(blockIdx.z) + "): thread 0 waits at " + name(w0) + ", thread " +
-                    std::to_string(i) + " at " + name(w));
-      }
-    }
+    for (unsigned i = 1; i < n; ++i)
+      if (!same(s.waits_at[i], w0))
+        throw error("non-uniform barrier in " + where() + ": thread 0 waits at " + name(w0) + ", thread " +
+                    std::to_string(i) + " at " + name(s.waits_at[i]));
     for (unsigned i = 0; i < n; ++i) s.st[i] = block_state::runnable;  // every thread arrived: open
   }
 }
@@ -239,12 +266,25 @@ template <class... P>
 launcher<P...> launch(void (*kernel)(P...), dim3 grid, dim3 block, cudaStream_t /*stream*/) {
   return launcher<P...>{kernel, grid, block};
 }
-// LOWBIT_LAUNCH(kernel, grid, block, smem, stream): dynamic shared memory is
-// not emulated, so smem must be 0.
+// LOWBIT_LAUNCH(kernel, grid, block, smem, stream): `smem` bytes of dynamic
+// shared memory (at most 227 KiB, the sm_90 limit), zeroed, shared by the
+// blocks of the launch one after another (kernels must not rely on its
+// contents at entry, as on a GPU).
 template <class... P>
 launcher<P...> launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream) {
-  if (smem != 0) throw error("dynamic shared memory is not emulated (launch with " + std::to_string(smem) + " bytes)");
+  if (smem > size_t(227) * 1024)
+    throw error("too much dynamic shared memory: " + std::to_string(smem) + " bytes (227 KiB at most)");
+  block_state& s = state();
+  s.dynamic_shared.assign((smem + 7) / 8, 0);
+  s.dynamic_shared_bytes = smem;
   return launch(kernel, grid, block, stream);
+}
+
+// The running kernel's dynamic shared memory (LOWBIT_DYNAMIC_SHARED).
+inline unsigned char* dynamic_shared() {
+  block_state& s = state();
+  if (s.current < 0) die("dynamic shared memory outside a kernel");
+  return s.dynamic_shared_bytes ? reinterpret_cast<unsigned char*>(s.dynamic_shared.data()) : nullptr;
 }
 
 }  // namespace cuda_emulator
@@ -259,13 +299,13 @@ inline void __syncthreads(const char* file = __builtin_FILE(), int line = __buil
   cuda_emulator::pass_on(&s.ctx[size_t(s.current)]);
 }
 
-// Lane (t & 31) ^ lane_mask of the caller's warp. Every thread of the block
+// Lane (t & 31) ^ lane_mask of the caller's warp. Every lane of the warp
 // must call it (see the restriction at the top). A shuffle writes the
-// caller's value to an exchange buffer, waits at a barrier, reads the
-// source lane's value. Consecutive shuffles alternate between two buffers,
-// so no second barrier is needed: a thread writes buffer b again only after
-// passing the next shuffle's barrier, when every thread has done its read of
-// buffer b.
+// caller's value to an exchange buffer, waits at its warp's barrier, reads
+// the source lane's value. Consecutive shuffles alternate between two
+// buffers, so no second barrier is needed: a lane writes buffer b again only
+// after passing the next shuffle's barrier, when every lane of its warp (the
+// only readers of its slot) has done its read of buffer b.
 template <class T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32, const char* file = __builtin_FILE(),
                   int line = __builtin_LINE()) {
@@ -275,7 +315,7 @@ T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32, const char*
   if (mask != 0xffffffffu || width != 32 || lane_mask < 0 || lane_mask >= 32)
     cuda_emulator::die("__shfl_xor_sync: only the full mask, width 32 and lane masks < 32 are emulated");
   const size_t me = size_t(s.current), src = me ^ size_t(lane_mask);
-  if (src >= s.parity.size()) cuda_emulator::die("__shfl_xor_sync: source lane outside the block (partial warp)");
+  if (s.parity.size() % 32 != 0) cuda_emulator::die("__shfl_xor_sync in a block that is not whole warps");
   std::vector<uint64_t>& buf = s.shfl[s.parity[me]];
   s.parity[me] ^= 1;
   std::memcpy(&buf[me], &v, sizeof(T));
@@ -283,6 +323,12 @@ T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32, const char*
   T r;
   std::memcpy(&r, &buf[src], sizeof(T));
   return r;
+}
+
+// A read through the read-only cache is a plain read here.
+template <class T>
+T __ldg(const T* p) {
+  return *p;
 }
 
 // Atomics: every thread runs on the one OS thread and is never preempted

@@ -109,6 +109,13 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* blocks, 
   return cudaSuccess;
 }
 
+// Kernel attributes (e.g. the dynamic shared-memory limit) have no effect
+// here: the emulator checks the launch's request against 227 KiB itself.
+cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute, int value) {
+  if (!func || value < 0) return fail(cudaErrorInvalidValue);
+  return cudaSuccess;
+}
+
 cudaError_t cudaGetDevice(int* dev) {
   if (!dev) return fail(cudaErrorInvalidValue);
   *dev = 0;

@@ -465,17 +465,58 @@ TEST_CASE("emulated optimizer step: 16-bit gradients and misaligned views match 
     }
 }
 
-TEST_CASE("the emulator refuses non-uniform barriers and shuffles") {
-  // shuffles in a branch that only some warps take: must throw, not compute garbage
+TEST_CASE("the emulator: shuffles are per warp, non-uniform barriers and shuffles throw") {
   struct k {
-    static void partial_shuffle(float* out) {
+    // a shuffle in a branch that whole warps take or skip: valid CUDA
+    static void one_warp_shuffles(float* out) {
       float v = float(threadIdx.x);
       if (threadIdx.x < 32) v = __shfl_xor_sync(0xFFFFFFFFu, v, 1);
       __syncthreads();
       out[threadIdx.x] = v;
     }
+    // a shuffle that half the lanes of a warp never reach
+    static void half_warp_shuffles(float* out) {
+      float v = float(threadIdx.x);
+      if (threadIdx.x < 16) v = __shfl_xor_sync(0xFFFFFFFFu, v, 1);
+      out[threadIdx.x] = v;
+    }
+    // a __syncthreads that returned threads never reach
+    static void partial_barrier(float* out) {
+      if (threadIdx.x >= 32) return;
+      __syncthreads();
+      out[threadIdx.x] = 1.0f;
+    }
+    // warps that return early while another warp shuffles: valid CUDA
+    static void early_return(float* out) {
+      if (threadIdx.x >= 32) return;
+      out[threadIdx.x] = __shfl_xor_sync(0xFFFFFFFFu, float(threadIdx.x), 3);
+    }
   };
-  std::vector<float> out(64);
-  CHECK_THROWS_AS(LOWBIT_LAUNCH(k::partial_shuffle, 1, 64, 0, nullptr)(out.data()), cuda_emulator::error);
-  CHECK_THROWS_AS(LOWBIT_LAUNCH(k::partial_shuffle, 1, 64, 16, nullptr)(out.data()), cuda_emulator::error);
+  std::vector<float> out(64, -1.0f);
+  LOWBIT_LAUNCH(k::one_warp_shuffles, 1, 64, 0, nullptr)(out.data());
+  for (unsigned t = 0; t < 64; ++t) CHECK(out[t] == float(t < 32 ? (t ^ 1u) : t));
+  out.assign(64, -1.0f);
+  LOWBIT_LAUNCH(k::early_return, 1, 64, 0, nullptr)(out.data());
+  for (unsigned t = 0; t < 32; ++t) CHECK(out[t] == float(t ^ 3u));
+  CHECK(out[40] == -1.0f);
+  CHECK_THROWS_AS(LOWBIT_LAUNCH(k::half_warp_shuffles, 1, 64, 0, nullptr)(out.data()), cuda_emulator::error);
+  CHECK_THROWS_AS(LOWBIT_LAUNCH(k::partial_barrier, 1, 64, 0, nullptr)(out.data()), cuda_emulator::error);
+}
+
+TEST_CASE("the emulator: dynamic shared memory of the launch's size, zeroed, at most 227 KiB") {
+  struct k {
+    static void sum_through_shared(unsigned* out) {
+      LOWBIT_DYNAMIC_SHARED(smem);
+      unsigned* s = reinterpret_cast<unsigned*>(smem);
+      const unsigned before = s[threadIdx.x];  // zeroed at the launch
+      s[threadIdx.x] = threadIdx.x + 1;
+      __syncthreads();
+      out[threadIdx.x] = before + s[(threadIdx.x + 1) % blockDim.x];
+    }
+  };
+  std::vector<unsigned> out(128);
+  LOWBIT_LAUNCH(k::sum_through_shared, 1, 128, 128 * sizeof(unsigned), nullptr)(out.data());
+  for (unsigned t = 0; t < 128; ++t) CHECK(out[t] == (t + 1) % 128 + 1);
+  CHECK_THROWS_AS(LOWBIT_LAUNCH(k::sum_through_shared, 1, 128, 228 * 1024, nullptr)(out.data()),
+                  cuda_emulator::error);
 }

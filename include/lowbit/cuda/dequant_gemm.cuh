@@ -221,19 +221,7 @@ inline void dequant_gemm_forward(const tensor_view& x, const quantized_view& w, 
   dispatch_kind(w.layout.fmt, [&](auto tag) {
     constexpr decode_kind D = decltype(tag)::value;
     if (plan.regime == gemm_regime::gemv) {
-      gemv_args g;
-      g.act = x.data;
-      g.act_type = x.type;
-      g.out = y.data;
-      g.out_type = y.type;
-      g.bias = bias_ptr;
-      g.bias_type = bias_type;
-      g.M = M;
-      g.N = n;
-      g.K = k;
-      g.w = wa;
-      g.vec = k % (4 * kind_elems_per_word(D)) == 0 && is_aligned(w.codes, 16) && is_aligned(x.data, 16);
-      launch_gemv_forward<D>(g, table, map, stream);
+      gemv_forward<D>(x.data, x.type, wa, bias_ptr, bias_type, y.data, y.type, M, n, k, table, map, stream);
     } else if (plan.regime == gemm_regime::mma) {
       scratch ws(opt, plan.workspace_bytes, stream, fn);
       mma_args a;
@@ -294,21 +282,8 @@ inline void dequant_gemm_backward_input(const tensor_view& dy, const quantized_v
     constexpr decode_kind D = decltype(tag)::value;
     if (plan.regime == gemm_regime::gemv) {
       scratch ws(opt, plan.workspace_bytes, stream, fn);
-      gemv_args g;
-      g.act = dy.data;
-      g.act_type = dy.type;
-      g.out = dx.data;
-      g.out_type = dx.type;
-      g.partial = plan.splits > 1 ? ws.as<float>() : nullptr;
-      g.M = M;
-      g.N = n;
-      g.K = k;
-      g.rows_per_split = plan.split_len;
-      g.splits = plan.splits;
-      g.w = wa;
-      g.vec = k % (2 * kind_elems_per_word(D)) == 0 && is_aligned(w.codes, 8);
-      launch_gemv_backward<D>(g, table, map, stream);
-      if (plan.splits > 1) finalize_splits(plan, g.partial, M, k, nullptr, dx.data, dx.type, stream);
+      gemv_backward<D>(dy.data, dy.type, wa, dx.data, dx.type, M, n, k, plan.splits, plan.split_len,
+                       plan.splits > 1 ? ws.as<float>() : nullptr, table, map, stream);
     } else if (plan.regime == gemm_regime::mma) {
       scratch ws(opt, plan.workspace_bytes, stream, fn);
       mma_args a;

@@ -24,6 +24,7 @@
 #include "../../formats/gemm_checks.hpp"
 #include "../../formats/quantized_view.hpp"
 #include "../check.cuh"
+#include "../launch.cuh"
 #include "decode.cuh"
 #include "dispatch.hpp"
 
@@ -129,7 +130,8 @@ void allow_dynamic_smem(Kernel kernel, int bytes, std::atomic<uint64_t>& done) {
   LOWBIT_CUDA_CHECK(cudaGetDevice(&dev));
   const uint64_t bit = dev < 64 ? (uint64_t(1) << dev) : 0;
   if (bit && (done.load(std::memory_order_acquire) & bit)) return;
-  LOWBIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  LOWBIT_CUDA_CHECK(
+      cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   if (bit) done.fetch_or(bit, std::memory_order_acq_rel);
 }
 
@@ -234,7 +236,8 @@ inline void launch_finalize(const finalize_args& a, cudaStream_t stream) {
   if (total == 0) return;
   const int64_t want = (total + 255) / 256;
   const int64_t cap = int64_t(sm_count()) * 8;
-  finalize_kernel<0><<<int(want < cap ? want : cap), 256, 0, stream>>>(a);
+  auto* kernel = &finalize_kernel<0>;
+  LOWBIT_LAUNCH(kernel, dim3(unsigned(want < cap ? want : cap)), dim3(256), size_t(0), stream)(a);
   LOWBIT_CUDA_CHECK(cudaGetLastError());
 }
 

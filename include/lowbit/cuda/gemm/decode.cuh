@@ -56,6 +56,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "../../core/config.hpp"
 #include "../../core/dtype.hpp"
@@ -297,12 +298,16 @@ __device__ __forceinline__ uint32_t pack2(float a, float b);
 template <>
 __device__ __forceinline__ uint32_t pack2<bf16>(float a, float b) {
   const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-  return *reinterpret_cast<const uint32_t*>(&h);
+  uint32_t r;
+  memcpy(&r, &h, sizeof r);  // a bit copy (no aliasing through a cast); one register move
+  return r;
 }
 template <>
 __device__ __forceinline__ uint32_t pack2<fp16>(float a, float b) {
   const __half2 h = __floats2half2_rn(a, b);
-  return *reinterpret_cast<const uint32_t*>(&h);
+  uint32_t r;
+  memcpy(&r, &h, sizeof r);
+  return r;
 }
 
 // ---- dense operands of any float dtype -----------------------------------------

@@ -95,8 +95,8 @@ __device__ __forceinline__ void load_group(const void* base, dtype t, int64_t id
   if (t == dtype::bf16) {
 #pragma unroll
     for (int i = 0; i < EPW / 2; ++i) {
-      out[2 * i] = __uint_as_float(w[i] << 16);
-      out[2 * i + 1] = __uint_as_float(w[i] & 0xFFFF0000u);
+      out[2 * i] = bits_float(w[i] << 16);
+      out[2 * i + 1] = bits_float(w[i] & 0xFFFF0000u);
     }
   } else {
 #pragma unroll
@@ -115,7 +115,7 @@ template <decode_kind D, int MT>
 __global__ void __launch_bounds__(gemv_threads)
     gemv_forward_kernel(const gemv_args p, const __grid_constant__ code_table table,
                         const __grid_constant__ code_table map_src) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  LOWBIT_DYNAMIC_SHARED(smem);
   float* map = nullptr;
   const decoder dec = setup_decoder<D>(smem, table.value, map_src.value, p.w.nested, &map);
   __syncthreads();  // the only barrier: warps may leave early below
@@ -228,7 +228,7 @@ template <decode_kind D, int MT>
 __global__ void __launch_bounds__(gemv_threads)
     gemv_backward_kernel(const gemv_args p, const __grid_constant__ code_table table,
                          const __grid_constant__ code_table map_src) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  LOWBIT_DYNAMIC_SHARED(smem);
   float* map = nullptr;
   const decoder dec = setup_decoder<D>(smem, table.value, map_src.value, p.w.nested, &map);
   constexpr int EPW = kind_elems_per_word(D);
@@ -367,7 +367,7 @@ void launch_gemv_forward_mt(gemv_args p, const code_table& table, const code_tab
   for (int64_t g0 = 0; g0 < groups; g0 += 65535) {
     const int64_t gy = groups - g0 < 65535 ? groups - g0 : 65535;
     p.m_base = g0 * MT;
-    kernel<<<dim3(unsigned(gx), unsigned(gy)), gemv_threads, smem, stream>>>(p, table, map);
+    LOWBIT_LAUNCH(kernel, dim3(unsigned(gx), unsigned(gy)), gemv_threads, size_t(smem), stream)(p, table, map);
     LOWBIT_CUDA_CHECK(cudaGetLastError());
   }
 }
@@ -409,7 +409,8 @@ void launch_gemv_backward_mt(gemv_args p, const code_table& table, const code_ta
   for (int64_t g0 = 0; g0 < groups; g0 += 65535) {
     const int64_t gz = groups - g0 < 65535 ? groups - g0 : 65535;
     p.m_base = g0 * MT;
-    kernel<<<dim3(unsigned(gx), unsigned(p.splits), unsigned(gz)), gemv_threads, smem, stream>>>(p, table, map);
+    LOWBIT_LAUNCH(kernel, dim3(unsigned(gx), unsigned(p.splits), unsigned(gz)), gemv_threads, size_t(smem),
+                  stream)(p, table, map);
     LOWBIT_CUDA_CHECK(cudaGetLastError());
   }
 }
@@ -420,6 +421,64 @@ void launch_gemv_backward(const gemv_args& p, const code_table& table, const cod
   if (mt == 1) launch_gemv_backward_mt<D, 1>(p, table, map, stream);
   else if (mt == 2) launch_gemv_backward_mt<D, 2>(p, table, map, stream);
   else launch_gemv_backward_mt<D, 4>(p, table, map, stream);
+}
+
+// ---- the regime, as dequant_gemm.cuh runs it ------------------------------------
+// (Arguments already checked by the entry points; also what the CPU
+// emulation test of these kernels calls.)
+
+// Y[M][n] = X[M][k] W^T (+ bias): 16-byte loads where k and the pointers allow.
+template <decode_kind D>
+void gemv_forward(const void* x, dtype x_type, const weight_args& w, const void* bias, dtype bias_type, void* y,
+                  dtype y_type, int64_t M, int64_t n, int64_t k, const code_table& table, const code_table& map,
+                  cudaStream_t stream) {
+  gemv_args g;
+  g.act = x;
+  g.act_type = x_type;
+  g.out = y;
+  g.out_type = y_type;
+  g.bias = bias;
+  g.bias_type = bias_type;
+  g.M = M;
+  g.N = n;
+  g.K = k;
+  g.w = w;
+  g.vec = k % (4 * kind_elems_per_word(D)) == 0 && is_aligned(w.codes, 16) && is_aligned(x, 16);
+  launch_gemv_forward<D>(g, table, map, stream);
+}
+
+// dX[M][k] = dY[M][n] W over `splits` row ranges of `rows_per_split` rows
+// (gemv_backward_splits); with splits > 1 the fp32 partials go to `partial`
+// ([splits][M][k]) and the finalize kernel sums them in split order.
+template <decode_kind D>
+void gemv_backward(const void* dy, dtype dy_type, const weight_args& w, void* dx, dtype dx_type, int64_t M, int64_t n,
+                   int64_t k, int splits, int64_t rows_per_split, float* partial, const code_table& table,
+                   const code_table& map, cudaStream_t stream) {
+  gemv_args g;
+  g.act = dy;
+  g.act_type = dy_type;
+  g.out = dx;
+  g.out_type = dx_type;
+  g.partial = splits > 1 ? partial : nullptr;
+  g.M = M;
+  g.N = n;
+  g.K = k;
+  g.rows_per_split = rows_per_split;
+  g.splits = splits;
+  g.w = w;
+  g.vec = k % (2 * kind_elems_per_word(D)) == 0 && is_aligned(w.codes, 8);
+  launch_gemv_backward<D>(g, table, map, stream);
+  if (splits > 1) {
+    finalize_args f;
+    f.partial = partial;
+    f.splits = splits;
+    f.M = M;
+    f.P = k;
+    f.out = dx;
+    f.out_type = dx_type;
+    f.out_ld = k;
+    launch_finalize(f, stream);
+  }
 }
 
 }  // namespace gemm_detail
