@@ -16,7 +16,9 @@
 //   |got - ref| <= g + eps_out * (|ref| + g) + abs_out,
 //   g = gamma_L(u_acc) * sum_l |a_l b_l|,  gamma_L(u) = L u / (1 - L u),
 // L = the reduction length (+1 with a bias, +1 for split reductions summed
-// in fp32 afterwards), u_acc = 2^-24 (fp32 FMAs: gemv) or 2^-22 for
+// in fp32 afterwards, +1 for gemv, which applies each block scale once to a
+// sum of code values times activations (forward) or to the dY value of a
+// row (backward) instead of rounding every weight), u_acc = 2^-24 (fp32 FMAs: gemv) or 2^-22 for
 // tensor-core and cuBLAS accumulation (their fp32 accumulation is not
 // documented as IEEE round-to-nearest: studies of tensor cores report
 // truncated alignment, so four units of 2^-24 per addition are allowed),
@@ -221,9 +223,10 @@ reference ref_backward(const dense& dy, const std::vector<double>& w, int64_t N,
 // Elementwise bounds of an output of dtype `out` against `ref`.
 std::vector<double> bounds_of(const reference& ref, gemm_regime regime, dtype out) {
   std::vector<double> b(ref.val.size());
-  // +1 term: split reductions add their fp32 partials once more
-  for (size_t i = 0; i < b.size(); ++i)
-    b[i] = bound(ref.val[i], ref.abs[i], ref.terms + 1, acc_unit(regime), out);
+  // +1 term: split reductions add their fp32 partials once more; +1 for
+  // gemv's scale applied to partial sums (one more rounding per product)
+  const int64_t terms = ref.terms + 1 + (regime == gemm_regime::gemv ? 1 : 0);
+  for (size_t i = 0; i < b.size(); ++i) b[i] = bound(ref.val[i], ref.abs[i], terms, acc_unit(regime), out);
   return b;
 }
 

@@ -17,7 +17,8 @@
 //
 //   gemv            gemm/gemv.cuh: CUDA cores, memory bound; W streamed once
 //                   with 16-byte (forward) / 8-byte (backward) loads and
-//                   decoded in registers; fp32 weights.
+//                   decoded in registers; fp32 code values, block scales
+//                   applied once per vector of codes.
 //   mma             gemm/mma_gemm.cuh: tensor cores, mma.sync m16n8k16 with
 //                   W tiles decoded from the packed codes into shared memory;
 //                   weights rounded to the activation dtype (bf16 / fp16).
@@ -44,13 +45,15 @@
 // tiles to fill the GPU, and decoding it costs little. Float32 activations
 // have no 16-bit tensor core path, so beyond GEMV they go to fp32 cuBLAS.
 //
-// Which weights each regime multiplies by (all equal to cuda::dequantize's
-// output bit for bit, in the dtype stated): gemv uses float32 weights, mma
-// and dequant_cublas the weights rounded to the activation dtype. So results
-// of different regimes differ by the rounding of W to bf16 / fp16 (at most
-// 2^-8 / 2^-11 relative per weight) plus summation order; each regime alone
-// meets the fp32-accumulation bound against its own weights (see
-// tests/gpu/test_dequant_gemm_gpu.cu for the stated tolerances).
+// Which weights each regime multiplies by: mma and dequant_cublas use
+// cuda::dequantize's values rounded to the activation dtype (bit for bit);
+// gemv uses the float32 code values and applies each block's scale to a
+// partial sum (forward) or to the dY value (backward), one rounding per
+// product away from multiplying by cuda::dequantize's float32 weights. So
+// results of different regimes differ by the rounding of W to bf16 / fp16
+// (at most 2^-8 / 2^-11 relative per weight) plus summation order; each
+// regime alone meets the fp32-accumulation bound against its own weights
+// (see tests/gpu/test_dequant_gemm_gpu.cu for the stated tolerances).
 //
 // Shapes: any M, N, K >= 0, including K not a multiple of the block size and
 // odd K with 4-bit formats (rows of W then start mid-byte; such shapes, and

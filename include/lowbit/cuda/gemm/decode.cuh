@@ -163,25 +163,41 @@ LOWBIT_HD float code_value(const decoder& d, uint32_t code) {
   else return int8_code_value(code);
 }
 
-// The elements of one 32-bit code word (the bytes at increasing addresses,
-// little-endian) times `scale`: 8 elements for 4-bit kinds (byte j holds
-// element 2j in its high nibble, 2j+1 in its low nibble), 4 for 8-bit kinds.
+// Byte offset of the row of code byte j of w in an interleaved table whose
+// rows are 128 bytes (the pair table: 16 float2 copies; table8: 32 float
+// copies): byte_j * 128, from one shift and one mask, so a lookup costs two
+// integer ops and the load.
+LOWBIT_HD uint32_t table_row_offset(uint32_t w, int j) {
+  return (j == 0 ? (w << 7) : (w >> (8 * j - 7))) & 0x7F80u;
+}
+static_assert(pair_copies * 8 == 128 && table8_copies * 4 == 128, "table rows of 128 bytes");
+
+// The normalized values (table[code], before the block scale) of the
+// elements of one 32-bit code word (the bytes at increasing addresses,
+// little-endian): 8 elements for 4-bit kinds (byte j holds element 2j in its
+// high nibble, 2j+1 in its low nibble), 4 for 8-bit kinds.
 template <decode_kind D>
-LOWBIT_HD void decode_word(const decoder& d, uint32_t w, float scale, float* out) {
+LOWBIT_HD void decode_word_values(const decoder& d, uint32_t w, float* out) {
   if constexpr (D == decode_kind::table4) {
+    // the table's base is the same for the whole CTA; the lane's copy (< 128
+    // bytes) is OR-ed into the row offset in the same logic op as its mask
+    const unsigned char* base = reinterpret_cast<const unsigned char*>(d.pair);
+    const uint32_t lane = uint32_t(d.copy) * 8u;
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
     for (int j = 0; j < 4; ++j) {
-      const float2 p = d.pair[((w >> (8 * j)) & 0xFFu) * pair_copies + uint32_t(d.copy)];
-      out[2 * j] = mul_rn(p.x, scale);
-      out[2 * j + 1] = mul_rn(p.y, scale);
+      const float2 p = *reinterpret_cast<const float2*>(base + (table_row_offset(w, j) | lane));
+      out[2 * j] = p.x;
+      out[2 * j + 1] = p.y;
     }
   } else if constexpr (D == decode_kind::table8) {
+    const unsigned char* base = reinterpret_cast<const unsigned char*>(d.tab);
+    const uint32_t lane = uint32_t(d.copy) * 4u;
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-    for (int j = 0; j < 4; ++j) out[j] = mul_rn(d.tab[((w >> (8 * j)) & 0xFFu) * table8_copies + uint32_t(d.copy)], scale);
+    for (int j = 0; j < 4; ++j) out[j] = *reinterpret_cast<const float*>(base + (table_row_offset(w, j) | lane));
   } else if constexpr (D == decode_kind::int4_magic) {
     constexpr float inv = 1.0f / 7.0f;
     const uint32_t wx = w ^ 0x88888888u;  // every nibble to offset binary at once
@@ -191,7 +207,7 @@ LOWBIT_HD void decode_word(const decoder& d, uint32_t w, float scale, float* out
     for (int e = 0; e < 8; ++e) {
       const int shift = 8 * (e >> 1) + ((e & 1) ? 0 : 4);
       const float q = add_rn(bits_float(((wx >> shift) & 0xFu) | 0x4B000000u), -8388616.0f);
-      out[e] = mul_rn(exact_div_small(q, 7.0f, inv), scale);
+      out[e] = exact_div_small(q, 7.0f, inv);
     }
   } else {
     constexpr float inv = 1.0f / 127.0f;
@@ -202,9 +218,21 @@ LOWBIT_HD void decode_word(const decoder& d, uint32_t w, float scale, float* out
     for (int j = 0; j < 4; ++j) {
       // bytes [code_j, 0x00, 0x00, 0x4B]: one prmt builds the float 2^23 + q + 128
       const float q = add_rn(bits_float(byte_perm(wx, 0x4B000000u, 0x7440u | uint32_t(j))), -8388736.0f);
-      out[j] = mul_rn(exact_div_small(q, 127.0f, inv), scale);
+      out[j] = exact_div_small(q, 127.0f, inv);
     }
   }
+}
+
+// The same elements times `scale`, rounded once: what dequantize writes.
+template <decode_kind D>
+LOWBIT_HD void decode_word(const decoder& d, uint32_t w, float scale, float* out) {
+  constexpr int n = kind_elems_per_word(D);
+  float v[n];
+  decode_word_values<D>(d, w, v);
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int e = 0; e < n; ++e) out[e] = mul_rn(v[e], scale);
 }
 
 // ---- the weight as kernels see it --------------------------------------------

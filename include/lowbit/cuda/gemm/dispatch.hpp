@@ -20,7 +20,7 @@ namespace cuda {
 // one; callers normally leave `automatic`.
 enum class gemm_regime : uint8_t {
   automatic,
-  gemv,            // CUDA cores, fp32 weights, memory bound: small M
+  gemv,            // CUDA cores, fp32 FMAs, memory bound: small M
   mma,             // tensor cores (mma.sync m16n8k16), W tiles decoded into shared memory
   dequant_cublas,  // dequantize W tile-wise into a workspace, then cuBLAS
 };

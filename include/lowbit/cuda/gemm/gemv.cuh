@@ -1,8 +1,14 @@
 // lowbit/cuda/gemm/gemv.cuh
 // The small-M regime of the CUDA dequant-GEMM: CUDA-core kernels for a few
-// rows of activations, bound by reading the packed W once. Weights are used
-// as float32, exactly the values cuda::dequantize writes as float32; products
-// and sums are fp32 FMAs; one rounding into the output dtype at the end.
+// rows of activations, bound by reading the packed W once. Products and
+// sums are fp32 FMAs of the code values (the format's table, exactly as
+// cuda::dequantize reads it) with the activations; each block scale is
+// applied once per vector of codes instead of to every weight (forward: to
+// the vector's partial dot product; backward: to the row's dY value), which
+// saves a multiply per weight at the cost of one rounding per product
+// (within the fp32 accumulation bound; a one-hot activation still yields
+// exactly the dequantized weight). One rounding into the output dtype at
+// the end.
 //
 // Forward Y = X W^T: each warp owns 2 rows of W (2 output columns) and
 // streams them along K with 16-byte loads (32 4-bit or 16 8-bit codes a lane;
@@ -165,6 +171,14 @@ __global__ void __launch_bounds__(gemv_threads)
       }
       const int64_t vn = v + 32;
       if (vn < nvec) fetch(vn);  // next step's loads fly while this one computes
+      // The vector's 32 (4-bit) or 16 (8-bit) elements lie in one block of
+      // W (blocks are multiples of them), so its scale multiplies the dot
+      // product of code values and activations once (part), not each weight.
+      float part[R][MT];
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int m = 0; m < MT; ++m) part[r][m] = 0.0f;
 #pragma unroll
       for (int g = 0; g < 4; ++g) {
         float xv[MT][EPW];
@@ -180,15 +194,19 @@ __global__ void __launch_bounds__(gemv_threads)
 #pragma unroll
         for (int r = 0; r < R; ++r) {
           if (n0 + r < p.N) {
-            float wv[EPW];
-            decode_word<D>(dec, word_of(cur[r], g), sc[r], wv);
+            float tv[EPW];
+            decode_word_values<D>(dec, word_of(cur[r], g), tv);
 #pragma unroll
             for (int m = 0; m < MT; ++m)
 #pragma unroll
-              for (int e = 0; e < EPW; ++e) acc[r][m] = fmaf(xv[m][e], wv[e], acc[r][m]);
+              for (int e = 0; e < EPW; ++e) part[r][m] = fmaf(xv[m][e], tv[e], part[r][m]);
           }
         }
       }
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int m = 0; m < MT; ++m) acc[r][m] = fmaf(part[r][m], sc[r], acc[r][m]);
       v = vn;
     }
   } else {
@@ -288,13 +306,16 @@ __global__ void __launch_bounds__(gemv_threads)
 #pragma unroll
         for (int u = 0; u < U; ++u) {
           if (row + u * gemv_warps >= r_end) break;
-          float wv[E];
-          decode_word<D>(dec, cur[u].x, s[u], wv);
-          decode_word<D>(dec, cur[u].y, s[u], wv + EPW);
+          // the row's scale goes into its dY value once, not into each weight
+          float tv[E];
+          decode_word_values<D>(dec, cur[u].x, tv);
+          decode_word_values<D>(dec, cur[u].y, tv + EPW);
 #pragma unroll
-          for (int m = 0; m < MT; ++m)
+          for (int m = 0; m < MT; ++m) {
+            const float ds = mul_rn(dcur[u][m], s[u]);
 #pragma unroll
-            for (int e = 0; e < E; ++e) acc[m][e] = fmaf(dcur[u][m], wv[e], acc[m][e]);
+            for (int e = 0; e < E; ++e) acc[m][e] = fmaf(ds, tv[e], acc[m][e]);
+          }
         }
         row = next;
       }
