@@ -21,6 +21,8 @@
 #   peer1b / peer7b          the PyTorch + transformers bf16 peer
 #   gemm:NxK                 bench_dequant_gemm_cuda on one weight shape
 #   bench:optimizer / bench:quantize
+#   probe:NAME               bench/probe_NAME, e.g. probe:paged_residency (free device memory around
+#                            the eviction of managed pages)
 #   san:TOOL:NAME            compute-sanitizer TOOL (memcheck, racecheck) on a GPU test binary
 #   ncu:BENCH:KERNEL[:ARGS]  Nsight Compute on the first NCU_COUNT (2) launches of kernels matching
 #                            the regex KERNEL in bench binary BENCH, ARGS ('+'-separated) passed to
@@ -127,6 +129,8 @@ for word in $PLAN; do
       name=bench_${word#bench:}_cuda
       # shellcheck disable=SC2086
       step "$word" 120 "$BIN/bench/$name" ${BENCH_ARGS:-} --benchmark_out="$RES/$name.json" --benchmark_out_format=json ;;
+    probe:*)
+      step "$word" 60 "$BIN/bench/probe_${word#probe:}" ;;
     san:*)
       rest=${word#san:}; tool=${rest%%:*}; name=${rest#*:}
       sub=tests; [[ $name == test_llama_gpu ]] && sub=examples
