@@ -448,22 +448,29 @@ void launch_gemv_backward(const gemv_args& p, const code_table& table, const cod
 // (Arguments already checked by the entry points; also what the CPU
 // emulation test of these kernels calls.)
 
+// The arguments both directions share (act: x or dy; out: y or dx).
+inline gemv_args gemv_args_of(const void* act, dtype act_type, void* out, dtype out_type, const weight_args& w,
+                              int64_t M, int64_t n, int64_t k) {
+  gemv_args g;
+  g.act = act;
+  g.act_type = act_type;
+  g.out = out;
+  g.out_type = out_type;
+  g.M = M;
+  g.N = n;
+  g.K = k;
+  g.w = w;
+  return g;
+}
+
 // Y[M][n] = X[M][k] W^T (+ bias): 16-byte loads where k and the pointers allow.
 template <decode_kind D>
 void gemv_forward(const void* x, dtype x_type, const weight_args& w, const void* bias, dtype bias_type, void* y,
                   dtype y_type, int64_t M, int64_t n, int64_t k, const code_table& table, const code_table& map,
                   cudaStream_t stream) {
-  gemv_args g;
-  g.act = x;
-  g.act_type = x_type;
-  g.out = y;
-  g.out_type = y_type;
+  gemv_args g = gemv_args_of(x, x_type, y, y_type, w, M, n, k);
   g.bias = bias;
   g.bias_type = bias_type;
-  g.M = M;
-  g.N = n;
-  g.K = k;
-  g.w = w;
   g.vec = k % (4 * kind_elems_per_word(D)) == 0 && is_aligned(w.codes, 16) && is_aligned(x, 16);
   launch_gemv_forward<D>(g, table, map, stream);
 }
@@ -475,18 +482,10 @@ template <decode_kind D>
 void gemv_backward(const void* dy, dtype dy_type, const weight_args& w, void* dx, dtype dx_type, int64_t M, int64_t n,
                    int64_t k, int splits, int64_t rows_per_split, float* partial, const code_table& table,
                    const code_table& map, cudaStream_t stream) {
-  gemv_args g;
-  g.act = dy;
-  g.act_type = dy_type;
-  g.out = dx;
-  g.out_type = dx_type;
+  gemv_args g = gemv_args_of(dy, dy_type, dx, dx_type, w, M, n, k);
   g.partial = splits > 1 ? partial : nullptr;
-  g.M = M;
-  g.N = n;
-  g.K = k;
   g.rows_per_split = rows_per_split;
   g.splits = splits;
-  g.w = w;
   g.vec = k % (2 * kind_elems_per_word(D)) == 0 && is_aligned(w.codes, 8);
   launch_gemv_backward<D>(g, table, map, stream);
   if (splits > 1) {
