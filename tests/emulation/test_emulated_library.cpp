@@ -166,6 +166,48 @@ TEST_CASE("emulated cuda::quantize / dequantize match cpu:: bit for bit") {
   CHECK(fake_cuda::live_allocations() == 0);
 }
 
+TEST_CASE("emulated cuda::dequantize_range matches cpu::dequantize_range bit for bit") {
+  // ranges at group boundaries (wide path), mid-block, mid-byte (odd first
+  // with 4-bit codes), single elements, the whole tensor, and an empty one
+  const int64_t n = 5000;
+  struct range {
+    int64_t first, count;
+  };
+  const range ranges[] = {{0, n}, {0, 1}, {64, 640}, {8, 4000}, {3, 77}, {1, 4999}, {4997, 3}, {130, 0}, {2561, 1200}};
+  for (format f : all_formats)
+    for (bool nested : {false, true}) {
+      if (nested && !has_zero_code(f)) continue;
+      CAPTURE(format_name(f));
+      CAPTURE(nested);
+      std::vector<float> src = normal(size_t(n), 77);
+      if (is_unsigned_format(f))
+        for (float& v : src) v = std::fabs(v);
+      quantized_tensor q(make_layout(f, n, 64, nested));
+      cpu::quantize(make_flat_view(src.data(), n), q.view());
+      quantized_view dq = q.view();
+      dq.dev = device::cuda();
+      for (const range& r : ranges) {
+        CAPTURE(r.first);
+        CAPTURE(r.count);
+        std::vector<float> want(size_t(r.count) + 1), got(size_t(r.count) + 1, nan_);
+        cpu::dequantize_range(q.view(), r.first, r.count, want.data());
+        cuda::dequantize_range(dq, r.first, r.count, make_flat_view(got.data(), r.count, device::cuda()));
+        CHECK(bytes_of(got.data(), size_t(r.count)) == bytes_of(want.data(), size_t(r.count)));
+        CHECK(std::isnan(got[size_t(r.count)]));  // nothing written past the range
+        std::vector<bf16> got16(size_t(r.count));
+        cuda::dequantize_range(dq, r.first, r.count, make_flat_view(got16.data(), r.count, device::cuda()));
+        bool same = true;
+        for (int64_t i = 0; i < r.count; ++i) same &= got16[size_t(i)].bits == from_float<bf16>(want[size_t(i)]).bits;
+        CHECK(same);
+      }
+      // a range outside the tensor, or an output of the wrong size, is refused
+      std::vector<float> out(16);
+      CHECK_THROWS_AS(cuda::dequantize_range(dq, n - 8, 16, make_flat_view(out.data(), 16, device::cuda())), error);
+      CHECK_THROWS_AS(cuda::dequantize_range(dq, -1, 16, make_flat_view(out.data(), 16, device::cuda())), error);
+      CHECK_THROWS_AS(cuda::dequantize_range(dq, 0, 8, make_flat_view(out.data(), 16, device::cuda())), error);
+    }
+}
+
 TEST_CASE("emulated cuda::quantize refuses non-finite input like cpu::quantize") {
   for (float bad : {nan_, std::numeric_limits<float>::infinity()}) {
     std::vector<float> x = normal(1000, 5);

@@ -509,11 +509,13 @@ TEST_CASE("split reductions: gemv backward and mma split-K") {
   }
 }
 
-// The dequant_cublas regime decodes W whole (cuda::dequantize) when it fits
-// gemm_options::max_tile_bytes and panel by panel (its tile kernel)
-// otherwise; a tiny budget forces 64-row forward / 64-column backward
-// panels, cut through quantization blocks (K = 200 with blocks of 64).
-TEST_CASE("dequant_cublas in panels (tile kernel) matches float64 references") {
+// The dequant_cublas regime decodes W whole when it fits
+// gemm_options::max_tile_bytes and panel by panel otherwise (forward row
+// panels through cuda::dequantize_range, backward column panels through its
+// tile kernel); a tiny budget forces 64-row forward / 64-column backward
+// panels, the column panels cut through quantization blocks (K = 200 with
+// blocks of 64).
+TEST_CASE("dequant_cublas in panels (dequantize_range, tile kernel) matches float64 references") {
   struct config {
     format f;
     bool nested;

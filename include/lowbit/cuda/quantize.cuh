@@ -1,5 +1,6 @@
 // lowbit/cuda/quantize.cuh
-// CUDA quantize / dequantize for every format, scale kind and float dtype.
+// CUDA quantize / dequantize (whole tensors, or dequantize_range: any range
+// of elements) for every format, scale kind and float dtype.
 // Each thread owns 8 consecutive elements (16- or 32-byte vector loads when
 // pointers are aligned), the threads of one quantization block reduce its
 // absmax with warp shuffles (and shared memory for blocks > 256 elements),
@@ -187,10 +188,14 @@ __global__ void nested_encode_kernel(const float* __restrict__ absmax, int64_t n
 }
 
 // ---- dequantize ----------------------------------------------------------------
+// y[i] = element first + i of the tensor, i < n. Vec: first is a multiple
+// of 8 and codes / y are aligned for the wide accesses (a group of 8 then
+// never straddles a block: blocks are powers of two >= 32); without Vec any
+// first works (a per-element path where first is not a multiple of 8).
 template <format F, class T, bool Vec>
 __global__ void dequantize_kernel(const uint8_t* __restrict__ codes, const float* __restrict__ absmax,
                                   const uint8_t* __restrict__ absmax_codes, const float* __restrict__ nested_absmax,
-                                  const float* __restrict__ nested_offset, int64_t n, int block_size,
+                                  const float* __restrict__ nested_offset, int64_t first, int64_t n, int block_size,
                                   T* __restrict__ y, code_table table_param, code_table map_param) {
   constexpr int table_size = is_4bit(F) ? 16 : 256;
   __shared__ float table[table_size];
@@ -201,20 +206,31 @@ __global__ void dequantize_kernel(const uint8_t* __restrict__ codes, const float
     for (int i = threadIdx.x; i < 256; i += blockDim.x) map[i] = map_param.value[i];
   __syncthreads();
   const float offset = nested ? *nested_offset : 0.0f;
+  auto scale_of = [&](int64_t b) {
+    return nested ? decode_nested_scale(absmax_codes[b], nested_absmax[b / nested_block_size], offset, map) : absmax[b];
+  };
   const int64_t groups = (n + elems_per_thread - 1) / elems_per_thread;
   for (int64_t g = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t idx = g * elems_per_thread;
-    const int64_t b = idx / block_size;
-    const float scale =
-        nested ? decode_nested_scale(absmax_codes[b], nested_absmax[b / nested_block_size], offset, map) : absmax[b];
+    const int64_t idx = g * elems_per_thread;  // output position
+    const int64_t e0 = first + idx;            // tensor element
+    if (!Vec && (first & (elems_per_thread - 1)) != 0) {
+      // a range starting off a group boundary: scale and code per element
+      for (int i = 0; i < elems_per_thread && idx + i < n; ++i) {
+        const int64_t e = e0 + i;
+        const uint32_t c = is_4bit(F) ? ((e & 1) ? (codes[e >> 1] & 15u) : (codes[e >> 1] >> 4)) : codes[e];
+        y[idx + i] = from_float<T>(mul_rn(table[c], scale_of(e / block_size)));
+      }
+      continue;
+    }
+    const float scale = scale_of(e0 / block_size);
     const bool full = idx + elems_per_thread <= n;
     uint8_t c[8];
     if constexpr (is_4bit(F)) {
       uint32_t w = 0;
       if (Vec && full) {
-        w = *reinterpret_cast<const uint32_t*>(codes + idx / 2);
+        w = *reinterpret_cast<const uint32_t*>(codes + e0 / 2);
       } else {
-        for (int j = 0; j < 4 && idx + 2 * j < n; ++j) w |= uint32_t(codes[idx / 2 + j]) << (8 * j);
+        for (int j = 0; j < 4 && idx + 2 * j < n; ++j) w |= uint32_t(codes[e0 / 2 + j]) << (8 * j);
       }
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -223,11 +239,11 @@ __global__ void dequantize_kernel(const uint8_t* __restrict__ codes, const float
       }
     } else {
       if (Vec && full) {
-        const uint2 w = *reinterpret_cast<const uint2*>(codes + idx);
+        const uint2 w = *reinterpret_cast<const uint2*>(codes + e0);
 #pragma unroll
         for (int j = 0; j < 4; ++j) c[j] = uint8_t(w.x >> (8 * j)), c[4 + j] = uint8_t(w.y >> (8 * j));
       } else {
-        for (int i = 0; i < 8; ++i) c[i] = idx + i < n ? codes[idx + i] : uint8_t(0);
+        for (int i = 0; i < 8; ++i) c[i] = idx + i < n ? codes[e0 + i] : uint8_t(0);
       }
     }
     float v[8];
@@ -322,30 +338,56 @@ inline void quantize(const tensor_view& input, const quantized_view& out, cudaSt
   }
 }
 
-// Dequantizes `in` (device or managed memory) into `output` (float32 /
-// bfloat16 / float16, contiguous, device or managed memory) on `stream`.
-inline void dequantize(const quantized_view& in, const tensor_view& output, cudaStream_t stream = nullptr) {
-  detail::check_device_pair(output, in, "dequantize output");
+// Dequantizes elements [first, first + count) of `in` (device or managed
+// memory) into `output` (count elements of float32 / bfloat16 / float16,
+// contiguous, device or managed memory) on `stream`, bit-identical to the
+// same elements of dequantize's output: the CUDA twin of
+// cpu::dequantize_range. A range may start anywhere (mid-block, mid-byte);
+// one starting at a multiple of 8 elements takes the wide loads and stores.
+// The dequant-GEMM decodes row panels of W through it.
+inline void dequantize_range(const quantized_view& in, int64_t first, int64_t count, const tensor_view& output,
+                             cudaStream_t stream = nullptr) {
+  in.validate("dequantize_range: quantized tensor");
+  require_contiguous(output, "dequantize_range output");
+  require(output.dev.device_accessible(), errc::invalid_argument,
+          "dequantize_range: output is in host memory; the CUDA path needs device or managed memory");
+  require(in.dev.device_accessible(), errc::invalid_argument,
+          "dequantize_range: quantized tensor is in host memory; the CUDA path needs device or managed memory");
   const blockwise_layout& l = in.layout;
-  if (l.n == 0) return;
+  require(first >= 0 && count >= 0 && first <= l.n - count, errc::invalid_argument,
+          "dequantize_range: range [" + std::to_string(first) + ", " + std::to_string(first + count) +
+              ") is outside the tensor's " + std::to_string(l.n) + " elements");
+  require(output.numel() == count, errc::invalid_argument,
+          "dequantize_range: output has " + std::to_string(output.numel()) + " elements for a range of " +
+              std::to_string(count));
+  if (count == 0) return;
   const code_table table = make_code_table(l.fmt);
   const code_table map = l.nested ? detail::table_or_zero(signed_dynamic_map().data()) : code_table{};
   const int threads = 256;
-  const int grid = detail::grid_for((l.n + detail::elems_per_thread - 1) / detail::elems_per_thread, threads);
+  const int grid = detail::grid_for((count + detail::elems_per_thread - 1) / detail::elems_per_thread, threads);
   dispatch_float_dtype(output.type, "dequantize output", [&](auto t) {
     using T = decltype(t);
     T* y = static_cast<T*>(output.data);
-    const bool vec = detail::aligned(y, 16) && detail::aligned(in.codes, 8);
+    const uint8_t* group_codes = in.codes + (is_4bit(l.fmt) ? first / 2 : first);
+    const bool vec = first % detail::elems_per_thread == 0 && detail::aligned(y, 16) &&
+                     detail::aligned(group_codes, is_4bit(l.fmt) ? 4 : 8);
     dispatch_format(l.fmt, [&](auto tag) {
       constexpr format F = decltype(tag)::value;
       const float* absmax = l.nested ? nullptr : in.absmax;
       const uint8_t* acodes = l.nested ? in.absmax_codes : nullptr;
       auto* kernel = vec ? &detail::dequantize_kernel<F, T, true> : &detail::dequantize_kernel<F, T, false>;
       LOWBIT_LAUNCH(kernel, grid, threads, 0, stream)(in.codes, absmax, acodes, in.nested_absmax, in.nested_offset,
-                                                      l.n, l.block_size, y, table, map);
+                                                      first, count, l.block_size, y, table, map);
     });
   });
   LOWBIT_CUDA_CHECK(cudaGetLastError());
+}
+
+// Dequantizes `in` (device or managed memory) into `output` (float32 /
+// bfloat16 / float16, contiguous, device or managed memory) on `stream`.
+inline void dequantize(const quantized_view& in, const tensor_view& output, cudaStream_t stream = nullptr) {
+  detail::check_device_pair(output, in, "dequantize output");
+  dequantize_range(in, 0, in.layout.n, output, stream);
 }
 
 }  // namespace cuda

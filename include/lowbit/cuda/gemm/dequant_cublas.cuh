@@ -12,15 +12,15 @@
 // (disjoint output columns of dX), so every output element gets its whole
 // reduction from one cuBLAS call and is rounded once. A bias or an output
 // dtype different from the activations goes through an fp32 staging panel
-// and finalize_kernel (bias added in fp32, one rounding). When all of W fits
-// in gemm_options::max_tile_bytes there is a single panel, and it is decoded
-// by cuda::dequantize (quantize.cuh) rather than the tile kernel below: on
-// the H100 (2026-11-26) the regime cost about 270 us more than cuBLAS bf16
-// alone on 11008x4096 at every M, while cuda::dequantize decodes at 78 to
-// 86 % of copy bandwidth into bf16 (about 50 us for that matrix). The tile
-// kernel remains for panels (W over the budget, backward column panels);
-// both write the same values (the GPU test checks every regime against
-// cuda::dequantize).
+// and finalize_kernel (bias added in fp32, one rounding). All of W, or a
+// forward row panel (a contiguous range of W's elements), is decoded by
+// cuda::dequantize_range (quantize.cuh) rather than the tile kernel below:
+// on the H100 (2026-11-26) the regime with the tile kernel cost about 270 us
+// more than cuBLAS bf16 alone on 11008x4096 at every M, while
+// cuda::dequantize decodes at 78 to 86 % of copy bandwidth into bf16 (about
+// 50 us for that matrix). The tile kernel remains for the backward's column
+// panels (W over the budget); both write the same values (the GPU test
+// checks every regime against cuda::dequantize).
 //
 // Linking: code that calls these functions links cuBLAS (CMake:
 // CUDA::cublas). Including the header alone does not reference cuBLAS.
@@ -173,15 +173,16 @@ void launch_dequant_tile(const weight_args& w, int64_t r0, int64_t rows, int64_t
   LOWBIT_CUDA_CHECK(cudaGetLastError());
 }
 
-// W decoded into `tile` ([rows][cols] of the panel): the whole matrix
-// through cuda::dequantize, a panel through the tile kernel.
+// W decoded into `tile` ([rows][cols] of the panel): whole rows (all of W,
+// or the forward's row panels, a contiguous range of its elements) through
+// cuda::dequantize_range, column panels through the tile kernel.
 template <decode_kind D, class T>
 void dequantize_panel(const weight_args& w, const quantized_view& whole, int64_t r0, int64_t rows, int64_t c0,
                       int64_t cols, T* tile, const code_table& table, const code_table& map, cudaStream_t stream) {
-  if (r0 == 0 && c0 == 0 && rows == w.rows && cols == w.cols) {
+  if (c0 == 0 && cols == w.cols) {
     int dev = 0;
     LOWBIT_CUDA_CHECK(cudaGetDevice(&dev));
-    dequantize(whole, make_flat_view(tile, rows * cols, device::cuda(dev)), stream);
+    dequantize_range(whole, r0 * cols, rows * cols, make_flat_view(tile, rows * cols, device::cuda(dev)), stream);
     return;
   }
   launch_dequant_tile<D, T>(w, r0, rows, c0, cols, tile, table, map, stream);
