@@ -7,7 +7,9 @@
 // tails, the partial warps and CTAs at the edges of W, the activation-row
 // groups (MT = 1, 2, 4 and a partial group), the split reduction of the
 // backward and its finalize kernel are checked on every machine, not only
-// in GPU sessions. What this cannot check: nvcc's code generation and the
+// in GPU sessions. Also the dequant_cublas regime's tile kernel (the
+// decoder of W's column panels), bit for bit against cpu::dequantize. What
+// this cannot check: nvcc's code generation and the
 // __CUDA_ARCH__ branches (tests/gpu/test_dequant_gemm_gpu.cu does, with the
 // same tolerance).
 //
@@ -23,6 +25,7 @@
 #include <doctest/doctest.h>
 
 #include <lowbit/cpu/quantize.hpp>
+#include <lowbit/cuda/gemm/dequant_cublas.cuh>
 #include <lowbit/cuda/gemm/gemv.cuh>
 
 #include <cmath>
@@ -239,4 +242,51 @@ TEST_CASE("emulated gemv regime: rows longer than one warp step (the forward's l
   for (const format_case& c : formats)
     for (int64_t M : {1, 4})
       gemv_case(c.f, c.nested, c.block, M, 20, 2080, dtype::bf16, dtype::bf16, 0, M == 1);
+}
+
+TEST_CASE("emulated dequant_cublas tile kernel: sub-rectangles of W bit for bit against cpu::dequantize") {
+  struct rect {
+    int64_t r0, rows, c0, cols;
+  };
+  for (const format_case& c : formats)
+    for (int64_t K : {int64_t(256), int64_t(77)}) {  // 77: rows start mid-block and (4-bit) mid-byte
+      CAPTURE(format_name(c.f));
+      CAPTURE(c.nested);
+      CAPTURE(K);
+      const int64_t N = 40;
+      test_weight w(c.f, N, K, c.block, c.nested, unsigned(K + 3));
+      quantized_view qv = w.q.view();
+      qv.dev = device::cuda();
+      const gd::weight_args wa = gd::make_weight_args(qv, N, K);
+      const code_table table = make_code_table(c.f);
+      const code_table map = gd::nested_map_table(c.nested);
+      // whole W; column panels on group boundaries (the wide path when K
+      // allows); odd offsets and widths (the per-element path)
+      const rect rects[] = {{0, N, 0, K}, {0, N, 64, 128}, {5, 30, 8, 40}, {3, 10, 5, 61}, {39, 1, 0, 7}};
+      for (const rect& r : rects) {
+        if (r.c0 + r.cols > K) continue;
+        CAPTURE(r.r0);
+        CAPTURE(r.c0);
+        CAPTURE(r.cols);
+        std::vector<float> got(size_t(r.rows * r.cols) + 4, std::numeric_limits<float>::quiet_NaN());
+        std::vector<bf16> got16(size_t(r.rows * r.cols));
+        gd::dispatch_kind(c.f, [&](auto tag) {
+          constexpr gd::decode_kind D = decltype(tag)::value;
+          gd::launch_dequant_tile<D, float>(wa, r.r0, r.rows, r.c0, r.cols, got.data(), table, map, nullptr);
+          gd::launch_dequant_tile<D, bf16>(wa, r.r0, r.rows, r.c0, r.cols, got16.data(), table, map, nullptr);
+        });
+        int64_t bad = 0;
+        for (int64_t i = 0; i < r.rows; ++i)
+          for (int64_t j = 0; j < r.cols; ++j) {
+            const float want = w.w[size_t((r.r0 + i) * K + r.c0 + j)];
+            uint32_t a, b;
+            std::memcpy(&a, &got[size_t(i * r.cols + j)], 4);
+            std::memcpy(&b, &want, 4);
+            bad += a != b;
+            bad += got16[size_t(i * r.cols + j)].bits != from_float<bf16>(want).bits;
+          }
+        CHECK(bad == 0);
+        CHECK(std::isnan(got[size_t(r.rows * r.cols)]));  // nothing written past the tile
+      }
+    }
 }

@@ -148,6 +148,11 @@ __global__ void quantize_kernel(const T* __restrict__ x, int64_t n, int block_si
 // formats/nested_scales.hpp (launch with exactly mean_lanes threads, 1 block).
 // only_if: when non-null and *only_if == 0, the kernel does nothing (the
 // optimizer step's stable scales re-quantize on demand without a host sync).
+// (Kernels that are not templates otherwise are templates with an unused
+// parameter, so that two translation units of one program can include this
+// header without duplicate definitions: a header-only library's kernels must
+// be inline-like, and templates are.)
+template <int Unused = 0>
 __global__ void nested_mean_kernel(const float* __restrict__ absmax, int64_t nb, float* __restrict__ offset,
                                    const int* only_if = nullptr) {
   if (only_if && *only_if == 0) return;
@@ -162,6 +167,7 @@ __global__ void nested_mean_kernel(const float* __restrict__ absmax, int64_t nb,
 }
 
 // One CUDA block of nested_block_size threads per nested block of scales.
+template <int Unused = 0>
 __global__ void nested_encode_kernel(const float* __restrict__ absmax, int64_t nb, const float* __restrict__ offset_p,
                                      uint8_t* __restrict__ absmax_codes, float* __restrict__ nested_absmax,
                                      code_table map_param, const int* only_if = nullptr) {
@@ -320,11 +326,11 @@ inline void quantize(const tensor_view& input, const quantized_view& out, cudaSt
   });
   LOWBIT_CUDA_CHECK(cudaGetLastError());
   if (l.nested) {
-    LOWBIT_LAUNCH(detail::nested_mean_kernel, 1, mean_lanes, 0, stream)(absmax, nb, out.nested_offset, nullptr);
+    LOWBIT_LAUNCH(detail::nested_mean_kernel<0>, 1, mean_lanes, 0, stream)(absmax, nb, out.nested_offset, nullptr);
     LOWBIT_CUDA_CHECK(cudaGetLastError());
     const int64_t chunks = l.n_nested_blocks();
     const int grid = int(chunks < int64_t(sm_count()) * 16 ? chunks : int64_t(sm_count()) * 16);
-    LOWBIT_LAUNCH(detail::nested_encode_kernel, grid, nested_block_size, 0, stream)(
+    LOWBIT_LAUNCH(detail::nested_encode_kernel<0>, grid, nested_block_size, 0, stream)(
         absmax, nb, out.nested_offset, out.absmax_codes, out.nested_absmax,
         detail::table_or_zero(signed_dynamic_map().data()), nullptr);
     LOWBIT_CUDA_CHECK(cudaGetLastError());

@@ -539,6 +539,8 @@ __global__ void sumsq_chunk_kernel(const T* __restrict__ g, int64_t n, double* _
 }
 
 // Sum of chunk results in the host's lane order (one block of 1024 threads).
+// (A template, as every kernel of a header: see nested_mean_kernel.)
+template <int Unused = 0>
 __global__ void sumsq_final_kernel(const double* __restrict__ chunk_sum, int64_t chunks, double* __restrict__ out) {
   __shared__ double lane[sumsq_final_lanes];
   double s = 0.0;
@@ -552,6 +554,7 @@ __global__ void sumsq_final_kernel(const double* __restrict__ chunk_sum, int64_t
   if (threadIdx.x == 0) *out = lane[0];
 }
 
+template <int Unused = 0>
 __global__ void widen_to_f32_kernel(float* __restrict__ out, storage_kind kind, const void* __restrict__ in,
                                     int64_t n) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
@@ -586,7 +589,7 @@ inline std::vector<grad_stats> cuda_grad_stats_all(const std::vector<const void*
           static_cast<const T*>(grads[i]), n[i], scratch + offset[i]);
     });
     LOWBIT_CUDA_CHECK(cudaGetLastError());
-    LOWBIT_LAUNCH(cuda_detail::sumsq_final_kernel, 1, sumsq_final_lanes, 0, stream)(scratch + offset[i], chunks,
+    LOWBIT_LAUNCH(cuda_detail::sumsq_final_kernel<0>, 1, sumsq_final_lanes, 0, stream)(scratch + offset[i], chunks,
                                                                                   totals + i);
     LOWBIT_CUDA_CHECK(cudaGetLastError());
   }
@@ -670,12 +673,12 @@ void cuda_fused_step(const fused_step_args& a, const typename Rule::consts& c, c
     // the kernel raised the flag (the kernels read it and return otherwise).
     const quantized_view& q = a.weight.q;
     const int* only_if = keep ? renest_flag : nullptr;
-    LOWBIT_LAUNCH(cuda::detail::nested_mean_kernel, 1, mean_lanes, 0, stream)(weight_absmax, nb, q.nested_offset,
+    LOWBIT_LAUNCH(cuda::detail::nested_mean_kernel<0>, 1, mean_lanes, 0, stream)(weight_absmax, nb, q.nested_offset,
                                                                               only_if);
     LOWBIT_CUDA_CHECK(cudaGetLastError());
     const int64_t chunks = q.layout.n_nested_blocks();
     const int g2 = int(chunks < int64_t(cuda::sm_count()) * 16 ? chunks : int64_t(cuda::sm_count()) * 16);
-    LOWBIT_LAUNCH(cuda::detail::nested_encode_kernel, g2, nested_block_size, 0, stream)(
+    LOWBIT_LAUNCH(cuda::detail::nested_encode_kernel<0>, g2, nested_block_size, 0, stream)(
         weight_absmax, nb, q.nested_offset, q.absmax_codes, q.nested_absmax, tables.nested_map, only_if);
     LOWBIT_CUDA_CHECK(cudaGetLastError());
     LOWBIT_CUDA_CHECK(cudaFreeAsync(weight_absmax, stream));
@@ -686,7 +689,7 @@ void cuda_fused_step(const fused_step_args& a, const typename Rule::consts& c, c
 inline void cuda_widen_to_f32(float* out, const storage_view& in, cudaStream_t stream) {
   if (in.n == 0) return;
   const int grid = int(in.n / 256 + 1 < int64_t(cuda::sm_count()) * 16 ? in.n / 256 + 1 : int64_t(cuda::sm_count()) * 16);
-  LOWBIT_LAUNCH(cuda_detail::widen_to_f32_kernel, grid, 256, 0, stream)(out, in.kind, in.data, in.n);
+  LOWBIT_LAUNCH(cuda_detail::widen_to_f32_kernel<0>, grid, 256, 0, stream)(out, in.kind, in.data, in.n);
   LOWBIT_CUDA_CHECK(cudaGetLastError());
 }
 

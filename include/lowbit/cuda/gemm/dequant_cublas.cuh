@@ -37,6 +37,7 @@
 #include "../../core/error.hpp"
 #include "../../core/view.hpp"
 #include "../check.cuh"
+#include "../launch.cuh"
 #include "../quantize.cuh"
 #include "common.cuh"
 #include "decode.cuh"
@@ -104,57 +105,74 @@ inline void require_int_dims(const char* fn, int64_t a, int64_t b, int64_t c) {
 }
 
 // out[r][c] (row stride cols) = W[r0 + r][c0 + c] decoded, for r < rows,
-// c < cols; each thread writes 8 consecutive elements of a row.
+// c < cols; each thread writes 8 consecutive elements of a row. Rows go
+// over gridDim.y and column groups over gridDim.x (grid-stride both ways:
+// no 64-bit division per group). `wide`: c0, cols and W's row length are
+// multiples of 8 and the codes are aligned for one 32-bit (4-bit) or 64-bit
+// (8-bit) load, so a thread's 8 codes are one aligned word (or two) in one
+// quantization block (blocks are powers of two >= 32): one load, one scale,
+// decode_word; otherwise every element is decoded on its own.
 template <decode_kind D, class T>
 __global__ void __launch_bounds__(256)
-    dequant_tile_kernel(const weight_args w, int64_t r0, int64_t rows, int64_t c0, int64_t cols, T* out,
+    dequant_tile_kernel(const weight_args w, int64_t r0, int64_t rows, int64_t c0, int64_t cols, T* out, bool wide,
                         const __grid_constant__ code_table table, const __grid_constant__ code_table map_src) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  LOWBIT_DYNAMIC_SHARED(smem);
   float* map = nullptr;
   const decoder dec = setup_decoder<D>(smem, table.value, map_src.value, w.nested, &map);
   __syncthreads();
   const float offset = w.nested ? *w.nested_offset : 0.0f;
   const int64_t groups_per_row = (cols + 7) / 8;
-  const int64_t total = rows * groups_per_row;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   const bool vec_store = (cols % 8) == 0;
-  for (int64_t g = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; g < total; g += stride) {
-    const int64_t r = g / groups_per_row;
-    const int64_t c = (g - r * groups_per_row) * 8;
-    const int64_t i0 = (r0 + r) * w.cols + c0 + c;
-    const int n = cols - c < 8 ? int(cols - c) : 8;
-    float v[8];
-    int64_t cur_b = -1;
-    float s = 0.0f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      v[e] = 0.0f;
-      if (e < n) {
-        const int64_t i = i0 + e;
-        const int64_t b = i >> w.bs_log2;
-        if (b != cur_b) {
-          s = finish_scale(w, fetch_scale(w, b), map, offset);
-          cur_b = b;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    for (int64_t cg = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; cg < groups_per_row;
+         cg += int64_t(gridDim.x) * blockDim.x) {
+      const int64_t c = cg * 8;
+      const int64_t i0 = (r0 + r) * w.cols + c0 + c;
+      const int n = cols - c < 8 ? int(cols - c) : 8;
+      float v[8];
+      if (wide) {  // n == 8 here: cols is a multiple of 8
+        const float sc = finish_scale(w, fetch_scale(w, i0 >> w.bs_log2), map, offset);
+        if constexpr (kind_is_4bit(D)) {
+          decode_word<D>(dec, *reinterpret_cast<const uint32_t*>(w.codes + (i0 >> 1)), sc, v);
+        } else {
+          const uint2 cw = *reinterpret_cast<const uint2*>(w.codes + i0);
+          decode_word<D>(dec, cw.x, sc, v);
+          decode_word<D>(dec, cw.y, sc, v + 4);
         }
-        v[e] = mul_rn(code_value<D>(dec, code_at<D>(w, i)), s);
-      }
-    }
-    T* dst = out + r * cols + c;
-    if (vec_store && n == 8) {
-      if constexpr (sizeof(T) == 4) {
-        reinterpret_cast<float4*>(dst)[0] = make_float4(v[0], v[1], v[2], v[3]);
-        reinterpret_cast<float4*>(dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
       } else {
-        uint32_t h[4];
+        int64_t cur_b = -1;
+        float sc = 0.0f;
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
-          h[e] = uint32_t(from_float<T>(v[2 * e]).bits) | (uint32_t(from_float<T>(v[2 * e + 1]).bits) << 16);
-        *reinterpret_cast<uint4*>(dst) = make_uint4(h[0], h[1], h[2], h[3]);
+        for (int e = 0; e < 8; ++e) {
+          v[e] = 0.0f;
+          if (e < n) {
+            const int64_t i = i0 + e;
+            const int64_t b = i >> w.bs_log2;
+            if (b != cur_b) {
+              sc = finish_scale(w, fetch_scale(w, b), map, offset);
+              cur_b = b;
+            }
+            v[e] = mul_rn(code_value<D>(dec, code_at<D>(w, i)), sc);
+          }
+        }
       }
-    } else {
+      T* dst = out + r * cols + c;
+      if (vec_store && n == 8) {
+        if constexpr (sizeof(T) == 4) {
+          reinterpret_cast<float4*>(dst)[0] = make_float4(v[0], v[1], v[2], v[3]);
+          reinterpret_cast<float4*>(dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
+        } else {
+          uint32_t h[4];
 #pragma unroll
-      for (int e = 0; e < 8; ++e)
-        if (e < n) dst[e] = from_float<T>(v[e]);
+          for (int e = 0; e < 4; ++e)
+            h[e] = uint32_t(from_float<T>(v[2 * e]).bits) | (uint32_t(from_float<T>(v[2 * e + 1]).bits) << 16);
+          *reinterpret_cast<uint4*>(dst) = make_uint4(h[0], h[1], h[2], h[3]);
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+          if (e < n) dst[e] = from_float<T>(v[e]);
+      }
     }
   }
 }
@@ -166,10 +184,20 @@ void launch_dequant_tile(const weight_args& w, int64_t r0, int64_t rows, int64_t
   const int smem = decode_smem_bytes(D);
   auto kernel = dequant_tile_kernel<D, T>;
   allow_dynamic_smem(kernel, smem, smem_set);
-  const int64_t total = rows * ((cols + 7) / 8);
-  if (total == 0) return;
-  const int64_t want = (total + 255) / 256, cap = int64_t(sm_count()) * 8;
-  kernel<<<int(want < cap ? want : cap), 256, smem, stream>>>(w, r0, rows, c0, cols, out, table, map);
+  const int64_t groups_per_row = (cols + 7) / 8;
+  if (rows == 0 || groups_per_row == 0) return;
+  const bool wide = c0 % 8 == 0 && cols % 8 == 0 && w.cols % 8 == 0 &&
+                    is_aligned(w.codes, kind_is_4bit(D) ? 4 : 8) && is_aligned(out, 16);
+  // about 8 CTAs per SM in all, spread over the row's groups first
+  const int64_t cap = int64_t(sm_count()) * 8;
+  int64_t gx = (groups_per_row + 255) / 256;
+  if (gx > cap) gx = cap;
+  int64_t gy = cap / gx;
+  if (gy < 1) gy = 1;
+  if (gy > rows) gy = rows;
+  if (gy > 65535) gy = 65535;
+  LOWBIT_LAUNCH(kernel, dim3(unsigned(gx), unsigned(gy)), dim3(256), size_t(smem), stream)(w, r0, rows, c0, cols, out,
+                                                                                          wide, table, map);
   LOWBIT_CUDA_CHECK(cudaGetLastError());
 }
 
