@@ -160,17 +160,8 @@ inline void fill_empty_product(void* out, dtype out_type, int64_t M, int64_t P, 
 
 inline void finalize_splits(const gemm_plan& plan, float* partial, int64_t M, int64_t P, const tensor_view* bias,
                             void* out, dtype out_type, cudaStream_t stream) {
-  finalize_args f;
-  f.partial = partial;
-  f.splits = plan.splits;
-  f.M = M;
-  f.P = P;
-  f.bias = bias ? bias->data : nullptr;
-  f.bias_type = bias ? bias->type : dtype::f32;
-  f.out = out;
-  f.out_type = out_type;
-  f.out_ld = P;
-  launch_finalize(f, stream);
+  finalize_partials(partial, plan.splits, M, P, bias ? bias->data : nullptr, bias ? bias->type : dtype::f32, out,
+                    out_type, stream);
 }
 
 template <class Fn>

@@ -241,6 +241,23 @@ inline void launch_finalize(const finalize_args& a, cudaStream_t stream) {
   LOWBIT_CUDA_CHECK(cudaGetLastError());
 }
 
+// out[M][P] (row stride P) = the sum of `splits` fp32 partials [splits][M][P]
+// in split order (+ bias), rounded once into out_type.
+inline void finalize_partials(const float* partial, int splits, int64_t M, int64_t P, const void* bias,
+                              dtype bias_type, void* out, dtype out_type, cudaStream_t stream) {
+  finalize_args f;
+  f.partial = partial;
+  f.splits = splits;
+  f.M = M;
+  f.P = P;
+  f.bias = bias;
+  f.bias_type = bias_type;
+  f.out = out;
+  f.out_type = out_type;
+  f.out_ld = P;
+  launch_finalize(f, stream);
+}
+
 // Splits of a reduction of length R over `units` granules (multiples of
 // `granule`) so that tiles * splits reaches about `target` CTAs, each split
 // keeping at least min_granules granules. Returns the split length.

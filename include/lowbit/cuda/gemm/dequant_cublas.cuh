@@ -158,16 +158,7 @@ __global__ void __launch_bounds__(256)
       }
       T* dst = out + r * cols + c;
       if (vec_store && n == 8) {
-        if constexpr (sizeof(T) == 4) {
-          reinterpret_cast<float4*>(dst)[0] = make_float4(v[0], v[1], v[2], v[3]);
-          reinterpret_cast<float4*>(dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
-        } else {
-          uint32_t h[4];
-#pragma unroll
-          for (int e = 0; e < 4; ++e)
-            h[e] = uint32_t(from_float<T>(v[2 * e]).bits) | (uint32_t(from_float<T>(v[2 * e + 1]).bits) << 16);
-          *reinterpret_cast<uint4*>(dst) = make_uint4(h[0], h[1], h[2], h[3]);
-        }
+        detail::store8(dst, v);  // cuda::dequantize's wide store (quantize.cuh)
       } else {
 #pragma unroll
         for (int e = 0; e < 8; ++e)

@@ -488,17 +488,7 @@ void gemv_backward(const void* dy, dtype dy_type, const weight_args& w, void* dx
   g.splits = splits;
   g.vec = k % (2 * kind_elems_per_word(D)) == 0 && is_aligned(w.codes, 8);
   launch_gemv_backward<D>(g, table, map, stream);
-  if (splits > 1) {
-    finalize_args f;
-    f.partial = partial;
-    f.splits = splits;
-    f.M = M;
-    f.P = k;
-    f.out = dx;
-    f.out_type = dx_type;
-    f.out_ld = k;
-    launch_finalize(f, stream);
-  }
+  if (splits > 1) finalize_partials(partial, splits, M, k, nullptr, dtype::f32, dx, dx_type, stream);
 }
 
 }  // namespace gemm_detail
