@@ -1,7 +1,8 @@
 // tests/emulation/cuda_emulator.hpp
-// A small, deterministic CUDA execution emulator, so that CUDA kernels (the
-// library's quantize / dequantize / dequantize_rows / fused optimizer step,
-// the llama example's cuda/kernels.cuh) run unchanged, compiled by g++
+// A small, deterministic CUDA execution emulator, so that CUDA kernels (all
+// of the library's: quantize / dequantize, dequantize_rows, the fused
+// optimizer step, the three dequant-GEMM regimes; the llama example's) run
+// unchanged, compiled by g++
 // against CUDA's host headers, on a machine without a GPU. Include it before
 // any kernel header: it defines LOWBIT_CUDA_EMULATION (and, for the example,
 // LLAMA_CUDA_EMULATION), which makes <lowbit/cuda/launch.cuh>'s
@@ -31,12 +32,16 @@
 // non-uniform barrier and throws, never returns garbage. As a shuffle
 // synchronizes the whole block, not one warp, a __syncthreads missing
 // between warp-level steps can go unnoticed. Atomics are plain
-// read-modify-writes (one OS thread runs everything). Not emulated: streams
-// (ignored; launches are synchronous), warp votes, dynamic shared memory
-// (a launch asking for it throws), memory spaces (device pointers are host
-// pointers). Shared arrays keep their contents from block to block.
-// A CUDA runtime for emulated host code (cudaMalloc on host memory and so
-// on) is not part of this header: see fake_cuda_runtime.cpp.
+// read-modify-writes (one OS thread runs everything). Warp-collective
+// instructions (ldmatrix, mma.sync of gemm/mma_gemm.cuh) are built on
+// warp_allgather, a per-warp barrier exchanging up to 32 bytes per lane,
+// under the same uniformity checks as shuffles. Not emulated: streams
+// (ignored; launches are synchronous), warp votes, memory spaces (device
+// pointers are host pointers). Shared arrays keep their contents from
+// block to block.
+// A CUDA runtime and a cuBLAS for emulated host code (cudaMalloc on host
+// memory, cublasGemmEx on the CPU and so on) are not part of this header:
+// see fake_cuda_runtime.cpp and fake_cublas.cpp.
 #pragma once
 
 #define LOWBIT_CUDA_EMULATION 1
@@ -88,11 +93,13 @@ struct block_state {
   std::vector<ucontext_t> ctx;
   std::vector<status> st;
   std::vector<uint64_t> shfl[2];  // __shfl_xor_sync's exchange buffers, by linear thread index
-  std::vector<uint8_t> parity;    // per thread: the buffer its next shuffle uses
+  static constexpr size_t gather_bytes = 32;  // the largest warp_allgather payload
+  std::vector<uint8_t> gather[2];  // warp_allgather's exchange buffers, gather_bytes per thread
+  std::vector<uint8_t> parity;    // per thread: the buffer its next shuffle or gather uses
   struct site {
     const char* file;
     int line;
-    int kind;  // -1: __syncthreads; 0..31: a shuffle's lane mask
+    int kind;  // -1: __syncthreads; 0..31: a shuffle's lane mask; 32: warp_allgather
   };
   std::vector<site> waits_at;     // per thread: the barrier it waits at
   ucontext_t sched;               // the scheduler's context
@@ -168,7 +175,9 @@ inline void run_block(unsigned n) {
     }
     if (finished == n) return;
     auto name = [](const block_state::site& x) {
-      return std::string(x.kind < 0 ? "__syncthreads" : "__shfl_xor_sync(lane mask " + std::to_string(x.kind) + ")") +
+      return std::string(x.kind < 0    ? "__syncthreads"
+                         : x.kind >= 32 ? "a warp-collective instruction (ldmatrix / mma)"
+                                        : "__shfl_xor_sync(lane mask " + std::to_string(x.kind) + ")") +
              " at " + x.file + ":" + std::to_string(x.line);
     };
     auto where = [] {
@@ -227,6 +236,8 @@ inline void run_grid(dim3 grid, dim3 block, void (*body)(void*), void* arg) {
   s.st.resize(n);
   s.shfl[0].assign(n, 0);
   s.shfl[1].assign(n, 0);
+  s.gather[0].assign(n * block_state::gather_bytes, 0);
+  s.gather[1].assign(n * block_state::gather_bytes, 0);
   s.parity.resize(n);
   s.waits_at.resize(n);
   s.body = body;
@@ -324,6 +335,42 @@ T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32, const char*
   std::memcpy(&r, &buf[src], sizeof(T));
   return r;
 }
+
+namespace cuda_emulator {
+// The calling thread's lane (linear thread index mod 32; warps are 32
+// consecutive linear indices, as on a GPU).
+inline int lane_id() {
+  block_state& s = state();
+  if (s.current < 0) die("lane_id outside a kernel");
+  return s.current % 32;
+}
+
+// The building block of warp-collective instructions (ldmatrix, mma.sync;
+// see gemm/mma_gemm.cuh's emulation branches): every lane of the caller's
+// warp contributes `bytes` bytes (at most gather_bytes), and all[32 * bytes]
+// receives the contributions in lane order. Same barrier and double-buffer
+// discipline as __shfl_xor_sync: every lane of the warp must call it at the
+// same call site. The payload carries values, not addresses, so no lane
+// reads memory that another lane may already have overwritten after
+// leaving the barrier.
+inline void warp_allgather(const void* mine, size_t bytes, void* all, const char* file = __builtin_FILE(),
+                           int line = __builtin_LINE()) {
+  block_state& s = state();
+  if (s.current < 0) die("warp-collective instruction outside a kernel");
+  if (bytes > block_state::gather_bytes) die("warp_allgather: payload too large");
+  if (s.parity.size() % 32 != 0) die("warp-collective instruction in a block that is not whole warps");
+  const size_t me = size_t(s.current), w0 = me - me % 32;
+  const int buffer = s.parity[me];
+  s.parity[me] ^= 1;
+  std::memcpy(&s.gather[buffer][me * block_state::gather_bytes], mine, bytes);
+  __syncthreads(file, line, 32);
+  for (size_t l = 0; l < 32; ++l)
+    std::memcpy(static_cast<uint8_t*>(all) + l * bytes, &s.gather[buffer][(w0 + l) * block_state::gather_bytes], bytes);
+}
+}  // namespace cuda_emulator
+
+// A trap ends the emulated program as it ends a kernel.
+[[noreturn]] inline void __trap() { cuda_emulator::die("__trap() in device code"); }
 
 // A read through the read-only cache is a plain read here.
 template <class T>

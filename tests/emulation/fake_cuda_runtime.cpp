@@ -11,14 +11,21 @@
 //   copies and memsets of every kind are std::memcpy / std::memset; streams
 //     are ignored (kernel launches through the emulator are synchronous, so
 //     every stream is always idle).
-//   one device: 4 multiprocessors (small grids, so grid-stride loops take
-//     several laps), no concurrent managed access, no pageable memory
-//     access; every pointer reports itself as device memory.
+//   one device, "compute capability 9.0" (the kernels' sm_90 paths): 4
+//     multiprocessors (small grids, so grid-stride loops take several
+//     laps), no concurrent managed access, no pageable memory access
+//     (fake_cuda::set_pageable_memory_access turns it on, for tests that
+//     hand host vectors to kernels); cudaPointerGetAttributes reports the
+//     kind of the fake allocation holding a pointer (device, managed,
+//     pinned host) and any other pointer as pageable host memory;
+//     allocations are 256-byte aligned as cudaMalloc's; memory pools keep
+//     freed bytes until trimmed; prefetches do nothing.
 // Errors are the return values; cudaGetLastError / cudaPeekAtLastError
 // report the last failing call of this fake (launches cannot fail: the
 // emulator throws instead).
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -26,26 +33,46 @@
 #include "fake_cuda_runtime.hpp"
 
 namespace {
-std::map<const void*, size_t>& allocations() {
-  static std::map<const void*, size_t> a;
+struct allocation {
+  size_t bytes;
+  cudaMemoryType type;  // device, managed or (pinned) host
+};
+std::map<const void*, allocation>& allocations() {
+  static std::map<const void*, allocation> a;
   return a;
 }
 cudaError_t last_error = cudaSuccess;
+bool pageable_access = false;  // cudaDevAttrPageableMemoryAccess
 cudaError_t fail(cudaError_t e) {
   last_error = e;
   return e;
 }
-cudaError_t alloc(void** p, size_t bytes) {
+// 256-byte aligned, as cudaMalloc's allocations are (lowbit checks
+// workspace alignment against that guarantee).
+cudaError_t alloc(void** p, size_t bytes, cudaMemoryType type = cudaMemoryTypeDevice) {
   if (!p) return fail(cudaErrorInvalidValue);
-  *p = std::malloc(bytes ? bytes : 1);
+  *p = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + (bytes ? 0 : 256));
   if (!*p) return fail(cudaErrorMemoryAllocation);
-  allocations()[*p] = bytes;
+  allocations()[*p] = allocation{bytes, type};
   return cudaSuccess;
+}
+struct fake_pool {
+  size_t live = 0, kept = 0;  // bytes of live allocations, freed bytes kept
+};
+std::map<const void*, fake_pool*>& pool_of() {  // allocations made from a pool
+  static std::map<const void*, fake_pool*> m;
+  return m;
 }
 cudaError_t release(void* p) {
   if (!p) return cudaSuccess;
   auto it = allocations().find(p);
   if (it == allocations().end()) return fail(cudaErrorInvalidValue);
+  auto pit = pool_of().find(p);
+  if (pit != pool_of().end()) {  // back to its pool, which keeps the bytes
+    pit->second->live -= it->second.bytes;
+    pit->second->kept += it->second.bytes;
+    pool_of().erase(pit);
+  }
   allocations().erase(it);
   std::free(p);
   return cudaSuccess;
@@ -64,6 +91,7 @@ cudaError_t set(void* dst, int value, size_t bytes) {
 
 namespace fake_cuda {
 size_t live_allocations() { return allocations().size(); }
+void set_pageable_memory_access(bool on) { pageable_access = on; }
 int sm_count() { return 4; }
 }  // namespace fake_cuda
 
@@ -71,9 +99,9 @@ extern "C" {
 
 cudaError_t cudaMalloc(void** p, size_t bytes) { return alloc(p, bytes); }
 cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) { return alloc(p, bytes); }
-cudaError_t cudaMallocManaged(void** p, size_t bytes, unsigned int) { return alloc(p, bytes); }
-cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned int) { return alloc(p, bytes); }
-cudaError_t cudaMallocHost(void** p, size_t bytes) { return alloc(p, bytes); }
+cudaError_t cudaMallocManaged(void** p, size_t bytes, unsigned int) { return alloc(p, bytes, cudaMemoryTypeManaged); }
+cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned int) { return alloc(p, bytes, cudaMemoryTypeHost); }
+cudaError_t cudaMallocHost(void** p, size_t bytes) { return alloc(p, bytes, cudaMemoryTypeHost); }
 cudaError_t cudaFree(void* p) { return release(p); }
 cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return release(p); }
 cudaError_t cudaFreeHost(void* p) { return release(p); }
@@ -131,13 +159,79 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int dev) {
   switch (attr) {
     case cudaDevAttrMultiProcessorCount: *value = fake_cuda::sm_count(); break;
     case cudaDevAttrConcurrentManagedAccess: *value = 0; break;
-    case cudaDevAttrPageableMemoryAccess: *value = 0; break;
+    case cudaDevAttrPageableMemoryAccess: *value = pageable_access ? 1 : 0; break;
     case cudaDevAttrMaxThreadsPerBlock: *value = 1024; break;
     case cudaDevAttrWarpSize: *value = 32; break;
+    case cudaDevAttrComputeCapabilityMajor: *value = 9; break;  // the kernels' sm_90 paths
+    case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
     default: return fail(cudaErrorInvalidValue);
   }
   return cudaSuccess;
 }
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int dev) {
+  if (!prop || dev != 0) return fail(cudaErrorInvalidValue);
+  *prop = cudaDeviceProp{};
+  std::strncpy(prop->name, "lowbit CPU CUDA emulator", sizeof prop->name - 1);
+  prop->major = 9;
+  prop->minor = 0;
+  prop->multiProcessorCount = fake_cuda::sm_count();
+  prop->warpSize = 32;
+  prop->maxThreadsPerBlock = 1024;
+  prop->totalGlobalMem = size_t(1) << 30;
+  return cudaSuccess;
+}
+
+// Managed memory is host memory: prefetching is a no-op on a valid range.
+cudaError_t cudaMemPrefetchAsync(const void* p, size_t, cudaMemLocation, unsigned int, cudaStream_t) {
+  if (!p) return fail(cudaErrorInvalidValue);
+  return cudaSuccess;
+}
+
+// Memory pools, as bookkeeping over ordinary fake allocations: a pool
+// reserves the bytes of its live allocations plus the freed bytes it keeps
+// (a release threshold of "keep everything", the only setting lowbit
+// uses); a new allocation reuses kept bytes first; cudaMemPoolTrimTo
+// returns kept bytes until the reserve is down to its argument.
+cudaError_t cudaMemPoolCreate(cudaMemPool_t* pool, const cudaMemPoolProps* props) {
+  if (!pool || !props) return fail(cudaErrorInvalidValue);
+  *pool = reinterpret_cast<cudaMemPool_t>(new fake_pool);
+  return cudaSuccess;
+}
+cudaError_t cudaMemPoolDestroy(cudaMemPool_t pool) {
+  if (!pool) return fail(cudaErrorInvalidValue);
+  delete reinterpret_cast<fake_pool*>(pool);
+  return cudaSuccess;
+}
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr, void* value) {
+  return pool && value ? cudaSuccess : fail(cudaErrorInvalidValue);
+}
+cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* value) {
+  if (!pool || !value) return fail(cudaErrorInvalidValue);
+  const fake_pool& fp = *reinterpret_cast<fake_pool*>(pool);
+  switch (attr) {
+    case cudaMemPoolAttrReservedMemCurrent: *static_cast<uint64_t*>(value) = fp.live + fp.kept; return cudaSuccess;
+    case cudaMemPoolAttrUsedMemCurrent: *static_cast<uint64_t*>(value) = fp.live; return cudaSuccess;
+    default: return fail(cudaErrorInvalidValue);
+  }
+}
+cudaError_t cudaMemPoolTrimTo(cudaMemPool_t pool, size_t keep) {
+  if (!pool) return fail(cudaErrorInvalidValue);
+  fake_pool& fp = *reinterpret_cast<fake_pool*>(pool);
+  const size_t excess = fp.live + fp.kept > keep ? fp.live + fp.kept - keep : 0;
+  fp.kept -= excess < fp.kept ? excess : fp.kept;
+  return cudaSuccess;
+}
+cudaError_t cudaMallocFromPoolAsync(void** p, size_t bytes, cudaMemPool_t pool, cudaStream_t) {
+  if (!pool) return fail(cudaErrorInvalidValue);
+  const cudaError_t e = alloc(p, bytes);
+  if (e != cudaSuccess) return e;
+  fake_pool* fp = reinterpret_cast<fake_pool*>(pool);
+  fp->kept -= bytes < fp->kept ? bytes : fp->kept;
+  fp->live += bytes;
+  pool_of()[*p] = fp;
+  return cudaSuccess;
+}
+
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   if (!free_bytes || !total_bytes) return fail(cudaErrorInvalidValue);
   *free_bytes = *total_bytes = size_t(1) << 30;
@@ -146,9 +240,17 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* p) {
   if (!attr) return fail(cudaErrorInvalidValue);
   *attr = cudaPointerAttributes{};
-  attr->type = cudaMemoryTypeDevice;  // in emulation every pointer is "device" memory
+  // The type of the fake allocation holding p; any other pointer is
+  // pageable host memory (cudaMemoryTypeUnregistered), as on a GPU system.
+  auto it = allocations().upper_bound(p);
+  attr->type = cudaMemoryTypeUnregistered;
+  if (it != allocations().begin()) {
+    --it;
+    const char* base = static_cast<const char*>(it->first);
+    if (static_cast<const char*>(p) < base + (it->second.bytes ? it->second.bytes : 1)) attr->type = it->second.type;
+  }
   attr->device = 0;
-  attr->devicePointer = const_cast<void*>(p);
+  attr->devicePointer = attr->type == cudaMemoryTypeUnregistered ? nullptr : const_cast<void*>(p);
   attr->hostPointer = const_cast<void*>(p);
   return cudaSuccess;
 }

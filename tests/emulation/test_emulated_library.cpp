@@ -238,6 +238,9 @@ TEST_CASE("emulated cuda::quantize refuses non-finite input like cpu::quantize")
 
 TEST_CASE("emulated cuda::dequantize_rows matches cpu::dequantize_rows bit for bit") {
   const int64_t rows = 37, cols = 101;  // rows start mid-block and mid-byte
+  // idx is a host vector: a device that reads pageable memory (HMM / ATS)
+  // accepts it; the refusal on other devices is test_dequantize_rows_gpu's
+  fake_cuda::set_pageable_memory_access(true);
   std::vector<int32_t> idx = {0, 36, 5, 5, 17, 1, 36, 0, 22};
   for (format f : all_formats)
     for (bool nested : {false, true})

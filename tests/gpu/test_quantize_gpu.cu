@@ -131,7 +131,7 @@ TEST_CASE("host pointers are rejected by the CUDA path") {
   CHECK_THROWS_AS(cuda::quantize(make_flat_view(x.data(), 100), dq.view()), error);
 }
 
-TEST_CASE("more than 2^31 elements on the GPU") {
+TEST_CASE("[large] more than 2^31 elements on the GPU") {
   const int64_t n = (int64_t(1) << 31) + 130;
   size_t free_b = 0, total_b = 0;
   LOWBIT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));

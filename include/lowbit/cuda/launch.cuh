@@ -13,8 +13,9 @@
 // `kernel` must be one macro argument: a template-id with a comma goes
 // through a local function pointer first (auto* k = &f<A, B>;), and every
 // kernel parameter must be passed (the emulator ignores default arguments).
-// Not for the mma kernels of gemm/ (PTX the host cannot run); the gemv
-// kernels and the split finalize of gemm/ use it.
+// Every kernel of the library launches through it; the mma kernel's PTX
+// (ldmatrix, mma.sync, cp.async) has emulation branches of its own
+// (gemm/mma_gemm.cuh).
 #pragma once
 
 #if defined(__CUDACC__)

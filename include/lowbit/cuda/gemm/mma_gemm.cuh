@@ -32,6 +32,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "common.cuh"
@@ -73,15 +74,86 @@ struct mma_args {
   bool w_vec = false;  // W rows allow 16-code vector loads (cols % 16 == 0, aligned codes)
 };
 
+#if defined(LOWBIT_CUDA_EMULATION)
+// ldmatrix.sync.aligned.m8n8.x4(.trans).shared.b16 for the emulator: lane l
+// gives the address of row l % 8 of matrix l / 8 (8 16-bit elements, 16
+// bytes); register j of lane l receives matrix j's elements (row l / 4,
+// columns 2 (l % 4) and 2 (l % 4) + 1), or with .trans (rows 2 (l % 4) and
+// 2 (l % 4) + 1, column l / 4); the lower-indexed element in the low half.
+inline void emulated_ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans) {
+  uint16_t mine[8], rows[32][8];
+  std::memcpy(mine, p, sizeof mine);
+  cuda_emulator::warp_allgather(mine, sizeof mine, rows);
+  const int l = cuda_emulator::lane_id(), g = l >> 2, t = l & 3;
+  for (int j = 0; j < 4; ++j) {
+    const uint32_t lo = trans ? rows[8 * j + 2 * t][g] : rows[8 * j + g][2 * t];
+    const uint32_t hi = trans ? rows[8 * j + 2 * t + 1][g] : rows[8 * j + g][2 * t + 1];
+    r[j] = lo | (hi << 16);
+  }
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16} for the emulator. With
+// g = lane / 4, t = lane % 4: a[0..3] hold A (16 x 16) at rows g, g + 8, g,
+// g + 8 and columns (2t, 2t + 1), (2t, 2t + 1), (2t + 8, 2t + 9), (2t + 8,
+// 2t + 9); b0 / b1 hold B (16 x 8) at rows (2t, 2t + 1) / (2t + 8, 2t + 9),
+// column g; d[0..3] is C at (g, 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1).
+// The products of 16-bit values are exact in double; each output's 16 are
+// summed in double and added to d in one float rounding (the tensor cores'
+// order and rounding are unspecified; the tests' bounds allow any order).
+template <class T>
+inline void emulated_mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  struct fragments {
+    uint32_t a[4], b[2];
+  } mine{{a[0], a[1], a[2], a[3]}, {b0, b1}}, all[32];
+  cuda_emulator::warp_allgather(&mine, sizeof mine, all);
+  auto value = [](uint32_t word, int half) {
+    T h;
+    h.bits = uint16_t(word >> (16 * half));
+    return double(to_float(h));
+  };
+  auto a_at = [&](int row, int k) {  // A[row][k]
+    const int reg = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+    return value(all[4 * (row & 7) + ((k & 7) >> 1)].a[reg], k & 1);
+  };
+  auto b_at = [&](int k, int col) {  // B[k][col]
+    return value(all[4 * col + ((k & 7) >> 1)].b[k >= 8 ? 1 : 0], k & 1);
+  };
+  const int l = cuda_emulator::lane_id(), g = l >> 2, t = l & 3;
+  for (int c = 0; c < 4; ++c) {
+    const int row = g + (c >> 1) * 8, col = 2 * t + (c & 1);
+    double s = 0.0;
+    for (int k = 0; k < 16; ++k) s += a_at(row, k) * b_at(k, col);
+    d[c] = float(double(d[c]) + s);
+  }
+}
+#endif
+
 // ---- PTX wrappers (sm_80+) ---------------------------------------------------------
+// Each has a third branch for the CPU emulator of the tests
+// (LOWBIT_CUDA_EMULATION, tests/emulation/cuda_emulator.hpp), which runs
+// the kernel on the host: the warp-collective instructions exchange their
+// operands through cuda_emulator::warp_allgather and compute what the PTX
+// ISA specifies for each lane (fragment layouts of ldmatrix .m8n8 and
+// mma.m16n8k16, "Warp-level matrix fragments"). So the kernel's indexing,
+// tiling, split-K and edges are tested without a GPU; nvcc's code and the
+// tensor cores' summation order are not (tests/gpu does that).
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
+#if defined(__CUDA_ARCH__)
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+#else
+  (void)p;
+  return 0u;
+#endif
 }
 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes)
                : "memory");
+#elif defined(LOWBIT_CUDA_EMULATION)
+  // src_bytes of 16 copied, the rest zero-filled (the copy completes at once)
+  unsigned char* d = static_cast<unsigned char*>(dst);
+  for (int i = 0; i < 16; ++i) d[i] = i < src_bytes ? static_cast<const unsigned char*>(src)[i] : 0u;
 #else
   (void)dst, (void)src, (void)src_bytes;
   __trap();
@@ -100,6 +172,8 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr(p))
                : "memory");
+#elif defined(LOWBIT_CUDA_EMULATION)
+  emulated_ldmatrix_x4(r, p, false);
 #else
   (void)r, (void)p;
   __trap();
@@ -112,6 +186,8 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr(p))
                : "memory");
+#elif defined(LOWBIT_CUDA_EMULATION)
+  emulated_ldmatrix_x4(r, p, true);
 #else
   (void)r, (void)p;
   __trap();
@@ -135,6 +211,8 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
+#elif defined(LOWBIT_CUDA_EMULATION)
+  emulated_mma_16816<T>(d, a, b0, b1);
 #else
   (void)d, (void)a, (void)b0, (void)b1;
   __trap();
@@ -145,7 +223,7 @@ template <decode_kind D, class T, bool Bwd>
 __global__ void __launch_bounds__(mma_threads, mma_ctas_per_sm)
     mma_gemm_kernel(const mma_args p, const __grid_constant__ code_table table,
                     const __grid_constant__ code_table map_src) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  LOWBIT_DYNAMIC_SHARED(smem);
   float* map = nullptr;
   const decoder dec = setup_decoder<D>(smem, table.value, map_src.value, p.w.nested, &map);
   uint16_t* const As = reinterpret_cast<uint16_t*>(smem + decode_smem_bytes(D));  // [2][BM][A_LD]
@@ -357,7 +435,8 @@ void launch_mma_gemm(mma_args p, const code_table& table, const code_table& map,
   for (int64_t g0 = 0; g0 < groups; g0 += 65535) {
     const int64_t gy = groups - g0 < 65535 ? groups - g0 : 65535;
     p.m_base = g0 * mma_bm;
-    kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(p.splits)), mma_threads, smem, stream>>>(p, table, map);
+    LOWBIT_LAUNCH(kernel, dim3(unsigned(gx), unsigned(gy), unsigned(p.splits)), mma_threads, smem, stream)(p, table,
+                                                                                                      map);
     LOWBIT_CUDA_CHECK(cudaGetLastError());
   }
 }
