@@ -40,6 +40,36 @@ struct quantized_view {
   }
 };
 
+// Elements [first, first + count) of q as a view of their own (no copy):
+// its codes, scales and nested scales point into q's. `first` must start a
+// scale block, and with nested scales a whole group of nested_block_size
+// blocks (the nested offset is shared), so that the slice's blocks are q's
+// blocks; the slice may end anywhere up to q's end (an empty slice may
+// start anywhere). Used for row panels of a
+// row-major matrix (rows r0.. of an R x C matrix: first = r0 * C).
+inline quantized_view slice(const quantized_view& q, int64_t first, int64_t count) {
+  const int64_t unit = int64_t(q.layout.block_size) * (q.layout.nested ? nested_block_size : 1);
+  require(first >= 0 && count >= 0 && first <= q.layout.n && count <= q.layout.n - first, errc::invalid_argument,
+          "slice: elements [" + std::to_string(first) + ", " + std::to_string(first + count) +
+              ") are outside the tensor's " + std::to_string(q.layout.n));
+  require(first % unit == 0 || count == 0, errc::invalid_argument,
+          "slice: first element " + std::to_string(first) + " does not start " +
+              (q.layout.nested ? "a group of " + std::to_string(nested_block_size) + " scale blocks of "
+                               : std::string("a scale block of ")) +
+              std::to_string(q.layout.block_size) + " elements");
+  quantized_view s = q;
+  s.layout.n = count;
+  const int64_t block = first / q.layout.block_size;
+  s.codes = q.codes + (is_4bit(q.layout.fmt) ? first / 2 : first);  // block sizes are even
+  if (q.layout.nested) {
+    s.absmax_codes = q.absmax_codes + block;
+    s.nested_absmax = q.nested_absmax + block / nested_block_size;
+  } else {
+    s.absmax = q.absmax + block;
+  }
+  return s;
+}
+
 // Owning host storage for one quantized tensor.
 struct quantized_tensor {
   blockwise_layout layout;
