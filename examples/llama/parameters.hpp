@@ -147,6 +147,34 @@ struct matrix_ref {
   int64_t rows = 0, cols = 0;
 };
 
+// Rows [first, first + count) of w (row-major) as a matrix of their own, no
+// copy. A quantized w's panel must start a scale block (a group of 256
+// blocks with nested scales): see lowbit::slice and panel_row_unit.
+inline matrix_ref rows_of(const matrix_ref& w, int64_t first, int64_t count) {
+  matrix_ref r = w;
+  r.rows = count;
+  switch (w.kind) {
+    case matrix_storage::quantized: r.q = lowbit::slice(w.q, first * w.cols, count * w.cols); break;
+    case matrix_storage::f64: r.data = static_cast<const double*>(w.data) + first * w.cols; break;
+    case matrix_storage::f32: r.data = static_cast<const float*>(w.data) + first * w.cols; break;
+    case matrix_storage::bf16: r.data = static_cast<const lowbit::bf16*>(w.data) + first * w.cols; break;
+  }
+  return r;
+}
+
+// The smallest row count whose multiples are valid panel starts of w.
+inline int64_t panel_row_unit(const matrix_ref& w) {
+  if (w.kind != matrix_storage::quantized || w.cols == 0) return 1;
+  const int64_t unit = int64_t(w.q.layout.block_size) * (w.q.layout.nested ? lowbit::nested_block_size : 1);
+  int64_t a = unit, b = w.cols;  // unit / gcd(unit, cols)
+  while (b) {
+    const int64_t t = a % b;
+    a = b;
+    b = t;
+  }
+  return unit / a;
+}
+
 // Parameter values. T is the compute dtype (vectors and activations).
 template <class T>
 struct weight_store {

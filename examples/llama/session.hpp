@@ -31,6 +31,11 @@ struct session_options {
   // only, with bfloat16 activations; --grad-dtype): half the gradient
   // memory, each gradient rounded to bfloat16 once per step.
   lowbit::dtype grad_dtype = lowbit::dtype::f32;
+  // CUDA path: the float32 logits are made and consumed in vocabulary
+  // chunks of at most this many bytes (--logits-chunk-mib), never [batch *
+  // seq, vocab] at once; smaller chunks save memory at the cost of more,
+  // smaller head GEMMs (two per chunk but the last when there are several).
+  int64_t logits_chunk_bytes = int64_t(64) << 20;
   optimizer_hparams hparams;
 };
 
@@ -104,6 +109,9 @@ class session_base {
   virtual std::string device_description() const = 0;
   // Peak device memory in use so far (CUDA only; < 0 on the CPU).
   virtual double peak_device_mib() const { return -1.0; }
+  // Device memory in use before the run allocated anything (CUDA context,
+  // other processes); -1 on the CPU.
+  virtual double start_device_mib() const { return -1.0; }
 
   // Mean loss over `batches` fixed validation batches.
   template <class Data>

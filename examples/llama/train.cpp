@@ -58,6 +58,7 @@ struct options {
   float temperature = 0.8f;
   double peak_tflops = 989.4;  // MFU denominator: H100 SXM dense bf16 tensor-core peak
   int64_t timing_warmup = 0;   // first steps left out of the final tokens/s
+  int64_t logits_chunk_mib = 64;
 };
 
 void print_help() {
@@ -71,6 +72,8 @@ void print_help() {
       "  --grad-dtype T        gradient buffer dtype: f32 (default) or bf16 (CUDA only, with bf16\n"
       "                        activations): half the gradient memory; every gradient is summed in\n"
       "                        float32 and rounded to bf16 once per step (a tied head's twice)\n"
+      "  --logits-chunk-mib N  CUDA: the float32 logits are made in vocabulary chunks of at most N MiB\n"
+      "                        (default 64), never whole; smaller saves memory, costs more head GEMMs\n"
       "model:\n"
       "  --preset NAME         tiny (default), llama2-7b, llama3.2-1b, tinyllama-1.1b (random init)\n"
       "  --config FILE         Hugging Face config.json instead of a preset (random init)\n"
@@ -152,6 +155,7 @@ bool parse_args(int argc, char** argv, options& o) {
     else if (a == "--timing-warmup") o.timing_warmup = to_int(a, need(i));
     else if (a == "--gpu-activations") o.gpu_activations = need(i);
     else if (a == "--grad-dtype") o.grad_dtype = need(i);
+    else if (a == "--logits-chunk-mib") o.logits_chunk_mib = to_int(a, need(i));
     else if (a == "--preset") o.preset = need(i);
     else if (a == "--config") o.config_path = need(i);
     else if (a == "--init") o.init_dir = need(i);
@@ -205,6 +209,8 @@ bool parse_args(int argc, char** argv, options& o) {
   lowbit::require(o.config_path.empty() || o.init_dir.empty(), lowbit::errc::invalid_argument,
                   "--config and --init both give the model config; use one");
   parse_grad_dtype(o.grad_dtype);  // f32 or bf16, else a clear error
+  lowbit::require(o.logits_chunk_mib >= 1 && o.logits_chunk_mib <= (int64_t(1) << 20), lowbit::errc::invalid_argument,
+                  "--logits-chunk-mib must be between 1 and 1048576, got " + std::to_string(o.logits_chunk_mib));
   return true;
 }
 
@@ -283,6 +289,7 @@ int main(int argc, char** argv) {
     so.checkpointing = o.checkpointing;
     so.fused_update = o.fused_update;
     so.grad_dtype = parse_grad_dtype(o.grad_dtype);
+    so.logits_chunk_bytes = o.logits_chunk_mib << 20;
     so.hparams.lr = peak_lr;
     so.hparams.beta1 = o.beta1;
     so.hparams.beta2 = o.beta2;
@@ -455,8 +462,10 @@ int main(int argc, char** argv) {
     const double flops_per_token = 6.0 * double(P) + 12.0 * double(cfg.n_layers) * double(o.seq) * double(cfg.dim);
     const double mfu = train_tok_s * flops_per_token / (o.peak_tflops * 1e12);
     if (run.peak_device_mib() >= 0)
-      std::printf(", peak device memory %.1f MiB, MFU %.1f%% of %.1f TFLOP/s", run.peak_device_mib(), 100.0 * mfu,
-                  o.peak_tflops);
+      std::printf(", peak device memory %.1f MiB (%.1f MiB above the %.1f MiB in use at the start: CUDA context, "
+                  "other processes), MFU %.1f%% of %.1f TFLOP/s",
+                  run.peak_device_mib(), run.peak_device_mib() - run.start_device_mib(), run.start_device_mib(),
+                  100.0 * mfu, o.peak_tflops);
     std::printf("\n");
     if (log) {  // one summary record, for scripts (scripts/llama-gpu-figures.sh)
       const int64_t states = run.weight_bytes() + run.optimizer().state_bytes() + run.gradient_bytes();
@@ -468,6 +477,7 @@ int main(int argc, char** argv) {
           << ",\"tokens_per_s\":" << train_tok_s << ",\"flops_per_token\":" << flops_per_token
           << ",\"mfu\":" << (run.peak_device_mib() >= 0 ? std::to_string(mfu) : "null")
           << ",\"peak_device_mib\":" << (run.peak_device_mib() >= 0 ? std::to_string(run.peak_device_mib()) : "null")
+          << ",\"start_device_mib\":" << (run.start_device_mib() >= 0 ? std::to_string(run.start_device_mib()) : "null")
           << ",\"peak_rss_mib\":" << rss_mib << ",\"weight_bytes\":" << run.weight_bytes()
           << ",\"state_bytes\":" << run.optimizer().state_bytes() << ",\"gradient_bytes\":" << run.gradient_bytes()
           << ",\"activation_bytes\":" << run.activation_bytes()

@@ -358,37 +358,113 @@ void embed_scatter(const A* dx, const int32_t* ids, const int32_t* start, const 
 }
 
 // ---- cross-entropy ----------------------------------------------------------------
-// Per row of logits [M, V] (float32): row_loss[m] = logsumexp - logit[target];
-// with dlogits, writes dloss/dlogits of the mean loss: (softmax - onehot) / M.
-template <class A>
-__global__ void cross_entropy_kernel(const float* logits, const int32_t* targets, float* row_loss, A* dlogits,
-                                     int64_t M, int64_t V) {
+// The loss over vocabulary chunks, so that the float32 logits [M, V] never
+// exist whole (for a 128256-entry vocabulary and 2048 rows they would take
+// 1 GiB): the model produces logits [M, vc] for columns [c0, c0 + vc) of
+// the vocabulary at a time (one GEMM with a row panel of the head) and
+//   ce_begin       sets every row's running max to -inf, its sum to 0;
+//   ce_accumulate  folds one chunk in (online logsumexp: the running sum of
+//                  exp(l - max) is rescaled when the max grows) and picks
+//                  the target's logit when it lies in the chunk;
+//   ce_finish      lse = max + log(sum), row_loss = lse - logit[target];
+//   ce_gradient    writes dloss/dlogits of the mean loss, (softmax - onehot)
+//                  / M, for one chunk (recomputed: a second GEMM per chunk)
+//                  into dlogits [M, V] at columns c0...
+// With one chunk (vc = V) the arithmetic is the one-pass kernel's: max,
+// then the sum of exp(l - max) in the block's order, then lse, bit for bit.
+struct ce_rows {
+  float* max = nullptr;     // [M] running max of the logits seen
+  float* sum = nullptr;     // [M] running sum of exp(l - max)
+  float* target = nullptr;  // [M] the target's logit
+  float* lse = nullptr;     // [M] logsumexp, after ce_finish
+};
+
+__global__ void ce_begin_kernel(ce_rows r, int64_t M) {
+  const int64_t m = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (m >= M) return;
+  r.max[m] = -INFINITY;
+  r.sum[m] = 0.0f;
+  r.target[m] = NAN;  // stays NaN (and so does the loss) if no chunk held the target
+}
+inline void ce_begin(const ce_rows& r, int64_t M, cudaStream_t s) {
+  if (M == 0) return;
+  LLAMA_LAUNCH(ce_begin_kernel, blocks_for(M, 256), 256, s)(r, M);
+  LLAMA_CHECK_LAUNCH();
+}
+
+// One block per row of the chunk [M, vc] (row stride vc).
+__global__ void ce_accumulate_kernel(const float* chunk, int64_t c0, int64_t vc, const int32_t* targets, ce_rows r) {
   __shared__ float scratch[32];
   const int64_t m = blockIdx.x;
-  const float* l = logits + m * V;
+  const float* l = chunk + m * vc;
   float mx = -INFINITY;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, l[j]);
+  for (int64_t j = threadIdx.x; j < vc; j += blockDim.x) mx = fmaxf(mx, l[j]);
   mx = block_reduce<true>(mx, scratch);
+  const float old_max = r.max[m], new_max = fmaxf(old_max, mx);
   float sum = 0.0f;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) sum += expf(l[j] - mx);
+  for (int64_t j = threadIdx.x; j < vc; j += blockDim.x) sum += expf(l[j] - new_max);
   sum = block_reduce<false>(sum, scratch);
-  const float lse = mx + logf(sum);
-  const int32_t t = targets[m];
-  if (threadIdx.x == 0) row_loss[m] = lse - l[t];
-  if (!dlogits) return;
-  const float inv_m = 1.0f / float(M);
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+  if (threadIdx.x == 0) {
+    // old_max = -inf (first chunk): the old sum is 0 and its factor 0
+    r.sum[m] = r.sum[m] * expf(old_max - new_max) + sum;
+    r.max[m] = new_max;
+    const int64_t t = targets[m];
+    if (t >= c0 && t < c0 + vc) r.target[m] = l[t - c0];
+  }
+}
+inline void ce_accumulate(const float* chunk, int64_t c0, int64_t vc, const int32_t* targets, const ce_rows& r,
+                          int64_t M, cudaStream_t s) {
+  if (M == 0 || vc == 0) return;
+  LLAMA_LAUNCH(ce_accumulate_kernel, unsigned(M), row_threads, s)(chunk, c0, vc, targets, r);
+  LLAMA_CHECK_LAUNCH();
+}
+
+__global__ void ce_finish_kernel(ce_rows r, float* row_loss, int64_t M) {
+  const int64_t m = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (m >= M) return;
+  const float lse = r.max[m] + logf(r.sum[m]);
+  r.lse[m] = lse;
+  row_loss[m] = lse - r.target[m];
+}
+inline void ce_finish(const ce_rows& r, float* row_loss, int64_t M, cudaStream_t s) {
+  if (M == 0) return;
+  LLAMA_LAUNCH(ce_finish_kernel, blocks_for(M, 256), 256, s)(r, row_loss, M);
+  LLAMA_CHECK_LAUNCH();
+}
+
+template <class A>
+__global__ void ce_gradient_kernel(const float* chunk, int64_t c0, int64_t vc, const int32_t* targets,
+                                   const float* lse_rows, A* dlogits, int64_t V, int64_t M) {
+  const int64_t m = blockIdx.x;
+  const float* l = chunk + m * vc;
+  const float lse = lse_rows[m], inv_m = 1.0f / float(M);
+  const int64_t t = targets[m] - c0;
+  A* out = dlogits + m * V + c0;
+  for (int64_t j = threadIdx.x; j < vc; j += blockDim.x) {
     float g = expf(l[j] - lse) * inv_m;
     if (j == t) g -= inv_m;
-    st(dlogits + m * V, j, g);
+    st(out, j, g);
   }
 }
 template <class A>
-void cross_entropy(const float* logits, const int32_t* targets, float* row_loss, A* dlogits, int64_t M, int64_t V,
-                   cudaStream_t s) {
-  if (M == 0) return;
-  LLAMA_LAUNCH(cross_entropy_kernel<A>, unsigned(M), row_threads, s)(logits, targets, row_loss, dlogits, M, V);
+void ce_gradient(const float* chunk, int64_t c0, int64_t vc, const int32_t* targets, const ce_rows& r, A* dlogits,
+                 int64_t V, int64_t M, cudaStream_t s) {
+  if (M == 0 || vc == 0) return;
+  LLAMA_LAUNCH(ce_gradient_kernel<A>, unsigned(M), row_threads, s)(chunk, c0, vc, targets, r.lse, dlogits, V, M);
   LLAMA_CHECK_LAUNCH();
+}
+
+// The whole loss from logits [M, V] held at once (one chunk): row_loss[m] =
+// logsumexp - logit[target]; with dlogits, (softmax - onehot) / M. `rows`
+// is scratch of 4 M floats (ce_rows).
+template <class A>
+void cross_entropy(const float* logits, const int32_t* targets, float* row_loss, A* dlogits, int64_t M, int64_t V,
+                   float* rows_scratch, cudaStream_t s) {
+  const ce_rows r{rows_scratch, rows_scratch + M, rows_scratch + 2 * M, rows_scratch + 3 * M};
+  ce_begin(r, M, s);
+  ce_accumulate(logits, 0, V, targets, r, M, s);
+  ce_finish(r, row_loss, M, s);
+  if (dlogits) ce_gradient(logits, 0, V, targets, r, dlogits, V, M, s);
 }
 
 }  // namespace gpu

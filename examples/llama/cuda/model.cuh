@@ -42,8 +42,9 @@ class cuda_model {
   static constexpr lowbit::dtype act_dtype = lowbit::dtype_of<A>::value;
 
   cuda_model(const llama_config& c, const param_layout& L, device_weights& w, int64_t max_batch, int64_t max_seq,
-             bool checkpointing, cudaStream_t stream = nullptr)
+             bool checkpointing, int64_t logits_chunk_bytes = int64_t(64) << 20, cudaStream_t stream = nullptr)
       : cfg_(c), L_(L), w_(w), max_batch_(max_batch), max_seq_(max_seq), checkpointing_(checkpointing), s_(stream) {
+    lowbit::require(logits_chunk_bytes > 0, lowbit::errc::invalid_argument, "the logits chunk must be > 0 bytes");
     lowbit::require(max_seq <= c.max_seq_len, lowbit::errc::invalid_argument,
                     "sequence length " + std::to_string(max_seq) + " exceeds the model's max_seq_len " +
                         std::to_string(c.max_seq_len));
@@ -66,7 +67,15 @@ class cuda_model {
     for (layer_acts& a : acts_) a.allocate(c, max_batch, max_seq);
     xn_f_.resize(M * D);
     rstd_f_.resize(M);
-    logits_.resize(M * V);
+    // The head's float32 logits exist one vocabulary chunk at a time
+    // (kernels.cuh, "cross-entropy"): vocab_chunk_ rows of the head, as many
+    // as fit in logits_chunk_bytes for M rows, in whole panel units; the
+    // buffer also holds one full row for copy_logits_row.
+    const int64_t unit = panel_row_unit(w.matrix(L.head));
+    vocab_chunk_ = std::max<int64_t>(logits_chunk_bytes / (std::max<int64_t>(M, 1) * 4) / unit, 1) * unit;
+    if (vocab_chunk_ > V) vocab_chunk_ = V;
+    logits_.resize(std::max(M * vocab_chunk_, V));
+    ce_rows_.resize(4 * M);
     dlogits_.resize(M * V);
     row_loss_.resize(M);
     q_raw_.resize(M * QW);
@@ -100,10 +109,10 @@ class cuda_model {
   cuda_model& operator=(const cuda_model&) = delete;
 
   // Runs the model on tokens [batch, seq] (host memory, row-major). With
-  // targets, returns the mean cross-entropy and keeps dloss/dlogits for
-  // backward(); without, returns 0 and leaves the float32 logits
-  // [batch * seq, vocab] on the device (copy_logits_row reads one row).
-  double forward(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t seq) {
+  // targets, returns the mean cross-entropy and (need_grad) keeps
+  // dloss/dlogits for backward(); without, returns 0 (copy_logits_row then
+  // computes the logits of one row).
+  double forward(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t seq, bool need_grad = true) {
     lowbit::require(batch >= 1 && batch <= max_batch_ && seq >= 1 && seq <= max_seq_, lowbit::errc::invalid_argument,
                     "forward: batch x seq " + std::to_string(batch) + " x " + std::to_string(seq) +
                         " exceeds the allocated " + std::to_string(max_batch_) + " x " + std::to_string(max_seq_));
@@ -125,12 +134,11 @@ class cuda_model {
     for (int l = 0; l < cfg_.n_layers; ++l) layer_forward(l, acts_for(l), xs_[size_t(l) + 1].data());
     rmsnorm_forward<A>(xs_.back().data(), w_.vector(L_.final_norm), xn_f_.data(), rstd_f_.data(), M, D, cfg_.norm_eps,
                        s_);
-    linear_forward(cublas_, xn_f_.data(), act_dtype, M, w_.matrix(L_.head), logits_.data(), lowbit::dtype::f32, s_);
     if (!targets) {
       LOWBIT_CUDA_CHECK(cudaStreamSynchronize(s_));
       return 0.0;
     }
-    cross_entropy<A>(logits_.data(), targets_.data(), row_loss_.data(), dlogits_.data(), M, V, s_);
+    head_loss(M, need_grad);
     std::vector<float> rl(static_cast<size_t>(M));
     LOWBIT_CUDA_CHECK(cudaMemcpyAsync(rl.data(), row_loss_.data(), size_t(M) * 4, cudaMemcpyDeviceToHost, s_));
     LOWBIT_CUDA_CHECK(cudaStreamSynchronize(s_));
@@ -140,10 +148,17 @@ class cuda_model {
   }
 
   // Row r of the last forward's logits (vocab floats) into host memory.
-  void copy_logits_row(int64_t r, float* out) const {
-    LOWBIT_CUDA_CHECK(cudaMemcpy(out, logits_.data() + r * cfg_.vocab_size, size_t(cfg_.vocab_size) * 4,
-                                 cudaMemcpyDeviceToHost));
+  void copy_logits_row(int64_t r, float* out) {
+    lowbit::require(r >= 0 && r < B_ * S_, lowbit::errc::invalid_argument,
+                    "copy_logits_row: row " + std::to_string(r) + " outside the last forward's rows");
+    linear_forward(cublas_, xn_f_.data() + r * cfg_.dim, act_dtype, 1, w_.matrix(L_.head), logits_.data(),
+                   lowbit::dtype::f32, s_);
+    LOWBIT_CUDA_CHECK(cudaMemcpyAsync(out, logits_.data(), size_t(cfg_.vocab_size) * 4, cudaMemcpyDeviceToHost, s_));
+    LOWBIT_CUDA_CHECK(cudaStreamSynchronize(s_));
   }
+
+  // Rows of the head per logits chunk (the vocabulary when it fits).
+  int64_t vocab_chunk() const { return vocab_chunk_; }
 
   // Gradients of the last forward's loss into grads (device, plan.size
   // elements of G: float or lowbit::bf16), calling on_ready(indices) as
@@ -229,11 +244,41 @@ class cuda_model {
                                      &tmp_dim_, &dgate_, &dup_, &dh_, &dattn_, &doh_, &dqh_, &dkh_, &dvh_, &dq_raw_,
                                      &dk_raw_, &dv_raw_, &dscores_})
       n += v->bytes();
-    for (const device_array<float>* v : {&rstd_f_, &logits_, &row_loss_, &scores_, &norm_scratch_}) n += v->bytes();
+    for (const device_array<float>* v : {&rstd_f_, &logits_, &ce_rows_, &row_loss_, &scores_, &norm_scratch_})
+      n += v->bytes();
     return n;
   }
 
   layer_acts& acts_for(int l) { return acts_[checkpointing_ ? 0 : size_t(l)]; }
+
+  // The loss of the head's logits, chunk by chunk (kernels.cuh): pass 1
+  // folds each chunk's logits into the rows' logsumexp, pass 2 (need_grad)
+  // writes dlogits chunk by chunk, recomputing each chunk's logits except
+  // the last one of pass 1, which the buffer still holds (so one chunk
+  // costs no recomputation at all).
+  void head_loss(int64_t M, bool need_grad) {
+    const int64_t V = cfg_.vocab_size;
+    const matrix_ref head = w_.matrix(L_.head);
+    const ce_rows r{ce_rows_.data(), ce_rows_.data() + M, ce_rows_.data() + 2 * M, ce_rows_.data() + 3 * M};
+    auto logits_of = [&](int64_t c0, int64_t vc) {
+      linear_forward(cublas_, xn_f_.data(), act_dtype, M, rows_of(head, c0, vc), logits_.data(), lowbit::dtype::f32,
+                     s_);
+    };
+    const int64_t last = (V - 1) / vocab_chunk_ * vocab_chunk_;  // first column of the last chunk
+    ce_begin(r, M, s_);
+    for (int64_t c0 = 0; c0 < V; c0 += vocab_chunk_) {
+      const int64_t vc = std::min(vocab_chunk_, V - c0);
+      logits_of(c0, vc);
+      ce_accumulate(logits_.data(), c0, vc, targets_.data(), r, M, s_);
+    }
+    ce_finish(r, row_loss_.data(), M, s_);
+    if (!need_grad) return;
+    for (int64_t c0 = last; c0 >= 0; c0 -= vocab_chunk_) {
+      const int64_t vc = std::min(vocab_chunk_, V - c0);
+      if (c0 != last) logits_of(c0, vc);
+      ce_gradient(logits_.data(), c0, vc, targets_.data(), r, dlogits_.data(), V, M, s_);
+    }
+  }
 
   attention_dims attn_dims() const {
     return {B_, S_, int64_t(cfg_.n_heads), int64_t(cfg_.n_kv_heads), int64_t(cfg_.head_dim())};
@@ -364,13 +409,16 @@ class cuda_model {
   cublasHandle_t cublas_ = nullptr;
   int64_t B_ = 0, S_ = 0;
   int64_t activation_bytes_ = 0;
+  int64_t vocab_chunk_ = 0;
   std::vector<int32_t> host_tokens_;
   device_array<float> cos_, sin_;
   device_array<int32_t> tokens_, targets_, scatter_ids_, scatter_start_, scatter_rows_;
   std::vector<device_array<A>> xs_;  // residual stream into layer l (xs_[L] = final)
   std::vector<layer_acts> acts_;
   device_array<A> xn_f_, dlogits_;
-  device_array<float> rstd_f_, logits_, row_loss_;
+  device_array<float> rstd_f_, row_loss_;
+  device_array<float> logits_;   // one vocabulary chunk of logits [M, vocab_chunk_] (or one row [vocab])
+  device_array<float> ce_rows_;  // ce_rows: running max, sum, target logit, logsumexp [4][M]
   device_array<A> q_raw_, k_raw_, v_raw_, oh_;
   device_array<float> scores_;  // attention scores, then dP in the backward (float32)
   device_array<A> dx_, dmid_, dxn_, tmp_dim_, dgate_, dup_, dh_, dattn_, doh_, dqh_, dkh_, dvh_, dq_raw_, dk_raw_,

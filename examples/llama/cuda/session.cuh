@@ -97,9 +97,17 @@ class cuda_session final : public session_base {
                     "--grad-dtype bf16 needs bfloat16 activations (--gpu-activations bf16 with quantized weights, or "
                     "a mode with bfloat16 weights; mode '" + mode.name + "' runs with float32 activations here): "
                     "cuBLAS has no float32 x float32 -> bfloat16 GEMM");
+    // What the device had in use before this run allocated anything (the
+    // CUDA context, other processes): peak_device_mib less this is what the
+    // run itself took, the figure comparable with PyTorch's
+    // max_memory_allocated (which counts tensors only).
+    LOWBIT_CUDA_CHECK(cudaFree(nullptr));  // creates the context now
+    sample_memory();
+    start_used_ = peak_used_;
     dev_ = std::make_unique<device_weights>(host_);
     optimizer_ = make_device_optimizer(mode, *dev_, o.hparams);
-    model_ = std::make_unique<cuda_model<A>>(cfg, layout_, *dev_, o.batch, o.seq, o.checkpointing);
+    model_ = std::make_unique<cuda_model<A>>(cfg, layout_, *dev_, o.batch, o.seq, o.checkpointing,
+                                             o.logits_chunk_bytes);
     if (bf16_grads()) {
       grads16_.resize(plan_.size);
       grads16_.zero();
@@ -121,10 +129,14 @@ class cuda_session final : public session_base {
   int64_t gradient_bytes() const override { return grads32_.bytes() + grads16_.bytes(); }
   int64_t activation_bytes() const override { return model_->activation_bytes(); }
   std::string device_description() const override {
-    return "cuda (" + cuda_device_name() + "), " + lowbit::dtype_name(lowbit::dtype_of<A>::value) + " activations, " +
-           lowbit::dtype_name(opts_.grad_dtype) + " gradients";
+    std::string d = "cuda (" + cuda_device_name() + "), " + lowbit::dtype_name(lowbit::dtype_of<A>::value) +
+                    " activations, " + lowbit::dtype_name(opts_.grad_dtype) + " gradients";
+    if (model_->vocab_chunk() < cfg_.vocab_size)
+      d += ", logits in chunks of " + std::to_string(model_->vocab_chunk()) + " vocabulary rows";
+    return d;
   }
   double peak_device_mib() const override { return double(peak_used_) / (1024.0 * 1024.0); }
+  double start_device_mib() const override { return double(start_used_) / (1024.0 * 1024.0); }
 
   step_result step(const int32_t* x, const int32_t* y, float lr, float clip) override {
     lowbit::require(!(opts_.fused_update && clip > 0.0f), lowbit::errc::invalid_argument,
@@ -138,7 +150,9 @@ class cuda_session final : public session_base {
     return r;
   }
 
-  double loss(const int32_t* x, const int32_t* y) override { return model_->forward(x, y, opts_.batch, opts_.seq); }
+  double loss(const int32_t* x, const int32_t* y) override {
+    return model_->forward(x, y, opts_.batch, opts_.seq, /*need_grad=*/false);
+  }
 
   double gradients(const int32_t* x, const int32_t* y, std::vector<float>& out) override {
     lowbit::require(!opts_.fused_update, lowbit::errc::invalid_argument,
@@ -223,6 +237,7 @@ class cuda_session final : public session_base {
   device_array<float> grads32_;         // --grad-dtype f32 (the default)
   device_array<lowbit::bf16> grads16_;  // --grad-dtype bf16; the other one stays empty
   int64_t peak_used_ = 0;
+  int64_t start_used_ = 0;  // device memory in use before this run's first allocation
 };
 
 }  // namespace gpu

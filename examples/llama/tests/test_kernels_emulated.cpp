@@ -29,6 +29,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <iomanip>
@@ -531,9 +532,9 @@ void check_cross_entropy(int64_t M, int64_t V, uint64_t seed) {
   std::vector<float> grad_ref = logits;
   const double mean_ref = ops::cross_entropy<float>(grad_ref.data(), targets.data(), M, V, true);
 
-  std::vector<float> row_loss(size_t(M), nanf_);
+  std::vector<float> row_loss(size_t(M), nanf_), scratch(size_t(4 * M), nanf_);
   std::vector<A> dlogits = poisoned<A>(size_t(M * V));
-  cross_entropy<A>(logits.data(), targets.data(), row_loss.data(), dlogits.data(), M, V, nullptr);
+  cross_entropy<A>(logits.data(), targets.data(), row_loss.data(), dlogits.data(), M, V, scratch.data(), nullptr);
   // the row loss is lse - l[t]; its error is that of lse, relative to |lse| ~ max|l|
   expect_close(row_loss, row_ref, tolerance{1e-5, 1e-5}, "cross-entropy row losses");
   double mean = 0;
@@ -544,8 +545,40 @@ void check_cross_entropy(int64_t M, int64_t V, uint64_t seed) {
 
   // without dlogits: the row losses only
   std::vector<float> row_only(size_t(M), nanf_);
-  cross_entropy<A>(logits.data(), targets.data(), row_only.data(), static_cast<A*>(nullptr), M, V, nullptr);
+  cross_entropy<A>(logits.data(), targets.data(), row_only.data(), static_cast<A*>(nullptr), M, V, scratch.data(),
+                   nullptr);
   expect_bits(row_only, row_loss, "cross-entropy without dlogits");
+
+  // Over vocabulary chunks of vc columns (the last one shorter), as the
+  // model runs it: the chunk [M, vc] is cut from the logits, folded in,
+  // then used again for its gradient columns. The online logsumexp differs
+  // from the one-pass one by the rescaling roundings only.
+  for (int64_t vc : {int64_t(1), int64_t(7), V / 3 + 1}) {
+    CAPTURE(vc);
+    std::vector<float> mx(static_cast<size_t>(M)), sm(mx), tg(mx), ls(mx), chunk;
+    const ce_rows rows{mx.data(), sm.data(), tg.data(), ls.data()};
+    auto cut = [&](int64_t c0, int64_t w) {
+      chunk.assign(size_t(M * w), nanf_);
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t j = 0; j < w; ++j) chunk[size_t(m * w + j)] = logits[size_t(m * V + c0 + j)];
+    };
+    ce_begin(rows, M, nullptr);
+    for (int64_t c0 = 0; c0 < V; c0 += vc) {
+      const int64_t w = std::min(vc, V - c0);
+      cut(c0, w);
+      ce_accumulate(chunk.data(), c0, w, targets.data(), rows, M, nullptr);
+    }
+    std::vector<float> chunked_loss(size_t(M), nanf_);
+    ce_finish(rows, chunked_loss.data(), M, nullptr);
+    std::vector<A> chunked_grad = poisoned<A>(size_t(M * V));
+    for (int64_t c0 = 0; c0 < V; c0 += vc) {
+      const int64_t w = std::min(vc, V - c0);
+      cut(c0, w);
+      ce_gradient(chunk.data(), c0, w, targets.data(), rows, chunked_grad.data(), V, M, nullptr);
+    }
+    expect_close(chunked_loss, row_ref, tolerance{1e-5, 1e-5}, "chunked cross-entropy row losses");
+    expect_close(to_f32(chunked_grad), grad_ref, act_tol<A>(), "chunked cross-entropy dlogits");
+  }
 }
 }  // namespace
 

@@ -12,6 +12,9 @@
 //    (bit for bit);
 //  - save, resume and continue equals the uninterrupted run, bit for bit,
 //    and a GPU checkpoint resumes on the CPU;
+//  - the logits made in vocabulary chunks give the loss and gradients of
+//    the whole vocabulary at once, and one row's logits (sampling) match the
+//    CPU's;
 //  - bfloat16 gradients (--grad-dtype bf16) are the float32 ones rounded
 //    once (a tied head's rows of the batch's tokens twice), the loss falls
 //    with them, the fused update equals the two-pass step, and the
@@ -194,6 +197,62 @@ void check_bf16_gradients(const llama_config& c, const std::string& mode, bool c
                 << ": bf16 gradients, worst per-element error " << worst << " x allowed");
 }
 
+// The head's logits in vocabulary chunks (session_options::
+// logits_chunk_bytes, here 48 vocabulary rows for 128 positions) against
+// the whole vocabulary at once, on the GPU with the same weights and batch.
+// Only the online logsumexp differs (a rescaling rounding per chunk and
+// row, float32), so the loss agrees within 1e-6 relative and each gradient
+// tensor within 1e-5 relative L2 with float32 activations; with bfloat16
+// activations dlogits is rounded to bfloat16, and a softmax value moved by
+// a float32 rounding can round to the neighbouring bfloat16 (2^-8
+// relative), so 2^-8 relative L2. A chunk at a wrong offset or a missed
+// chunk gives errors of order 1. Also the sampling path (one row's logits,
+// last_logits) against the CPU trainer's: 1e-5 / 2e-2 relative L2 (float32
+// / bfloat16 activations, as check_gradients' loss).
+void check_logit_chunks(const llama_config& c, const std::string& mode) {
+  CAPTURE(mode);
+  const mode_info& m = find_mode(mode);
+  session_options o = options_for(m, 4, 32);
+  std::unique_ptr<session_base> whole = make_session(c, m, o, "cuda");
+  o.logits_chunk_bytes = 48 * 4 * o.batch * o.seq;
+  std::unique_ptr<session_base> chunked = make_session(c, m, o, "cuda");
+  std::unique_ptr<session_base> cpu = make_session(c, m, o, "cpu");
+  for (session_base* s : {whole.get(), chunked.get(), cpu.get()}) {
+    init_random(s->weights(), c, 7);
+    s->weights_changed();
+  }
+  CHECK(whole->device_description().find("chunks") == std::string::npos);
+  CHECK(chunked->device_description().find("logits in chunks of 48 vocabulary rows") != std::string::npos);
+  std::vector<int32_t> x(size_t(o.batch * o.seq)), y(x.size());
+  corpus().train_batch(99, 5, o.batch, o.seq, x.data(), y.data());
+  std::vector<float> gw, gc;
+  const double lw = whole->gradients(x.data(), y.data(), gw);
+  const double lc = chunked->gradients(x.data(), y.data(), gc);
+  CHECK(std::abs(lc - lw) <= 1e-6 * lw);
+  CHECK(chunked->loss(x.data(), y.data()) == lc);  // the loss alone (no dlogits pass) is the same computation
+  const bool f32 = m.storage == matrix_storage::f32;
+  const double grad_tol = f32 ? 1e-5 : std::ldexp(1.0, -8);
+  REQUIRE(gw.size() == gc.size());
+  const param_layout& L = whole->layout();
+  int64_t off = 0;
+  double worst = 0;
+  for (const param_info& p : L.params) {
+    if (c.tied_embeddings && p.name == "lm_head.weight") continue;
+    CAPTURE(p.name);
+    const double e = rel_l2(gc.data() + off, gw.data() + off, p.numel);
+    CHECK(e <= grad_tol);
+    worst = std::max(worst, e);
+    off += p.numel;
+  }
+  std::vector<float> rg(size_t(c.vocab_size)), rc(size_t(c.vocab_size));
+  chunked->last_logits(x.data(), o.seq, rg.data());
+  cpu->last_logits(x.data(), o.seq, rc.data());
+  const double le = rel_l2(rg.data(), rc.data(), c.vocab_size);
+  CHECK(le <= (f32 ? 1e-5 : 2e-2));
+  MESSAGE(mode << ": chunked logits, loss " << lc << " vs " << lw << ", worst gradient relative L2 " << worst
+                << ", last-row logits vs CPU " << le);
+}
+
 void train(session_base& s, int64_t from, int64_t to, float clip) {
   const session_options& o = s.options();
   std::vector<int32_t> x(size_t(o.batch * o.seq)), y(x.size());
@@ -361,6 +420,11 @@ TEST_CASE("GPU: with bfloat16 gradients the loss falls, fused equals two-pass, t
   CHECK(r.b->gradient_bytes() < r.a->gradient_bytes());
 }
 
+TEST_CASE("GPU: logits in vocabulary chunks equal the whole vocabulary's (loss, gradients, sampling)") {
+  check_logit_chunks(small_config(false, 2), "fp32-adamw");
+  check_logit_chunks(small_config(true, 1), "qft");
+}
+
 TEST_CASE("GPU: bad requests are refused with clear errors") {
   const llama_config c = small_config(false, 2);
   const session_options o = options_for(find_mode("fp32-adamw"), 8, 64);
@@ -377,6 +441,10 @@ TEST_CASE("GPU: bad requests are refused with clear errors") {
   CHECK_THROWS_WITH_AS(make_session(c, find_mode("qft"), o16, "cuda", "f32"),
                        doctest::Contains("--grad-dtype bf16 needs bfloat16 activations"), lowbit::error);
   CHECK_THROWS_WITH_AS(make_session(c, find_mode("qft"), o16, "cpu"), doctest::Contains("needs the CUDA backend"),
+                       lowbit::error);
+  session_options no_chunk = o;
+  no_chunk.logits_chunk_bytes = 0;
+  CHECK_THROWS_WITH_AS(make_session(c, find_mode("qft"), no_chunk, "cuda"), doctest::Contains("logits chunk"),
                        lowbit::error);
   std::unique_ptr<session_base> s = make_session(c, find_mode("qft"), o, "cuda");
   std::vector<int32_t> x(8 * 64, 300), y(8 * 64, 1);
