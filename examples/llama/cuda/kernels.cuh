@@ -283,6 +283,21 @@ void add_into(A* y, const A* x, int64_t n, cudaStream_t s) {
   LLAMA_CHECK_LAUNCH();
 }
 
+// y = x (accumulate: y + x), computed in float and rounded once into Y:
+// the head's dX summed over vocabulary chunks in float32, then stored.
+template <class Y, class X>
+__global__ void convert_into_kernel(Y* y, const X* x, int64_t n, bool accumulate) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    st(y, i, accumulate ? ld(y, i) + ld(x, i) : ld(x, i));
+}
+template <class Y, class X>
+void convert_into(Y* y, const X* x, int64_t n, bool accumulate, cudaStream_t s) {
+  if (n == 0) return;
+  auto* k = &convert_into_kernel<Y, X>;  // (a template-id with a comma is no macro argument)
+  LLAMA_LAUNCH(k, grid_stride_blocks(n), 256, s)(y, x, n, accumulate);
+  LLAMA_CHECK_LAUNCH();
+}
+
 // ---- token embedding ----------------------------------------------------------
 // Dense tables (float32 / bfloat16): out[m, :] = table[tokens[m], :].
 // (Quantized tables go through lowbit::cuda::dequantize_rows.)
@@ -368,8 +383,10 @@ void embed_scatter(const A* dx, const int32_t* ids, const int32_t* start, const 
 //                  the target's logit when it lies in the chunk;
 //   ce_finish      lse = max + log(sum), row_loss = lse - logit[target];
 //   ce_gradient    writes dloss/dlogits of the mean loss, (softmax - onehot)
-//                  / M, for one chunk (recomputed: a second GEMM per chunk)
-//                  into dlogits [M, V] at columns c0...
+//                  / M, of one chunk into out [M, vc] (row stride out_ld):
+//                  the model recomputes each chunk's logits in its backward
+//                  and consumes the chunk's dlogits at once (head gradient
+//                  rows, dX), so dlogits [M, V] does not exist either.
 // With one chunk (vc = V) the arithmetic is the one-pass kernel's: max,
 // then the sum of exp(l - max) in the block's order, then lse, bit for bit.
 struct ce_rows {
@@ -434,12 +451,12 @@ inline void ce_finish(const ce_rows& r, float* row_loss, int64_t M, cudaStream_t
 
 template <class A>
 __global__ void ce_gradient_kernel(const float* chunk, int64_t c0, int64_t vc, const int32_t* targets,
-                                   const float* lse_rows, A* dlogits, int64_t V, int64_t M) {
+                                   const float* lse_rows, A* dlogits, int64_t out_ld, int64_t M) {
   const int64_t m = blockIdx.x;
   const float* l = chunk + m * vc;
   const float lse = lse_rows[m], inv_m = 1.0f / float(M);
   const int64_t t = targets[m] - c0;
-  A* out = dlogits + m * V + c0;
+  A* out = dlogits + m * out_ld;
   for (int64_t j = threadIdx.x; j < vc; j += blockDim.x) {
     float g = expf(l[j] - lse) * inv_m;
     if (j == t) g -= inv_m;
@@ -447,10 +464,10 @@ __global__ void ce_gradient_kernel(const float* chunk, int64_t c0, int64_t vc, c
   }
 }
 template <class A>
-void ce_gradient(const float* chunk, int64_t c0, int64_t vc, const int32_t* targets, const ce_rows& r, A* dlogits,
-                 int64_t V, int64_t M, cudaStream_t s) {
+void ce_gradient(const float* chunk, int64_t c0, int64_t vc, const int32_t* targets, const ce_rows& r, A* out,
+                 int64_t out_ld, int64_t M, cudaStream_t s) {
   if (M == 0 || vc == 0) return;
-  LLAMA_LAUNCH(ce_gradient_kernel<A>, unsigned(M), row_threads, s)(chunk, c0, vc, targets, r.lse, dlogits, V, M);
+  LLAMA_LAUNCH(ce_gradient_kernel<A>, unsigned(M), row_threads, s)(chunk, c0, vc, targets, r.lse, out, out_ld, M);
   LLAMA_CHECK_LAUNCH();
 }
 
@@ -464,7 +481,7 @@ void cross_entropy(const float* logits, const int32_t* targets, float* row_loss,
   ce_begin(r, M, s);
   ce_accumulate(logits, 0, V, targets, r, M, s);
   ce_finish(r, row_loss, M, s);
-  if (dlogits) ce_gradient(logits, 0, V, targets, r, dlogits, V, M, s);
+  if (dlogits) ce_gradient(logits, 0, V, targets, r, dlogits, V, M, s);  // (c0 = 0: out is dlogits itself)
 }
 
 }  // namespace gpu

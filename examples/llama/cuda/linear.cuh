@@ -77,20 +77,24 @@ inline void linear_forward(cublasHandle_t h, const void* x, lowbit::dtype x_type
              "linear_forward");
 }
 
-// dx [M, w.cols] = dy [M, w.rows] W, both of dtype t.
+// dx [M, w.cols] (dtype dx_type: t, or float32) = dy [M, w.rows] (dtype t) W.
 inline void linear_backward_input(cublasHandle_t h, const void* dy, lowbit::dtype t, int64_t M, const matrix_ref& w,
-                                  void* dx, cudaStream_t s) {
+                                  void* dx, lowbit::dtype dx_type, cudaStream_t s) {
   if (w.kind == matrix_storage::quantized) {
     lowbit::cuda::dequant_gemm_backward_input(dview(dy, t, M, w.rows), w.q, w.rows, w.cols,
-                                              dview(dx, t, M, w.cols), s);
+                                              dview(dx, dx_type, M, w.cols), s);
     return;
   }
   require_dense_match(w, t, "linear_backward_input");
   if (M == 0) return;
   require_int_dims(M, w.rows, w.cols, "linear_backward_input");
   cublas_ok(cublasSetStream(h, s), "cublasSetStream");
-  dense_gemm(h, plan_linear_backward_input(M, w.rows, w.cols), w.data, dy, cuda_dtype_of(t), dx, cuda_dtype_of(t),
-             "linear_backward_input");
+  dense_gemm(h, plan_linear_backward_input(M, w.rows, w.cols), w.data, dy, cuda_dtype_of(t), dx,
+             cuda_dtype_of(dx_type), "linear_backward_input");
+}
+inline void linear_backward_input(cublasHandle_t h, const void* dy, lowbit::dtype t, int64_t M, const matrix_ref& w,
+                                  void* dx, cudaStream_t s) {
+  linear_backward_input(h, dy, t, M, w, dx, t, s);
 }
 
 // dw [rows, cols] (+)= dy [M, rows]^T x [M, cols], both of dtype t; dw of

@@ -67,16 +67,22 @@ class cuda_model {
     for (layer_acts& a : acts_) a.allocate(c, max_batch, max_seq);
     xn_f_.resize(M * D);
     rstd_f_.resize(M);
-    // The head's float32 logits exist one vocabulary chunk at a time
-    // (kernels.cuh, "cross-entropy"): vocab_chunk_ rows of the head, as many
-    // as fit in logits_chunk_bytes for M rows, in whole panel units; the
-    // buffer also holds one full row for copy_logits_row.
+    // The head's float32 logits and their gradient exist one vocabulary
+    // chunk at a time (kernels.cuh, "cross-entropy"; head_loss and
+    // head_backward): vocab_chunk_ rows of the head, as many as fit in
+    // logits_chunk_bytes for M rows, in whole panel units; the logits
+    // buffer also holds one full row for copy_logits_row. With several
+    // chunks the head's dX is summed over them in float32 (dxn32_).
     const int64_t unit = panel_row_unit(w.matrix(L.head));
     vocab_chunk_ = std::max<int64_t>(logits_chunk_bytes / (std::max<int64_t>(M, 1) * 4) / unit, 1) * unit;
     if (vocab_chunk_ > V) vocab_chunk_ = V;
     logits_.resize(std::max(M * vocab_chunk_, V));
     ce_rows_.resize(4 * M);
-    dlogits_.resize(M * V);
+    dlogits_.resize(M * vocab_chunk_);
+    if (vocab_chunk_ < V) {
+      dxn32_.resize(M * D);
+      part32_.resize(M * D);
+    }
     row_loss_.resize(M);
     q_raw_.resize(M * QW);
     k_raw_.resize(M * KW);
@@ -109,10 +115,11 @@ class cuda_model {
   cuda_model& operator=(const cuda_model&) = delete;
 
   // Runs the model on tokens [batch, seq] (host memory, row-major). With
-  // targets, returns the mean cross-entropy and (need_grad) keeps
-  // dloss/dlogits for backward(); without, returns 0 (copy_logits_row then
-  // computes the logits of one row).
-  double forward(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t seq, bool need_grad = true) {
+  // targets, returns the mean cross-entropy and keeps what backward()
+  // needs (the rows' logsumexp; the logits themselves are recomputed
+  // there); without, returns 0 (copy_logits_row then computes the logits of
+  // one row).
+  double forward(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t seq) {
     lowbit::require(batch >= 1 && batch <= max_batch_ && seq >= 1 && seq <= max_seq_, lowbit::errc::invalid_argument,
                     "forward: batch x seq " + std::to_string(batch) + " x " + std::to_string(seq) +
                         " exceeds the allocated " + std::to_string(max_batch_) + " x " + std::to_string(max_seq_));
@@ -128,6 +135,8 @@ class cuda_model {
           throw lowbit::error(lowbit::errc::invalid_argument,
               "target id " + std::to_string(targets[m]) + " outside the vocabulary");
     host_tokens_.assign(tokens, tokens + M);
+    have_loss_ = false;
+    last_chunk_ready_ = false;
     LOWBIT_CUDA_CHECK(cudaMemcpyAsync(tokens_.data(), tokens, size_t(M) * 4, cudaMemcpyHostToDevice, s_));
     if (targets) LOWBIT_CUDA_CHECK(cudaMemcpyAsync(targets_.data(), targets, size_t(M) * 4, cudaMemcpyHostToDevice, s_));
     embed_forward(xs_[0].data(), M);
@@ -138,7 +147,8 @@ class cuda_model {
       LOWBIT_CUDA_CHECK(cudaStreamSynchronize(s_));
       return 0.0;
     }
-    head_loss(M, need_grad);
+    head_loss(M);
+    have_loss_ = true;
     std::vector<float> rl(static_cast<size_t>(M));
     LOWBIT_CUDA_CHECK(cudaMemcpyAsync(rl.data(), row_loss_.data(), size_t(M) * 4, cudaMemcpyDeviceToHost, s_));
     LOWBIT_CUDA_CHECK(cudaStreamSynchronize(s_));
@@ -153,6 +163,7 @@ class cuda_model {
                     "copy_logits_row: row " + std::to_string(r) + " outside the last forward's rows");
     linear_forward(cublas_, xn_f_.data() + r * cfg_.dim, act_dtype, 1, w_.matrix(L_.head), logits_.data(),
                    lowbit::dtype::f32, s_);
+    last_chunk_ready_ = false;
     LOWBIT_CUDA_CHECK(cudaMemcpyAsync(out, logits_.data(), size_t(cfg_.vocab_size) * 4, cudaMemcpyDeviceToHost, s_));
     LOWBIT_CUDA_CHECK(cudaStreamSynchronize(s_));
   }
@@ -176,9 +187,9 @@ class cuda_model {
                     "bfloat16 gradients need bfloat16 activations (cuBLAS has no float32 x float32 -> bfloat16 GEMM)");
     const int64_t M = B_ * S_, D = cfg_.dim, V = cfg_.vocab_size;
     auto g = [&](int p) { return grads + plan.offset[size_t(p)]; };
-    const matrix_ref head = w_.matrix(L_.head);
-    linear_weight_grad(cublas_, dlogits_.data(), xn_f_.data(), act_dtype, M, V, D, g(L_.head), gt, false, s_);
-    linear_backward_input(cublas_, dlogits_.data(), act_dtype, M, head, dxn_.data(), s_);
+    lowbit::require(have_loss_, lowbit::errc::invalid_argument,
+                    "backward: the last forward computed no loss (it had no targets)");
+    head_backward(g(L_.head), M);
     dx_.zero(s_);
     rmsnorm_backward<A>(dxn_.data(), xs_.back().data(), w_.vector(L_.final_norm), rstd_f_.data(), dx_.data(),
                         g(L_.final_norm), norm_scratch_.data(), M, D, s_);
@@ -244,40 +255,68 @@ class cuda_model {
                                      &tmp_dim_, &dgate_, &dup_, &dh_, &dattn_, &doh_, &dqh_, &dkh_, &dvh_, &dq_raw_,
                                      &dk_raw_, &dv_raw_, &dscores_})
       n += v->bytes();
-    for (const device_array<float>* v : {&rstd_f_, &logits_, &ce_rows_, &row_loss_, &scores_, &norm_scratch_})
+    for (const device_array<float>* v : {&rstd_f_, &logits_, &ce_rows_, &dxn32_, &part32_, &row_loss_, &scores_, &norm_scratch_})
       n += v->bytes();
     return n;
   }
 
   layer_acts& acts_for(int l) { return acts_[checkpointing_ ? 0 : size_t(l)]; }
 
-  // The loss of the head's logits, chunk by chunk (kernels.cuh): pass 1
-  // folds each chunk's logits into the rows' logsumexp, pass 2 (need_grad)
-  // writes dlogits chunk by chunk, recomputing each chunk's logits except
-  // the last one of pass 1, which the buffer still holds (so one chunk
-  // costs no recomputation at all).
-  void head_loss(int64_t M, bool need_grad) {
+  ce_rows rows_of_ce(int64_t M) {
+    return ce_rows{ce_rows_.data(), ce_rows_.data() + M, ce_rows_.data() + 2 * M, ce_rows_.data() + 3 * M};
+  }
+  // logits_ = xn_f W[c0 : c0 + vc]^T (float32, [M, vc]).
+  void chunk_logits(int64_t M, int64_t c0, int64_t vc) {
+    linear_forward(cublas_, xn_f_.data(), act_dtype, M, rows_of(w_.matrix(L_.head), c0, vc), logits_.data(),
+                   lowbit::dtype::f32, s_);
+  }
+  int64_t last_chunk_start() const { return (cfg_.vocab_size - 1) / vocab_chunk_ * vocab_chunk_; }
+
+  // The loss, chunk by chunk: each chunk's logits folded into the rows'
+  // logsumexp. The last chunk's logits stay in the buffer for the backward.
+  void head_loss(int64_t M) {
     const int64_t V = cfg_.vocab_size;
-    const matrix_ref head = w_.matrix(L_.head);
-    const ce_rows r{ce_rows_.data(), ce_rows_.data() + M, ce_rows_.data() + 2 * M, ce_rows_.data() + 3 * M};
-    auto logits_of = [&](int64_t c0, int64_t vc) {
-      linear_forward(cublas_, xn_f_.data(), act_dtype, M, rows_of(head, c0, vc), logits_.data(), lowbit::dtype::f32,
-                     s_);
-    };
-    const int64_t last = (V - 1) / vocab_chunk_ * vocab_chunk_;  // first column of the last chunk
+    const ce_rows r = rows_of_ce(M);
     ce_begin(r, M, s_);
     for (int64_t c0 = 0; c0 < V; c0 += vocab_chunk_) {
       const int64_t vc = std::min(vocab_chunk_, V - c0);
-      logits_of(c0, vc);
+      chunk_logits(M, c0, vc);
       ce_accumulate(logits_.data(), c0, vc, targets_.data(), r, M, s_);
     }
     ce_finish(r, row_loss_.data(), M, s_);
-    if (!need_grad) return;
+    last_chunk_ready_ = true;
+  }
+
+  // The head's backward, chunk by chunk from the last (whose logits the
+  // forward left in the buffer; the others are recomputed): the chunk's
+  // dlogits [M, vc], then its rows of the head's gradient (dW[c0 : c0 + vc]
+  // = dlogits^T xn_f, written once) and its part of dX = dlogits W[c0 :
+  // c0 + vc] (in float32), summed over the chunks in float32 and rounded
+  // once into dxn_.
+  // With one chunk this is the unchunked computation, bit for bit.
+  template <class G>
+  void head_backward(G* gw, int64_t M) {
+    const int64_t V = cfg_.vocab_size, D = cfg_.dim;
+    const matrix_ref head = w_.matrix(L_.head);
+    const lowbit::dtype gt = lowbit::dtype_of<G>::value;
+    const ce_rows r = rows_of_ce(M);
+    const int64_t last = last_chunk_start();
+    const bool one = vocab_chunk_ >= V;
     for (int64_t c0 = last; c0 >= 0; c0 -= vocab_chunk_) {
       const int64_t vc = std::min(vocab_chunk_, V - c0);
-      if (c0 != last) logits_of(c0, vc);
-      ce_gradient(logits_.data(), c0, vc, targets_.data(), r, dlogits_.data(), V, M, s_);
+      if (c0 != last || !last_chunk_ready_) chunk_logits(M, c0, vc);
+      ce_gradient(logits_.data(), c0, vc, targets_.data(), r, dlogits_.data(), vc, M, s_);
+      linear_weight_grad(cublas_, dlogits_.data(), xn_f_.data(), act_dtype, M, vc, D, gw + c0 * D, gt, false, s_);
+      if (one) {
+        linear_backward_input(cublas_, dlogits_.data(), act_dtype, M, head, dxn_.data(), s_);
+      } else {
+        linear_backward_input(cublas_, dlogits_.data(), act_dtype, M, rows_of(head, c0, vc), part32_.data(),
+                              lowbit::dtype::f32, s_);
+        convert_into(dxn32_.data(), part32_.data(), M * D, c0 != last, s_);
+      }
     }
+    if (!one) convert_into(dxn_.data(), dxn32_.data(), M * D, false, s_);
+    last_chunk_ready_ = false;
   }
 
   attention_dims attn_dims() const {
@@ -415,10 +454,15 @@ class cuda_model {
   device_array<int32_t> tokens_, targets_, scatter_ids_, scatter_start_, scatter_rows_;
   std::vector<device_array<A>> xs_;  // residual stream into layer l (xs_[L] = final)
   std::vector<layer_acts> acts_;
-  device_array<A> xn_f_, dlogits_;
+  device_array<A> xn_f_;
+  device_array<A> dlogits_;  // one vocabulary chunk of dloss/dlogits [M, vocab_chunk_]
   device_array<float> rstd_f_, row_loss_;
   device_array<float> logits_;   // one vocabulary chunk of logits [M, vocab_chunk_] (or one row [vocab])
   device_array<float> ce_rows_;  // ce_rows: running max, sum, target logit, logsumexp [4][M]
+  device_array<float> dxn32_;    // the head's dX summed over vocabulary chunks [M, D] (several chunks only)
+  device_array<float> part32_;   // one chunk's part of it [M, D]
+  bool have_loss_ = false;         // the last forward had targets (backward may follow)
+  bool last_chunk_ready_ = false;  // logits_ holds the last vocabulary chunk of the last forward
   device_array<A> q_raw_, k_raw_, v_raw_, oh_;
   device_array<float> scores_;  // attention scores, then dP in the backward (float32)
   device_array<A> dx_, dmid_, dxn_, tmp_dim_, dgate_, dup_, dh_, dattn_, doh_, dqh_, dkh_, dvh_, dq_raw_, dk_raw_,

@@ -151,7 +151,7 @@ class cuda_session final : public session_base {
   }
 
   double loss(const int32_t* x, const int32_t* y) override {
-    return model_->forward(x, y, opts_.batch, opts_.seq, /*need_grad=*/false);
+    return model_->forward(x, y, opts_.batch, opts_.seq);
   }
 
   double gradients(const int32_t* x, const int32_t* y, std::vector<float>& out) override {
