@@ -493,6 +493,53 @@ TEST_CASE("emulated optimizer<..., memory::device> matches memory::host bit for 
   compare_weights<adamw, states::int4>(h, "int4 states");
 }
 
+// optimizer::step_param_range on the device: a tensor stepped in ranges
+// (the kernel's views start mid-tensor; its random streams keyed by
+// whole-tensor indices through fused_step_args::first_element) equals one
+// whole step of the CPU executor, bit for bit, over several steps.
+namespace {
+template <class Rule, class S, class W, class Make>
+void check_device_ranges(const typename Rule::hparams& h, Make make_weight) {
+  const int64_t n = 5000;
+  optimizer_options o;
+  o.seed = 21;
+  optimizer<Rule, S, W, memory::host> whole(h, o);
+  optimizer<Rule, S, W, memory::device> ranged(h, o);
+  make_weight(whole, device::cpu());
+  make_weight(ranged, device::cuda());
+  const std::vector<int64_t> cuts = {0, 256, 1024, 4864, n};
+  for (int t = 0; t < 3; ++t) {
+    std::vector<float> g = normal(size_t(n), unsigned(77 + t));
+    whole.begin_step();
+    whole.step_param(0, make_flat_view(g.data(), n));
+    whole.end_step();
+    ranged.begin_step();
+    for (size_t c = 0; c + 1 < cuts.size(); ++c)
+      CHECK(ranged.step_param_range(0, cuts[c], make_flat_view(g.data() + cuts[c], cuts[c + 1] - cuts[c],
+                                                               device::cuda())));
+    ranged.end_step();
+    CHECK(all_bytes(ranged) == all_bytes(whole));
+  }
+}
+}  // namespace
+
+TEST_CASE("emulated step_param_range on memory::device equals a whole step on memory::host, bit for bit") {
+  std::vector<std::unique_ptr<quantized_tensor>> keep;
+  check_device_ranges<lion, states::int8, weights::quantized<format::int8>>(test_lion(), [&](auto& opt, device dev) {
+    keep.push_back(std::make_unique<quantized_tensor>(make_layout(format::int8, 5000, 256, false)));
+    std::vector<float> init = normal(5000, 5, 0.2f);
+    cpu::quantize(make_flat_view(init.data(), 5000), keep.back()->view());
+    quantized_view v = keep.back()->view();
+    v.dev = dev;
+    opt.add_param(v);
+  });
+  std::vector<std::vector<bf16>> dense;
+  check_device_ranges<adamw, states::int8, weights::bf16>(test_adamw(), [&](auto& opt, device dev) {
+    dense.push_back(convert<bf16>(normal(5000, 6, 0.2f)));
+    opt.add_param(make_flat_view(dense.back().data(), 5000, dev));
+  });
+}
+
 // The kernel's wide (16-byte) and scalar access paths: bf16 / f16 gradients
 // and dense weights, aligned and misaligned by one element.
 TEST_CASE("emulated optimizer step: 16-bit gradients and misaligned views match memory::host bit for bit") {

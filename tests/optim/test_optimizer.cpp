@@ -4,6 +4,7 @@
 // states continues bit for bit; memory accounting; argument errors.
 #include <doctest/doctest.h>
 
+#include <lowbit/cpu/quantize.hpp>
 #include <lowbit/optim/optimizer.hpp>
 
 #include <cmath>
@@ -255,4 +256,110 @@ TEST_CASE("argument errors name what is wrong") {
   quantized_tensor q(make_layout(format::int4, 100, 64, false));
   optimizer<lion, states::fp32, weights::quantized<format::nf4>> qopt;
   CHECK_THROWS_AS(qopt.add_param(q.view()), error);
+}
+
+namespace {
+
+// One optimizer steps each tensor whole (step_param), the other in ranges
+// cut at `cuts` (step_param_range); after several steps with different
+// gradients, weights (the caller's storage, or the fp32 master), working
+// copies and states must be equal bit for bit.
+template <class Opt>
+void check_ranges_equal_whole(Opt& whole, Opt& ranged, int64_t n, std::vector<int64_t> cuts) {
+  cuts.push_back(n);
+  for (int t = 0; t < 3; ++t) {
+    const std::vector<float> g = ref::normal(size_t(n), uint64_t(40 + t));
+    whole.begin_step();
+    whole.step_param(0, make_flat_view(const_cast<float*>(g.data()), n));
+    whole.end_step();
+    ranged.begin_step();
+    for (size_t c = 0; c + 1 < cuts.size(); ++c)
+      CHECK(ranged.step_param_range(0, cuts[c], make_flat_view(const_cast<float*>(g.data()) + cuts[c],
+                                                                cuts[c + 1] - cuts[c])));
+    ranged.end_step();
+  }
+  CHECK(whole.param(0).steps == ranged.param(0).steps);
+  CHECK(snapshot_all(whole, 0) == snapshot_all(ranged, 0));
+  CHECK(snapshot(whole.param(0).weight_copy) == snapshot(ranged.param(0).weight_copy));
+}
+
+}  // namespace
+
+TEST_CASE("step_param_range: ranges covering a tensor equal one whole step, bit for bit") {
+  SUBCASE("QFT: int8 weights in place (stochastic rounding), Lion int8 momentum") {
+    const int64_t n = 1000;  // the last range ends mid-block
+    const std::vector<float> x = ref::normal(size_t(n), 3);
+    quantized_tensor q1(make_layout(format::int8, n, 256, false));
+    cpu::quantize(make_flat_view(const_cast<float*>(x.data()), n), q1.view());
+    quantized_tensor q2 = q1;
+    optimizer<lion, states::int8, weights::quantized<format::int8>> o1, o2;
+    o1.add_param(q1.view());
+    o2.add_param(q2.view());
+    CHECK(o2.range_alignment(0) == 256);
+    check_ranges_equal_whole(o1, o2, n, {0, 256, 768});
+    CHECK(q1.codes == q2.codes);
+  }
+  SUBCASE("AdamW int8 states, bf16 weights (stochastic rounding): bias correction counted once per step") {
+    const int64_t n = 4500;
+    std::vector<bf16> w1(static_cast<size_t>(n)), w2;
+    for (int64_t i = 0; i < n; ++i) w1[size_t(i)] = to_bf16(0.01f * float(i % 100));
+    w2 = w1;
+    optimizer<adamw, states::int8, weights::bf16> o1, o2;
+    o1.add_param(make_flat_view(w1.data(), n));
+    o2.add_param(make_flat_view(w2.data(), n));
+    check_ranges_equal_whole(o1, o2, n, {0, 256, 2048, 4352});
+    CHECK(std::memcmp(w1.data(), w2.data(), size_t(n) * 2) == 0);
+    CHECK(o2.param(0).steps == 3);
+  }
+  SUBCASE("AdamW 4-bit states, fp32 master with a bf16 working copy") {
+    const int64_t n = 1100;
+    std::vector<bf16> w1(static_cast<size_t>(n)), w2;
+    for (int64_t i = 0; i < n; ++i) w1[size_t(i)] = to_bf16(0.02f * float(i % 37) - 0.3f);
+    w2 = w1;
+    optimizer<adamw, states::int4, weights::fp32_master_bf16> o1, o2;
+    o1.add_param(make_flat_view(w1.data(), n));
+    o2.add_param(make_flat_view(w2.data(), n));
+    check_ranges_equal_whole(o1, o2, n, {0, 512});
+    CHECK(std::memcmp(w1.data(), w2.data(), size_t(n) * 2) == 0);
+  }
+}
+
+TEST_CASE("step_param_range: a non-finite range is skipped alone; bad ranges are refused") {
+  const int64_t n = 1024;
+  std::vector<float> w(static_cast<size_t>(n), 0.5f), g = ref::normal(size_t(n), 9);
+  optimizer<lion, states::int8, weights::fp32> o;
+  o.add_param(make_flat_view(w.data(), n), 0, "embed");
+  const std::vector<float> before = w;
+  g[600] = std::nanf("");
+  o.begin_step();
+  CHECK(o.step_param_range(0, 0, make_flat_view(g.data(), 512)));
+  CHECK_FALSE(o.step_param_range(0, 512, make_flat_view(g.data() + 512, 256)));
+  CHECK_FALSE(o.step_param_range(0, 512, make_flat_view(g.data() + 512, 256)));  // the NaN's range again
+  CHECK(o.step_param_range(0, 768, make_flat_view(g.data() + 768, 256)));
+  const step_report r = o.end_step();
+  CHECK(r.skipped == 1);
+  CHECK(o.param(0).steps == 1);
+  CHECK(o.param(0).skipped == 1);  // one tensor skipped once, however many of its ranges were
+  CHECK(std::memcmp(w.data() + 512, before.data() + 512, 256 * sizeof(float)) == 0);
+  CHECK(std::memcmp(w.data(), before.data(), 512 * sizeof(float)) != 0);
+  CHECK(std::memcmp(w.data() + 768, before.data() + 768, 256 * sizeof(float)) != 0);
+
+  o.begin_step();
+  CHECK_THROWS_WITH_AS(o.step_param_range(0, 100, make_flat_view(g.data(), 256)),
+                       doctest::Contains("must start at a multiple of 256"), error);
+  CHECK_THROWS_WITH_AS(o.step_param_range(0, 0, make_flat_view(g.data(), 300)),
+                       doctest::Contains("end at one or at the tensor's end"), error);
+  CHECK_THROWS_WITH_AS(o.step_param_range(0, 768, make_flat_view(g.data(), 512)),
+                       doctest::Contains("outside the tensor's 1024"), error);
+  o.end_step();
+  CHECK_THROWS_WITH_AS(o.step_param_range(0, 0, make_flat_view(g.data(), 256)), doctest::Contains("begin_step"),
+                       error);
+
+  quantized_tensor q(make_layout(format::nf4, 512, 64, true));
+  optimizer<lion, states::int8, weights::quantized<format::nf4>> on;
+  on.add_param(q.view());
+  on.begin_step();
+  CHECK_THROWS_WITH_AS(on.step_param_range(0, 0, make_flat_view(g.data(), 256)), doctest::Contains("nested scales"),
+                       error);
+  on.end_step();
 }

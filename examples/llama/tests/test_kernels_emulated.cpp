@@ -396,7 +396,7 @@ TEST_CASE("emulated kernels: causal softmax and its backward") {
 }
 
 // ---- SwiGLU, residual add ---------------------------------------------------------------
-TEST_CASE("emulated kernels: swiglu forward and backward, add_into") {
+TEST_CASE("emulated kernels: swiglu forward and backward, add_into, convert_into") {
   const int64_t n = 1000;  // four blocks of 256, the last partial
   const std::vector<float> gate = randn(size_t(n), 41, 2.0f), up = randn(size_t(n), 42), dh = randn(size_t(n), 43);
   std::vector<float> h_ref(static_cast<size_t>(n)), dg_ref(static_cast<size_t>(n)), du_ref(static_cast<size_t>(n));
@@ -437,6 +437,17 @@ TEST_CASE("emulated kernels: swiglu forward and backward, add_into") {
       yb_ref[i] = lowbit::to_float(lowbit::to_bf16(lowbit::to_float(yb[i]) + lowbit::to_float(xb[i])));
     add_into<bf16>(yb.data(), xb.data(), n, nullptr);
     expect_bits(to_f32(yb), yb_ref, "add_into (bf16, one rounding)");
+  }
+  {  // convert_into: the head's dX summed over chunks in float32, then rounded once
+    const std::vector<bf16> xb = to_act<bf16>(up);
+    std::vector<float> acc(static_cast<size_t>(n), nanf_), acc_ref(static_cast<size_t>(n));
+    convert_into(acc.data(), xb.data(), n, false, nullptr);  // assign: the poison is not read
+    convert_into(acc.data(), gate.data(), n, true, nullptr);
+    for (size_t i = 0; i < size_t(n); ++i) acc_ref[i] = lowbit::to_float(xb[i]) + gate[i];
+    expect_bits(acc, acc_ref, "convert_into (float32 sum)");
+    std::vector<bf16> out = poisoned<bf16>(size_t(n));
+    convert_into(out.data(), acc.data(), n, false, nullptr);
+    expect_bits(to_f32(out), to_f32(to_act<bf16>(acc_ref)), "convert_into (rounded once to bf16)");
   }
 }
 

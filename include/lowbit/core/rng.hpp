@@ -51,9 +51,13 @@ struct rng_stream {
   uint32_t tensor_id = 0;
   rng_purpose purpose = rng_purpose::weight;
   uint32_t step = 0;
+  // Added to every quad index: a stream for a part of a tensor that starts
+  // at element 4 first_quad draws the whole tensor's bits for its elements.
+  uint64_t first_quad = 0;
 
   // Four words for elements 4q .. 4q+3.
   LOWBIT_HD philox_result quad(uint64_t q) const {
+    q += first_quad;
     return philox4x32_10(uint32_t(q), uint32_t(q >> 32), step, (tensor_id << 2) | uint32_t(purpose),
                          uint32_t(seed), uint32_t(seed >> 32));
   }

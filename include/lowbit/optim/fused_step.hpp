@@ -34,8 +34,16 @@ struct fused_step_args {
   uint64_t seed = 0;
   uint32_t tensor_id = 0;
   uint32_t step = 0;
+  // Range steps (optimizer::step_param_range): the storages above are views
+  // of elements [first_element, first_element + weight.n) of the tensor; the
+  // random streams are keyed by whole-tensor element indices, so stepping a
+  // tensor in ranges draws the bits one whole step draws. A multiple of
+  // fused_tile_size (and so of 8).
+  int64_t first_element = 0;
 
-  LOWBIT_HD rng_stream stream(rng_purpose p) const { return {seed, tensor_id, p, step}; }
+  LOWBIT_HD rng_stream stream(rng_purpose p) const {
+    return {seed, tensor_id, p, step, uint64_t(first_element) >> 2};
+  }
 };
 
 inline int storage_block(const storage_view& s) { return s.is_blockwise() ? s.q.layout.block_size : 1; }

@@ -78,6 +78,8 @@ struct param_record {
   uint32_t id = 0;
   int64_t steps = 0;    // updates applied (Adam's bias-correction t)
   int64_t skipped = 0;  // updates skipped for non-finite gradients
+  int64_t counted_step = 0;  // the optimizer step `steps` last counted (range steps count once)
+  int64_t skip_step = 0;     // the optimizer step `skipped` last counted
   std::vector<int64_t> shape;
   storage_view weight, weight_copy, state1, state2;
   const format_tables* weight_tables = nullptr;
@@ -229,6 +231,55 @@ class optimizer {
     return apply(i, grad, grad_scale, st.finite);
   }
 
+  // Updates elements [first, first + grad.numel()) of parameter i with
+  // `grad`, the gradient of those elements only: a tensor whose gradient
+  // appears in parts (a tied embedding's rows, chunk by chunk) is stepped
+  // part by part, with no whole gradient buffer. Ranges that cover the
+  // tensor once in a step give the bits of one step_param of the whole
+  // tensor: the same element math, block scales and random bits (the
+  // streams are keyed by whole-tensor element indices), and Adam's bias
+  // correction counts the step once. `first` must be a multiple of
+  // range_alignment(i) (a whole number of every block of the weight and
+  // states), and the range must end at such a multiple or at the tensor's
+  // end. A range whose gradient is not finite is skipped (its elements'
+  // weights and states untouched; the tensor is reported skipped once per
+  // step) while the step's other ranges apply: where a tensor must be
+  // skipped as a whole, check its gradient parts first. Not available for
+  // quantized weights with nested scales (re-quantized per tensor) nor
+  // with memory::paged / cpu_offload (they move whole tensors).
+  bool step_param_range(int i, int64_t first, const tensor_view& grad, float grad_scale = 1.0f) {
+    require(in_step_, errc::invalid_argument, "optimizer.step_param_range: call begin_step() first");
+    param_record& r = params_.at(size_t(i));
+    const std::string what = "optimizer.step_param_range of '" + r.name + "'";
+    require(std::string(MemoryPolicy::name) == "host" || std::string(MemoryPolicy::name) == "device",
+            errc::unsupported,
+            what + ": memory::" + MemoryPolicy::name + " steps whole tensors only (use step_param)");
+    require(!(r.weight.is_blockwise() && r.weight.q.layout.nested), errc::unsupported,
+            what + ": quantized weights with nested scales are re-quantized per tensor; step them whole");
+    const int64_t count = grad.numel(), n = r.weight.n, align = range_alignment(i);
+    require(first >= 0 && count >= 0 && first <= n && count <= n - first, errc::invalid_argument,
+            what + ": elements [" + std::to_string(first) + ", " + std::to_string(first + count) +
+                ") are outside the tensor's " + std::to_string(n));
+    require(first % align == 0 && (first + count == n || count % align == 0), errc::invalid_argument,
+            what + ": a range must start at a multiple of " + std::to_string(align) +
+                " elements and end at one or at the tensor's end, got [" + std::to_string(first) + ", " +
+                std::to_string(first + count) + ")");
+    require_contiguous(grad, (what + " gradient").c_str());
+    require(grad.type == dtype::f32 || grad.type == dtype::bf16 || grad.type == dtype::f16, errc::invalid_argument,
+            what + ": the gradient must be float32, bfloat16 or float16, got " + dtype_name(grad.type));
+    require(memory_.accepts(grad.dev), errc::invalid_argument,
+            what + ": the gradient is in " + device_name(grad.dev.kind) + " memory, which memory::" +
+                MemoryPolicy::name + " cannot read");
+    if (count == 0) return true;
+    const bool finite =
+        !options_.check_gradients || memory_.gradient_stats(grad.data, grad.type, count).finite;
+    return apply(i, grad, grad_scale, finite, first, count);
+  }
+
+  // The element multiple that step_param_range's ranges start at for
+  // parameter i: the fused step's tile, a whole number of every block.
+  int64_t range_alignment(int i) const { return fused_tile_size(step_args_for(params_.at(size_t(i)))); }
+
   step_report end_step() {
     require(in_step_, errc::invalid_argument, "optimizer.end_step: no step in progress");
     memory_.synchronize();
@@ -335,17 +386,32 @@ class optimizer {
                 " cannot read");
   }
 
-  bool apply(int i, const tensor_view& grad, float grad_scale, bool finite) {
+  // One fused update of parameter i, or of its elements [first, first +
+  // count) (count < 0: the whole tensor).
+  bool apply(int i, const tensor_view& grad, float grad_scale, bool finite, int64_t first = 0, int64_t count = -1) {
     param_record& r = params_[size_t(i)];
     if (!finite) {
-      ++r.skipped;
-      ++report_.skipped;
-      report_.skipped_params.push_back(i);
+      if (r.skip_step != step_) {  // once per step, however many ranges were skipped
+        r.skip_step = step_;
+        ++r.skipped;
+        ++report_.skipped;
+        report_.skipped_params.push_back(i);
+      }
       return false;
     }
-    ++r.steps;
+    if (r.counted_step != step_) {  // once per step, however many ranges the step takes
+      r.counted_step = step_;
+      ++r.steps;
+    }
     const hparams& h = groups_[size_t(r.group)];
     fused_step_args a = step_args_for(r);
+    if (count >= 0) {
+      a.weight = storage_part(r.weight, first, count);
+      a.weight_copy = storage_part(r.weight_copy, first, count);
+      a.state1 = storage_part(r.state1, first, count);
+      a.state2 = storage_part(r.state2, first, count);
+      a.first_element = first;
+    }
     a.grad = grad.data;
     a.grad_type = grad.type;
     a.grad_scale = grad_scale;

@@ -55,6 +55,24 @@ struct storage_view {
   }
 };
 
+// Elements [first, first + count) of s as a storage of their own (no copy);
+// blockwise storages through lowbit::slice (first must start a block).
+inline storage_view storage_part(const storage_view& s, int64_t first, int64_t count) {
+  storage_view p = s;
+  p.n = count;
+  switch (s.kind) {
+    case storage_kind::none: break;
+    case storage_kind::f32: p.data = static_cast<float*>(s.data) + first; break;
+    case storage_kind::bf16:
+    case storage_kind::f16: p.data = static_cast<uint16_t*>(s.data) + first; break;
+    case storage_kind::blockwise:
+      p.q = slice(s.q, first, count);
+      p.data = p.q.codes;
+      break;
+  }
+  return p;
+}
+
 inline storage_view dense_storage(const tensor_view& v, const char* what) {
   require_contiguous(v, what);
   storage_view s;
