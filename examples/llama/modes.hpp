@@ -102,6 +102,13 @@ class trainer_optimizer {
   bool step_param(int p, const float* grad, float grad_scale) {
     return step_param(p, grad, lowbit::dtype::f32, grad_scale);
   }
+  // Range steps (lowbit's optimizer::step_param_range): the element
+  // multiple that ranges of tensor p start at, or 0 where tensor p cannot
+  // be stepped in ranges (nested quantized scales, paged / offloaded
+  // states); then elements [first, first + count) of p from their gradient.
+  virtual int64_t range_alignment(int p) const = 0;
+  virtual bool step_param_range(int p, int64_t first, const void* grad, lowbit::dtype grad_type, int64_t count,
+                                float grad_scale) = 0;
   virtual lowbit::optim::step_report end_step() = 0;
   virtual int64_t step_count() const = 0;
   virtual int64_t state_bytes() const = 0;  // optimizer states, their scales, any master copy
@@ -159,6 +166,20 @@ class composed_optimizer final : public trainer_optimizer {
         lowbit::make_view(const_cast<void*>(grad), grad_type, {numel_[size_t(p)]}, grad_device_);
     return matrix_flag_[size_t(p)] ? matrices_.step_param(index_[size_t(p)], g, grad_scale)
                                    : vectors_.step_param(index_[size_t(p)], g, grad_scale);
+  }
+  int64_t range_alignment(int p) const override {
+    const std::string mem = Memory::name;
+    if (mem != "host" && mem != "device") return 0;
+    if (!matrix_flag_[size_t(p)]) return vectors_.range_alignment(index_[size_t(p)]);
+    const auto& w = matrices_.param(index_[size_t(p)]).weight;
+    if (w.is_blockwise() && w.q.layout.nested) return 0;
+    return matrices_.range_alignment(index_[size_t(p)]);
+  }
+  bool step_param_range(int p, int64_t first, const void* grad, lowbit::dtype grad_type, int64_t count,
+                        float grad_scale) override {
+    const lowbit::tensor_view g = lowbit::make_view(const_cast<void*>(grad), grad_type, {count}, grad_device_);
+    return matrix_flag_[size_t(p)] ? matrices_.step_param_range(index_[size_t(p)], first, g, grad_scale)
+                                   : vectors_.step_param_range(index_[size_t(p)], first, g, grad_scale);
   }
   lowbit::optim::step_report end_step() override {
     lowbit::optim::step_report r = matrices_.end_step();

@@ -97,7 +97,11 @@ struct gradient_plan {
   int64_t size = 0;
   bool fused = false;  // region tensors share one place (fused backward-update)
 
-  gradient_plan(const param_layout& L, bool fused_update) : fused(fused_update) {
+  // tied_in_chunks (fused update, tied embeddings; the CUDA trainer when
+  // the optimizer can step the tied tensor in ranges): the tied tensor has
+  // no place at all (offset -1): its gradient is made and consumed one
+  // vocabulary chunk at a time at the end of the backward.
+  gradient_plan(const param_layout& L, bool fused_update, bool tied_in_chunks = false) : fused(fused_update) {
     offset.assign(L.params.size(), 0);
     // With the fused update every tensor the backward reports on its own
     // (each layer tensor; an untied head, consumed before the first layer's
@@ -111,8 +115,11 @@ struct gradient_plan {
       return fused && (L.params[i].layer >= 0 || (untied && (int(i) == L.head || int(i) == L.embed)));
     };
     int64_t shared = 0, region = 0;
+    const bool chunked = fused && tied_in_chunks && L.head == L.embed;
     for (size_t i = 0; i < L.params.size(); ++i) {
-      if (in_region(i)) {
+      if (chunked && int(i) == L.embed) {
+        offset[i] = -1;
+      } else if (in_region(i)) {
         region = std::max(region, L.params[i].numel);
       } else {
         offset[i] = shared;
@@ -120,7 +127,7 @@ struct gradient_plan {
       }
     }
     for (size_t i = 0; i < L.params.size(); ++i)
-      if (in_region(i)) offset[i] = shared;
+      if (in_region(i) && offset[i] >= 0) offset[i] = shared;
     size = shared + region;
   }
 

@@ -352,23 +352,26 @@ inline scatter_plan build_scatter_plan(const int32_t* tokens, int64_t M) {
 
 template <class A, class G>
 __global__ void embed_scatter_kernel(const A* dx, const int32_t* ids, const int32_t* start, const int32_t* rows,
-                                     int64_t n_ids, G* grad, int64_t D) {
+                                     int64_t n_ids, G* grad, int64_t D, int32_t id_base) {
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= D) return;
   for (int64_t u = blockIdx.y; u < n_ids; u += gridDim.y) {
-    G* g = grad + int64_t(ids[u]) * D;
+    G* g = grad + int64_t(ids[u] - id_base) * D;
     float acc = ld(g, j);
     for (int32_t k = start[u]; k < start[u + 1]; ++k) acc += ld(dx, int64_t(rows[k]) * D + j);
     st(g, j, acc);
   }
 }
+// grad holds the rows of ids id_base.. (0: the whole table; a vocabulary
+// chunk's gradient rows otherwise, with ids / start the chunk's part of the
+// plan).
 template <class A, class G>
 void embed_scatter(const A* dx, const int32_t* ids, const int32_t* start, const int32_t* rows, int64_t n_ids,
-                   G* grad, int64_t D, cudaStream_t s) {
+                   G* grad, int64_t D, cudaStream_t s, int32_t id_base = 0) {
   if (n_ids == 0) return;
   auto* k = &embed_scatter_kernel<A, G>;  // (a template-id with a comma is no macro argument)
   LLAMA_LAUNCH(k, dim3(blocks_for(D, 128), unsigned(n_ids < 65535 ? n_ids : 65535)), 128, s)(
-      dx, ids, start, rows, n_ids, grad, D);
+      dx, ids, start, rows, n_ids, grad, D, id_base);
   LLAMA_CHECK_LAUNCH();
 }
 

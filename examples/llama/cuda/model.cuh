@@ -16,6 +16,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <numeric>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -42,7 +43,8 @@ class cuda_model {
   static constexpr lowbit::dtype act_dtype = lowbit::dtype_of<A>::value;
 
   cuda_model(const llama_config& c, const param_layout& L, device_weights& w, int64_t max_batch, int64_t max_seq,
-             bool checkpointing, int64_t logits_chunk_bytes = int64_t(64) << 20, cudaStream_t stream = nullptr)
+             bool checkpointing, int64_t logits_chunk_bytes = int64_t(64) << 20, int64_t chunk_row_multiple = 1,
+             cudaStream_t stream = nullptr)
       : cfg_(c), L_(L), w_(w), max_batch_(max_batch), max_seq_(max_seq), checkpointing_(checkpointing), s_(stream) {
     lowbit::require(logits_chunk_bytes > 0, lowbit::errc::invalid_argument, "the logits chunk must be > 0 bytes");
     lowbit::require(max_seq <= c.max_seq_len, lowbit::errc::invalid_argument,
@@ -73,7 +75,9 @@ class cuda_model {
     // logits_chunk_bytes for M rows, in whole panel units; the logits
     // buffer also holds one full row for copy_logits_row. With several
     // chunks the head's dX is summed over them in float32 (dxn32_).
-    const int64_t unit = panel_row_unit(w.matrix(L.head));
+    // (chunk_row_multiple: the caller's own constraint, e.g. chunks of the
+    // tied head stepped as optimizer ranges)
+    const int64_t unit = std::lcm(panel_row_unit(w.matrix(L.head)), std::max<int64_t>(chunk_row_multiple, 1));
     vocab_chunk_ = std::max<int64_t>(logits_chunk_bytes / (std::max<int64_t>(M, 1) * 4) / unit, 1) * unit;
     if (vocab_chunk_ > V) vocab_chunk_ = V;
     logits_.resize(std::max(M * vocab_chunk_, V));
@@ -171,6 +175,15 @@ class cuda_model {
   // Rows of the head per logits chunk (the vocabulary when it fits).
   int64_t vocab_chunk() const { return vocab_chunk_; }
 
+  // Allocates the buffer of one vocabulary chunk of the tied head's
+  // gradient (gradient_plan's tied_in_chunks) for gradients of
+  // element_bytes bytes; returns its size in bytes.
+  int64_t reserve_chunk_gradient(int64_t element_bytes) {
+    const int64_t bytes = vocab_chunk_ * cfg_.dim * element_bytes;
+    if (chunk_grad_.bytes() < bytes) chunk_grad_.resize((bytes + 3) / 4);
+    return chunk_grad_.bytes();
+  }
+
   // Gradients of the last forward's loss into grads (device, plan.size
   // elements of G: float or lowbit::bf16), calling on_ready(indices) as
   // gradients complete, in model.hpp's
@@ -178,8 +191,20 @@ class cuda_model {
   // the last time; the stream
   // is synchronized before each call only if the callback needs it; the
   // optimizer's CUDA step is queued on the same stream).
+  // The plan may give the tied head / embedding no place (offset -1,
+  // gradient_plan's tied_in_chunks): its gradient is then made at the end,
+  // one vocabulary chunk at a time (the chunk's head rows recomputed, the
+  // embedding's rows of the chunk scattered in), and each chunk handed to
+  // on_range(param, first element, gradient, element count) before the next
+  // is made: no whole gradient of the tied tensor exists.
   template <class G, class Ready>
   void backward(G* grads, const gradient_plan& plan, Ready&& on_ready) {
+    backward(grads, plan, on_ready, [](int, int64_t, const G*, int64_t) {
+      throw lowbit::error(lowbit::errc::invalid_argument, "backward: the gradient plan needs an on_range callback");
+    });
+  }
+  template <class G, class Ready, class RangeReady>
+  void backward(G* grads, const gradient_plan& plan, Ready&& on_ready, RangeReady&& on_range) {
     static_assert(std::is_same<G, float>::value || std::is_same<G, lowbit::bf16>::value,
                   "gradients are float32 or bfloat16");
     const lowbit::dtype gt = lowbit::dtype_of<G>::value;
@@ -189,7 +214,10 @@ class cuda_model {
     auto g = [&](int p) { return grads + plan.offset[size_t(p)]; };
     lowbit::require(have_loss_, lowbit::errc::invalid_argument,
                     "backward: the last forward computed no loss (it had no targets)");
-    head_backward(g(L_.head), M);
+    const bool tied_in_chunks = plan.offset[size_t(L_.embed)] < 0;
+    lowbit::require(!tied_in_chunks || cfg_.tied_embeddings, lowbit::errc::invalid_argument,
+                    "backward: only a tied head's gradient can be made in chunks");
+    head_backward(tied_in_chunks ? static_cast<G*>(nullptr) : g(L_.head), M);
     dx_.zero(s_);
     rmsnorm_backward<A>(dxn_.data(), xs_.back().data(), w_.vector(L_.final_norm), rstd_f_.data(), dx_.data(),
                         g(L_.final_norm), norm_scratch_.data(), M, D, s_);
@@ -209,6 +237,10 @@ class cuda_model {
     // once). Holding the tied head's gradient in float32 scratch until
     // here would cost vocab x dim x 4 bytes, twice what bfloat16 saves on
     // that tensor.
+    if (tied_in_chunks) {
+      tied_gradient_in_chunks<G>(M, on_range);
+      return;
+    }
     G* ge = g(L_.embed);
     if (!cfg_.tied_embeddings) LOWBIT_CUDA_CHECK(cudaMemsetAsync(ge, 0, size_t(V) * size_t(D) * sizeof(G), s_));
     const int64_t n_ids = upload_scatter_plan(M);
@@ -292,7 +324,8 @@ class cuda_model {
   // dlogits [M, vc], then its rows of the head's gradient (dW[c0 : c0 + vc]
   // = dlogits^T xn_f, written once) and its part of dX = dlogits W[c0 :
   // c0 + vc] (in float32), summed over the chunks in float32 and rounded
-  // once into dxn_.
+  // once into dxn_. gw == nullptr: dX only (the tied head's rows are made
+  // at the end of the backward, tied_gradient_in_chunks).
   // With one chunk this is the unchunked computation, bit for bit.
   template <class G>
   void head_backward(G* gw, int64_t M) {
@@ -306,7 +339,8 @@ class cuda_model {
       const int64_t vc = std::min(vocab_chunk_, V - c0);
       if (c0 != last || !last_chunk_ready_) chunk_logits(M, c0, vc);
       ce_gradient(logits_.data(), c0, vc, targets_.data(), r, dlogits_.data(), vc, M, s_);
-      linear_weight_grad(cublas_, dlogits_.data(), xn_f_.data(), act_dtype, M, vc, D, gw + c0 * D, gt, false, s_);
+      if (gw)
+        linear_weight_grad(cublas_, dlogits_.data(), xn_f_.data(), act_dtype, M, vc, D, gw + c0 * D, gt, false, s_);
       if (one) {
         linear_backward_input(cublas_, dlogits_.data(), act_dtype, M, head, dxn_.data(), s_);
       } else {
@@ -339,10 +373,41 @@ class cuda_model {
     throw lowbit::error(lowbit::errc::unsupported, "embedding: float64 weights on the GPU");
   }
 
+  // The tied head / embedding's gradient, vocabulary chunk by chunk, at the
+  // end of the backward (dx_ holds dloss/d(embedding output)): the chunk's
+  // logits recomputed (the head is not updated before its own chunk is),
+  // its dlogits, its head rows dW[c0 : c0 + vc] = dlogits^T xn_f, then the
+  // embedding rows of the batch's tokens in the chunk added in (the
+  // unchunked path's arithmetic: the same products, the same scatter
+  // order), handed to on_range. The optimizer steps each chunk on the
+  // stream before the next chunk overwrites the buffer.
+  template <class G, class RangeReady>
+  void tied_gradient_in_chunks(int64_t M, RangeReady& on_range) {
+    const int64_t V = cfg_.vocab_size, D = cfg_.dim;
+    const lowbit::dtype gt = lowbit::dtype_of<G>::value;
+    const ce_rows r = rows_of_ce(M);
+    upload_scatter_plan(M);
+    const std::vector<int32_t>& ids = host_scatter_ids_;
+    reserve_chunk_gradient(int64_t(sizeof(G)));
+    G* cg = reinterpret_cast<G*>(chunk_grad_.data());
+    for (int64_t c0 = 0; c0 < V; c0 += vocab_chunk_) {
+      const int64_t vc = std::min(vocab_chunk_, V - c0);
+      chunk_logits(M, c0, vc);
+      ce_gradient(logits_.data(), c0, vc, targets_.data(), r, dlogits_.data(), vc, M, s_);
+      linear_weight_grad(cublas_, dlogits_.data(), xn_f_.data(), act_dtype, M, vc, D, cg, gt, false, s_);
+      const int64_t u0 = std::lower_bound(ids.begin(), ids.end(), int32_t(c0)) - ids.begin();
+      const int64_t u1 = std::lower_bound(ids.begin(), ids.end(), int32_t(c0 + vc)) - ids.begin();
+      embed_scatter<A>(dx_.data(), scatter_ids_.data() + u0, scatter_start_.data() + u0, scatter_rows_.data(), u1 - u0,
+                       cg, D, s_, int32_t(c0));
+      on_range(L_.embed, c0 * D, static_cast<const G*>(cg), vc * D);
+    }
+  }
+
   // Token ids of the last forward grouped by id (host sort, then upload):
   // the deterministic scatter order of the embedding backward.
   int64_t upload_scatter_plan(int64_t M) {
     const scatter_plan p = build_scatter_plan(host_tokens_.data(), M);
+    host_scatter_ids_ = p.ids;
     LOWBIT_CUDA_CHECK(cudaMemcpyAsync(scatter_ids_.data(), p.ids.data(), p.ids.size() * 4, cudaMemcpyHostToDevice, s_));
     LOWBIT_CUDA_CHECK(
         cudaMemcpyAsync(scatter_start_.data(), p.start.data(), p.start.size() * 4, cudaMemcpyHostToDevice, s_));
@@ -450,6 +515,7 @@ class cuda_model {
   int64_t activation_bytes_ = 0;
   int64_t vocab_chunk_ = 0;
   std::vector<int32_t> host_tokens_;
+  std::vector<int32_t> host_scatter_ids_;  // the last scatter plan's distinct ids, increasing
   device_array<float> cos_, sin_;
   device_array<int32_t> tokens_, targets_, scatter_ids_, scatter_start_, scatter_rows_;
   std::vector<device_array<A>> xs_;  // residual stream into layer l (xs_[L] = final)
@@ -461,6 +527,7 @@ class cuda_model {
   device_array<float> ce_rows_;  // ce_rows: running max, sum, target logit, logsumexp [4][M]
   device_array<float> dxn32_;    // the head's dX summed over vocabulary chunks [M, D] (several chunks only)
   device_array<float> part32_;   // one chunk's part of it [M, D]
+  device_array<float> chunk_grad_;  // one vocabulary chunk of the tied head's gradient (G elements; on first use)
   bool have_loss_ = false;         // the last forward had targets (backward may follow)
   bool last_chunk_ready_ = false;  // logits_ holds the last vocabulary chunk of the last forward
   device_array<A> q_raw_, k_raw_, v_raw_, oh_;

@@ -18,6 +18,7 @@
 
 #include <cmath>
 #include <memory>
+#include <numeric>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -106,8 +107,19 @@ class cuda_session final : public session_base {
     start_used_ = peak_used_;
     dev_ = std::make_unique<device_weights>(host_);
     optimizer_ = make_device_optimizer(mode, *dev_, o.hparams);
+    // With the fused update and a tied head, the tied tensor's gradient is
+    // made and stepped one vocabulary chunk at a time at the end of the
+    // backward where the optimizer can step it in ranges (not nested
+    // quantized scales, not paged / offloaded states): no whole gradient
+    // buffer of vocab x dim, at the price of recomputing the head's logits
+    // once more. The chunks are then whole ranges of the optimizer.
+    const int64_t align = optimizer_->range_alignment(layout_.embed);
+    tied_in_chunks_ = o.fused_update && cfg.tied_embeddings && align > 0;
+    plan_ = gradient_plan(layout_, o.fused_update, tied_in_chunks_);
+    const int64_t row_multiple = tied_in_chunks_ ? align / std::gcd(align, int64_t(cfg.dim)) : 1;
     model_ = std::make_unique<cuda_model<A>>(cfg, layout_, *dev_, o.batch, o.seq, o.checkpointing,
-                                             o.logits_chunk_bytes);
+                                             o.logits_chunk_bytes, row_multiple);
+    if (tied_in_chunks_) chunk_grad_bytes_ = model_->reserve_chunk_gradient(bf16_grads() ? 2 : 4);
     if (bf16_grads()) {
       grads16_.resize(plan_.size);
       grads16_.zero();
@@ -126,13 +138,14 @@ class cuda_session final : public session_base {
   void weights_changed() override { dev_->upload(host_); }
   trainer_optimizer& optimizer() override { return *optimizer_; }
   int64_t weight_bytes() const override { return dev_->bytes(); }
-  int64_t gradient_bytes() const override { return grads32_.bytes() + grads16_.bytes(); }
+  int64_t gradient_bytes() const override { return grads32_.bytes() + grads16_.bytes() + chunk_grad_bytes_; }
   int64_t activation_bytes() const override { return model_->activation_bytes(); }
   std::string device_description() const override {
     std::string d = "cuda (" + cuda_device_name() + "), " + lowbit::dtype_name(lowbit::dtype_of<A>::value) +
                     " activations, " + lowbit::dtype_name(opts_.grad_dtype) + " gradients";
     if (model_->vocab_chunk() < cfg_.vocab_size)
       d += ", logits in chunks of " + std::to_string(model_->vocab_chunk()) + " vocabulary rows";
+    if (tied_in_chunks_) d += ", tied head stepped per vocabulary chunk";
     return d;
   }
   double peak_device_mib() const override { return double(peak_used_) / (1024.0 * 1024.0); }
@@ -202,10 +215,16 @@ class cuda_session final : public session_base {
     const lowbit::dtype gt = lowbit::dtype_of<G>::value;
     if (opts_.fused_update) {
       optimizer_->begin_step();
-      model_->backward(g, plan_, [&](const std::vector<int>& ready) {
-        for (int p : ready) optimizer_->step_param(p, g + plan_.offset[size_t(p)], gt, 1.0f);
-        sample_memory();
-      });
+      model_->backward(
+          g, plan_,
+          [&](const std::vector<int>& ready) {
+            for (int p : ready) optimizer_->step_param(p, g + plan_.offset[size_t(p)], gt, 1.0f);
+            sample_memory();
+          },
+          [&](int p, int64_t first, const G* part, int64_t count) {
+            optimizer_->step_param_range(p, first, part, gt, count, 1.0f);
+            sample_memory();
+          });
       r.skipped = optimizer_->end_step().skipped > 0;
       sample_memory();
       return;
@@ -237,7 +256,9 @@ class cuda_session final : public session_base {
   device_array<float> grads32_;         // --grad-dtype f32 (the default)
   device_array<lowbit::bf16> grads16_;  // --grad-dtype bf16; the other one stays empty
   int64_t peak_used_ = 0;
-  int64_t start_used_ = 0;  // device memory in use before this run's first allocation
+  int64_t start_used_ = 0;
+  bool tied_in_chunks_ = false;   // the tied head's gradient made and stepped per vocabulary chunk
+  int64_t chunk_grad_bytes_ = 0;  // its one-chunk buffer (in the model)  // device memory in use before this run's first allocation
 };
 
 }  // namespace gpu
