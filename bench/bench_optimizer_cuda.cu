@@ -107,8 +107,18 @@ void* device_random(size_t bytes) {
   return p;
 }
 
-template <class Rule, class States, class Weights>
+// Generic: run the generic instantiation of the step kernel even where a
+// fixed-shape one exists (cuda_detail::fixed_shape_list), to measure what
+// the specialization buys in the same binary.
+struct generic_kernel_scope {
+  bool was;
+  explicit generic_kernel_scope(bool on) : was(cuda_detail::generic_step_kernel_only.exchange(on)) {}
+  ~generic_kernel_scope() { cuda_detail::generic_step_kernel_only = was; }
+};
+
+template <class Rule, class States, class Weights, bool Generic = false>
 void bm_dense(benchmark::State& state) {
+  const generic_kernel_scope scope(Generic);
   const int64_t n = g_n;
   const dtype wt = Weights::weight_dtype;
   void* w = device_random(size_t(n) * dtype_size(wt));
@@ -130,8 +140,9 @@ void bm_dense(benchmark::State& state) {
   cudaFree(g);
 }
 
-template <class Rule, class States, format F>
+template <class Rule, class States, format F, bool Generic = false>
 void bm_quantized(benchmark::State& state) {
+  const generic_kernel_scope scope(Generic);
   const int64_t n = g_n;
   const blockwise_layout l = make_layout(F, n, F == format::int8 ? 256 : 64, F == format::nf4);
   quantized_view q;
@@ -180,7 +191,7 @@ LOWBIT_BENCH((bm_dense<adamw, states::fp32, weights::fp32>), "cuda/adamw/states:
 LOWBIT_BENCH((bm_dense<adamw, states::int8, weights::fp32>), "cuda/adamw/states:int8/weights:fp32");
 LOWBIT_BENCH((bm_dense<adamw, states::int4, weights::fp32>), "cuda/adamw/states:int4/weights:fp32");
 // int8 states re-encoded to nearest, as bitsandbytes' 8-bit optimizers do
-// (lowbit's default re-encodes stochastically: two Philox draws per 8
+// (lowbit's default re-encodes stochastically: one Philox draw per 8
 // elements and state): the like-for-like row for a bitsandbytes comparison.
 LOWBIT_BENCH((bm_dense<adamw, states::int8_nearest, weights::fp32>), "cuda/adamw/states:int8+rn/weights:fp32");
 LOWBIT_BENCH((bm_dense<adamw, states::int8, weights::bf16>), "cuda/adamw/states:int8/weights:bf16");
@@ -193,6 +204,12 @@ LOWBIT_BENCH((bm_dense<lion, states::int8_nearest, weights::fp32>), "cuda/lion/s
 LOWBIT_BENCH((bm_dense<lion, states::int8, weights::bf16>), "cuda/lion/states:int8/weights:bf16");
 LOWBIT_BENCH((bm_quantized<lion, states::int8, format::int8>), "cuda/lion/states:int8/weights:int8");
 LOWBIT_BENCH((bm_quantized<lion, states::int8, format::nf4>), "cuda/lion/states:int8/weights:nf4");
+// The same steps through the generic kernel (storage shapes read at run
+// time), beside the fixed-shape rows above.
+LOWBIT_BENCH((bm_dense<adamw, states::int8, weights::fp32, true>), "cuda/adamw/states:int8/weights:fp32/generic");
+LOWBIT_BENCH((bm_dense<lion, states::int8, weights::fp32, true>), "cuda/lion/states:int8/weights:fp32/generic");
+LOWBIT_BENCH((bm_quantized<lion, states::int8, format::int8, true>), "cuda/lion/states:int8/weights:int8/generic");
+LOWBIT_BENCH((bm_quantized<lion, states::int8, format::nf4, true>), "cuda/lion/states:int8/weights:nf4/generic");
 
 }  // namespace
 

@@ -1,5 +1,6 @@
-// Tests for core/rng.hpp: Philox4x32-10 known-answer vectors (Random123) and
-// basic statistical sanity of the derived uniform floats.
+// Tests for core/rng.hpp: Philox4x32-10 known-answer vectors (Random123),
+// basic statistical sanity of the derived uniform floats, and the layout and
+// statistics of the 16-bit draws stochastic rounding uses.
 #include <doctest/doctest.h>
 
 #include <lowbit/core/rng.hpp>
@@ -64,4 +65,30 @@ TEST_CASE("uniform floats: range and moments") {
   CHECK(std::fabs(var - 1.0 / 12) < 0.002);
   CHECK(uniform_from_bits(0xFFFFFFFFu) < 1.0f);
   CHECK(uniform_from_bits(0) == 0.0f);
+}
+
+TEST_CASE("16-bit draws: eight elements per Philox call, in order, uniform and independent") {
+  rng_stream s{7, 2, rng_purpose::weight, 3};
+  // element i takes half (i & 1) of word (i >> 1) & 3 of quad i >> 3
+  for (uint64_t i = 0; i < 64; ++i) {
+    const uint32_t w = s.quad(i >> 3).w[(i >> 1) & 3];
+    CHECK(s.bits16(i) == ((i & 1) ? w >> 16 : w & 0xFFFFu));
+  }
+  rng_stream shifted = s;  // a range stream that starts at element 8 * 5
+  shifted.first_quad = 5;
+  for (uint64_t i = 0; i < 16; ++i) CHECK(shifted.bits16(i) == s.bits16(40 + i));
+  const int n = 200000;
+  double sum = 0, sum2 = 0, cross = 0;
+  for (int i = 0; i < n; ++i) {
+    const double a = (s.bits16(uint64_t(2 * i)) + 0.5) / 65536.0, b = (s.bits16(uint64_t(2 * i + 1)) + 0.5) / 65536.0;
+    REQUIRE(s.bits16(uint64_t(i)) < 65536u);
+    sum += a + b;
+    sum2 += a * a + b * b;
+    cross += (a - 0.5) * (b - 0.5);  // the two halves of one word must not be correlated
+  }
+  const double m = sum / (2.0 * n), var = sum2 / (2.0 * n) - m * m;
+  CHECK(std::fabs(m - 0.5) < 5 * std::sqrt(1.0 / 12 / (2.0 * n)));
+  CHECK(std::fabs(var - 1.0 / 12) < 0.002);
+  // covariance of independent U(0,1) pairs: mean 0, standard error 1/12/sqrt(n)
+  CHECK(std::fabs(cross / n) < 5 * (1.0 / 12) / std::sqrt(double(n)));
 }

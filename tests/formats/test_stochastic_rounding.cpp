@@ -24,7 +24,7 @@ void check_unbiased(double x, double lo, double hi, Round round, uint32_t stream
   rng_stream s{12345, stream_id, rng_purpose::user, 0};
   double sum = 0;
   for (int i = 0; i < draws; ++i) {
-    const double r = round(s.bits(uint64_t(i)));
+    const double r = round(s.bits16(uint64_t(i)));  // the 16-bit draws the optimizer step uses
     REQUIRE((r == lo || r == hi));
     sum += r;
   }
@@ -34,6 +34,33 @@ void check_unbiased(double x, double lo, double hi, Round round, uint32_t stream
 }
 
 }  // namespace
+
+TEST_CASE("the stochastic choice takes the upper neighbour for round(2^16 p) of the 2^16 draws") {
+  // Over all 65536 values of r16, round_up_stochastic(offset, gap, r16) must
+  // be true for the number of draws whose midpoint (r16 + 1/2) / 2^16 lies
+  // below p = offset / gap, computed here in float64: round(2^16 p). The
+  // float product may move one draw at a boundary, so +-1 is allowed; the
+  // resulting probability is then within 2^-17 + 2^-16 of p.
+  uint32_t seed = 1;
+  const auto next = [&] { return seed = seed * 1664525u + 1013904223u; };
+  for (int trial = 0; trial < 300; ++trial) {
+    const float gap = std::ldexp(1.0f + float(next() >> 8) / 16777216.0f, int(next() % 40) - 30);
+    const double p = trial < 3 ? double(trial) / 2 : double(next() >> 8) / 16777216.0;
+    const float offset = float(p * double(gap));
+    const double pf = double(offset) / double(gap);  // the probability the float inputs ask for
+    int ups = 0;
+    for (uint32_t r = 0; r < 65536u; ++r) ups += round_up_stochastic(offset, gap, r) ? 1 : 0;
+    const double want = std::floor(pf * 65536.0 + 0.5);  // draws with (r + 1/2) / 2^16 < pf
+    CAPTURE(gap);
+    CAPTURE(pf);
+    CHECK(std::fabs(double(ups) - want) <= 1.0);
+    CHECK(std::fabs(double(ups) / 65536.0 - pf) <= 1.5 / 65536.0);
+  }
+  CHECK(!round_up_stochastic(0.0f, 0.25f, 0xFFFFu));  // on the lower value: never up
+  CHECK(round_up_stochastic(0.25f, 0.25f, 0xFFFFu));  // on the upper value: always up
+  CHECK(round_up_stochastic(0.5f, 1.0f, 0x7FFFu) != round_up_stochastic(0.5f, 1.0f, 0x8000u));  // the half split
+  CHECK(round_up_stochastic(0.5f, 1.0f, 0x12340000u | 0x7FFFu));  // only the low 16 bits count
+}
 
 TEST_CASE("fp32 -> bf16 stochastic rounding is unbiased") {
   uint32_t id = 0;

@@ -117,10 +117,10 @@ void dense_all_policies(const typename Rule::hparams& h, optimizer_options o) {
 
 template <class Rule, class S, format F, class M>
 std::vector<uint8_t> run_quantized(int steps, bool nested, optimizer_options o,
-                                   const typename Rule::hparams& h = typename Rule::hparams{}) {
+                                   const typename Rule::hparams& h = typename Rule::hparams{}, int block = 64) {
   const int n = 70001;
   std::vector<float> init = normal(n, 3, 0.2f);
-  const blockwise_layout l = make_layout(F, n, 64, nested);
+  const blockwise_layout l = make_layout(F, n, block, nested);
   quantized_tensor q(l);
   cpu::quantize(make_flat_view(init.data(), n), q.view());
   optimizer<Rule, S, weights::quantized<F>, M> opt(h, o);
@@ -192,6 +192,60 @@ TEST_CASE("device, paged and offloaded steps equal the CPU step: quantized weigh
     const auto ref8 = run_quantized<adamw, states::int4, format::int8, memory::host>(3, nested, o);
     CHECK(run_quantized<adamw, states::int4, format::int8, memory::device>(3, nested, o) == ref8);
   }
+}
+
+// Whether the optimizer's storages for a 70001-element tensor (dense
+// weights of dtype T, or blockwise weights in format F with `block`) select
+// a fixed-shape kernel instantiation.
+template <class Rule, class S, class W, class T>
+bool dense_uses_fixed_kernel() {
+  std::vector<T> w(70001);
+  optimizer<Rule, S, W, memory::host> opt;
+  opt.add_param(make_flat_view(w.data(), int64_t(w.size())));
+  return has_fixed_shape_kernel<Rule>(opt.param(0).weight, opt.param(0).state1, opt.param(0).state2);
+}
+template <class Rule, class S, format F>
+bool quantized_uses_fixed_kernel(int block, bool nested) {
+  quantized_tensor q(make_layout(F, 70001, block, nested));
+  optimizer<Rule, S, weights::quantized<F>, memory::host> opt;
+  opt.add_param(q.view());
+  return has_fixed_shape_kernel<Rule>(opt.param(0).weight, opt.param(0).state1, opt.param(0).state2);
+}
+
+// The step kernel has instantiations for fixed storage shapes (the
+// trainer's modes); each must pick its storages and compute the generic
+// kernel's bytes, which the CPU step's equal. Sizes 5000 and 70001 take the
+// fixed kernels (70001 with a scalar tail), 1000 the generic one (float32
+// states under 4096 elements).
+TEST_CASE("fixed-shape step kernels: selected for their storages, equal to the CPU step") {
+  optimizer_options o;
+  o.seed = 77;
+  CHECK(dense_uses_fixed_kernel<lion, states::int8, weights::fp32, float>());
+  CHECK(dense_uses_fixed_kernel<lion, states::int8, weights::bf16, bf16>());
+  CHECK(dense_uses_fixed_kernel<adamw, states::int8, weights::fp32, float>());
+  CHECK(dense_uses_fixed_kernel<adamw, states::int8, weights::bf16, bf16>());
+  CHECK(dense_uses_fixed_kernel<adamw, states::int4, weights::fp32, float>());
+  CHECK(quantized_uses_fixed_kernel<lion, states::int8, format::int8>(256, false));
+  CHECK(quantized_uses_fixed_kernel<lion, states::int8, format::nf4>(64, true));
+  CHECK(quantized_uses_fixed_kernel<adamw, states::int8, format::int8>(256, false));
+  CHECK(!quantized_uses_fixed_kernel<lion, states::int8, format::int8>(64, false));  // generic
+  CHECK(!dense_uses_fixed_kernel<lion, states::bf16, weights::bf16, bf16>());        // generic
+
+  const auto device_equals_host_dense = [&](auto rule, auto states, auto weights_policy, auto value) {
+    using R = decltype(rule);
+    using S = decltype(states);
+    using W = decltype(weights_policy);
+    using T = decltype(value);
+    CHECK(run_dense<R, S, W, memory::device, T>(3, {}, o) == run_dense<R, S, W, memory::host, T>(3, {}, o));
+  };
+  device_equals_host_dense(lion{}, states::int8{}, weights::fp32{}, float{});
+  device_equals_host_dense(lion{}, states::int8{}, weights::bf16{}, bf16{});
+  device_equals_host_dense(adamw{}, states::int8{}, weights::bf16{}, bf16{});
+  device_equals_host_dense(adamw{}, states::int4{}, weights::fp32{}, float{});
+  CHECK(run_quantized<lion, states::int8, format::int8, memory::device>(3, false, o, {}, 256) ==
+        run_quantized<lion, states::int8, format::int8, memory::host>(3, false, o, {}, 256));
+  CHECK(run_quantized<adamw, states::int8, format::int8, memory::device>(3, false, o, {}, 256) ==
+        run_quantized<adamw, states::int8, format::int8, memory::host>(3, false, o, {}, 256));
 }
 
 // Stable weight scales: small steps keep most blocks' scales (and snap

@@ -111,7 +111,7 @@ void encode_all(const storage_view& st, const format_tables& tab, const std::vec
                 bool* renest) {
   if (st.kind == storage_kind::none) return;
   const int64_t n = st.n;
-  auto bits = [&](int64_t i) { return stochastic ? rng.quad(uint64_t(i) >> 2).w[i & 3] : 0u; };
+  auto bits = [&](int64_t i) { return stochastic ? rng.bits16(uint64_t(i)) : 0u; };
   if (!st.is_blockwise()) {
     for (int64_t i = 0; i < n; ++i)
       store_dense(st.kind, st.data, i, val[size_t(i)], stochastic && st.kind != storage_kind::f32, bits(i));

@@ -4,7 +4,9 @@
 // The bits for element i of a tensor at a given step are a pure function of
 // (seed, tensor id, purpose, step, i): never of thread ids or launch shape,
 // so CPU and GPU, any grid, and a resumed run all draw the same numbers.
-// One Philox call yields four 32-bit words, used by four consecutive elements.
+// One Philox call yields four 32-bit words. Stochastic rounding takes 16 bits
+// per element (random16): one call serves eight consecutive elements, which
+// halves the generator's share of an optimizer step.
 #pragma once
 
 #include <cstdint>
@@ -52,10 +54,12 @@ struct rng_stream {
   rng_purpose purpose = rng_purpose::weight;
   uint32_t step = 0;
   // Added to every quad index: a stream for a part of a tensor that starts
-  // at element 4 first_quad draws the whole tensor's bits for its elements.
+  // at element 8 first_quad (random16's eight elements per quad) draws the
+  // whole tensor's bits for its elements.
   uint64_t first_quad = 0;
 
-  // Four words for elements 4q .. 4q+3.
+  // Four words: 32 bits each for elements 4q .. 4q+3 (bits()), or 16 bits
+  // each for elements 8q .. 8q+7 (random16()).
   LOWBIT_HD philox_result quad(uint64_t q) const {
     q += first_quad;
     return philox4x32_10(uint32_t(q), uint32_t(q >> 32), step, (tensor_id << 2) | uint32_t(purpose),
@@ -63,7 +67,16 @@ struct rng_stream {
   }
   // The 32 random bits of element i (one Philox call; prefer quad() in loops).
   LOWBIT_HD uint32_t bits(uint64_t i) const { return quad(i >> 2).w[i & 3]; }
+  // The 16 random bits of element i that stochastic rounding uses (one Philox
+  // call; loops take quad(i >> 3) once and random16(r, k) for its 8 elements).
+  LOWBIT_HD uint32_t bits16(uint64_t i) const;
 };
+
+// Element k (0..7) of the eight that one quad serves: the low half of word
+// k / 2 for even k, the high half for odd k.
+LOWBIT_HD uint32_t random16(const philox_result& r, int k) { return (r.w[k >> 1] >> (16 * (k & 1))) & 0xFFFFu; }
+
+LOWBIT_HD uint32_t rng_stream::bits16(uint64_t i) const { return random16(quad(i >> 3), int(i & 7)); }
 
 // A uniform float in [0, 1) with 24 random bits.
 LOWBIT_HD float uniform_from_bits(uint32_t r) { return float(r >> 8) * 5.9604644775390625e-8f; }

@@ -135,9 +135,10 @@ inline void store_dense_tile(const storage_view& st, int64_t s, int64_t cnt, con
                              const rng_stream& rng) {
   if (st.kind == storage_kind::none || st.is_blockwise()) return;
   if (stochastic && st.kind != storage_kind::f32) {
-    for (int64_t j = 0; j < cnt; j += 4) {
-      const philox_result r = rng.quad(uint64_t(s + j) >> 2);  // s is a multiple of 4
-      for (int k = 0; k < 4 && j + k < cnt; ++k) store_dense(st.kind, st.data, s + j + k, vals[j + k], true, r.w[k]);
+    for (int64_t j = 0; j < cnt; j += 8) {
+      const philox_result r = rng.quad(uint64_t(s + j) >> 3);  // s is a multiple of 8
+      for (int k = 0; k < 8 && j + k < cnt; ++k)
+        store_dense(st.kind, st.data, s + j + k, vals[j + k], true, random16(r, k));
     }
   } else if (st.kind == storage_kind::f32) {
     float* p = static_cast<float*>(st.data) + s;
@@ -209,9 +210,9 @@ inline void store_tile(const storage_view& st, const format_tables* tab, int64_t
       for (int k = 0; k < len; ++k) lo[k] = snap_onto_grid(u[k], lo[k], t.value, t.size);
     }
     if (stochastic)
-      for (int k = 0; k < len; k += 4) {  // s + j0 is a multiple of 4
-        const philox_result r = rng.quad(uint64_t(s + j0 + k) >> 2);
-        for (int w = 0; w < 4; ++w) bits[k + w] = r.w[w];
+      for (int k = 0; k < len; k += 8) {  // s + j0 is a multiple of 8
+        const philox_result r = rng.quad(uint64_t(s + j0 + k) >> 3);
+        for (int e = 0; e < 8; ++e) bits[k + e] = random16(r, e);
       }
     // The choice between the neighbours, then the code lookup, as separate
     // loops: with the rounding mode hoisted out and codes widened to int,
@@ -222,8 +223,7 @@ inline void store_tile(const storage_view& st, const format_tables* tab, int64_t
       for (int k = 0; k < len; ++k) {
         const int hi = lo[k] + 1 < t.size ? lo[k] + 1 : t.size - 1;
         const float below = t.value[lo[k]], above = t.value[hi];
-        const float pr = div_rn(u[k] - below, above - below);
-        const int pick = uniform_from_bits(bits[k]) < pr ? hi : lo[k];
+        const int pick = round_up_stochastic(u[k] - below, above - below, bits[k]) ? hi : lo[k];
         idx[k] = !(u[k] > first) ? 0 : (u[k] >= last ? t.size - 1 : pick);
       }
     } else {

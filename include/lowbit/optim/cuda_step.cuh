@@ -17,9 +17,11 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -31,6 +33,7 @@
 #include "../cuda/quantize.cuh"
 #include "cpu_step.hpp"
 #include "fused_step.hpp"
+#include "rules.hpp"
 #include "stable_scales.hpp"
 #include "storage.hpp"
 
@@ -64,6 +67,51 @@ struct shared_tables {
   int steps[3];
   float nested_map[256];
 };
+
+// What the kernel knows of one storage: its kind, and for blockwise ones the
+// code width, whether scales are nested and the block size. A kernel
+// instantiated for a fixed storage shape (see storage_shape below) gets
+// these as compile-time constants, so the switches over kinds, the nibble
+// or byte paths and the shuffle loop of the block absmax fold away; the
+// generic instantiation reads them from the views at run time.
+struct storage_traits {
+  storage_kind kind;
+  bool four;    // blockwise, 4-bit codes
+  bool nested;  // blockwise, nested (double-quantized) scales
+  int block;    // blockwise block size (1 for dense storages)
+};
+
+// A storage shape as one int, usable as a template argument (C++17 has no
+// class-type template parameters): 0 means "read at run time"; otherwise
+// bit 0 is set, bits 1-3 hold the storage_kind, bit 4 four-bit codes, bit 5
+// nested scales and bits 8 and up the block size.
+namespace storage_shape {
+constexpr int any = 0;
+constexpr int of(storage_kind k, int code_bits = 8, bool nested = false, int block = 0) {
+  return 1 | (int(k) << 1) | ((code_bits == 4 ? 1 : 0) << 4) | ((nested ? 1 : 0) << 5) | (block << 8);
+}
+constexpr int none = of(storage_kind::none), f32 = of(storage_kind::f32), bf16 = of(storage_kind::bf16);
+constexpr int b8_256 = of(storage_kind::blockwise, 8, false, 256);
+constexpr int b4_128 = of(storage_kind::blockwise, 4, false, 128);
+constexpr int b4_nested_64 = of(storage_kind::blockwise, 4, true, 64);
+// The shape a storage view has (for matching against fixed shapes).
+inline int of_view(const storage_view& s) {
+  return s.is_blockwise() ? of(s.kind, is_4bit(s.q.layout.fmt) ? 4 : 8, s.q.layout.nested, s.q.layout.block_size)
+                          : of(s.kind);
+}
+}  // namespace storage_shape
+
+template <int Shape>
+__device__ __forceinline__ storage_traits traits_of(const storage_view& s) {
+  if constexpr (Shape == storage_shape::any) {
+    const bool q = s.is_blockwise();
+    return {s.kind, q && is_4bit(s.q.layout.fmt), q && s.q.layout.nested, q ? s.q.layout.block_size : 1};
+  } else {
+    constexpr storage_kind kind = storage_kind((Shape >> 1) & 7);
+    constexpr int block = kind == storage_kind::blockwise ? (Shape >> 8) : 1;
+    return {kind, ((Shape >> 4) & 1) != 0, ((Shape >> 5) & 1) != 0, block};
+  }
+}
 
 constexpr int per_thread = 8;
 // Launch bounds: blocks of up to 512 threads (one thread per 8 elements of a
@@ -134,20 +182,23 @@ __device__ __forceinline__ void load_dense8(storage_kind kind, const void* data,
 }
 
 // Stores v[k] to element idx + k of a dense storage (elements past n are
-// left alone), rounded as store_dense rounds.
+// left alone), rounded as store_dense rounds. Full: the caller knows all 8
+// elements are in range and the storage is aligned for the wide access
+// (the kernel's full spans), so no test is compiled.
+template <bool Full = false>
 __device__ __forceinline__ void store_dense8(storage_kind kind, void* data, int64_t idx, int64_t n,
                                              const float (&v)[8], bool stochastic, const uint32_t (&bits)[8]) {
-  if (idx + 8 <= n) {
+  if (Full || idx + 8 <= n) {
     if (kind == storage_kind::f32) {
       float* p = static_cast<float*>(data) + idx;
-      if (aligned_for<16>(p)) {
+      if (Full || aligned_for<16>(p)) {
         reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
         reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
         return;
       }
     } else if (kind == storage_kind::bf16 || kind == storage_kind::f16) {
       uint16_t* p = static_cast<uint16_t*>(data) + idx;
-      if (aligned_for<16>(p)) {
+      if (Full || aligned_for<16>(p)) {
         uint32_t words[4] = {0, 0, 0, 0};
 #pragma unroll
         for (int k = 0; k < 8; ++k) words[k / 2] |= uint32_t(narrow16(kind, v[k], stochastic, bits[k])) << (16 * (k % 2));
@@ -156,9 +207,10 @@ __device__ __forceinline__ void store_dense8(storage_kind kind, void* data, int6
       }
     }
   }
+  if constexpr (!Full)
 #pragma unroll
-  for (int k = 0; k < 8; ++k)
-    if (idx + k < n) store_dense(kind, data, idx + k, v[k], stochastic, bits[k]);
+    for (int k = 0; k < 8; ++k)
+      if (idx + k < n) store_dense(kind, data, idx + k, v[k], stochastic, bits[k]);
 }
 
 // c[k] = code of element idx + k of a blockwise storage (idx is a multiple
@@ -181,29 +233,33 @@ __device__ __forceinline__ void load_codes8(const uint8_t* codes, int64_t idx, i
 }
 
 // Writes the codes c[k] of elements idx..idx+7 (idx a multiple of 8; past
-// n: nothing, and a 4-bit byte's unused low half gets `zero`).
+// n: nothing, and a 4-bit byte's unused low half gets `zero`). Full: as for
+// store_dense8.
+template <bool Full = false>
 __device__ __forceinline__ void store_codes8(uint8_t* codes, int64_t idx, int64_t n, bool four, uint8_t zero,
                                              const uint8_t (&c)[8]) {
   if (four) {
-    if (idx + 8 <= n && aligned_for<4>(codes + (idx >> 1))) {
+    if (Full || (idx + 8 <= n && aligned_for<4>(codes + (idx >> 1)))) {
       uint32_t w = 0;
 #pragma unroll
       for (int j = 0; j < 4; ++j) w |= uint32_t(uint8_t((c[2 * j] << 4) | c[2 * j + 1])) << (8 * j);
       *reinterpret_cast<uint32_t*>(codes + (idx >> 1)) = w;
       return;
     }
-    for (int j = 0; j < 4 && idx + 2 * j < n; ++j)
-      codes[(idx >> 1) + j] = uint8_t((c[2 * j] << 4) | (idx + 2 * j + 1 < n ? c[2 * j + 1] : zero));
+    if constexpr (!Full)
+      for (int j = 0; j < 4 && idx + 2 * j < n; ++j)
+        codes[(idx >> 1) + j] = uint8_t((c[2 * j] << 4) | (idx + 2 * j + 1 < n ? c[2 * j + 1] : zero));
     return;
   }
-  if (idx + 8 <= n && aligned_for<8>(codes + idx)) {
+  if (Full || (idx + 8 <= n && aligned_for<8>(codes + idx))) {
     uint32_t lo = 0, hi = 0;
 #pragma unroll
     for (int k = 0; k < 4; ++k) lo |= uint32_t(c[k]) << (8 * k), hi |= uint32_t(c[4 + k]) << (8 * k);
     *reinterpret_cast<uint2*>(codes + idx) = make_uint2(lo, hi);
     return;
   }
-  for (int k = 0; k < 8 && idx + k < n; ++k) codes[idx + k] = c[k];
+  if constexpr (!Full)
+    for (int k = 0; k < 8 && idx + k < n; ++k) codes[idx + k] = c[k];
 }
 
 // Index of the block holding element idx, as a shift: block sizes are
@@ -233,9 +289,9 @@ struct raw8 {
   uint32_t scale_code = 0;   // nested: the block's scale code
 };
 
-__device__ __forceinline__ void fetch8(storage_kind kind, const storage_view& st, const void* data, int64_t idx,
-                                       raw8& r) {
-  switch (kind) {
+__device__ __forceinline__ void fetch8(const storage_traits& tr, const storage_view& st, const void* data,
+                                       int64_t idx, raw8& r) {
+  switch (tr.kind) {
     case storage_kind::f32: {
       const uint4* p = reinterpret_cast<const uint4*>(static_cast<const float*>(data) + idx);
       r.a = p[0];
@@ -246,14 +302,14 @@ __device__ __forceinline__ void fetch8(storage_kind kind, const storage_view& st
     case storage_kind::f16: r.a = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(data) + idx); break;
     case storage_kind::blockwise: {
       const quantized_view& q = st.q;
-      if (is_4bit(q.layout.fmt)) {
+      if (tr.four) {
         r.a.x = *reinterpret_cast<const uint32_t*>(q.codes + (idx >> 1));
       } else {
         const uint2 w = *reinterpret_cast<const uint2*>(q.codes + idx);
         r.a.x = w.x, r.a.y = w.y;
       }
-      const int64_t b = block_of(idx, q.layout.block_size);
-      if (q.layout.nested) {
+      const int64_t b = block_of(idx, tr.block);
+      if (tr.nested) {
         r.scale_code = q.absmax_codes[b];
         r.scale = q.nested_absmax[b >> 8];  // nested_block_size == 256
       } else {
@@ -266,9 +322,9 @@ __device__ __forceinline__ void fetch8(storage_kind kind, const storage_view& st
 }
 
 // The values fetched by fetch8; returns the block scale (0 for dense).
-__device__ __forceinline__ float decode8(storage_kind kind, const storage_view& st, const shared_tables& t, int which,
-                                         const raw8& r, float (&v)[8]) {
-  switch (kind) {
+__device__ __forceinline__ float decode8(const storage_traits& tr, const storage_view& st, const shared_tables& t,
+                                         int which, const raw8& r, float (&v)[8]) {
+  switch (tr.kind) {
     case storage_kind::f32: {
       const uint32_t w[8] = {r.a.x, r.a.y, r.a.z, r.a.w, r.b.x, r.b.y, r.b.z, r.b.w};
 #pragma unroll
@@ -276,13 +332,13 @@ __device__ __forceinline__ float decode8(storage_kind kind, const storage_view& 
       return 0.0f;
     }
     case storage_kind::bf16:
-    case storage_kind::f16: unpack16x8(kind, {r.a.x, r.a.y, r.a.z, r.a.w}, v); return 0.0f;
+    case storage_kind::f16: unpack16x8(tr.kind, {r.a.x, r.a.y, r.a.z, r.a.w}, v); return 0.0f;
     case storage_kind::blockwise: {
       const quantized_view& q = st.q;
       const float scale =
-          q.layout.nested ? decode_nested_scale(uint8_t(r.scale_code), r.scale, *q.nested_offset, t.nested_map) : r.scale;
+          tr.nested ? decode_nested_scale(uint8_t(r.scale_code), r.scale, *q.nested_offset, t.nested_map) : r.scale;
       int c[8];
-      unpack_codes8(is_4bit(q.layout.fmt), r.a.x, r.a.y, c);
+      unpack_codes8(tr.four, r.a.x, r.a.y, c);
 #pragma unroll
       for (int k = 0; k < 8; ++k) v[k] = mul_rn(t.decode[which][c[k]], scale);
       return scale;
@@ -309,32 +365,33 @@ inline bool wide_aligned(const storage_view& st) {
 
 // Decodes elements idx..idx+7; returns the block scale they were decoded
 // with (0 for dense storages), which stable weight scales keep.
-__device__ __forceinline__ float load8(const storage_view& st, const shared_tables& t, int which, int64_t idx,
-                                       int64_t n, float (&v)[8]) {
-  if (st.kind == storage_kind::none) {
+__device__ __forceinline__ float load8(const storage_traits& tr, const storage_view& st, const shared_tables& t,
+                                       int which, int64_t idx, int64_t n, float (&v)[8]) {
+  if (tr.kind == storage_kind::none) {
 #pragma unroll
     for (int k = 0; k < 8; ++k) v[k] = 0.0f;
     return 0.0f;
   }
-  if (st.kind != storage_kind::blockwise) {
-    load_dense8(st.kind, st.data, idx, n, v);
+  if (tr.kind != storage_kind::blockwise) {
+    load_dense8(tr.kind, st.data, idx, n, v);
     return 0.0f;
   }
   const quantized_view& q = st.q;
-  const float scale = idx < n ? stored_block_scale(q, block_of(idx, q.layout.block_size), t.nested_map) : 0.0f;
+  const float scale = idx < n ? stored_block_scale(q, block_of(idx, tr.block), t.nested_map) : 0.0f;
   int c[8];
-  load_codes8(q.codes, idx, n, is_4bit(q.layout.fmt), c);
+  load_codes8(q.codes, idx, n, tr.four, c);
 #pragma unroll
   for (int k = 0; k < 8; ++k) v[k] = idx + k < n ? mul_rn(t.decode[which][c[k]], scale) : 0.0f;
   return scale;
 }
 
 // Absmax over the `bs / 8` consecutive threads of one block (bs >= 32).
+template <bool Full>
 __device__ __forceinline__ float block_absmax8(const float (&v)[8], int64_t idx, int64_t n, int bs, float* warp_max) {
   float m = 0.0f;
 #pragma unroll
   for (int k = 0; k < 8; ++k)
-    if (idx + k < n) m = absmax_step(m, v[k]);
+    if (Full || idx + k < n) m = absmax_step(m, v[k]);
   const int tpq = bs / per_thread;
   const int width = tpq < 32 ? tpq : 32;
   for (int off = width / 2; off >= 1; off /= 2) m = absmax_combine(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
@@ -372,32 +429,34 @@ __device__ __forceinline__ void floor_index8(const shared_tables& t, int which, 
 // keep: stable weight scales (stable_scales.hpp), with old_scale the block's
 // scale before the step; a nested group that cannot cover the block raises
 // *renest_flag.
-__device__ __forceinline__ void store8(const storage_view& st, const shared_tables& t, int which, int64_t idx,
-                                       int64_t n, const float (&v)[8], bool stochastic, const rng_stream& rng,
-                                       float* absmax_out, float* warp_max, bool keep = false, float old_scale = 0.0f,
-                                       int* renest_flag = nullptr) {
-  if (st.kind == storage_kind::none) return;
+template <bool Full>
+__device__ __forceinline__ void store8(const storage_traits& tr, const storage_view& st, const shared_tables& t,
+                                       int which, int64_t idx, int64_t n, const float (&v)[8], bool stochastic,
+                                       const rng_stream& rng, float* absmax_out, float* warp_max, bool keep = false,
+                                       float old_scale = 0.0f, int* renest_flag = nullptr) {
+  if (tr.kind == storage_kind::none) return;
+  stochastic = stochastic && tr.kind != storage_kind::f32;  // float32 stores exactly: no random bits needed
   uint32_t bits[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  if (stochastic) {
-    const philox_result r0 = rng.quad(uint64_t(idx) >> 2), r1 = rng.quad((uint64_t(idx) >> 2) + 1);
+  if (stochastic) {  // 16 bits per element: one Philox call for the thread's 8 elements
+    const philox_result r = rng.quad(uint64_t(idx) >> 3);
 #pragma unroll
-    for (int k = 0; k < 4; ++k) bits[k] = r0.w[k], bits[4 + k] = r1.w[k];
+    for (int k = 0; k < 8; ++k) bits[k] = random16(r, k);
   }
-  if (st.kind != storage_kind::blockwise) {
-    store_dense8(st.kind, st.data, idx, n, v, stochastic && st.kind != storage_kind::f32, bits);
+  if (tr.kind != storage_kind::blockwise) {
+    store_dense8<Full>(tr.kind, st.data, idx, n, v, stochastic, bits);
     return;
   }
   const quantized_view& q = st.q;
-  const int bs = q.layout.block_size;
-  float m = block_absmax8(v, idx, n, bs, warp_max);  // every thread of the CUDA block takes part
-  if (idx >= n) return;
+  const int bs = tr.block;
+  float m = block_absmax8<Full>(v, idx, n, bs, warp_max);  // every thread of the CUDA block takes part
+  if (!Full && idx >= n) return;
   const int64_t b = block_of(idx, bs);
   const bool first = starts_block(idx, bs);
   if (keep) {
     // Every thread of the block takes the same decision; its first thread
     // stores it. Threads of this block read the old scale in load8 before
     // block_absmax8's shuffles, so the write cannot race with those reads.
-    const bool nested = q.layout.nested;
+    const bool nested = tr.nested;
     const stable_scale sc = choose_stable_scale(old_scale, m, nested, nested ? q.nested_absmax[b / nested_block_size] : 0.0f,
                                                 nested ? *q.nested_offset : 0.0f, t.nested_map);
     m = sc.value;
@@ -419,17 +478,85 @@ __device__ __forceinline__ void store8(const storage_view& st, const shared_tabl
 #pragma unroll
     for (int k = 0; k < 8; ++k) lo[k] = snap_onto_grid(u[k], lo[k], sorted, size);
   uint8_t c[8];
+  if (stochastic) {  // one test for the 8 elements (nvcc left it inside the element loop)
 #pragma unroll
-  for (int k = 0; k < 8; ++k)
-    c[k] = stochastic ? stochastic_from_floor(u[k], lo[k], bits[k], sorted, t.code[which], size)
-                      : nearest_from_floor(u[k], lo[k], sorted, t.code[which], size);
-  store_codes8(q.codes, idx, n, is_4bit(q.layout.fmt), zero_code(q.layout.fmt), c);
+    for (int k = 0; k < 8; ++k) c[k] = stochastic_from_floor(u[k], lo[k], bits[k], sorted, t.code[which], size);
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) c[k] = nearest_from_floor(u[k], lo[k], sorted, t.code[which], size);
+  }
+  store_codes8<Full>(q.codes, idx, n, tr.four, zero_code(q.layout.fmt), c);
+}
+
+// What one thread's 8-element update needs besides its index: the
+// arguments, rule constants, tables and per-storage traits of the kernel.
+template <class Rule>
+struct step_context {
+  const fused_step_args& a;
+  const typename Rule::consts& c;
+  const shared_tables& t;
+  float* warp_max;
+  storage_traits tw, t1, t2, tg;  // weight, states, gradient
+  rng_stream rw, r1, r2;
+  bool keep;
+  float* weight_absmax;
+  int* renest_flag;
+};
+
+// Decodes, updates and re-encodes elements idx..idx+7. Full: all 8 are in
+// range and every storage is aligned for the wide accesses (see the
+// kernel); otherwise each access is tested.
+template <bool Full, class Rule>
+__device__ __forceinline__ void step8(const step_context<Rule>& x, int64_t idx, int64_t n, bool wide) {
+  const fused_step_args& a = x.a;
+  float p[8], m[8], v[8], gr[8];
+  float old_scale;
+  if (Full || (wide && idx + 8 <= n)) {
+    raw8 rw, r1, r2, rg;
+    fetch8(x.tw, a.weight, a.weight.data, idx, rw);
+    fetch8(x.t1, a.state1, a.state1.data, idx, r1);
+    fetch8(x.t2, a.state2, a.state2.data, idx, r2);
+    fetch8(x.tg, a.weight, a.grad, idx, rg);  // dense: the storage_view argument is not read
+    old_scale = decode8(x.tw, a.weight, x.t, 0, rw, p);
+    decode8(x.t1, a.state1, x.t, 1, r1, m);
+    decode8(x.t2, a.state2, x.t, 2, r2, v);
+    decode8(x.tg, a.weight, x.t, 0, rg, gr);
+  } else {
+    old_scale = load8(x.tw, a.weight, x.t, 0, idx, n, p);
+    load8(x.t1, a.state1, x.t, 1, idx, n, m);
+    load8(x.t2, a.state2, x.t, 2, idx, n, v);
+    load_dense8(x.tg.kind, a.grad, idx, n, gr);
+  }
+  const float grad_scale = a.grad_scale, max_update = a.max_update;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    if (!Full && idx + k >= n) continue;
+    const float g = mul_rn(gr[k], grad_scale);
+    const float old = p[k];
+    float next = Rule::apply(old, g, m[k], v[k], x.c);
+    if (max_update > 0.0f) {
+      const float d = add_rn(next, -old);
+      next = add_rn(old, d > max_update ? max_update : (d < -max_update ? -max_update : d));
+    }
+    p[k] = next;
+  }
+  store8<Full>(x.t1, a.state1, x.t, 1, idx, n, m, a.state_stochastic, x.r1, a.state1.q.absmax, x.warp_max);
+  store8<Full>(x.t2, a.state2, x.t, 2, idx, n, v, a.state_stochastic, x.r2, a.state2.q.absmax, x.warp_max);
+  store8<Full>(x.tw, a.weight, x.t, 0, idx, n, p, a.weight_stochastic, x.rw, x.weight_absmax, x.warp_max, x.keep,
+               old_scale, x.renest_flag);
+  if (a.weight_copy.kind != storage_kind::none && (Full || idx < n)) {
+    const uint32_t no_bits[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    store_dense8<Full>(a.weight_copy.kind, a.weight_copy.data, idx, n, p, false, no_bits);
+  }
 }
 
 // The large by-value parameters are __grid_constant__: the kernel takes their
 // addresses (references to the storages and tables), which would otherwise
-// make nvcc copy them into every thread's local memory.
-template <class Rule>
+// make nvcc copy them into every thread's local memory. W, S1 and S2 are the
+// storage shapes of weight, first and second state (storage_shape::any:
+// read at run time; cuda_fused_step picks a fixed-shape instantiation where
+// one matches).
+template <class Rule, int W = storage_shape::any, int S1 = storage_shape::any, int S2 = storage_shape::any>
 __global__ void __launch_bounds__(fused_max_threads, fused_min_blocks_at_max) fused_step_kernel(const __grid_constant__ fused_step_args a,
                                   const __grid_constant__ typename Rule::consts c,
                                   const __grid_constant__ step_tables tables_param, float* weight_absmax,
@@ -459,53 +586,28 @@ __global__ void __launch_bounds__(fused_max_threads, fused_min_blocks_at_max) fu
                                                        : storage_kind::f16;
   const rng_stream rw = a.stream(rng_purpose::weight), r1 = a.stream(rng_purpose::state1),
                    r2 = a.stream(rng_purpose::state2);
-  const bool keep = a.stable_weight_scales && a.weight.is_blockwise();
+  const storage_traits tw = traits_of<W>(a.weight), t1 = traits_of<S1>(a.state1), t2 = traits_of<S2>(a.state2);
+  const storage_traits tg{gk, false, false, 1};
+  const bool keep = a.stable_weight_scales && tw.kind == storage_kind::blockwise;
   const int64_t span = int64_t(blockDim.x) * per_thread;
+  const step_context<Rule> ctx{a, c, t, warp_max, tw, t1, t2, tg, rw, r1, r2, keep, weight_absmax, renest_flag};
   for (int64_t base = int64_t(blockIdx.x) * span; base < n; base += int64_t(gridDim.x) * span) {
+    // A span whose elements are all in range, with every storage aligned,
+    // takes the Full instantiation: no per-element range test and no
+    // alignment test is compiled into it. The test is uniform over the
+    // CUDA block, so the block's threads stay together for the shuffles
+    // and barriers of the block absmax.
     const int64_t idx = base + int64_t(threadIdx.x) * per_thread;
-    float p[8], m[8], v[8], gr[8];
-    float old_scale;
-    if (wide && idx + 8 <= n) {
-      raw8 rw, r1, r2, rg;
-      fetch8(a.weight.kind, a.weight, a.weight.data, idx, rw);
-      fetch8(a.state1.kind, a.state1, a.state1.data, idx, r1);
-      fetch8(a.state2.kind, a.state2, a.state2.data, idx, r2);
-      fetch8(gk, a.weight, a.grad, idx, rg);  // dense: the storage_view argument is not read
-      old_scale = decode8(a.weight.kind, a.weight, t, 0, rw, p);
-      decode8(a.state1.kind, a.state1, t, 1, r1, m);
-      decode8(a.state2.kind, a.state2, t, 2, r2, v);
-      decode8(gk, a.weight, t, 0, rg, gr);
-    } else {
-      old_scale = load8(a.weight, t, 0, idx, n, p);
-      load8(a.state1, t, 1, idx, n, m);
-      load8(a.state2, t, 2, idx, n, v);
-      load_dense8(gk, a.grad, idx, n, gr);
-    }
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      if (idx + k >= n) continue;
-      const float g = mul_rn(gr[k], a.grad_scale);
-      const float old = p[k];
-      float next = Rule::apply(old, g, m[k], v[k], c);
-      if (a.max_update > 0.0f) {
-        const float d = add_rn(next, -old);
-        next = add_rn(old, d > a.max_update ? a.max_update : (d < -a.max_update ? -a.max_update : d));
-      }
-      p[k] = next;
-    }
-    store8(a.state1, t, 1, idx, n, m, a.state_stochastic, r1, a.state1.q.absmax, warp_max);
-    store8(a.state2, t, 2, idx, n, v, a.state_stochastic, r2, a.state2.q.absmax, warp_max);
-    store8(a.weight, t, 0, idx, n, p, a.weight_stochastic, rw, weight_absmax, warp_max, keep, old_scale, renest_flag);
-    if (a.weight_copy.kind != storage_kind::none && idx < n) {
-      const uint32_t no_bits[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      store_dense8(a.weight_copy.kind, a.weight_copy.data, idx, n, p, false, no_bits);
-    }
+    if (wide && base + span <= n)
+      step8<true>(ctx, idx, n, true);
+    else
+      step8<false>(ctx, idx, n, wide);
   }
 }
 
-// Resident blocks per SM of the step kernel at `threads` threads (cached
-// per device and block size; at least 1).
-template <class Rule>
+// Resident blocks per SM of a step kernel instantiation at `threads` threads
+// (cached per device and block size; at least 1).
+template <class Rule, int W, int S1, int S2>
 int fused_blocks_per_sm(int threads) {
   static std::mutex mu;
   static std::map<std::pair<int, int>, int> cache;
@@ -515,10 +617,85 @@ int fused_blocks_per_sm(int threads) {
   auto it = cache.find({dev, threads});
   if (it != cache.end()) return it->second;
   int blocks = 0;
-  LOWBIT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fused_step_kernel<Rule>, threads, 0));
+  LOWBIT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fused_step_kernel<Rule, W, S1, S2>, threads, 0));
   if (blocks < 1) blocks = 1;
   cache[{dev, threads}] = blocks;
   return blocks;
+}
+
+// The storage shapes (weight, state1, state2) that get their own kernel
+// instantiation: the trainer's modes and the benchmark's rows. Everything
+// else runs the generic instantiation, which reads the shapes at run time
+// and computes the same values. Kept short: every entry is one more
+// instantiation of the kernel per rule in every program that steps with it.
+template <int W, int S1, int S2>
+struct fixed_shapes {};
+template <class Rule>
+struct fixed_shape_list {  // one state (Lion, SGD with momentum)
+  using type = std::tuple<fixed_shapes<storage_shape::f32, storage_shape::b8_256, storage_shape::none>,
+                          fixed_shapes<storage_shape::bf16, storage_shape::b8_256, storage_shape::none>,
+                          fixed_shapes<storage_shape::b8_256, storage_shape::b8_256, storage_shape::none>,
+                          fixed_shapes<storage_shape::b4_nested_64, storage_shape::b8_256, storage_shape::none>>;
+};
+template <bool Decoupled>
+struct fixed_shape_list<adam_rule<Decoupled>> {
+  using type = std::tuple<fixed_shapes<storage_shape::f32, storage_shape::b8_256, storage_shape::b8_256>,
+                          fixed_shapes<storage_shape::bf16, storage_shape::b8_256, storage_shape::b8_256>,
+                          fixed_shapes<storage_shape::b8_256, storage_shape::b8_256, storage_shape::b8_256>,
+                          fixed_shapes<storage_shape::f32, storage_shape::b4_128, storage_shape::b4_128>>;
+};
+
+// Launches the instantiation of fused_step_kernel whose fixed shapes match
+// a's storages, else the generic one; grid: one resident wave (at most
+// `spans` blocks).
+template <class Rule, int W, int S1, int S2>
+void launch_fused_step(const fused_step_args& a, const typename Rule::consts& c, const step_tables& tables,
+                       float* weight_absmax, int* renest_flag, bool wide, int threads, int64_t spans,
+                       cudaStream_t stream) {
+  // One wave of resident blocks looping over the tensor: a grid of several
+  // partial waves left the last one a third full (ncu, 2026-11-26).
+  const int64_t resident = int64_t(cuda::sm_count()) * fused_blocks_per_sm<Rule, W, S1, S2>(threads);
+  const int grid = int(spans < resident ? spans : resident);
+  const auto kernel = fused_step_kernel<Rule, W, S1, S2>;
+  LOWBIT_LAUNCH(kernel, grid, threads, 0, stream)(a, c, tables, weight_absmax, renest_flag, wide);
+}
+
+template <int W, int S1, int S2>
+bool shapes_match(fixed_shapes<W, S1, S2>, const storage_view& w, const storage_view& s1, const storage_view& s2) {
+  return storage_shape::of_view(w) == W && storage_shape::of_view(s1) == S1 && storage_shape::of_view(s2) == S2;
+}
+
+// Launches fixed_shapes<W, S1, S2>'s instantiation if a's storages have
+// those shapes; returns whether it did.
+template <class Rule, int W, int S1, int S2>
+bool launch_if_matching(fixed_shapes<W, S1, S2> f, const fused_step_args& a, const typename Rule::consts& c,
+                        const step_tables& tables, float* weight_absmax, int* renest_flag, bool wide, int threads,
+                        int64_t spans, cudaStream_t stream) {
+  if (!shapes_match(f, a.weight, a.state1, a.state2)) return false;
+  launch_fused_step<Rule, W, S1, S2>(a, c, tables, weight_absmax, renest_flag, wide, threads, spans, stream);
+  return true;
+}
+
+// Set (benchmarks, tests) to run every step through the generic
+// instantiation, for a side-by-side of the fixed-shape kernels in one binary.
+inline std::atomic<bool> generic_step_kernel_only{false};
+
+template <class Rule, class... Shapes>
+void launch_matching_fused_step(std::tuple<Shapes...>*, const fused_step_args& a, const typename Rule::consts& c,
+                                const step_tables& tables, float* weight_absmax, int* renest_flag, bool wide,
+                                int threads, int64_t spans, cudaStream_t stream) {
+  const bool launched = !generic_step_kernel_only.load(std::memory_order_relaxed) &&
+                        (launch_if_matching<Rule>(Shapes{}, a, c, tables, weight_absmax, renest_flag, wide, threads,
+                                                  spans, stream) ||
+                         ...);
+  if (!launched)
+    launch_fused_step<Rule, storage_shape::any, storage_shape::any, storage_shape::any>(
+        a, c, tables, weight_absmax, renest_flag, wide, threads, spans, stream);
+}
+
+template <class... Shapes>
+bool any_shapes_match(std::tuple<Shapes...>*, const storage_view& w, const storage_view& s1, const storage_view& s2) {
+  return (shapes_match(Shapes{}, w, s1, s2) || ...);
 }
 
 // Chunk sums of squares: one CUDA block of sumsq_chunk_lanes threads per chunk.
@@ -661,12 +838,9 @@ void cuda_fused_step(const fused_step_args& a, const typename Rule::consts& c, c
   const int64_t tile = fused_tile_size(a);
   const int threads = int(tile / cuda_detail::per_thread > 256 ? tile / cuda_detail::per_thread : 256);
   const int64_t spans = (n + int64_t(threads) * cuda_detail::per_thread - 1) / (int64_t(threads) * cuda_detail::per_thread);
-  // One wave of resident blocks looping over the tensor: a grid of several
-  // partial waves left the last one a third full (ncu, 2026-11-26).
-  const int64_t resident = int64_t(cuda::sm_count()) * cuda_detail::fused_blocks_per_sm<Rule>(threads);
-  const int grid = int(spans < resident ? spans : resident);
-  LOWBIT_LAUNCH(cuda_detail::fused_step_kernel<Rule>, grid, threads, 0, stream)(a, c, tables, weight_absmax,
-                                                                               renest_flag, wide);
+  cuda_detail::launch_matching_fused_step<Rule>(
+      static_cast<typename cuda_detail::fixed_shape_list<Rule>::type*>(nullptr), a, c, tables, weight_absmax,
+      renest_flag, wide, threads, spans, stream);
   LOWBIT_CUDA_CHECK(cudaGetLastError());
   if (nested_weight) {
     // With stable scales the nested parameters are re-quantized only when
@@ -683,6 +857,15 @@ void cuda_fused_step(const fused_step_args& a, const typename Rule::consts& c, c
     LOWBIT_CUDA_CHECK(cudaGetLastError());
     LOWBIT_CUDA_CHECK(cudaFreeAsync(weight_absmax, stream));
   }
+}
+
+// Whether a step of Rule over these storages runs a fixed-shape
+// instantiation of the kernel (cuda_detail::fixed_shape_list) rather than
+// the generic one; both compute the same bytes. For tests and diagnostics.
+template <class Rule>
+bool has_fixed_shape_kernel(const storage_view& weight, const storage_view& state1, const storage_view& state2) {
+  return cuda_detail::any_shapes_match(static_cast<typename cuda_detail::fixed_shape_list<Rule>::type*>(nullptr),
+                                       weight, state1, state2);
 }
 
 // Fills an fp32 master copy from 16-bit working weights on the device.

@@ -42,7 +42,7 @@ struct fused_step_args {
   int64_t first_element = 0;
 
   LOWBIT_HD rng_stream stream(rng_purpose p) const {
-    return {seed, tensor_id, p, step, uint64_t(first_element) >> 2};
+    return {seed, tensor_id, p, step, uint64_t(first_element) >> 3};
   }
 };
 
