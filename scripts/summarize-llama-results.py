@@ -14,6 +14,8 @@ for m in modes:
     with open(f"{out_dir}/{m}.jsonl") as f:
         for line in f:
             r = json.loads(line)
+            if r.get("summary"):
+                continue  # the run's closing summary record
             if "val_loss" in r:
                 vals.append((r["step"], r["val_loss"]))
             else:

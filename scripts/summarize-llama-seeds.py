@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Seed spread of llama_train's accuracy runs (docs/RESULTS.md, "Seeds"):
+final validation loss of each mode at each seed, its ratio to the fp32-adamw
+run of the same seed, and the mean of those ratios over the seeds present.
+
+Usage: summarize-llama-seeds.py DIR SEED... -- MODE...
+DIR holds <mode>-seed<N>.jsonl logs; the seed-1337 runs of the main table
+are read from DIR/../<mode>.jsonl when a seed is given as 1337. A mode that
+lacks a seed's log shows "-" there and is averaged over what it has."""
+import json
+import os
+import sys
+
+args = sys.argv[1:]
+out_dir, rest = args[0], args[1:]
+split = rest.index("--")
+seeds, modes = rest[:split], rest[split + 1:]
+
+
+def final_val(mode, seed):
+    path = (os.path.join(out_dir, "..", f"{mode}.jsonl") if seed == "1337"
+            else os.path.join(out_dir, f"{mode}-seed{seed}.jsonl"))
+    if not os.path.exists(path):
+        return None
+    last = None
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            if "val_loss" in r and "step" in r and not r.get("summary"):
+                last = r["val_loss"]
+    return last
+
+
+base = {s: final_val("fp32-adamw", s) for s in seeds}
+print("| mode | " + " | ".join(f"seed {s}" for s in seeds) + " | mean vs fp32-adamw |")
+print("|---|" + "---|" * len(seeds) + "---|")
+for m in modes:
+    cells, ratios = [], []
+    for s in seeds:
+        v = final_val(m, s)
+        if v is None:
+            cells.append("-")
+            continue
+        if base[s] and m != "fp32-adamw":
+            ratio = 100.0 * (v / base[s] - 1.0)
+            ratios.append(ratio)
+            cells.append(f"{v:.4f} ({ratio:+.2f}%)")
+        else:
+            cells.append(f"{v:.4f}")
+    mean = f"{sum(ratios) / len(ratios):+.2f}% (n={len(ratios)})" if ratios else "-"
+    print(f"| {m} | " + " | ".join(cells) + f" | {mean} |")
