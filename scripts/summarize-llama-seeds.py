@@ -6,7 +6,10 @@ run of the same seed, and the mean of those ratios over the seeds present.
 Usage: summarize-llama-seeds.py DIR SEED... -- MODE...
 DIR holds <mode>-seed<N>.jsonl logs; the seed-1337 runs of the main table
 are read from DIR/../<mode>.jsonl when a seed is given as 1337. A mode that
-lacks a seed's log shows "-" there and is averaged over what it has."""
+lacks a seed's log shows "-" there and is averaged over what it has.
+BASELINE_DIR (environment) reads the fp32-adamw logs from another such
+directory (fp32-adamw draws no random bits, so one set serves builds that
+differ only in their random draws)."""
 import json
 import os
 import sys
@@ -17,9 +20,10 @@ split = rest.index("--")
 seeds, modes = rest[:split], rest[split + 1:]
 
 
-def final_val(mode, seed):
-    path = (os.path.join(out_dir, "..", f"{mode}.jsonl") if seed == "1337"
-            else os.path.join(out_dir, f"{mode}-seed{seed}.jsonl"))
+def final_val(mode, seed, directory=None):
+    directory = directory or out_dir
+    path = (os.path.join(directory, "..", f"{mode}.jsonl") if seed == "1337"
+            else os.path.join(directory, f"{mode}-seed{seed}.jsonl"))
     if not os.path.exists(path):
         return None
     last = None
@@ -31,7 +35,7 @@ def final_val(mode, seed):
     return last
 
 
-base = {s: final_val("fp32-adamw", s) for s in seeds}
+base = {s: final_val("fp32-adamw", s, os.environ.get("BASELINE_DIR")) for s in seeds}
 print("| mode | " + " | ".join(f"seed {s}" for s in seeds) + " | mean vs fp32-adamw |")
 print("|---|" + "---|" * len(seeds) + "---|")
 for m in modes:
