@@ -4,8 +4,8 @@ final validation loss of each mode at each seed, its ratio to the fp32-adamw
 run of the same seed, and the mean of those ratios over the seeds present.
 
 Usage: summarize-llama-seeds.py DIR SEED... -- MODE...
-DIR holds <mode>-seed<N>.jsonl logs; the seed-1337 runs of the main table
-are read from DIR/../<mode>.jsonl when a seed is given as 1337. A mode that
+DIR holds <mode>-seed<N>.jsonl logs; for seed 1337 without such a log, the
+run of the main table is read from DIR/../<mode>.jsonl. A mode that
 lacks a seed's log shows "-" there and is averaged over what it has.
 BASELINE_DIR (environment) reads the fp32-adamw logs from another such
 directory (fp32-adamw draws no random bits, so one set serves builds that
@@ -22,8 +22,9 @@ seeds, modes = rest[:split], rest[split + 1:]
 
 def final_val(mode, seed, directory=None):
     directory = directory or out_dir
-    path = (os.path.join(directory, "..", f"{mode}.jsonl") if seed == "1337"
-            else os.path.join(directory, f"{mode}-seed{seed}.jsonl"))
+    path = os.path.join(directory, f"{mode}-seed{seed}.jsonl")
+    if seed == "1337" and not os.path.exists(path):
+        path = os.path.join(directory, "..", f"{mode}.jsonl")
     if not os.path.exists(path):
         return None
     last = None

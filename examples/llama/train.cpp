@@ -88,7 +88,7 @@ void print_help() {
       "  --lr X                peak learning rate (default per mode: AdamW 2e-3, Lion 1e-3)\n"
       "  --warmup N            linear warmup steps (default 30), then cosine to --min-lr-ratio (0.1)\n"
       "  --weight-decay X      decoupled weight decay on matrices (default 0)\n"
-      "  --beta1 X --beta2 X   (default 0.9, 0.95)\n"
+      "  --beta1 X --beta2 X   (default 0.9, 0.95; for Lion too: docs/RESULTS.md, \"Lion's beta2\")\n"
       "  --clip X              global gradient-norm clip, 0 = off (default 1.0)\n"
       "  --fused-update        update each layer as soon as its gradients exist (no full gradient\n"
       "                        buffer); global-norm clipping is then unavailable (needs --clip 0)\n"
@@ -200,6 +200,8 @@ bool parse_args(int argc, char** argv, options& o) {
   positive(o.log_every, "--log-every");
   lowbit::require(o.warmup >= 0 && o.eval_every >= 0 && o.save_every >= 0 && o.sample_tokens >= 0,
                   lowbit::errc::invalid_argument, "--warmup, --eval-every, --save-every, --sample-tokens must be >= 0");
+  lowbit::require(o.beta1 >= 0.0f && o.beta1 < 1.0f, lowbit::errc::invalid_argument, "--beta1 must be in [0, 1)");
+  lowbit::require(o.beta2 >= 0.0f && o.beta2 < 1.0f, lowbit::errc::invalid_argument, "--beta2 must be in [0, 1)");
   lowbit::require(o.clip >= 0.0f, lowbit::errc::invalid_argument, "--clip must be >= 0");
   lowbit::require(o.min_lr_ratio >= 0.0f && o.min_lr_ratio <= 1.0f, lowbit::errc::invalid_argument,
                   "--min-lr-ratio must be in [0, 1]");
@@ -332,9 +334,11 @@ int main(int argc, char** argv) {
       std::printf("device: %s\n", run.device_description().c_str());
       print_memory_table(mode, P, run.weight_bytes(), run.optimizer().state_bytes(), run.gradient_bytes(),
                          run.activation_bytes(), o);
-      std::printf("steps %lld, batch %lld x seq %lld, lr %.3g (warmup %lld, cosine to %.2gx), clip %.3g, seed %llu%s\n",
+      std::printf("steps %lld, batch %lld x seq %lld, lr %.3g (warmup %lld, cosine to %.2gx), betas %.3g %.3g, clip %.3g, "
+                  "seed %llu%s\n",
                   static_cast<long long>(o.steps), static_cast<long long>(o.batch), static_cast<long long>(o.seq),
-                  double(peak_lr), static_cast<long long>(o.warmup), double(o.min_lr_ratio), double(o.clip),
+                  double(peak_lr), static_cast<long long>(o.warmup), double(o.min_lr_ratio), double(so.hparams.beta1),
+                  double(so.hparams.beta2), double(o.clip),
                   static_cast<unsigned long long>(o.seed), st.step ? (", resuming at step " + std::to_string(st.step)).c_str() : "");
       std::fflush(stdout);
     }

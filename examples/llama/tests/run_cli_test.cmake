@@ -40,7 +40,7 @@ endforeach()
 
 # Uninterrupted: 10 steps, log and checkpoint.
 run_ok(full --mode qft --steps 10 ${SMALL} --log full.jsonl --save full.safetensors)
-foreach(want "memory (qft)" "optimizer states" "gradients (f32)" "validation loss" "sample (temperature" "tok/s")
+foreach(want "memory (qft)" "betas 0.9 0.95," "optimizer states" "gradients (f32)" "validation loss" "sample (temperature" "tok/s")
   string(FIND "${OUT}" "${want}" pos)
   if(pos EQUAL -1)
     message(FATAL_ERROR "output lacks '${want}':\n${OUT}")
@@ -67,6 +67,7 @@ run_ok(hf_init --mode nf4 --steps 3 --init ${DATA_DIR}/tiny_gqa_bf16_sharded --b
 
 run_fails(bad_mode "unknown mode 'nonsense'" --mode nonsense)
 run_fails(bad_number "--steps expects an integer" --steps ten)
+run_fails(bad_beta2 "--beta2 must be in [0, 1)" --beta2 1)
 run_fails(fused_clip "pass --clip 0" --fused-update)
 run_fails(gpu_mode "runs on the trainer's CUDA path only" --device cpu --mode paged-adamw8)
 run_fails(bad_device "--device must be auto, cpu or cuda" --device tpu)
