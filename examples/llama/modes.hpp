@@ -42,6 +42,8 @@ inline const std::vector<mode_info>& training_modes() {
     const quantized_spec nf4_blocks{lowbit::format::nf4, 64, true};
     add("fp32-adamw", "baseline: float32 weights, AdamW with float32 states", rule_kind::adamw, matrix_storage::f32, {},
         false, false, 2e-3f);
+    add("fp32-lion", "reference: float32 weights, Lion with float32 momentum (the rule without quantization)",
+        rule_kind::lion, matrix_storage::f32, {}, false, false, 1e-3f);
     add("bf16-adamw8", "bfloat16 weights (stochastic rounding), AdamW with 8-bit states", rule_kind::adamw,
         matrix_storage::bf16, {}, true, false, 2e-3f);
     add("bf16-lion8", "bfloat16 weights (stochastic rounding), Lion with 8-bit momentum", rule_kind::lion,
@@ -242,6 +244,7 @@ inline std::unique_ptr<trainer_optimizer> make_optimizer(const mode_info& m, wei
                   "mode '" + m.name + "' keeps optimizer states in CUDA memory: it runs on the trainer's CUDA "
                   "path only (--device cuda, in a build with CUDA on a machine with a GPU)");
   if (m.name == "fp32-adamw") return std::make_unique<composed_optimizer<adamw, states::fp32, weights::fp32>>(w, h);
+  if (m.name == "fp32-lion") return std::make_unique<composed_optimizer<lion, states::fp32, weights::fp32>>(w, h);
   if (m.name == "bf16-adamw8") return std::make_unique<composed_optimizer<adamw, states::int8, weights::bf16>>(w, h);
   if (m.name == "bf16-lion8") return std::make_unique<composed_optimizer<lion, states::int8, weights::bf16>>(w, h);
   if (m.name == "qft" || m.name == "qft-stable")  // same policy; stable scales are an optimizer option

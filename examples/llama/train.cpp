@@ -67,7 +67,7 @@ void print_help() {
       "Trains a LLaMA model on the CPU or a CUDA GPU through lowbit's low-bit optimizers.\n\n"
       "device:\n"
       "  --device D            auto (default: cuda when built with CUDA and a GPU is present), cpu, cuda\n"
-      "  --gpu-activations A   CUDA activation dtype: auto (bf16, or f32 for fp32-adamw), bf16, f32\n"
+      "  --gpu-activations A   CUDA activation dtype: auto (bf16; f32 for float32-weight modes), bf16, f32\n"
       "                        (f32 only with float32 or quantized weights, bf16 only with bf16 or quantized)\n"
       "  --grad-dtype T        gradient buffer dtype: f32 (default) or bf16 (CUDA only, with bf16\n"
       "                        activations): half the gradient memory; every gradient is summed in\n"

@@ -46,6 +46,8 @@ inline std::unique_ptr<trainer_optimizer> make_device_optimizer(const mode_info&
   const lowbit::device dev = lowbit::device::cuda();
   if (m.name == "fp32-adamw")
     return std::make_unique<composed_optimizer<adamw, states::fp32, weights::fp32, memory::device>>(w, h, dev);
+  if (m.name == "fp32-lion")
+    return std::make_unique<composed_optimizer<lion, states::fp32, weights::fp32, memory::device>>(w, h, dev);
   if (m.name == "bf16-adamw8")
     return std::make_unique<composed_optimizer<adamw, states::int8, weights::bf16, memory::device>>(w, h, dev);
   if (m.name == "bf16-lion8")
