@@ -52,6 +52,8 @@
 #include <lowbit/formats/layout.hpp>
 #include <lowbit/formats/quantized_view.hpp>
 
+#include "cuda_bench_support.cuh"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -67,147 +69,9 @@ namespace {
 
 using lowbit::cuda::gemm_regime;
 
-bool g_failed = false;
+using namespace lowbit_bench;
 
-class device_buffer {
- public:
-  explicit device_buffer(size_t bytes) : bytes_(bytes) {
-    if (bytes) LOWBIT_CUDA_CHECK(cudaMalloc(&ptr_, bytes));
-  }
-  ~device_buffer() {
-    if (ptr_) cudaFree(ptr_);
-  }
-  device_buffer(const device_buffer&) = delete;
-  device_buffer& operator=(const device_buffer&) = delete;
-  template <class T>
-  T* as() const {
-    return static_cast<T*>(ptr_);
-  }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
-
-struct gpu_state {
-  cudaStream_t stream = nullptr;
-  cudaEvent_t start = nullptr, stop = nullptr;
-  int l2_bytes = 0;
-  device_buffer* flush = nullptr;
-  unsigned flush_value = 0;
-};
-
-gpu_state& gpu() {
-  static gpu_state* s = [] {
-    auto* g = new gpu_state;
-    int dev = 0;
-    LOWBIT_CUDA_CHECK(cudaGetDevice(&dev));
-    LOWBIT_CUDA_CHECK(cudaDeviceGetAttribute(&g->l2_bytes, cudaDevAttrL2CacheSize, dev));
-    LOWBIT_CUDA_CHECK(cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking));
-    LOWBIT_CUDA_CHECK(cudaEventCreate(&g->start));
-    LOWBIT_CUDA_CHECK(cudaEventCreate(&g->stop));
-    g->flush = new device_buffer(std::max<size_t>(size_t(2) * size_t(g->l2_bytes), size_t(8) << 20));
-    return g;
-  }();
-  return *s;
-}
-
-void flush_l2() {
-  gpu_state& g = gpu();
-  LOWBIT_CUDA_CHECK(cudaMemsetAsync(g.flush->as<void>(), int(++g.flush_value & 0xFF), g.flush->bytes(), g.stream));
-}
-
-// Flushes L2, then returns the seconds f's work on the stream took between
-// two CUDA events.
-template <class F>
-double timed_on_stream(F&& f) {
-  gpu_state& g = gpu();
-  flush_l2();
-  LOWBIT_CUDA_CHECK(cudaEventRecord(g.start, g.stream));
-  f();
-  LOWBIT_CUDA_CHECK(cudaGetLastError());
-  LOWBIT_CUDA_CHECK(cudaEventRecord(g.stop, g.stream));
-  LOWBIT_CUDA_CHECK(cudaEventSynchronize(g.stop));
-  float ms = 0.0f;
-  LOWBIT_CUDA_CHECK(cudaEventElapsedTime(&ms, g.start, g.stop));
-  return double(ms) * 1e-3;
-}
-
-// Median seconds of `runs` L2-flushed runs after `warm` unrecorded ones.
-template <class F>
-double median_seconds(F&& f, int warm, int runs) {
-  for (int r = 0; r < warm; ++r) timed_on_stream(f);
-  std::vector<double> s;
-  for (int r = 0; r < runs; ++r) s.push_back(timed_on_stream(f));
-  std::sort(s.begin(), s.end());
-  return s[s.size() / 2];
-}
-
-template <class F>
-double run_timed_loop(benchmark::State& state, F&& f) {
-  double sum = 0.0;
-  for (auto _ : state) {
-    const double t = timed_on_stream(f);
-    state.SetIterationTime(t);
-    sum += t;
-  }
-  return sum;
-}
-
-void fail(benchmark::State& state, const std::string& what) {
-  g_failed = true;
-  state.SkipWithError(what.c_str());
-}
-
-// Bytes/s of a device-to-device copy moving `traffic` bytes (read + write),
-// median of 21 after 3 warm-ups, once per traffic size.
-double copy_bandwidth(size_t traffic) {
-  static std::map<size_t, double> cache;
-  auto it = cache.find(traffic);
-  if (it != cache.end()) return it->second;
-  const size_t bytes = std::max<size_t>(traffic / 2, 1);
-  device_buffer src(bytes), dst(bytes);
-  cudaStream_t s = gpu().stream;
-  LOWBIT_CUDA_CHECK(cudaMemsetAsync(src.as<void>(), 0x5a, bytes, s));
-  const double sec = median_seconds(
-      [&] { LOWBIT_CUDA_CHECK(cudaMemcpyAsync(dst.as<void>(), src.as<void>(), bytes, cudaMemcpyDeviceToDevice, s)); },
-      3, 21);
-  const double bw = double(2 * bytes) / sec;
-  cache.emplace(traffic, bw);
-  return bw;
-}
-
-__device__ __forceinline__ uint64_t splitmix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-// x[i] = sd * a standard normal draw (Box-Muller on a hash of i and seed).
-__global__ void fill_normal_bf16(lowbit::bf16* x, int64_t n, uint64_t seed, float sd) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const uint64_t h = splitmix64(seed ^ (uint64_t(i) * 0xD1B54A32D192ED03ull));
-    const float u1 = float((h >> 40) + 1) * 0x1p-24f;
-    const float u2 = float((h >> 8) & 0xFFFFFFu) * 0x1p-24f;
-    x[i] = lowbit::to_bf16(sd * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2));
-  }
-}
-
-__global__ void count_nan_bf16(const lowbit::bf16* x, int64_t n, unsigned long long* count) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  unsigned long long local = 0;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
-    local += isnan(lowbit::to_float(x[i])) ? 1 : 0;
-  if (local) atomicAdd(count, local);
-}
-
-void fill(lowbit::bf16* x, int64_t n, uint64_t seed, float sd) {
-  fill_normal_bf16<<<1024, 256, 0, gpu().stream>>>(x, n, seed, sd);
-  LOWBIT_CUDA_CHECK(cudaGetLastError());
-}
+void fill(lowbit::bf16* x, int64_t n, uint64_t seed, float sd) { fill_device(x, n, seed, sd); }
 
 // ---- the weights under test ------------------------------------------------------------
 struct weight_variant {
@@ -405,8 +269,8 @@ void bm_dequant_gemm(benchmark::State& state, weight_variant v, direction d, gem
     LOWBIT_CUDA_CHECK(cudaMemsetAsync(p.out->as<void>(), 0xFF, size_t(out_elems) * 2, s));
     c();
     LOWBIT_CUDA_CHECK(cudaMemsetAsync(p.nan_count->as<void>(), 0, sizeof(unsigned long long), s));
-    count_nan_bf16<<<1024, 256, 0, s>>>(p.out->as<lowbit::bf16>(), out_elems,
-                                         p.nan_count->as<unsigned long long>());
+    LOWBIT_LAUNCH(count_nan<lowbit::bf16>, 1024, 256, 0, s)(p.out->as<lowbit::bf16>(), out_elems,
+                                                              p.nan_count->as<unsigned long long>());
     LOWBIT_CUDA_CHECK(cudaGetLastError());
     unsigned long long nans = 0;
     LOWBIT_CUDA_CHECK(cudaMemcpyAsync(&nans, p.nan_count->as<void>(), sizeof nans, cudaMemcpyDeviceToHost, s));
@@ -526,20 +390,7 @@ int main(int argc, char** argv) {
   }
 
   try {
-    int dev = 0, sms = 0, l2 = 0, driver = 0, runtime = 0;
-    LOWBIT_CUDA_CHECK(cudaGetDevice(&dev));
-    cudaDeviceProp prop{};
-    LOWBIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
-    LOWBIT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    LOWBIT_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
-    LOWBIT_CUDA_CHECK(cudaDriverGetVersion(&driver));
-    LOWBIT_CUDA_CHECK(cudaRuntimeGetVersion(&runtime));
-    benchmark::AddCustomContext("gpu_name", prop.name);
-    benchmark::AddCustomContext("gpu_sm_count", std::to_string(sms));
-    benchmark::AddCustomContext("gpu_l2_bytes", std::to_string(l2));
-    benchmark::AddCustomContext("gpu_global_mem_bytes", std::to_string(prop.totalGlobalMem));
-    benchmark::AddCustomContext("cuda_driver_version", std::to_string(driver));
-    benchmark::AddCustomContext("cuda_runtime_version", std::to_string(runtime));
+    add_gpu_context();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_dequant_gemm_cuda: %s\n", e.what());
     return 1;

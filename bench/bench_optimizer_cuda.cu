@@ -3,14 +3,18 @@
 // GPU (memory::device): Lion and AdamW with fp32 / int8 / int4 states (and
 // int8 re-encoded to nearest, bitsandbytes' rounding) and fp32 / bf16 /
 // int8 / NF4 (block 64, nested) weights, one tensor of n
-// elements (default 256M; --n=N) with a bf16 gradient. Timing is manual with
-// CUDA events around the fused kernel launch only (cuda_fused_step; the
+// elements (default 256M; --n=N) with a bf16 gradient. The data are real:
+// weights and gradient drawn from N(0, 0.02^2) on the device (quantized
+// weights are that draw quantized), as the CPU benchmark's; three untimed
+// steps first give the states values. Timing is manual with CUDA events
+// around the fused kernel launch only (cuda_fused_step; the
 // gradient-statistics pass of optimizer::step is excluded so the figure is
-// the update kernel's), with the L2 cache flushed before each iteration.
+// the update kernel's), with the L2 cache flushed before each iteration
+// (cuda_bench_support.cuh, shared with the other CUDA benchmarks).
 // Counters: params_per_second, bytes_per_second (gradient read once; weight
-// and states read and written once) and pct_of_copy against a device-to-
-// device cudaMemcpy of the same traffic measured in this binary. Exits 77
-// with a message when no CUDA device is present.
+// and states read and written once), copy_GBps (a device-to-device copy
+// moving the same traffic, median of 21, measured in this binary) and
+// pct_of_copy. Exits 77 with a message when no CUDA device is present.
 #include <benchmark/benchmark.h>
 
 #include <lowbit/lowbit.cuh>
@@ -19,92 +23,41 @@
 #include <cstring>
 #include <vector>
 
+#include "cuda_bench_support.cuh"
+
 namespace {
 
 using namespace lowbit;
 using namespace lowbit::optim;
+using namespace lowbit_bench;
 
 int64_t g_n = int64_t(256) << 20;
+constexpr float data_sd = 0.02f;  // weights and gradients, as bench_optimizer_cpu
+constexpr int warm_steps = 3;     // untimed steps before the timed ones: states with values
 
-struct l2_flusher {
-  void* buf = nullptr;
-  size_t bytes = 0;
-  l2_flusher() {
-    int dev = 0, l2 = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev);
-    bytes = size_t(l2) * 4;
-    cudaMalloc(&buf, bytes);
-  }
-  void flush() { cudaMemsetAsync(buf, int(bytes & 0x7F), bytes); }
-};
-
-l2_flusher& flusher() {
-  static l2_flusher f;
-  return f;
-}
-
-// Device-to-device copy bandwidth (read + write bytes per second).
-double copy_bandwidth() {
-  static double bw = [] {
-    const size_t bytes = size_t(1) << 30;
-    void *a = nullptr, *b = nullptr;
-    LOWBIT_CUDA_CHECK(cudaMalloc(&a, bytes));
-    LOWBIT_CUDA_CHECK(cudaMalloc(&b, bytes));
-    cudaEvent_t s, e;
-    cudaEventCreate(&s);
-    cudaEventCreate(&e);
-    float best = 1e30f;
-    for (int i = 0; i < 10; ++i) {
-      flusher().flush();
-      cudaEventRecord(s);
-      cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice);
-      cudaEventRecord(e);
-      cudaEventSynchronize(e);
-      float ms = 0;
-      cudaEventElapsedTime(&ms, s, e);
-      if (i > 0) best = std::min(best, ms);
-    }
-    cudaFree(a);
-    cudaFree(b);
-    return 2.0 * double(bytes) / (double(best) * 1e-3);
-  }();
-  return bw;
-}
-
-// Times `body` (which launches on the default stream) with CUDA events.
-template <class Body>
-void time_loop(benchmark::State& state, Body body) {
-  cudaEvent_t s, e;
-  cudaEventCreate(&s);
-  cudaEventCreate(&e);
-  for (auto _ : state) {
-    flusher().flush();
-    cudaEventRecord(s);
-    body();
-    cudaEventRecord(e);
-    cudaEventSynchronize(e);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, s, e);
-    state.SetIterationTime(double(ms) * 1e-3);
-  }
-  cudaEventDestroy(s);
-  cudaEventDestroy(e);
-}
-
+// Records the step's traffic and rates; the copy ceiling is measured here,
+// after the step's buffers are freed.
 void counters(benchmark::State& state, int64_t n, double traffic, double bytes_per_param) {
+  const double copy = copy_bandwidth(size_t(traffic));
   state.counters["params_per_second"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["bytes_per_second"] = benchmark::Counter(traffic, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["copy_GBps"] = copy / 1e9;
   state.counters["pct_of_copy"] =
-      benchmark::Counter(100.0 * traffic / copy_bandwidth(), benchmark::Counter::kIsIterationInvariantRate);
+      benchmark::Counter(100.0 * traffic / copy, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["bytes_per_param"] = bytes_per_param;
 }
 
-void* device_random(size_t bytes) {
-  void* p = nullptr;
-  LOWBIT_CUDA_CHECK(cudaMalloc(&p, bytes));
-  LOWBIT_CUDA_CHECK(cudaMemset(p, 0x3c, bytes));  // 0x3c3c bf16 ~ 0.0115, 0x3c3c3c3c f32 ~ 0.0115
-  return p;
+// Warm-up steps, then the timed loop, each step one fused kernel on
+// gpu().stream.
+template <class Rule>
+void time_steps(benchmark::State& state, fused_step_args& a) {
+  const auto c = Rule::make_consts(typename Rule::hparams{}, 1);
+  auto step = [&] {
+    cuda_fused_step<Rule>(a, c, gpu().stream);
+    ++a.step;
+  };
+  for (int i = 0; i < warm_steps; ++i) step();
+  run_timed_loop(state, step);
 }
 
 // Generic: run the generic instantiation of the step kernel even where a
@@ -116,72 +69,100 @@ struct generic_kernel_scope {
   ~generic_kernel_scope() { cuda_detail::generic_step_kernel_only = was; }
 };
 
-template <class Rule, class States, class Weights, bool Generic = false>
-void bm_dense(benchmark::State& state) {
+template <class Rule, class States, class Weights, bool Generic>
+void run_dense(benchmark::State& state) {
   const generic_kernel_scope scope(Generic);
   const int64_t n = g_n;
   const dtype wt = Weights::weight_dtype;
-  void* w = device_random(size_t(n) * dtype_size(wt));
-  void* g = device_random(size_t(n) * 2);
+  double traffic = 0.0, bytes_per_param = 0.0;
   {
+    device_buffer w(size_t(n) * dtype_size(wt)), g(size_t(n) * 2);
+    if (wt == dtype::bf16) fill_device(w.as<bf16>(), n, 1, data_sd);
+    else fill_device(w.as<float>(), n, 1, data_sd);
+    fill_device(g.as<bf16>(), n, 2, data_sd);
     optimizer<Rule, States, Weights, memory::device> opt;
-    opt.add_param(make_view(w, wt, {n}, device::cuda()));
+    opt.add_param(make_view(w.as<void>(), wt, {n}, device::cuda()));
     fused_step_args a = step_args_for(opt.param(0));
-    a.grad = g;
+    a.grad = g.as<void>();
     a.grad_type = dtype::bf16;
     a.weight_stochastic = Weights::stochastic;
     a.state_stochastic = States::stochastic;
-    const auto c = Rule::make_consts(typename Rule::hparams{}, 1);
-    time_loop(state, [&] { cuda_fused_step<Rule>(a, c, nullptr); ++a.step; });
+    time_steps<Rule>(state, a);
     const memory_report m = opt.memory();
-    counters(state, n, double(n) * 2 + 2.0 * double(m.weight_bytes + m.master_bytes + m.state_bytes), m.bytes_per_param());
+    traffic = double(n) * 2 + 2.0 * double(m.weight_bytes + m.master_bytes + m.state_bytes);
+    bytes_per_param = m.bytes_per_param();
   }
-  cudaFree(w);
-  cudaFree(g);
+  counters(state, n, traffic, bytes_per_param);
+}
+
+template <class Rule, class States, format F, bool Generic>
+void run_quantized(benchmark::State& state) {
+  const generic_kernel_scope scope(Generic);
+  const int64_t n = g_n;
+  const blockwise_layout l = make_layout(F, n, F == format::int8 ? 256 : 64, F == format::nf4);
+  double traffic = 0.0, bytes_per_param = 0.0;
+  {
+    device_buffer codes(size_t(l.code_bytes())), absmax(l.nested ? 0 : size_t(l.n_blocks()) * 4),
+        absmax_codes(l.nested ? size_t(l.n_blocks()) : 0), nested_absmax(size_t(l.n_nested_blocks()) * 4),
+        nested_offset(l.nested ? 4 : 0), g(size_t(n) * 2);
+    quantized_view q;
+    q.layout = l;
+    q.codes = codes.as<uint8_t>();
+    q.absmax = absmax.as<float>();
+    q.absmax_codes = absmax_codes.as<uint8_t>();
+    q.nested_absmax = nested_absmax.as<float>();
+    q.nested_offset = nested_offset.as<float>();
+    q.dev = device::cuda();
+    {
+      device_buffer w(size_t(n) * 4);  // the weights' draw, quantized and dropped
+      fill_device(w.as<float>(), n, 1, data_sd);
+      lowbit::cuda::quantize(make_view(w.as<void>(), dtype::f32, {n}, device::cuda()), q, gpu().stream);
+      LOWBIT_CUDA_CHECK(cudaStreamSynchronize(gpu().stream));
+    }
+    fill_device(g.as<bf16>(), n, 2, data_sd);
+    optimizer<Rule, States, weights::quantized<F>, memory::device> opt;
+    opt.add_param(q);
+    fused_step_args a = step_args_for(opt.param(0));
+    a.grad = g.as<void>();
+    a.grad_type = dtype::bf16;
+    a.state_stochastic = States::stochastic;
+    time_steps<Rule>(state, a);
+    const memory_report m = opt.memory();
+    traffic = double(n) * 2 + 2.0 * double(m.weight_bytes + m.state_bytes);
+    bytes_per_param = m.bytes_per_param();
+  }
+  counters(state, n, traffic, bytes_per_param);
+}
+
+// Runs one benchmark body; an error (a CUDA failure, an allocation too large
+// for the device) marks the row failed instead of ending the process.
+template <class Body>
+void guarded(benchmark::State& state, Body body) {
+  try {
+    body();
+  } catch (const std::exception& e) {
+    fail(state, e.what());
+  }
+}
+
+template <class Rule, class States, class Weights, bool Generic = false>
+void bm_dense(benchmark::State& state) {
+  guarded(state, [&] { run_dense<Rule, States, Weights, Generic>(state); });
 }
 
 template <class Rule, class States, format F, bool Generic = false>
 void bm_quantized(benchmark::State& state) {
-  const generic_kernel_scope scope(Generic);
-  const int64_t n = g_n;
-  const blockwise_layout l = make_layout(F, n, F == format::int8 ? 256 : 64, F == format::nf4);
-  quantized_view q;
-  q.layout = l;
-  q.codes = static_cast<uint8_t*>(device_random(size_t(l.code_bytes())));
-  if (l.nested) {
-    q.absmax_codes = static_cast<uint8_t*>(device_random(size_t(l.n_blocks())));
-    q.nested_absmax = static_cast<float*>(device_random(size_t(l.n_nested_blocks()) * 4));
-    q.nested_offset = static_cast<float*>(device_random(4));
-  } else {
-    q.absmax = static_cast<float*>(device_random(size_t(l.n_blocks()) * 4));
-  }
-  q.dev = device::cuda();
-  void* g = device_random(size_t(n) * 2);
-  {
-    optimizer<Rule, States, weights::quantized<F>, memory::device> opt;
-    opt.add_param(q);
-    fused_step_args a = step_args_for(opt.param(0));
-    a.grad = g;
-    a.grad_type = dtype::bf16;
-    a.state_stochastic = States::stochastic;
-    const auto c = Rule::make_consts(typename Rule::hparams{}, 1);
-    time_loop(state, [&] { cuda_fused_step<Rule>(a, c, nullptr); ++a.step; });
-    const memory_report m = opt.memory();
-    counters(state, n, double(n) * 2 + 2.0 * double(m.weight_bytes + m.state_bytes), m.bytes_per_param());
-  }
-  for (void* p : {static_cast<void*>(q.codes), static_cast<void*>(q.absmax), static_cast<void*>(q.absmax_codes),
-                  static_cast<void*>(q.nested_absmax), static_cast<void*>(q.nested_offset), g})
-    if (p) cudaFree(p);
+  guarded(state, [&] { run_quantized<Rule, States, F, Generic>(state); });
 }
 
 void bm_copy(benchmark::State& state) {
   const size_t bytes = size_t(g_n) * 4;
-  void* a = device_random(bytes);
-  void* b = device_random(bytes);
-  time_loop(state, [&] { cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice); });
+  device_buffer a(bytes), b(bytes);
+  LOWBIT_CUDA_CHECK(cudaMemsetAsync(a.as<void>(), 0x5a, bytes, gpu().stream));
+  run_timed_loop(state, [&] {
+    LOWBIT_CUDA_CHECK(cudaMemcpyAsync(b.as<void>(), a.as<void>(), bytes, cudaMemcpyDeviceToDevice, gpu().stream));
+  });
   state.counters["bytes_per_second"] = benchmark::Counter(2.0 * double(bytes), benchmark::Counter::kIsIterationInvariantRate);
-  cudaFree(a);
-  cudaFree(b);
 }
 
 #define LOWBIT_BENCH(fn, name) BENCHMARK(fn)->Name(name)->Unit(benchmark::kMillisecond)->UseManualTime()->MinTime(0.2)
@@ -218,10 +199,33 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_optimizer_cuda: no CUDA device available; nothing measured\n");
     return 77;
   }
-  for (int i = 1; i < argc; ++i)
-    if (std::strncmp(argv[i], "--n=", 4) == 0) g_n = std::atoll(argv[i] + 4);
+  int kept = 1;  // lowbit's --n=N is taken out; the rest goes to Google Benchmark
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--n=", 4) == 0) {
+      g_n = std::atoll(argv[i] + 4);
+      if (g_n <= 0) {
+        std::fprintf(stderr, "bench_optimizer_cuda: --n must be a positive element count, got '%s'\n", argv[i] + 4);
+        return 2;
+      }
+    } else {
+      argv[kept++] = argv[i];
+    }
+  }
+  argc = kept;
+  try {
+    add_gpu_context();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_optimizer_cuda: %s\n", e.what());
+    return 1;
+  }
+  benchmark::AddCustomContext("lowbit_data", "weights and bf16 gradient drawn from N(0, 0.02^2); 3 untimed steps");
   benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
+  if (g_failed) {
+    std::fprintf(stderr, "bench_optimizer_cuda: at least one benchmark failed\n");
+    return 1;
+  }
   return 0;
 }

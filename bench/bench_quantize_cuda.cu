@@ -25,6 +25,8 @@
 #include <lowbit/formats/layout.hpp>
 #include <lowbit/formats/quantized_view.hpp>
 
+#include "cuda_bench_support.cuh"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -39,139 +41,7 @@ namespace {
 constexpr int block_size = 64;  // bitsandbytes' default for 4-bit weights
 constexpr int64_t default_sizes[] = {int64_t(64) << 20, int64_t(256) << 20};
 
-bool g_failed = false;  // a benchmark reported an error: main returns 1
-
-// Owning cudaMalloc'd bytes (none for a size of 0).
-class device_buffer {
- public:
-  explicit device_buffer(size_t bytes) : bytes_(bytes) {
-    if (bytes) LOWBIT_CUDA_CHECK(cudaMalloc(&ptr_, bytes));
-  }
-  ~device_buffer() {
-    if (ptr_) cudaFree(ptr_);
-  }
-  device_buffer(const device_buffer&) = delete;
-  device_buffer& operator=(const device_buffer&) = delete;
-  template <class T>
-  T* as() const {
-    return static_cast<T*>(ptr_);
-  }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
-
-// Per-process GPU state: the stream everything runs on, the two timing
-// events and the L2 flush buffer. Created on first use, never destroyed (the
-// CUDA runtime may already be unloading at static destruction).
-struct gpu_state {
-  cudaStream_t stream = nullptr;
-  cudaEvent_t start = nullptr, stop = nullptr;
-  int l2_bytes = 0;
-  device_buffer* flush = nullptr;
-  unsigned flush_value = 0;
-};
-
-gpu_state& gpu() {
-  static gpu_state* s = [] {
-    auto* g = new gpu_state;
-    int dev = 0;
-    LOWBIT_CUDA_CHECK(cudaGetDevice(&dev));
-    LOWBIT_CUDA_CHECK(cudaDeviceGetAttribute(&g->l2_bytes, cudaDevAttrL2CacheSize, dev));
-    LOWBIT_CUDA_CHECK(cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking));
-    LOWBIT_CUDA_CHECK(cudaEventCreate(&g->start));
-    LOWBIT_CUDA_CHECK(cudaEventCreate(&g->stop));
-    g->flush = new device_buffer(std::max<size_t>(size_t(2) * size_t(g->l2_bytes), size_t(8) << 20));
-    return g;
-  }();
-  return *s;
-}
-
-// Overwrites a buffer twice the size of L2 so that the next timed region
-// starts with no useful lines of its operands in the cache.
-void flush_l2() {
-  gpu_state& g = gpu();
-  LOWBIT_CUDA_CHECK(cudaMemsetAsync(g.flush->as<void>(), int(++g.flush_value & 0xFF), g.flush->bytes(), g.stream));
-}
-
-// Flushes L2, then returns the seconds that f's work on the stream took,
-// between two CUDA events.
-template <class F>
-double timed_on_stream(F&& f) {
-  gpu_state& g = gpu();
-  flush_l2();
-  LOWBIT_CUDA_CHECK(cudaEventRecord(g.start, g.stream));
-  f();
-  LOWBIT_CUDA_CHECK(cudaGetLastError());
-  LOWBIT_CUDA_CHECK(cudaEventRecord(g.stop, g.stream));
-  LOWBIT_CUDA_CHECK(cudaEventSynchronize(g.stop));
-  float ms = 0.0f;
-  LOWBIT_CUDA_CHECK(cudaEventElapsedTime(&ms, g.start, g.stop));
-  return double(ms) * 1e-3;
-}
-
-// Bytes/s (read + written) of a device-to-device cudaMemcpyAsync moving
-// `traffic` bytes of traffic, i.e. copying traffic/2 bytes: median of 21
-// L2-flushed copies after 3 warm-ups, measured once per traffic size.
-double copy_bandwidth(size_t traffic) {
-  static std::map<size_t, double> cache;
-  auto it = cache.find(traffic);
-  if (it != cache.end()) return it->second;
-  gpu_state& g = gpu();
-  const size_t bytes = traffic / 2;
-  device_buffer src(bytes), dst(bytes);
-  LOWBIT_CUDA_CHECK(cudaMemsetAsync(src.as<void>(), 0x5a, bytes, g.stream));
-  auto copy = [&] {
-    LOWBIT_CUDA_CHECK(cudaMemcpyAsync(dst.as<void>(), src.as<void>(), bytes, cudaMemcpyDeviceToDevice, g.stream));
-  };
-  for (int r = 0; r < 3; ++r) timed_on_stream(copy);
-  std::vector<double> secs;
-  for (int r = 0; r < 21; ++r) secs.push_back(timed_on_stream(copy));
-  std::sort(secs.begin(), secs.end());
-  const double bw = double(2 * bytes) / secs[secs.size() / 2];
-  cache.emplace(traffic, bw);
-  return bw;
-}
-
-__device__ __forceinline__ uint64_t splitmix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-// x[i] = a standard normal draw (Box-Muller on a hash of i and seed), |x|
-// when non_negative; never zeros, which could run faster than real data.
-template <class T>
-__global__ void fill_normal(T* x, int64_t n, uint64_t seed, bool non_negative) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const uint64_t h = splitmix64(seed ^ (uint64_t(i) * 0xD1B54A32D192ED03ull));
-    const float u1 = float((h >> 40) + 1) * 0x1p-24f;  // (0, 1]
-    const float u2 = float((h >> 8) & 0xFFFFFFu) * 0x1p-24f;
-    const float z = sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2);
-    x[i] = lowbit::from_float<T>(non_negative ? fabsf(z) : z);
-  }
-}
-
-// Counts NaN elements of x into *count (the dequantize output is poisoned
-// with NaN bytes first, so a NaN left behind is an element never written).
-template <class T>
-__global__ void count_nan(const T* x, int64_t n, unsigned long long* count) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  unsigned long long local = 0;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
-    local += isnan(lowbit::to_float(x[i])) ? 1 : 0;
-  if (local) atomicAdd(count, local);
-}
-
-template <class T>
-void fill_device(T* x, int64_t n, bool non_negative) {
-  fill_normal<T><<<1024, 256, 0, gpu().stream>>>(x, n, 0x10b17 + uint64_t(n), non_negative);
-  LOWBIT_CUDA_CHECK(cudaGetLastError());
-}
+using namespace lowbit_bench;
 
 // Device storage for one quantized tensor and a quantized_view of it.
 struct device_quantized {
@@ -196,11 +66,6 @@ struct device_quantized {
     return v;
   }
 };
-
-void fail(benchmark::State& state, const std::string& what) {
-  g_failed = true;
-  state.SkipWithError(what.c_str());
-}
 
 // Fails the benchmark unless the device has `bytes` free, with 256 MiB spare.
 bool have_memory(benchmark::State& state, size_t bytes) {
@@ -247,7 +112,7 @@ void bm_quantize(benchmark::State& state, lowbit::format fmt, bool nested) {
     if (!have_memory(state, size_t(n) * sizeof(T) + size_t(layout.total_bytes()))) return;
     device_buffer x(size_t(n) * sizeof(T));
     device_quantized q(layout);
-    fill_device(x.as<T>(), n, lowbit::is_unsigned_format(fmt));
+    fill_device(x.as<T>(), n, 0x10b17 + uint64_t(n), 1.0f, lowbit::is_unsigned_format(fmt));
     const lowbit::tensor_view in = lowbit::make_flat_view(x.as<T>(), n, lowbit::device::cuda());
     const lowbit::quantized_view out = q.view();
     cudaStream_t s = gpu().stream;
@@ -271,7 +136,7 @@ void bm_dequantize(benchmark::State& state, lowbit::format fmt, bool nested) {
     cudaStream_t s = gpu().stream;
     {
       device_buffer x(size_t(n) * sizeof(T));
-      fill_device(x.as<T>(), n, lowbit::is_unsigned_format(fmt));
+      fill_device(x.as<T>(), n, 0x10b17 + uint64_t(n), 1.0f, lowbit::is_unsigned_format(fmt));
       lowbit::cuda::quantize(lowbit::make_flat_view(x.as<T>(), n, lowbit::device::cuda()), q.view(), s, true);
       LOWBIT_CUDA_CHECK(cudaStreamSynchronize(s));
     }
@@ -282,7 +147,7 @@ void bm_dequantize(benchmark::State& state, lowbit::format fmt, bool nested) {
     lowbit::cuda::dequantize(in, out, s);
     device_buffer nan_count(sizeof(unsigned long long));
     LOWBIT_CUDA_CHECK(cudaMemsetAsync(nan_count.as<void>(), 0, nan_count.bytes(), s));
-    count_nan<T><<<1024, 256, 0, s>>>(y.as<T>(), n, nan_count.as<unsigned long long>());
+    LOWBIT_LAUNCH(count_nan<T>, 1024, 256, 0, s)(y.as<T>(), n, nan_count.as<unsigned long long>());
     LOWBIT_CUDA_CHECK(cudaGetLastError());
     unsigned long long unwritten = 0;
     LOWBIT_CUDA_CHECK(cudaMemcpyAsync(&unwritten, nan_count.as<void>(), sizeof unwritten, cudaMemcpyDeviceToHost, s));
@@ -377,20 +242,7 @@ int main(int argc, char** argv) {
   }
 
   try {
-    int dev = 0, sms = 0, l2 = 0, driver = 0, runtime = 0;
-    LOWBIT_CUDA_CHECK(cudaGetDevice(&dev));
-    cudaDeviceProp prop{};
-    LOWBIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
-    LOWBIT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    LOWBIT_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
-    LOWBIT_CUDA_CHECK(cudaDriverGetVersion(&driver));
-    LOWBIT_CUDA_CHECK(cudaRuntimeGetVersion(&runtime));
-    benchmark::AddCustomContext("gpu_name", prop.name);
-    benchmark::AddCustomContext("gpu_sm_count", std::to_string(sms));
-    benchmark::AddCustomContext("gpu_l2_bytes", std::to_string(l2));
-    benchmark::AddCustomContext("gpu_global_mem_bytes", std::to_string(prop.totalGlobalMem));
-    benchmark::AddCustomContext("cuda_driver_version", std::to_string(driver));
-    benchmark::AddCustomContext("cuda_runtime_version", std::to_string(runtime));
+    add_gpu_context();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_quantize_cuda: %s\n", e.what());
     return 1;

@@ -15,16 +15,21 @@
 //     multiprocessors (small grids, so grid-stride loops take several
 //     laps), no concurrent managed access, no pageable memory access
 //     (fake_cuda::set_pageable_memory_access turns it on, for tests that
-//     hand host vectors to kernels); cudaPointerGetAttributes reports the
+//     hand host vectors to kernels), 1 MiB of L2; cudaPointerGetAttributes reports the
 //     kind of the fake allocation holding a pointer (device, managed,
 //     pinned host) and any other pointer as pageable host memory;
 //     allocations are 256-byte aligned as cudaMalloc's; memory pools keep
 //     freed bytes until trimmed; prefetches do nothing.
+//   streams and events exist as handles; as launches are synchronous, an
+//     event records the host clock, so cudaEventElapsedTime is the host
+//     time of the work between two events (the benchmark binaries' smoke
+//     tests run on it; no figure is taken from it).
 // Errors are the return values; cudaGetLastError / cudaPeekAtLastError
 // report the last failing call of this fake (launches cannot fail: the
 // emulator throws instead).
 #include <cuda_runtime_api.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -42,6 +47,14 @@ std::map<const void*, allocation>& allocations() {
   return a;
 }
 cudaError_t last_error = cudaSuccess;
+
+struct fake_stream {
+  int unused = 0;
+};
+struct fake_event {
+  std::chrono::steady_clock::time_point at{};
+  bool recorded = false;
+};
 bool pageable_access = false;  // cudaDevAttrPageableMemoryAccess
 cudaError_t fail(cudaError_t e) {
   last_error = e;
@@ -114,6 +127,52 @@ cudaError_t cudaMemset(void* dst, int value, size_t bytes) { return set(dst, val
 cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) { return set(dst, value, bytes); }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) {
+  if (!s) return fail(cudaErrorInvalidValue);
+  *s = reinterpret_cast<cudaStream_t>(new fake_stream);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  delete reinterpret_cast<fake_stream*>(s);
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreate(cudaEvent_t* e) {
+  if (!e) return fail(cudaErrorInvalidValue);
+  *e = reinterpret_cast<cudaEvent_t>(new fake_event);
+  return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  delete reinterpret_cast<fake_event*>(e);
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+  if (!e) return fail(cudaErrorInvalidValue);
+  reinterpret_cast<fake_event*>(e)->at = std::chrono::steady_clock::now();
+  reinterpret_cast<fake_event*>(e)->recorded = true;
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  if (!e) return fail(cudaErrorInvalidValue);
+  return cudaSuccess;
+}
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop) {
+  if (!ms || !start || !stop) return fail(cudaErrorInvalidValue);
+  const fake_event* a = reinterpret_cast<const fake_event*>(start);
+  const fake_event* b = reinterpret_cast<const fake_event*>(stop);
+  if (!a->recorded || !b->recorded) return fail(cudaErrorInvalidResourceHandle);
+  *ms = std::chrono::duration<float, std::milli>(b->at - a->at).count();
+  return cudaSuccess;
+}
+cudaError_t cudaDriverGetVersion(int* v) {
+  if (!v) return fail(cudaErrorInvalidValue);
+  *v = CUDART_VERSION;
+  return cudaSuccess;
+}
+cudaError_t cudaRuntimeGetVersion(int* v) {
+  if (!v) return fail(cudaErrorInvalidValue);
+  *v = CUDART_VERSION;
+  return cudaSuccess;
+}
 cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
 
 cudaError_t cudaGetLastError(void) {
@@ -164,6 +223,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int dev) {
     case cudaDevAttrWarpSize: *value = 32; break;
     case cudaDevAttrComputeCapabilityMajor: *value = 9; break;  // the kernels' sm_90 paths
     case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
+    case cudaDevAttrL2CacheSize: *value = 1 << 20; break;
     default: return fail(cudaErrorInvalidValue);
   }
   return cudaSuccess;
