@@ -87,29 +87,6 @@ const weight_variant variants[] = {nf4_nested, int4_f32, int8_f32};
 
 constexpr int64_t max_m = 4096;
 
-struct device_quantized {
-  lowbit::blockwise_layout layout;
-  device_buffer codes, absmax, absmax_codes, nested_absmax, nested_offset;
-  explicit device_quantized(const lowbit::blockwise_layout& l)
-      : layout(l),
-        codes(size_t(l.code_bytes())),
-        absmax(l.nested ? 0 : size_t(4 * l.n_blocks())),
-        absmax_codes(l.nested ? size_t(l.n_blocks()) : 0),
-        nested_absmax(size_t(4 * l.n_nested_blocks())),
-        nested_offset(l.nested ? 4 : 0) {}
-  lowbit::quantized_view view() const {
-    lowbit::quantized_view v;
-    v.layout = layout;
-    v.codes = codes.as<uint8_t>();
-    v.absmax = absmax.as<float>();
-    v.absmax_codes = absmax_codes.as<uint8_t>();
-    v.nested_absmax = nested_absmax.as<float>();
-    v.nested_offset = nested_offset.as<float>();
-    v.dev = lowbit::device::cuda();
-    return v;
-  }
-};
-
 // Device data for the current weight shape, rebuilt when the shape changes
 // (benchmarks are registered shape by shape): a bf16 W of normal values
 // (std 0.02, as initialized LLM weights), its quantized variants, and

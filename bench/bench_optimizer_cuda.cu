@@ -102,17 +102,9 @@ void run_quantized(benchmark::State& state) {
   const blockwise_layout l = make_layout(F, n, F == format::int8 ? 256 : 64, F == format::nf4);
   double traffic = 0.0, bytes_per_param = 0.0;
   {
-    device_buffer codes(size_t(l.code_bytes())), absmax(l.nested ? 0 : size_t(l.n_blocks()) * 4),
-        absmax_codes(l.nested ? size_t(l.n_blocks()) : 0), nested_absmax(size_t(l.n_nested_blocks()) * 4),
-        nested_offset(l.nested ? 4 : 0), g(size_t(n) * 2);
-    quantized_view q;
-    q.layout = l;
-    q.codes = codes.as<uint8_t>();
-    q.absmax = absmax.as<float>();
-    q.absmax_codes = absmax_codes.as<uint8_t>();
-    q.nested_absmax = nested_absmax.as<float>();
-    q.nested_offset = nested_offset.as<float>();
-    q.dev = device::cuda();
+    device_quantized storage(l);
+    device_buffer g(size_t(n) * 2);
+    const quantized_view q = storage.view();
     {
       device_buffer w(size_t(n) * 4);  // the weights' draw, quantized and dropped
       fill_device(w.as<float>(), n, 1, data_sd);

@@ -43,30 +43,6 @@ constexpr int64_t default_sizes[] = {int64_t(64) << 20, int64_t(256) << 20};
 
 using namespace lowbit_bench;
 
-// Device storage for one quantized tensor and a quantized_view of it.
-struct device_quantized {
-  lowbit::blockwise_layout layout;
-  device_buffer codes, absmax, absmax_codes, nested_absmax, nested_offset;
-  explicit device_quantized(const lowbit::blockwise_layout& l)
-      : layout(l),
-        codes(size_t(l.code_bytes())),
-        absmax(l.nested ? 0 : size_t(4 * l.n_blocks())),
-        absmax_codes(l.nested ? size_t(l.n_blocks()) : 0),
-        nested_absmax(size_t(4 * l.n_nested_blocks())),
-        nested_offset(l.nested ? 4 : 0) {}
-  lowbit::quantized_view view() const {
-    lowbit::quantized_view v;
-    v.layout = layout;
-    v.codes = codes.as<uint8_t>();
-    v.absmax = absmax.as<float>();
-    v.absmax_codes = absmax_codes.as<uint8_t>();
-    v.nested_absmax = nested_absmax.as<float>();
-    v.nested_offset = nested_offset.as<float>();
-    v.dev = lowbit::device::cuda();
-    return v;
-  }
-};
-
 // Fails the benchmark unless the device has `bytes` free, with 256 MiB spare.
 bool have_memory(benchmark::State& state, size_t bytes) {
   size_t free_b = 0, total_b = 0;
@@ -89,19 +65,6 @@ void report(benchmark::State& state, size_t bytes, double event_seconds) {
   state.counters["GBps"] = rate / 1e9;
   state.counters["copy_GBps"] = copy_bw / 1e9;
   state.counters["pct_of_copy"] = 100.0 * rate / copy_bw;
-}
-
-// The timed loop: each iteration's CUDA-event time goes to Google Benchmark
-// and into the returned sum.
-template <class F>
-double run_timed_loop(benchmark::State& state, F&& f) {
-  double sum = 0.0;
-  for (auto _ : state) {
-    const double t = timed_on_stream(f);
-    state.SetIterationTime(t);
-    sum += t;
-  }
-  return sum;
 }
 
 template <class T>

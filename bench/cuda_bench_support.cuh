@@ -4,7 +4,8 @@
 // L2 flush before each timed region (a memset over twice the L2 size, a new
 // byte each time), CUDA-event timing of the work a callable enqueues, the
 // device-to-device copy ceiling (median of 21 L2-flushed copies after 3
-// warm-ups, once per traffic size), normally distributed test data drawn on
+// warm-ups, once per traffic size), device storage for a quantized tensor,
+// normally distributed test data drawn on
 // the device (real data: constant bytes would make every warp take the same
 // branches and read the same table entries), a NaN count for poisoned
 // outputs, failure bookkeeping (a failed benchmark makes main return 1) and
@@ -20,6 +21,8 @@
 #include <lowbit/core/dtype.hpp>
 #include <lowbit/cuda/check.cuh>
 #include <lowbit/cuda/launch.cuh>
+#include <lowbit/formats/layout.hpp>
+#include <lowbit/formats/quantized_view.hpp>
 
 #include <algorithm>
 #include <cstdint>
@@ -141,6 +144,30 @@ inline double copy_bandwidth(size_t traffic) {
   cache.emplace(traffic, bw);
   return bw;
 }
+
+// Device storage for one quantized tensor and a quantized_view of it.
+struct device_quantized {
+  lowbit::blockwise_layout layout;
+  device_buffer codes, absmax, absmax_codes, nested_absmax, nested_offset;
+  explicit device_quantized(const lowbit::blockwise_layout& l)
+      : layout(l),
+        codes(size_t(l.code_bytes())),
+        absmax(l.nested ? 0 : size_t(4 * l.n_blocks())),
+        absmax_codes(l.nested ? size_t(l.n_blocks()) : 0),
+        nested_absmax(size_t(4 * l.n_nested_blocks())),
+        nested_offset(l.nested ? 4 : 0) {}
+  lowbit::quantized_view view() const {
+    lowbit::quantized_view v;
+    v.layout = layout;
+    v.codes = codes.as<uint8_t>();
+    v.absmax = absmax.as<float>();
+    v.absmax_codes = absmax_codes.as<uint8_t>();
+    v.nested_absmax = nested_absmax.as<float>();
+    v.nested_offset = nested_offset.as<float>();
+    v.dev = lowbit::device::cuda();
+    return v;
+  }
+};
 
 // Set by fail(); main returns 1 when it is set after the run.
 inline bool g_failed = false;

@@ -347,14 +347,8 @@ inline void dequant_gemm_backward_input(const tensor_view& dy, const quantized_v
 inline void gemm_weight_grad(const tensor_view& dy, const tensor_view& x, const tensor_view& dw, bool accumulate) {
   using namespace gemm_detail;
   const char* fn = "gemm_weight_grad";
-  check_dense(dy, fn, "dy", 2);
-  check_dense(x, fn, "x", 2);
-  check_dense(dw, fn, "dw", 2);
-  require(dw.type == dtype::f32 || dw.type == dtype::bf16, errc::invalid_argument,
-          fn_arg(fn, "dw") + " must be float32 or bfloat16, got " + dtype_name(dw.type));
-  const int64_t M = dy.shape[0], N = dy.shape[1], K = x.shape[1];
-  check_shape(x, fn, "x", M, K);
-  check_shape(dw, fn, "dw", N, K);
+  const gemm_checks::weight_grad_dims d = gemm_checks::check_weight_grad(dy, x, dw, fn, gemm_checks::side::host);
+  const int64_t M = d.M, N = d.N, K = d.K;
   if (N == 0 || K == 0) return;
   // A = dY^T as a dense [N][M] float matrix (activations-sized, cheap next
   // to the N*M*K products); B = X read straight from its float copy.

@@ -335,14 +335,8 @@ inline void gemm_weight_grad(const tensor_view& dy, const tensor_view& x, const 
                              cudaStream_t stream = nullptr, cublasHandle_t handle = nullptr) {
   using namespace gemm_detail;
   const char* fn = "cuda::gemm_weight_grad";
-  check_dense(dy, fn, "dy", 2);
-  check_dense(x, fn, "x", 2);
-  check_dense(dw, fn, "dw", 2);
-  require(dw.type == dtype::f32 || dw.type == dtype::bf16, errc::invalid_argument,
-          fn_arg(fn, "dw") + " must be float32 or bfloat16, got " + dtype_name(dw.type));
-  const int64_t M = dy.shape[0], N = dy.shape[1], K = x.shape[1];
-  check_shape(x, fn, "x", M, K);
-  check_shape(dw, fn, "dw", N, K);
+  const gemm_checks::weight_grad_dims d = gemm_checks::check_weight_grad(dy, x, dw, fn, gemm_checks::side::device);
+  const int64_t M = d.M, N = d.N, K = d.K;
   require(dy.type == x.type, errc::unsupported,
           std::string(fn) + ": dy (" + dtype_name(dy.type) + ") and x (" + dtype_name(x.type) +
               ") must have the same dtype for cuBLAS");

@@ -2,8 +2,8 @@
 // Argument checks shared by the CPU (cpu/dequant_gemm.hpp, cpu/gemm.hpp) and
 // CUDA (cuda/dequant_gemm.cuh) matrix products, so both sides reject the same
 // inputs with the same messages: dense operands (rank, float dtype,
-// contiguity), 2-D shapes, and the quantized weight (valid layout holding
-// n * k elements). The row gathers (cpu/dequantize_rows.hpp,
+// contiguity), 2-D shapes, the quantized weight (valid layout holding
+// n * k elements) and the weight gradient's operands. The row gathers (cpu/dequantize_rows.hpp,
 // cuda/dequantize_rows.cuh) share check_row_gather the same way. `side` says
 // which memory the calling implementation can read; each message names the
 // function and the argument.
@@ -57,6 +57,24 @@ inline void check_weight(const quantized_view& w, const char* fn, int64_t n, int
   require((k == 0 || n <= w.layout.n / k) && w.layout.n == n * k, errc::invalid_argument,
           fn_arg(fn, "w") + " holds " + std::to_string(w.layout.n) + " elements, expected n * k = " +
               std::to_string(n) + " * " + std::to_string(k));
+}
+
+// The weight gradient dW[N, K] = dY[M, N]^T X[M, K]: dy, x and dw dense 2-D
+// operands, dw float32 or bfloat16, shapes agreeing. Returns {M, N, K}.
+struct weight_grad_dims {
+  int64_t M, N, K;
+};
+inline weight_grad_dims check_weight_grad(const tensor_view& dy, const tensor_view& x, const tensor_view& dw,
+                                          const char* fn, side s) {
+  check_dense(dy, fn, "dy", 2, s);
+  check_dense(x, fn, "x", 2, s);
+  check_dense(dw, fn, "dw", 2, s);
+  require(dw.type == dtype::f32 || dw.type == dtype::bf16, errc::invalid_argument,
+          fn_arg(fn, "dw") + " must be float32 or bfloat16, got " + dtype_name(dw.type));
+  const weight_grad_dims d{dy.shape[0], dy.shape[1], x.shape[1]};
+  check_shape(x, fn, "x", d.M, d.K);
+  check_shape(dw, fn, "dw", d.N, d.K);
+  return d;
 }
 
 // A row gather from w (a rows x cols row-major matrix): rows_idx holds
