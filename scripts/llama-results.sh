@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build-main}
 STEPS=${STEPS:-600}
-MODES=${MODES:-"fp32-adamw fp32-lion bf16-adamw8 bf16-lion8 qft qft-stable qft-rn nf4 nf4-f32scales nf4-rn"}
+MODES=${MODES:-"fp32-adamw fp32-lion bf16-adamw8 bf16-lion8 qft qft-reencode qft-rn nf4 nf4-f32scales nf4-rn"}
 OUT=docs/results
 mkdir -p "$OUT"
 [ -x "$BUILD/examples/llama_train" ] || { echo "build llama_train first (bash scripts/run-main.sh --steps 1)"; exit 1; }

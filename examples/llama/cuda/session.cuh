@@ -52,7 +52,7 @@ inline std::unique_ptr<trainer_optimizer> make_device_optimizer(const mode_info&
     return std::make_unique<composed_optimizer<adamw, states::int8, weights::bf16, memory::device>>(w, h, dev);
   if (m.name == "bf16-lion8")
     return std::make_unique<composed_optimizer<lion, states::int8, weights::bf16, memory::device>>(w, h, dev);
-  if (m.name == "qft" || m.name == "qft-stable")
+  if (m.name == "qft" || m.name == "qft-reencode")
     return std::make_unique<
         composed_optimizer<lion, states::int8, weights::quantized<format::int8>, memory::device>>(w, h, dev);
   if (m.name == "qft-rn")
