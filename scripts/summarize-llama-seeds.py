@@ -9,8 +9,14 @@ run of the main table is read from DIR/../<mode>.jsonl. A mode that
 lacks a seed's log shows "-" there and is averaged over what it has.
 BASELINE_DIR (environment) reads the fp32-adamw logs from another such
 directory (fp32-adamw draws no random bits, so one set serves builds that
-differ only in their random draws)."""
+differ only in their random draws).
+
+PAIRS (environment), e.g. "qft:qft-reencode qft:fp32-adamw", adds a second
+table: for each pair A:B, A's distance from B at every seed where both ran,
+in points (per cent) of B's validation loss, with the mean, the standard
+deviation and the standard error of the mean over those seeds."""
 import json
+import math
 import os
 import sys
 
@@ -54,3 +60,24 @@ for m in modes:
             cells.append(f"{v:.4f}")
     mean = f"{sum(ratios) / len(ratios):+.2f}% (n={len(ratios)})" if ratios else "-"
     print(f"| {m} | " + " | ".join(cells) + f" | {mean} |")
+
+pairs = [p.split(":") for p in os.environ.get("PAIRS", "").split()]
+if pairs:
+    print()
+    print("| distance (points of B's loss) | " + " | ".join(seeds) + " | mean | sd | standard error |")
+    print("|---|" + "---|" * len(seeds) + "---|---|---|")
+for a, b in pairs:
+    cells, d = [], []
+    for s in seeds:
+        va = final_val(a, s)
+        vb = base[s] if b == "fp32-adamw" else final_val(b, s)
+        if va is None or vb is None:
+            cells.append("-")
+            continue
+        d.append(100.0 * (va / vb - 1.0))
+        cells.append(f"{d[-1]:+.2f}")
+    n = len(d)
+    mean = sum(d) / n if n else float("nan")
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) if n > 1 else float("nan")
+    se = sd / math.sqrt(n) if n > 1 else float("nan")
+    print(f"| {a} against {b} (n={n}) | " + " | ".join(cells) + f" | **{mean:+.2f}** | {sd:.2f} | {se:.2f} |")

@@ -265,6 +265,9 @@ TEST_CASE("stable weight scales: device, paged and offloaded steps equal the CPU
       CHECK(run_quantized<lion, states::int8, format::nf4, memory::device>(4, nested, o, h) == ref);
       CHECK(run_quantized<lion, states::int8, format::nf4, memory::paged>(4, nested, o, h) == ref);
       CHECK(run_quantized<lion, states::int8, format::nf4, memory::cpu_offload>(4, nested, o, h) == ref);
+      // the trainer's qft mode: int8 weights, Lion with int8 momentum
+      const auto ref_qft = run_quantized<lion, states::int8, format::int8, memory::host>(4, nested, o, h);
+      CHECK(run_quantized<lion, states::int8, format::int8, memory::device>(4, nested, o, h) == ref_qft);
       adamw::hparams ha;
       ha.lr = lr;
       const auto ref8 = run_quantized<adamw, states::int8, format::int8, memory::host>(4, nested, o, ha);

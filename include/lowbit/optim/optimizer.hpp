@@ -43,7 +43,9 @@ struct optimizer_options {
   // re-draws all its elements; with nested 4-bit weights that noise makes
   // training diverge once the learning rate is small (docs/OPTIMIZERS.md).
   // The CPU and CUDA steps take the same decisions (optim/stable_scales.hpp).
-  // Refused with round-to-nearest weights, where a kept scale would ratchet.
+  // Refused with round-to-nearest weights, where a kept scale would ratchet
+  // (hence off by default). Recommended with stochastic rounding: int8 QFT
+  // weights also train better with it (docs/RESULTS.md, "Stable block scales").
   bool stable_weight_scales = false;
   // Before updating, every step reads each gradient once to find non-finite
   // values (that tensor's update is then skipped) and the global norm. Set
