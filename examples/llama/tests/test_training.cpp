@@ -4,7 +4,8 @@
 // uninterrupted run bit for bit (checkpoint files compared byte for byte);
 // corrupted or mismatched checkpoints give clear errors and leave the
 // session's weights untouched; --grad-dtype parses, bf16 is refused by the
-// CPU trainer, and the gradient buffer's bytes follow its dtype.
+// CPU trainer, and the gradient buffer's bytes follow its dtype; qft keeps
+// its int8 block scales stable (none shrinks) while qft-reencode does not.
 #include <doctest/doctest.h>
 
 #include <cstdio>
@@ -78,6 +79,41 @@ TEST_CASE("the validation loss falls in every CPU training mode") {
     if (m.stochastic || m.storage != matrix_storage::quantized) CHECK(after < 3.6);
     else CHECK(after < before);
   }
+}
+
+// qft keeps each int8 block's scale unless the block's values outgrow it
+// (lowbit stable_weight_scales), so across steps no scale ever shrinks and
+// many stay exactly as they were; qft-reencode recomputes every scale from
+// the block's absmax, so scales move both ways.
+TEST_CASE("qft keeps its block scales stable; qft-reencode re-encodes them; qft-stable is a retired name") {
+  for (const char* name : {"qft", "qft-reencode"}) {
+    INFO("mode " << name);
+    const mode_info& m = find_mode(name);
+    training_session s(small_config(), m, small_options(m));
+    init_random(s.weights(), s.config(), 5);
+    int64_t blocks = 0, shrunk = 0, kept = 0;
+    for (int64_t step = 0; step < 8; ++step) {
+      std::vector<std::vector<float>> before;
+      for (const auto& q : s.weights().mq) before.push_back(q.absmax);
+      train(s, step, step + 1, 1.0f);
+      for (size_t t = 0; t < before.size(); ++t)
+        for (size_t b = 0; b < before[t].size(); ++b) {
+          const float now = s.weights().mq[t].absmax[b];
+          blocks += 1;
+          shrunk += now < before[t][b];
+          kept += now == before[t][b];
+        }
+    }
+    REQUIRE(blocks > 1000);
+    MESSAGE(std::string(name) << ": of " << blocks << " block-steps, " << shrunk << " shrank, " << kept << " kept their scale");
+    if (m.stable_scales) {
+      CHECK(shrunk == 0);
+      CHECK(kept * 3 > blocks);  // 49 % here; the growing ones are early steps' large updates
+    } else {
+      CHECK(shrunk * 10 > blocks);  // re-encoding moves scales down as well as up
+    }
+  }
+  CHECK_THROWS_WITH_AS(find_mode("qft-stable"), doctest::Contains("is now 'qft'"), lowbit::error);
 }
 
 TEST_CASE("the fused backward-update equals the two-pass step") {
