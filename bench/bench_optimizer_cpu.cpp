@@ -9,6 +9,9 @@
 // measured once in this binary (median of 9 copies after a warm-up). The
 // gradient-statistics pass (finite check and norm) is part of each step, as
 // in real use, except in the /unchecked rows (check_gradients = false).
+// The /stable_scales rows keep quantized weights' block scales
+// (optimizer_options::stable_weight_scales), as the trainer's qft and nf4
+// modes do.
 #include <benchmark/benchmark.h>
 
 #include <lowbit/optim/optimizer.hpp>
@@ -103,13 +106,17 @@ void bm_dense(benchmark::State& state) {
   finish(state, opt, n);
 }
 
-template <class Rule, class States, format F>
+// Stable = optimizer_options::stable_weight_scales (what the trainer's qft
+// and nf4 modes use): a block keeps its scale unless its values outgrow it.
+template <class Rule, class States, format F, bool Stable = false>
 void bm_quantized(benchmark::State& state) {
   const int64_t n = g_n;
   quantized_tensor q(make_layout(F, n, F == format::int8 ? 256 : 64, F == format::nf4));
   cpu::quantize(make_flat_view(normal(n, 1).data(), n), q.view());
   const std::vector<float>& g = normal(n, 2);
-  optimizer<Rule, States, weights::quantized<F>> opt;
+  optimizer_options o;
+  o.stable_weight_scales = Stable;
+  optimizer<Rule, States, weights::quantized<F>> opt({}, o);
   opt.add_param(q.view());
   opt.step({make_flat_view(g.data(), n)});  // warm-up, as above
   for (auto _ : state) opt.step({make_flat_view(g.data(), n)});
@@ -143,6 +150,8 @@ LOWBIT_BENCH((bm_dense<lion, states::int4, weights::fp32>), "lion/states:int4/we
 LOWBIT_BENCH((bm_dense<lion, states::int8, weights::bf16>), "lion/states:int8/weights:bf16");
 LOWBIT_BENCH((bm_quantized<lion, states::int8, format::int8>), "lion/states:int8/weights:int8");
 LOWBIT_BENCH((bm_quantized<lion, states::int8, format::nf4>), "lion/states:int8/weights:nf4");
+LOWBIT_BENCH((bm_quantized<lion, states::int8, format::int8, true>), "lion/states:int8/weights:int8/stable_scales");
+LOWBIT_BENCH((bm_quantized<lion, states::int8, format::nf4, true>), "lion/states:int8/weights:nf4/stable_scales");
 
 }  // namespace
 

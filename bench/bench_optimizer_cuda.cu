@@ -14,7 +14,9 @@
 // Counters: params_per_second, bytes_per_second (gradient read once; weight
 // and states read and written once), copy_GBps (a device-to-device copy
 // moving the same traffic, median of 21, measured in this binary) and
-// pct_of_copy. Exits 77 with a message when no CUDA device is present.
+// pct_of_copy. The /stable_scales rows keep quantized weights' block scales
+// (stable_weight_scales), as the trainer's qft and nf4 modes do. Exits 77
+// with a message when no CUDA device is present.
 #include <benchmark/benchmark.h>
 
 #include <lowbit/lowbit.cuh>
@@ -95,7 +97,7 @@ void run_dense(benchmark::State& state) {
   counters(state, n, traffic, bytes_per_param);
 }
 
-template <class Rule, class States, format F, bool Generic>
+template <class Rule, class States, format F, bool Generic, bool Stable>
 void run_quantized(benchmark::State& state) {
   const generic_kernel_scope scope(Generic);
   const int64_t n = g_n;
@@ -118,6 +120,7 @@ void run_quantized(benchmark::State& state) {
     a.grad = g.as<void>();
     a.grad_type = dtype::bf16;
     a.state_stochastic = States::stochastic;
+    a.stable_weight_scales = Stable;  // the trainer's qft and nf4 modes
     time_steps<Rule>(state, a);
     const memory_report m = opt.memory();
     traffic = double(n) * 2 + 2.0 * double(m.weight_bytes + m.state_bytes);
@@ -142,9 +145,9 @@ void bm_dense(benchmark::State& state) {
   guarded(state, [&] { run_dense<Rule, States, Weights, Generic>(state); });
 }
 
-template <class Rule, class States, format F, bool Generic = false>
+template <class Rule, class States, format F, bool Generic = false, bool Stable = false>
 void bm_quantized(benchmark::State& state) {
-  guarded(state, [&] { run_quantized<Rule, States, F, Generic>(state); });
+  guarded(state, [&] { run_quantized<Rule, States, F, Generic, Stable>(state); });
 }
 
 void bm_copy(benchmark::State& state) {
@@ -177,6 +180,10 @@ LOWBIT_BENCH((bm_dense<lion, states::int8_nearest, weights::fp32>), "cuda/lion/s
 LOWBIT_BENCH((bm_dense<lion, states::int8, weights::bf16>), "cuda/lion/states:int8/weights:bf16");
 LOWBIT_BENCH((bm_quantized<lion, states::int8, format::int8>), "cuda/lion/states:int8/weights:int8");
 LOWBIT_BENCH((bm_quantized<lion, states::int8, format::nf4>), "cuda/lion/states:int8/weights:nf4");
+LOWBIT_BENCH((bm_quantized<lion, states::int8, format::int8, false, true>),
+             "cuda/lion/states:int8/weights:int8/stable_scales");
+LOWBIT_BENCH((bm_quantized<lion, states::int8, format::nf4, false, true>),
+             "cuda/lion/states:int8/weights:nf4/stable_scales");
 // The same steps through the generic kernel (storage shapes read at run
 // time), beside the fixed-shape rows above.
 LOWBIT_BENCH((bm_dense<adamw, states::int8, weights::fp32, true>), "cuda/adamw/states:int8/weights:fp32/generic");

@@ -207,7 +207,15 @@ inline void store_tile(const storage_view& st, const format_tables* tab, int64_t
       // With a kept scale, an unchanged weight comes back as table[c] * s
       // * (1 / s), a few ulps off its own grid value; snap it there so that
       // stochastic rounding does not re-draw weights that did not move.
-      for (int k = 0; k < len; ++k) lo[k] = snap_onto_grid(u[k], lo[k], t.value, t.size);
+      // (snap_onto_grid's arithmetic, written as selects over the arrays so
+      // that the loop vectorizes like the ones around it.)
+      for (int k = 0; k < len; ++k) {
+        const int up = lo[k] + 1 < t.size ? lo[k] + 1 : lo[k];
+        const float below = t.value[lo[k]], above = t.value[up];
+        const int d = snap_direction(u[k], below, above);
+        u[k] = d > 0 ? above : (d < 0 ? below : u[k]);
+        lo[k] = d > 0 ? up : lo[k];
+      }
     }
     if (stochastic)
       for (int k = 0; k < len; k += 8) {  // s + j0 is a multiple of 8
