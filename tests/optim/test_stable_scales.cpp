@@ -12,7 +12,9 @@
 #include <lowbit/optim/optimizer.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -148,6 +150,51 @@ TEST_CASE("stable scales: stochastic re-encoding of a small update is unbiased")
   INFO("mean error " << mean << ", sigma " << sigma);
   CHECK(std::fabs(mean) < 5.0 * sigma);
   CHECK(mean > -0.5 * double(h.lr));  // the update is not lost (round-to-nearest would lose it all)
+}
+
+// The CPU step's binary search over the sorted map (choose_stable_scale_sorted)
+// against the full search the CUDA kernel runs: the same value, code and
+// renest flag on random groups, including a zero group absmax (every code
+// decodes to the offset: a 256-way tie) and tiny ones (many ties), with m at,
+// just above and just below decoded scales as well as anywhere. The signed
+// dynamic map is ascending in code order, so its ties resolve to the first
+// covering code by themselves; the same map shuffled checks that ties go to
+// the lowest code for any map.
+TEST_CASE("choose_stable_scale_sorted equals choose_stable_scale") {
+  std::array<float, 256> shuffled = signed_dynamic_map();
+  std::mt19937 g(11);
+  std::shuffle(shuffled.begin(), shuffled.end(), g);
+  for (const float* map : {signed_dynamic_map().data(), static_cast<const float*>(shuffled.data())}) {
+    const sorted_scale_map sorted = sort_scale_map(map);
+    std::uniform_real_distribution<float> u(0.0f, 1.0f);
+    int grown = 0, renested = 0, tied = 0;
+    for (int trial = 0; trial < 20000; ++trial) {
+      const int kind = trial % 5;
+      const float group_absmax = kind == 0 ? 0.0f : kind == 1 ? 1e-40f * float(1 + g() % 50) : 0.001f + 0.01f * u(g);
+      const float offset = trial % 7 == 0 ? 0.0f : 0.02f * u(g);
+      const float old_scale = decode_nested_scale(uint8_t(g() % 256), group_absmax, offset, map);
+      const float at = decode_nested_scale(uint8_t(g() % 256), group_absmax, offset, map);
+      const float choices[4] = {at, std::nextafter(at, INFINITY), std::nextafter(at, -INFINITY),
+                                old_scale * (0.5f + 1.5f * u(g)) + (trial % 9 == 0 ? 0.05f : 0.0f)};
+      for (float m : choices) {
+        const stable_scale full = choose_stable_scale(old_scale, m, true, group_absmax, offset, map);
+        const stable_scale fast = choose_stable_scale_sorted(old_scale, m, true, group_absmax, offset, map, sorted);
+        CAPTURE(trial);
+        CAPTURE(m);
+        REQUIRE(fast.code == full.code);
+        REQUIRE(fast.renest == full.renest);
+        REQUIRE(std::memcmp(&fast.value, &full.value, sizeof(float)) == 0);
+        grown += full.code >= 0;
+        renested += full.renest;
+        tied += full.code >= 0 && kind <= 1;
+      }
+      const stable_scale flat = choose_stable_scale_sorted(old_scale, old_scale * 2 + 1, false, 0, 0, map, sorted);
+      CHECK(flat.value == old_scale * 2 + 1);  // float32 scales: the absmax itself
+    }
+    CHECK(grown > 1000);  // every branch was exercised
+    CHECK(renested > 100);
+    CHECK(tied > 100);
+  }
 }
 
 TEST_CASE("stable scales are refused with round-to-nearest weights") {

@@ -153,13 +153,16 @@ inline void store_dense_tile(const storage_view& st, int64_t s, int64_t cnt, con
 
 // Stable block scales (optimizer_options::stable_weight_scales): `keep`
 // holds every block's decoded scale before the step; the choice is
-// stable_scales.hpp's. A nested block that takes a new scale code gets it
+// stable_scales.hpp's (its sorted search, equal to the CUDA kernel's full one). A nested block that takes a new scale code gets it
 // written here; when no code of its group covers it, *renest is set and all
 // scales are re-quantized after the step.
 inline float stable_block_scale(const quantized_view& q, int64_t b, float m, const float* keep, bool* renest) {
   const bool nested = q.layout.nested;
-  const stable_scale c = choose_stable_scale(keep[b], m, nested, nested ? q.nested_absmax[b / nested_block_size] : 0.0f,
-                                             nested ? *q.nested_offset : 0.0f, signed_dynamic_map().data());
+  static const sorted_scale_map sorted = sort_scale_map(signed_dynamic_map().data());
+  const stable_scale c = choose_stable_scale_sorted(keep[b], m, nested,
+                                                    nested ? q.nested_absmax[b / nested_block_size] : 0.0f,
+                                                    nested ? *q.nested_offset : 0.0f, signed_dynamic_map().data(),
+                                                    sorted);
   if (c.code >= 0) q.absmax_codes[b] = uint8_t(c.code);
   if (c.renest) *renest = true;
   return c.value;
