@@ -153,9 +153,10 @@ inline void store_dense_tile(const storage_view& st, int64_t s, int64_t cnt, con
 
 // Stable block scales (optimizer_options::stable_weight_scales): `keep`
 // holds every block's decoded scale before the step; the choice is
-// stable_scales.hpp's (its sorted search, equal to the CUDA kernel's full one). A nested block that takes a new scale code gets it
-// written here; when no code of its group covers it, *renest is set and all
-// scales are re-quantized after the step.
+// stable_scales.hpp's (its sorted search, which equals the CUDA kernel's
+// full one). A nested block that takes a new scale code gets it written
+// here; when no code of its group covers it, *renest is set and all scales
+// are re-quantized after the step.
 inline float stable_block_scale(const quantized_view& q, int64_t b, float m, const float* keep, bool* renest) {
   const bool nested = q.layout.nested;
   static const sorted_scale_map sorted = sort_scale_map(signed_dynamic_map().data());
