@@ -44,10 +44,10 @@ struct optimizer_options {
   // training diverge once the learning rate is small (docs/OPTIMIZERS.md).
   // The CPU and CUDA steps take the same decisions (optim/stable_scales.hpp).
   // Refused with round-to-nearest weights, where a kept scale would ratchet
-  // (hence off by default). With stochastic rounding it helps where block
-  // maxima seldom shrink, as in LLM fine-tuning (int8 QFT weights: docs/RESULTS.md,
-  // "Stable block scales"), and hurts where they shrink, since a kept scale
-  // never does (a least-squares test: docs/OPTIMIZERS.md).
+  // (hence off by default). With stochastic rounding it helped LLM
+  // fine-tuning (int8 QFT weights: docs/RESULTS.md, "Stable block scales")
+  // and hurt a least-squares test, for reasons not understood
+  // (docs/OPTIMIZERS.md).
   bool stable_weight_scales = false;
   // Before updating, every step reads each gradient once to find non-finite
   // values (that tensor's update is then skipped) and the global norm. Set
