@@ -72,8 +72,9 @@ inline void write_file(const std::string& path, const std::vector<uint8_t>& byte
 
 // 8-byte little-endian `length` followed by `header` and `data`.
 inline std::vector<uint8_t> raw_file(uint64_t length, const std::string& header, const std::vector<uint8_t>& data = {}) {
-  std::vector<uint8_t> out(8);
-  for (int i = 0; i < 8; ++i) out[size_t(i)] = uint8_t(length >> (8 * i));
+  std::vector<uint8_t> out;
+  out.reserve(8 + header.size() + data.size());  // one allocation (and no g++ 12 -Warray-bounds false positive)
+  for (int i = 0; i < 8; ++i) out.push_back(uint8_t(length >> (8 * i)));
   out.insert(out.end(), header.begin(), header.end());
   out.insert(out.end(), data.begin(), data.end());
   return out;
