@@ -154,7 +154,7 @@ TEST_CASE("stable scales: stochastic re-encoding of a small update is unbiased")
   CHECK(mean > -0.5 * double(h.lr));  // the update is not lost (round-to-nearest would lose it all)
 }
 
-// The CPU step's binary search over the sorted map (choose_stable_scale_sorted)
+// The CPU step's binary search over the sorted map (choose_stable_scale with a sorted_scale_map)
 // against the full search the CUDA kernel runs: the same value, code and
 // renest flag on random groups, including a zero group absmax (every code
 // decodes to the offset: a 256-way tie) and tiny ones (many ties), with m at,
@@ -162,7 +162,7 @@ TEST_CASE("stable scales: stochastic re-encoding of a small update is unbiased")
 // dynamic map is ascending in code order, so its ties resolve to the first
 // covering code by themselves; the same map shuffled checks that ties go to
 // the lowest code for any map.
-TEST_CASE("choose_stable_scale_sorted equals choose_stable_scale") {
+TEST_CASE("choose_stable_scale: the sorted map's binary search equals the full search") {
   std::array<float, 256> shuffled = signed_dynamic_map();
   std::mt19937 g(11);
   std::shuffle(shuffled.begin(), shuffled.end(), g);
@@ -180,7 +180,7 @@ TEST_CASE("choose_stable_scale_sorted equals choose_stable_scale") {
                                 old_scale * (0.5f + 1.5f * u(g)) + (trial % 9 == 0 ? 0.05f : 0.0f)};
       for (float m : choices) {
         const stable_scale full = choose_stable_scale(old_scale, m, true, group_absmax, offset, map);
-        const stable_scale fast = choose_stable_scale_sorted(old_scale, m, true, group_absmax, offset, map, sorted);
+        const stable_scale fast = choose_stable_scale(old_scale, m, true, group_absmax, offset, map, &sorted);
         CAPTURE(trial);
         CAPTURE(m);
         REQUIRE(fast.code == full.code);
@@ -190,7 +190,7 @@ TEST_CASE("choose_stable_scale_sorted equals choose_stable_scale") {
         renested += full.renest;
         tied += full.code >= 0 && kind <= 1;
       }
-      const stable_scale flat = choose_stable_scale_sorted(old_scale, old_scale * 2 + 1, false, 0, 0, map, sorted);
+      const stable_scale flat = choose_stable_scale(old_scale, old_scale * 2 + 1, false, 0, 0, map, &sorted);
       CHECK(flat.value == old_scale * 2 + 1);  // float32 scales: the absmax itself
     }
     CHECK(grown > 1000);  // every branch was exercised

@@ -153,17 +153,15 @@ inline void store_dense_tile(const storage_view& st, int64_t s, int64_t cnt, con
 
 // Stable block scales (optimizer_options::stable_weight_scales): `keep`
 // holds every block's decoded scale before the step; the choice is
-// stable_scales.hpp's (its sorted search, which equals the CUDA kernel's
-// full one). A nested block that takes a new scale code gets it written
+// stable_scales.hpp's (with the sorted map's binary search, which chooses
+// what the CUDA kernel's full search chooses). A nested block that takes a new scale code gets it written
 // here; when no code of its group covers it, *renest is set and all scales
 // are re-quantized after the step.
 inline float stable_block_scale(const quantized_view& q, int64_t b, float m, const float* keep, bool* renest) {
   const bool nested = q.layout.nested;
   static const sorted_scale_map sorted = sort_scale_map(signed_dynamic_map().data());
-  const stable_scale c = choose_stable_scale_sorted(keep[b], m, nested,
-                                                    nested ? q.nested_absmax[b / nested_block_size] : 0.0f,
-                                                    nested ? *q.nested_offset : 0.0f, signed_dynamic_map().data(),
-                                                    sorted);
+  const stable_scale c = choose_stable_scale(keep[b], m, nested, nested ? q.nested_absmax[b / nested_block_size] : 0.0f,
+                                             nested ? *q.nested_offset : 0.0f, signed_dynamic_map().data(), &sorted);
   if (c.code >= 0) q.absmax_codes[b] = uint8_t(c.code);
   if (c.renest) *renest = true;
   return c.value;
@@ -211,15 +209,7 @@ inline void store_tile(const storage_view& st, const format_tables* tab, int64_t
       // With a kept scale, an unchanged weight comes back as table[c] * s
       // * (1 / s), a few ulps off its own grid value; snap it there so that
       // stochastic rounding does not re-draw weights that did not move.
-      // (snap_onto_grid's arithmetic, written as selects over the arrays so
-      // that the loop vectorizes like the ones around it.)
-      for (int k = 0; k < len; ++k) {
-        const int up = lo[k] + 1 < t.size ? lo[k] + 1 : lo[k];
-        const float below = t.value[lo[k]], above = t.value[up];
-        const int d = snap_direction(u[k], below, above);
-        u[k] = d > 0 ? above : (d < 0 ? below : u[k]);
-        lo[k] = d > 0 ? up : lo[k];
-      }
+      for (int k = 0; k < len; ++k) lo[k] = snap_onto_grid(u[k], lo[k], t.value, t.size);
     }
     if (stochastic)
       for (int k = 0; k < len; k += 8) {  // s + j0 is a multiple of 8
