@@ -11,6 +11,10 @@
 //   fwd|bwd/nf4_nested/<regime>  the same call with the regime forced (gemv
 //                                for M <= 64, mma, dequant_cublas): the data
 //                                for tuning the dispatch thresholds
+//   fwd/<w>/gemv_split_k         (M <= 4; w = nf4_nested, int4) the forward
+//                                gemv with gemm_policy::gemv_forward =
+//                                split_k, beside the default layout's
+//                                gemv rows (nf4_nested/gemv, <w>/auto)
 //   fwd|bwd/cublas_bf16          the ceiling: cublasGemmEx on a bfloat16 W of
 //                                the same shape (Y = X W^T, dX = dY W), fp32
 //                                accumulation
@@ -68,6 +72,7 @@
 namespace {
 
 using lowbit::cuda::gemm_regime;
+using lowbit::cuda::gemv_forward_layout;
 
 using namespace lowbit_bench;
 
@@ -233,13 +238,14 @@ void set_counters(benchmark::State& state, double event_seconds, double bytes, d
 }
 
 void bm_dequant_gemm(benchmark::State& state, weight_variant v, direction d, gemm_regime r, int64_t M, int64_t N,
-                     int64_t K) {
+                     int64_t K, gemv_forward_layout layout) {
   try {
     problem& p = prob();
     p.prepare(N, K);
     const device_quantized& dq = *p.q.at(v.name);
     gemm_call c{d, M, N, K, dq.view(), {}};
     c.opt.regime = r;
+    c.opt.policy.gemv_forward = layout;
     cudaStream_t s = gpu().stream;
     // poison the output (0xFF.. is a bf16 NaN), run once, count what is left
     const int64_t out_elems = M * (d == direction::fwd ? N : K);
@@ -265,7 +271,10 @@ void bm_dequant_gemm(benchmark::State& state, weight_variant v, direction d, gem
         d == direction::fwd ? lowbit::cuda::gemm_direction::forward : lowbit::cuda::gemm_direction::backward_input,
         M, N, K, v.fmt, lowbit::dtype::bf16, lowbit::dtype::bf16, false, c.opt);
     state.SetLabel(std::string("regime=") + lowbit::cuda::gemm_regime_name(plan.regime) +
-                   " splits=" + std::to_string(plan.splits));
+                   " splits=" + std::to_string(plan.splits) +
+                   (plan.regime == gemm_regime::gemv && d == direction::fwd
+                        ? std::string(" layout=") + lowbit::cuda::gemv_forward_layout_name(layout)
+                        : std::string()));
     if (r == gemm_regime::automatic) {
       gemm_call fallback = c;
       fallback.opt.regime = gemm_regime::dequant_cublas;
@@ -380,6 +389,7 @@ int main(int argc, char** argv) {
                               "iteration; ceilings (copy, cuBLAS bf16, fallback) measured in this binary");
 
   const char* dir_name[] = {"fwd", "bwd"};
+  const gemv_forward_layout default_layout = lowbit::cuda::gemm_policy{}.gemv_forward;
   for (const auto& nk : shapes) {
     const int64_t N = nk.first, K = nk.second;
     const std::string shape = "/n:" + std::to_string(N) + "/k:" + std::to_string(K);
@@ -400,14 +410,18 @@ int main(int argc, char** argv) {
         reg(std::string(dir_name[di]) + "/cublas_bf16", bm_cublas, d, M, N, K);
         for (const weight_variant& v : variants)
           reg(std::string(dir_name[di]) + "/" + v.name + "/auto", bm_dequant_gemm, v, d, gemm_regime::automatic, M,
-              N, K);
+              N, K, default_layout);
         if (M <= 64)
           reg(std::string(dir_name[di]) + "/nf4_nested/gemv", bm_dequant_gemm, nf4_nested, d, gemm_regime::gemv, M,
-              N, K);
+              N, K, default_layout);
+        if (M <= 4 && d == direction::fwd)
+          for (const weight_variant& v : {nf4_nested, int4_f32})
+            reg(std::string("fwd/") + v.name + "/gemv_split_k", bm_dequant_gemm, v, d, gemm_regime::gemv, M, N, K,
+                gemv_forward_layout::split_k);
         reg(std::string(dir_name[di]) + "/nf4_nested/mma", bm_dequant_gemm, nf4_nested, d, gemm_regime::mma, M, N,
-            K);
+            K, default_layout);
         reg(std::string(dir_name[di]) + "/nf4_nested/dequant_cublas", bm_dequant_gemm, nf4_nested, d,
-            gemm_regime::dequant_cublas, M, N, K);
+            gemm_regime::dequant_cublas, M, N, K, default_layout);
       }
     }
   }

@@ -140,16 +140,9 @@ void gemv_case(format f, bool nested, int block, int64_t M, int64_t n, int64_t k
   const code_table table = make_code_table(f);
   const code_table map = gd::nested_map_table(nested);
 
-  // forward: y = x W^T (+ bias)
+  // forward: y = x W^T (+ bias), in both of its work divisions
   dense x = random_dense(act, M, k, unsigned(M * 31 + k), act_offset);
   dense bias = random_dense(dtype::f32, 1, n, unsigned(n + 5));
-  dense y(out, M, n);
-  y.poison();
-  gd::dispatch_kind(f, [&](auto tag) {
-    constexpr gd::decode_kind D = decltype(tag)::value;
-    gd::gemv_forward<D>(x.data(), act, wa, with_bias ? bias.data() : nullptr, dtype::f32, y.data(), out, M, n, k,
-                        table, map, nullptr);
-  });
   std::vector<double> ref(size_t(M * n)), abs_sum(size_t(M * n));
   for (int64_t m = 0; m < M; ++m)
     for (int64_t j = 0; j < n; ++j) {
@@ -162,10 +155,20 @@ void gemv_case(format f, bool nested, int block, int64_t M, int64_t n, int64_t k
       ref[size_t(m * n + j)] = s;
       abs_sum[size_t(m * n + j)] = a;
     }
-  case_result fr;
-  compare(y, ref, abs_sum, k, fr);
-  INFO("forward: " << fr.first_bad);
-  CHECK(fr.bad == 0);
+  for (cuda::gemv_forward_layout layout : {cuda::gemv_forward_layout::rows_per_warp, cuda::gemv_forward_layout::split_k}) {
+    CAPTURE(std::string(cuda::gemv_forward_layout_name(layout)));
+    dense y(out, M, n);
+    y.poison();
+    gd::dispatch_kind(f, [&](auto tag) {
+      constexpr gd::decode_kind D = decltype(tag)::value;
+      gd::gemv_forward<D>(x.data(), act, wa, with_bias ? bias.data() : nullptr, dtype::f32, y.data(), out, M, n, k,
+                          table, map, nullptr, layout);
+    });
+    case_result fr;
+    compare(y, ref, abs_sum, k, fr);
+    INFO("forward: " << fr.first_bad);
+    CHECK(fr.bad == 0);
+  }
 
   // backward: dx = dy W, split as the entry point splits it
   dense dy = random_dense(act, M, n, unsigned(M * 17 + n), act_offset);
@@ -242,6 +245,31 @@ TEST_CASE("emulated gemv regime: rows longer than one warp step (the forward's l
   for (const format_case& c : formats)
     for (int64_t M : {1, 4})
       gemv_case(c.f, c.nested, c.block, M, 20, 2080, dtype::bf16, dtype::bf16, 0, M == 1);
+}
+
+TEST_CASE("emulated gemv regime: split_k forward with 1, 2, 4 and 8 warps per row pair") {
+  // Warps per row pair: the largest power of two up to 8 giving each
+  // thread at least one 16-byte vector (or element) of a row.
+  CHECK(gd::gemv_forward_warps_per_row_group(1) == 1);
+  CHECK(gd::gemv_forward_warps_per_row_group(63) == 1);
+  CHECK(gd::gemv_forward_warps_per_row_group(64) == 2);
+  CHECK(gd::gemv_forward_warps_per_row_group(128) == 4);
+  CHECK(gd::gemv_forward_warps_per_row_group(255) == 4);
+  CHECK(gd::gemv_forward_warps_per_row_group(344) == 8);  // NF4, K = 11008
+  // n = 7: a CTA's last row pair half outside W (and, with 2 or 4 pairs a
+  // CTA, whole pairs outside it); k: 257 16-byte vectors a row (8 warps,
+  // one thread with two), 129 (4 warps), the per-element path (odd k)
+  struct kcase {
+    format f;
+    bool nested;
+    int block;
+    int64_t k;
+  };
+  const kcase cases[] = {{format::nf4, true, 64, 8224},  {format::int4, false, 64, 4128}, {format::int8, false, 256, 4112},
+                         {format::nf4, true, 64, 259},   {format::int8, false, 256, 129}};
+  for (const kcase& c : cases)
+    for (int64_t M : {1, 4}) gemv_case(c.f, c.nested, c.block, M, 7, c.k, dtype::bf16, dtype::bf16, 0, M == 1);
+  CHECK(fake_cuda::live_allocations() == 0);
 }
 
 TEST_CASE("emulated dequant_cublas tile kernel: sub-rectangles of W bit for bit against cpu::dequantize") {

@@ -337,6 +337,12 @@ void check_config(format f, bool nested, const shape& s, dtype act, dtype out, b
 
     const dense y = run_forward(x, w, bp, out, r);
     if (!check_all(y, fref, ftol, "forward vs float64 reference")) return;
+    if (r == gemm_regime::gemv) {  // the forward gemv's other work division, same bound
+      cuda::gemm_options split = opts(r);
+      split.policy.gemv_forward = cuda::gemv_forward_layout::split_k;
+      const dense ys = run_forward(x, w, bp, out, r, &split);
+      if (!check_all(ys, fref, ftol, "forward (gemv split_k) vs float64 reference")) return;
+    }
     const dense dx = run_backward(dy, w, out, r);
     if (!check_all(dx, bref, btol, "backward vs float64 reference")) return;
 

@@ -18,7 +18,9 @@
 //   gemv            gemm/gemv.cuh: CUDA cores, memory bound; W streamed once
 //                   with 16-byte (forward) / 8-byte (backward) loads and
 //                   decoded in registers; fp32 code values, block scales
-//                   applied once per vector of codes.
+//                   applied once per vector of codes. The forward divides
+//                   W among warps by gemm_policy::gemv_forward (a warp per
+//                   row pair, or warps splitting K).
 //   mma             gemm/mma_gemm.cuh: tensor cores, mma.sync m16n8k16 with
 //                   W tiles decoded from the packed codes into shared memory;
 //                   weights rounded to the activation dtype (bf16 / fp16).
@@ -215,7 +217,8 @@ inline void dequant_gemm_forward(const tensor_view& x, const quantized_view& w, 
   dispatch_kind(w.layout.fmt, [&](auto tag) {
     constexpr decode_kind D = decltype(tag)::value;
     if (plan.regime == gemm_regime::gemv) {
-      gemv_forward<D>(x.data, x.type, wa, bias_ptr, bias_type, y.data, y.type, M, n, k, table, map, stream);
+      gemv_forward<D>(x.data, x.type, wa, bias_ptr, bias_type, y.data, y.type, M, n, k, table, map, stream,
+                      opt.policy.gemv_forward);
     } else if (plan.regime == gemm_regime::mma) {
       scratch ws(opt, plan.workspace_bytes, stream, fn);
       mma_args a;

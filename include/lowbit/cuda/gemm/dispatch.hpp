@@ -35,6 +35,21 @@ inline const char* gemm_regime_name(gemm_regime r) {
   return "?";
 }
 
+// How the forward gemv (gemm/gemv.cuh) divides W among warps.
+//   rows_per_warp: each warp owns 2 rows of W and walks their whole length;
+//     the CTAs of a 4096-row W fill about half a wave of an H100 (measured,
+//     sessions 1 and 2: 48 to 51 % of copy bandwidth at M = 1).
+//   split_k: 1 to 8 warps share 2 rows, each taking every w-th 16-byte vector
+//     of them, and the CTA sums the warps' parts in shared memory in a fixed
+//     order (deterministic); 2 to 8 times the warps, so more loads in flight.
+//     Not yet measured on a GPU (written 2026-11-27 without one), hence not
+//     the default; bench_dequant_gemm_cuda times both.
+enum class gemv_forward_layout : uint8_t { rows_per_warp, split_k };
+
+inline const char* gemv_forward_layout_name(gemv_forward_layout l) {
+  return l == gemv_forward_layout::split_k ? "split_k" : "rows_per_warp";
+}
+
 // forward: Y = X W^T; backward_input: dX = dY W (the same packed W).
 enum class gemm_direction : uint8_t { forward, backward_input };
 
@@ -51,6 +66,9 @@ struct gemm_policy {
   int64_t small_weight_max_elements = int64_t(24) << 20;
   int64_t small_weight_cublas_min_m = 16;           // forward
   int64_t small_weight_cublas_min_m_backward = 64;  // backward dX
+  // The forward gemv's work division (either is exact to the fp32 bound;
+  // their sums differ only in order).
+  gemv_forward_layout gemv_forward = gemv_forward_layout::rows_per_warp;
 };
 
 // The regime the automatic dispatch picks:

@@ -72,6 +72,7 @@ struct gemv_args {
   int64_t m_base = 0;  // first activation row of this launch
   int64_t rows_per_split = 0;
   int splits = 1;
+  int warps_per_row_group = 1;  // forward split_k: warps sharing a row pair (1, 2, 4, 8)
   weight_args w;
   bool vec = false;
 };
@@ -117,28 +118,17 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int g) {
   return g == 0 ? v.x : g == 1 ? v.y : g == 2 ? v.z : v.w;
 }
 
-template <decode_kind D, int MT>
-__global__ void __launch_bounds__(gemv_threads)
-    gemv_forward_kernel(const gemv_args p, const __grid_constant__ code_table table,
-                        const __grid_constant__ code_table map_src) {
-  LOWBIT_DYNAMIC_SHARED(smem);
-  float* map = nullptr;
-  const decoder dec = setup_decoder<D>(smem, table.value, map_src.value, p.w.nested, &map);
-  __syncthreads();  // the only barrier: warps may leave early below
-  constexpr int R = gemv_fwd_rows_per_warp;
-  const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31u);
-  const int64_t n0 = (int64_t(blockIdx.x) * gemv_warps + warp) * R;
-  if (n0 >= p.N) return;
-  const float offset = p.w.nested ? *p.w.nested_offset : 0.0f;
-  const int64_t m0 = p.m_base + int64_t(blockIdx.y) * MT;
-  const int mcount = int(p.M - m0 < MT ? p.M - m0 : MT);
+// The forward's products for the R rows n0.. of W and the MT activation
+// rows m0.. (mcount of them real): this thread takes the 16-byte vectors (on
+// the per-element path: the elements) first, first + stride, ... of those
+// rows and adds their code-value x activation sums, each vector's scaled
+// once, into acc. The two forward kernels differ only in first / stride
+// (one warp or a group of warps per row pair) and in how they sum threads.
+template <decode_kind D, int R, int MT>
+__device__ __forceinline__ void gemv_forward_accumulate(const gemv_args& p, const decoder& dec, const float* map,
+                                                        float offset, int64_t n0, int64_t m0, int mcount,
+                                                        int64_t first, int64_t stride, float (&acc)[R][MT]) {
   const int64_t K = p.K;
-  float acc[R][MT];
-#pragma unroll
-  for (int r = 0; r < R; ++r)
-#pragma unroll
-    for (int m = 0; m < MT; ++m) acc[r][m] = 0.0f;
-
   if (p.vec) {
     constexpr int EPW = kind_elems_per_word(D);
     constexpr int E = 4 * EPW;  // elements per 16-byte vector
@@ -159,7 +149,7 @@ __global__ void __launch_bounds__(gemv_threads)
         }
       }
     };
-    int64_t v = lane;
+    int64_t v = first;
     if (v < nvec) fetch(v);
     while (v < nvec) {
       uint4 cur[R];
@@ -169,7 +159,7 @@ __global__ void __launch_bounds__(gemv_threads)
         cur[r] = cw[r];
         sc[r] = n0 + r < p.N ? finish_scale(p.w, sr[r], map, offset) : 0.0f;
       }
-      const int64_t vn = v + 32;
+      const int64_t vn = v + stride;
       if (vn < nvec) fetch(vn);  // next step's loads fly while this one computes
       // The vector's 32 (4-bit) or 16 (8-bit) elements lie in one block of
       // W (blocks are multiples of them), so its scale multiplies the dot
@@ -214,7 +204,7 @@ __global__ void __launch_bounds__(gemv_threads)
     for (int r = 0; r < R; ++r) {
       const int64_t row = n0 + r;
       if (row >= p.N) continue;
-      for (int64_t k = lane; k < K; k += 32) {
+      for (int64_t k = first; k < K; k += stride) {
         const float w = decode_at<D>(dec, p.w, row * K + k, map, offset);
 #pragma unroll
         for (int m = 0; m < MT; ++m)
@@ -222,24 +212,112 @@ __global__ void __launch_bounds__(gemv_threads)
       }
     }
   }
+}
 
+// Sums acc over the 32 lanes of each warp (a fixed butterfly: every lane
+// ends with the same, order-independent-of-timing sum).
+template <int R, int MT>
+__device__ __forceinline__ void gemv_warp_sum(float (&acc)[R][MT]) {
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
       for (int off = 16; off >= 1; off >>= 1) acc[r][m] = add_rn(acc[r][m], __shfl_xor_sync(0xFFFFFFFFu, acc[r][m], off));
+}
+
+// y[m0 + m][row] = sum (+ bias[row]), rounded once into the output dtype.
+__device__ __forceinline__ void gemv_store_output(const gemv_args& p, int64_t m, int64_t row, float y) {
+  if (p.bias) y = add_rn(y, load_as_float(p.bias, p.bias_type, row));
+  store_from_float(p.out, p.out_type, m * p.N + row, y);
+}
+
+// Forward, layout rows_per_warp: warp w of CTA b owns rows (8 b + w) R ..
+// and walks their whole length.
+template <decode_kind D, int MT>
+__global__ void __launch_bounds__(gemv_threads)
+    gemv_forward_kernel(const gemv_args p, const __grid_constant__ code_table table,
+                        const __grid_constant__ code_table map_src) {
+  LOWBIT_DYNAMIC_SHARED(smem);
+  float* map = nullptr;
+  const decoder dec = setup_decoder<D>(smem, table.value, map_src.value, p.w.nested, &map);
+  __syncthreads();  // the only barrier: warps may leave early below
+  constexpr int R = gemv_fwd_rows_per_warp;
+  const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31u);
+  const int64_t n0 = (int64_t(blockIdx.x) * gemv_warps + warp) * R;
+  if (n0 >= p.N) return;
+  const float offset = p.w.nested ? *p.w.nested_offset : 0.0f;
+  const int64_t m0 = p.m_base + int64_t(blockIdx.y) * MT;
+  const int mcount = int(p.M - m0 < MT ? p.M - m0 : MT);
+  float acc[R][MT];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int m = 0; m < MT; ++m) acc[r][m] = 0.0f;
+  gemv_forward_accumulate<D, R, MT>(p, dec, map, offset, n0, m0, mcount, lane, 32, acc);
+  gemv_warp_sum<R, MT>(acc);
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       const int64_t row = n0 + r;
-      if (lane == r * MT + m && row < p.N && m < mcount) {
-        float y = acc[r][m];
-        if (p.bias) y = add_rn(y, load_as_float(p.bias, p.bias_type, row));
-        store_from_float(p.out, p.out_type, (m0 + m) * p.N + row, y);
-      }
+      if (lane == r * MT + m && row < p.N && m < mcount) gemv_store_output(p, m0 + m, row, acc[r][m]);
     }
+}
+
+// Forward, layout split_k: the CTA's 8 warps form 8 / wg groups of wg warps
+// (wg = p.warps_per_row_group: 1, 2, 4 or 8); group g owns rows
+// ((8 / wg) b + g) R .. and its wg * 32 threads take interleaved 16-byte
+// vectors of them, so a row pair has up to 8 times the loads in flight of
+// rows_per_warp and a 4096-row W gives 2048 CTAs instead of 256. Each warp
+// sums its lanes, then the group's first warp adds the wg warp sums in warp
+// order (shared memory, after the barrier): fixed order, deterministic.
+// (At MT = 1, 4 CTAs per SM: at most 64 registers, so 32 warps of loads in
+// flight per SM; without the bound nvcc took up to 74, leaving 3 CTAs.)
+template <decode_kind D, int MT>
+__global__ void __launch_bounds__(gemv_threads, MT == 1 ? 4 : 2)
+    gemv_forward_split_k_kernel(const gemv_args p, const __grid_constant__ code_table table,
+                                const __grid_constant__ code_table map_src) {
+  LOWBIT_DYNAMIC_SHARED(smem);
+  float* map = nullptr;
+  const decoder dec = setup_decoder<D>(smem, table.value, map_src.value, p.w.nested, &map);
+  constexpr int R = gemv_fwd_rows_per_warp;
+  float* warp_sums = reinterpret_cast<float*>(smem + decode_smem_bytes(D));  // [gemv_warps][R][MT]
+  __syncthreads();
+  const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31u);
+  const int wg = p.warps_per_row_group;
+  const int group = warp / wg, warp_in_group = warp % wg;
+  const int64_t n0 = (int64_t(blockIdx.x) * (gemv_warps / wg) + group) * R;
+  const float offset = p.w.nested ? *p.w.nested_offset : 0.0f;
+  const int64_t m0 = p.m_base + int64_t(blockIdx.y) * MT;
+  const int mcount = int(p.M - m0 < MT ? p.M - m0 : MT);
+  float acc[R][MT];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int m = 0; m < MT; ++m) acc[r][m] = 0.0f;
+  // No thread leaves before the barrier below; groups past the last row
+  // add nothing.
+  if (n0 < p.N)
+    gemv_forward_accumulate<D, R, MT>(p, dec, map, offset, n0, m0, mcount, int64_t(warp_in_group) * 32 + lane,
+                                      int64_t(wg) * 32, acc);
+  gemv_warp_sum<R, MT>(acc);
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int m = 0; m < MT; ++m) warp_sums[(warp * R + r) * MT + m] = acc[r][m];
+  }
+  __syncthreads();
+  if (warp_in_group == 0 && lane < R * MT) {
+    const int r = lane / MT, m = lane % MT;
+    const int64_t row = n0 + r;
+    if (row < p.N && m < mcount) {
+      float y = warp_sums[(warp * R + r) * MT + m];
+      for (int j = 1; j < wg; ++j) y = add_rn(y, warp_sums[((warp + j) * R + r) * MT + m]);
+      gemv_store_output(p, m0 + m, row, y);
+    }
+  }
 }
 
 template <decode_kind D, int MT>
@@ -376,13 +454,34 @@ inline int gemv_backward_smem_bytes(int mt) {
 
 // ---- launchers ---------------------------------------------------------------------
 // Forward: p.act = x [M][K], p.out = y [M][N], p.bias optional.
+
+// split_k: warps per row pair, the largest power of two up to 8 that still
+// gives each of their threads at least one 16-byte vector (vector path) or
+// element (per-element path) of a row.
+inline int gemv_forward_warps_per_row_group(int64_t units_per_row) {
+  int wg = gemv_warps;
+  while (wg > 1 && int64_t(wg) * 32 > units_per_row) wg >>= 1;
+  return wg;
+}
+
+template <decode_kind D>
+inline int gemv_forward_smem_bytes(gemv_forward_layout layout, int mt) {
+  return decode_smem_bytes(D) +
+         (layout == gemv_forward_layout::split_k ? gemv_warps * gemv_fwd_rows_per_warp * mt * 4 : 0);
+}
+
 template <decode_kind D, int MT>
-void launch_gemv_forward_mt(gemv_args p, const code_table& table, const code_table& map, cudaStream_t stream) {
-  static std::atomic<uint64_t> smem_set{0};
-  const int smem = decode_smem_bytes(D);
-  auto kernel = gemv_forward_kernel<D, MT>;
-  allow_dynamic_smem(kernel, smem, smem_set);
-  const int64_t rows_per_cta = int64_t(gemv_warps) * gemv_fwd_rows_per_warp;
+void launch_gemv_forward_mt(gemv_args p, gemv_forward_layout layout, const code_table& table, const code_table& map,
+                            cudaStream_t stream) {
+  const bool split = layout == gemv_forward_layout::split_k;
+  static std::atomic<uint64_t> smem_set_rows{0}, smem_set_split{0};
+  const int smem = gemv_forward_smem_bytes<D>(layout, MT);
+  auto kernel = split ? gemv_forward_split_k_kernel<D, MT> : gemv_forward_kernel<D, MT>;
+  allow_dynamic_smem(kernel, smem, split ? smem_set_split : smem_set_rows);
+  if (split)
+    p.warps_per_row_group =
+        gemv_forward_warps_per_row_group(p.vec ? p.K / (4 * kind_elems_per_word(D)) : p.K);
+  const int64_t rows_per_cta = int64_t(split ? gemv_warps / p.warps_per_row_group : gemv_warps) * gemv_fwd_rows_per_warp;
   const int64_t gx = (p.N + rows_per_cta - 1) / rows_per_cta;
   const int64_t groups = (p.M + MT - 1) / MT;
   for (int64_t g0 = 0; g0 < groups; g0 += 65535) {
@@ -394,10 +493,11 @@ void launch_gemv_forward_mt(gemv_args p, const code_table& table, const code_tab
 }
 
 template <decode_kind D>
-void launch_gemv_forward(const gemv_args& p, const code_table& table, const code_table& map, cudaStream_t stream) {
-  if (p.M == 1) launch_gemv_forward_mt<D, 1>(p, table, map, stream);
-  else if (p.M == 2) launch_gemv_forward_mt<D, 2>(p, table, map, stream);
-  else launch_gemv_forward_mt<D, 4>(p, table, map, stream);
+void launch_gemv_forward(const gemv_args& p, gemv_forward_layout layout, const code_table& table,
+                         const code_table& map, cudaStream_t stream) {
+  if (p.M == 1) launch_gemv_forward_mt<D, 1>(p, layout, table, map, stream);
+  else if (p.M == 2) launch_gemv_forward_mt<D, 2>(p, layout, table, map, stream);
+  else launch_gemv_forward_mt<D, 4>(p, layout, table, map, stream);
 }
 
 // Number of row splits of the backward (fp32 partials [splits][M][K] when
@@ -463,16 +563,17 @@ inline gemv_args gemv_args_of(const void* act, dtype act_type, void* out, dtype 
   return g;
 }
 
-// Y[M][n] = X[M][k] W^T (+ bias): 16-byte loads where k and the pointers allow.
+// Y[M][n] = X[M][k] W^T (+ bias): 16-byte loads where k and the pointers
+// allow; `layout` divides W among warps (gemv_forward_layout, dispatch.hpp).
 template <decode_kind D>
 void gemv_forward(const void* x, dtype x_type, const weight_args& w, const void* bias, dtype bias_type, void* y,
                   dtype y_type, int64_t M, int64_t n, int64_t k, const code_table& table, const code_table& map,
-                  cudaStream_t stream) {
+                  cudaStream_t stream, gemv_forward_layout layout = gemv_forward_layout::rows_per_warp) {
   gemv_args g = gemv_args_of(x, x_type, y, y_type, w, M, n, k);
   g.bias = bias;
   g.bias_type = bias_type;
   g.vec = k % (4 * kind_elems_per_word(D)) == 0 && is_aligned(w.codes, 16) && is_aligned(x, 16);
-  launch_gemv_forward<D>(g, table, map, stream);
+  launch_gemv_forward<D>(g, layout, table, map, stream);
 }
 
 // dX[M][k] = dY[M][n] W over `splits` row ranges of `rows_per_split` rows
