@@ -118,16 +118,23 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int g) {
   return g == 0 ? v.x : g == 1 ? v.y : g == 2 ? v.z : v.w;
 }
 
-// The forward's products for the R rows n0.. of W and the MT activation
-// rows m0.. (mcount of them real): this thread takes the 16-byte vectors (on
-// the per-element path: the elements) first, first + stride, ... of those
-// rows and adds their code-value x activation sums, each vector's scaled
-// once, into acc. The two forward kernels differ only in first / stride
-// (one warp or a group of warps per row pair) and in how they sum threads.
+// The forward's products for the R rows n0.. of W (none when n0 >= N) and
+// the MT activation rows m0.. (mcount of them real): this thread takes the
+// 16-byte vectors (on the per-element path: the elements) first,
+// first + stride, ... of those rows and sets acc to their code-value x
+// activation sums, each vector's scaled once. The two forward kernels
+// differ only in first / stride (one warp or a group of warps per row pair)
+// and in how they sum threads.
 template <decode_kind D, int R, int MT>
 __device__ __forceinline__ void gemv_forward_accumulate(const gemv_args& p, const decoder& dec, const float* map,
-                                                        float offset, int64_t n0, int64_t m0, int mcount,
-                                                        int64_t first, int64_t stride, float (&acc)[R][MT]) {
+                                                        int64_t n0, int64_t m0, int mcount, int64_t first,
+                                                        int64_t stride, float (&acc)[R][MT]) {
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int m = 0; m < MT; ++m) acc[r][m] = 0.0f;
+  if (n0 >= p.N) return;
+  const float offset = p.w.nested ? *p.w.nested_offset : 0.0f;
   const int64_t K = p.K;
   if (p.vec) {
     constexpr int EPW = kind_elems_per_word(D);
@@ -246,15 +253,10 @@ __global__ void __launch_bounds__(gemv_threads)
   const int warp = int(threadIdx.x >> 5), lane = int(threadIdx.x & 31u);
   const int64_t n0 = (int64_t(blockIdx.x) * gemv_warps + warp) * R;
   if (n0 >= p.N) return;
-  const float offset = p.w.nested ? *p.w.nested_offset : 0.0f;
   const int64_t m0 = p.m_base + int64_t(blockIdx.y) * MT;
   const int mcount = int(p.M - m0 < MT ? p.M - m0 : MT);
   float acc[R][MT];
-#pragma unroll
-  for (int r = 0; r < R; ++r)
-#pragma unroll
-    for (int m = 0; m < MT; ++m) acc[r][m] = 0.0f;
-  gemv_forward_accumulate<D, R, MT>(p, dec, map, offset, n0, m0, mcount, lane, 32, acc);
+  gemv_forward_accumulate<D, R, MT>(p, dec, map, n0, m0, mcount, lane, 32, acc);
   gemv_warp_sum<R, MT>(acc);
 #pragma unroll
   for (int r = 0; r < R; ++r)
@@ -288,19 +290,13 @@ __global__ void __launch_bounds__(gemv_threads, MT == 1 ? 4 : 2)
   const int wg = p.warps_per_row_group;
   const int group = warp / wg, warp_in_group = warp % wg;
   const int64_t n0 = (int64_t(blockIdx.x) * (gemv_warps / wg) + group) * R;
-  const float offset = p.w.nested ? *p.w.nested_offset : 0.0f;
   const int64_t m0 = p.m_base + int64_t(blockIdx.y) * MT;
   const int mcount = int(p.M - m0 < MT ? p.M - m0 : MT);
-  float acc[R][MT];
-#pragma unroll
-  for (int r = 0; r < R; ++r)
-#pragma unroll
-    for (int m = 0; m < MT; ++m) acc[r][m] = 0.0f;
   // No thread leaves before the barrier below; groups past the last row
   // add nothing.
-  if (n0 < p.N)
-    gemv_forward_accumulate<D, R, MT>(p, dec, map, offset, n0, m0, mcount, int64_t(warp_in_group) * 32 + lane,
-                                      int64_t(wg) * 32, acc);
+  float acc[R][MT];
+  gemv_forward_accumulate<D, R, MT>(p, dec, map, n0, m0, mcount, int64_t(warp_in_group) * 32 + lane,
+                                    int64_t(wg) * 32, acc);
   gemv_warp_sum<R, MT>(acc);
   if (lane == 0) {
 #pragma unroll
