@@ -5,8 +5,10 @@
 // the optimizer states (lowbit::save_optimizer_state, prefixes "optimizer."
 // for the matrices and "optimizer_norms." for the RMSNorm gains) and, in
 // __metadata__, the model config, the training mode, the step (which is
-// also the data position: batches are drawn by step), the seed and the
-// tokens seen. Written atomically (temporary file, fsync, rename).
+// also the data position: batches are drawn by step), the seed, the
+// rounding seed (the optimizer's stochastic rounding key; absent in
+// checkpoints written before it existed, which rounded with the seed) and
+// the tokens seen. Written atomically (temporary file, fsync, rename).
 // Loading checks the file before changing anything: it must be a lowbit
 // LLaMA checkpoint of the same mode and model config (errors name the
 // difference), and every weight must be present with its dtype and shape.
@@ -62,6 +64,7 @@ inline void save_checkpoint(const std::string& path, const llama_config& cfg, co
   out.set_metadata("step", std::to_string(st.step));
   out.set_metadata("data_position", std::to_string(st.step));
   out.set_metadata("seed", std::to_string(st.seed));
+  out.set_metadata("rounding_seed", std::to_string(opt.rounding_seed()));
   out.set_metadata("tokens", std::to_string(st.tokens));
   out.write(path);
 }
@@ -75,19 +78,28 @@ inline std::string meta(const lowbit::safetensors_reader& r, const std::string& 
   return it->second;
 }
 
-inline int64_t meta_int(const lowbit::safetensors_reader& r, const std::string& path, const std::string& key) {
+// A metadata value that must be a decimal integer in [0, 2^64).
+inline uint64_t meta_u64(const lowbit::safetensors_reader& r, const std::string& path, const std::string& key) {
   const std::string s = meta(r, path, key);
   size_t used = 0;
-  long long v = 0;
+  unsigned long long v = 0;
   try {
-    v = std::stoll(s, &used);
+    if (!s.empty() && s[0] >= '0' && s[0] <= '9') v = std::stoull(s, &used);  // stoull would accept "-1"
   } catch (const std::exception&) {
     used = 0;
   }
-  if (used != s.size() || s.empty() || v < 0)
+  if (used != s.size() || s.empty())
     throw lowbit::error(lowbit::errc::malformed_file, "checkpoint '" + path + "': metadata '" + key + "' = '" + s +
                                                           "' is not a non-negative integer");
-  return v;
+  return uint64_t(v);
+}
+
+inline int64_t meta_int(const lowbit::safetensors_reader& r, const std::string& path, const std::string& key) {
+  const uint64_t v = meta_u64(r, path, key);
+  if (v > uint64_t(INT64_MAX))
+    throw lowbit::error(lowbit::errc::malformed_file,
+                        "checkpoint '" + path + "': metadata '" + key + "' = " + std::to_string(v) + " is too large");
+  return int64_t(v);
 }
 
 // The first field in which two configs differ, or "".
@@ -134,8 +146,15 @@ inline train_state load_checkpoint(const std::string& path, const llama_config& 
     throw lowbit::error(lowbit::errc::invalid_argument, "checkpoint '" + path + "' is for another model: " + diff);
   train_state st;
   st.step = meta_int(r, path, "step");
-  st.seed = uint64_t(std::stoull(meta(r, path, "seed")));
+  st.seed = meta_u64(r, path, "seed");
   st.tokens = meta_int(r, path, "tokens");
+  // Checkpoints written before --rounding-seed existed rounded with --seed.
+  const uint64_t rounding = r.metadata().count("rounding_seed") ? meta_u64(r, path, "rounding_seed") : st.seed;
+  if (rounding != opt.rounding_seed())
+    throw lowbit::error(lowbit::errc::invalid_argument,
+                        "checkpoint '" + path + "' was trained with rounding seed " + std::to_string(rounding) +
+                            ", this run uses " + std::to_string(opt.rounding_seed()) +
+                            " (--rounding-seed; the stochastic rounding would differ)");
 
   // Stage every weight (validated) before touching anything.
   const param_layout& L = *w.layout;

@@ -94,7 +94,7 @@ struct optimizer_hparams {
   float beta1 = 0.9f, beta2 = 0.95f;
   float eps = 1e-8f;
   float weight_decay = 0.0f;  // matrices only; the RMSNorm gains are never decayed
-  uint64_t seed = 0;
+  uint64_t seed = 0;  // stochastic rounding stream (matrices; the norm gains use seed + 1)
   bool stable_weight_scales = false;  // quantized matrices (see lowbit::optim::optimizer_options)
 };
 
@@ -123,6 +123,9 @@ class trainer_optimizer {
   virtual lowbit::optim::step_report end_step() = 0;
   virtual int64_t step_count() const = 0;
   virtual int64_t state_bytes() const = 0;  // optimizer states, their scales, any master copy
+  // The key of the stochastic rounding stream (optimizer_hparams::seed): a
+  // checkpoint records it, and resuming with another one is refused.
+  virtual uint64_t rounding_seed() const = 0;
   virtual void save(lowbit::safetensors_writer& w) const = 0;
   virtual void load(const lowbit::safetensors_reader& r) = 0;
 };
@@ -203,6 +206,7 @@ class composed_optimizer final : public trainer_optimizer {
     const auto a = matrices_.memory(), b = vectors_.memory();
     return a.state_bytes + a.master_bytes + b.state_bytes + b.master_bytes;
   }
+  uint64_t rounding_seed() const override { return matrices_.options().seed; }
   void save(lowbit::safetensors_writer& w) const override {
     lowbit::save_optimizer_state(matrices_, w, "optimizer.");
     lowbit::save_optimizer_state(vectors_, w, "optimizer_norms.");

@@ -52,6 +52,7 @@ struct options {
   float lr = -1.0f, min_lr_ratio = 0.1f, weight_decay = 0.0f, clip = 1.0f, beta1 = 0.9f, beta2 = 0.95f;
   int64_t warmup = 30, eval_every = 100, eval_batches = 8, log_every = 10, save_every = 0, stop_after = -1;
   uint64_t seed = 1337;
+  int64_t rounding_seed = -1;  // -1: the --seed
   bool checkpointing = false, fused_update = false, quiet = false;
   int64_t sample_tokens = 200;
   std::string prompt = "ROMEO:";
@@ -93,6 +94,8 @@ void print_help() {
       "  --fused-update        update each layer as soon as its gradients exist (no full gradient\n"
       "                        buffer); global-norm clipping is then unavailable (needs --clip 0)\n"
       "  --seed N              data order, init and stochastic rounding (default 1337)\n"
+      "  --rounding-seed N     stochastic rounding only (default: the --seed), to vary the rounding\n"
+      "                        draws of a run while its data order and initial weights stay fixed\n"
       "data:\n"
       "  --data FILE           corpus (default: tinyshakespeare)\n"
       "  --data-format F       text (default), u16 or u32 (pre-tokenized little-endian ids)\n"
@@ -178,6 +181,11 @@ bool parse_args(int argc, char** argv, options& o) {
     else if (a == "--stop-after") o.stop_after = to_int(a, need(i));
     else if (a == "--sample-tokens") o.sample_tokens = to_int(a, need(i));
     else if (a == "--seed") o.seed = uint64_t(to_int(a, need(i)));
+    else if (a == "--rounding-seed") {
+      o.rounding_seed = to_int(a, need(i));
+      lowbit::require(o.rounding_seed >= 0, lowbit::errc::invalid_argument,
+                      "--rounding-seed expects a non-negative integer, got " + std::to_string(o.rounding_seed));
+    }
     else if (a == "--lr") o.lr = to_float(a, need(i));
     else if (a == "--min-lr-ratio") o.min_lr_ratio = to_float(a, need(i));
     else if (a == "--weight-decay") o.weight_decay = to_float(a, need(i));
@@ -297,7 +305,7 @@ int main(int argc, char** argv) {
     so.hparams.beta1 = o.beta1;
     so.hparams.beta2 = o.beta2;
     so.hparams.weight_decay = o.weight_decay;
-    so.hparams.seed = o.seed;
+    so.hparams.seed = o.rounding_seed >= 0 ? uint64_t(o.rounding_seed) : o.seed;
     // Large models take a while to allocate, draw or load and copy: say so.
     const bool slow_setup = !o.quiet && cfg.n_params() >= (int64_t(1) << 26);
     const auto t_setup = std::chrono::steady_clock::now();
@@ -335,11 +343,12 @@ int main(int argc, char** argv) {
       print_memory_table(mode, P, run.weight_bytes(), run.optimizer().state_bytes(), run.gradient_bytes(),
                          run.activation_bytes(), o);
       std::printf("steps %lld, batch %lld x seq %lld, lr %.3g (warmup %lld, cosine to %.2gx), betas %.3g %.3g, clip %.3g, "
-                  "seed %llu%s\n",
+                  "seed %llu%s%s\n",
                   static_cast<long long>(o.steps), static_cast<long long>(o.batch), static_cast<long long>(o.seq),
                   double(peak_lr), static_cast<long long>(o.warmup), double(o.min_lr_ratio), double(so.hparams.beta1),
-                  double(so.hparams.beta2), double(o.clip),
-                  static_cast<unsigned long long>(o.seed), st.step ? (", resuming at step " + std::to_string(st.step)).c_str() : "");
+                  double(so.hparams.beta2), double(o.clip), static_cast<unsigned long long>(o.seed),
+                  so.hparams.seed != o.seed ? (", rounding seed " + std::to_string(so.hparams.seed)).c_str() : "",
+                  st.step ? (", resuming at step " + std::to_string(st.step)).c_str() : "");
       std::fflush(stdout);
     }
 

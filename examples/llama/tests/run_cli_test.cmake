@@ -76,4 +76,7 @@ run_fails(cpu_bf16_grads "--grad-dtype bf16 needs the CUDA backend" --device cpu
 run_fails(mode_mismatch "trained in mode 'qft', this run uses mode 'fp32-adamw'" --mode fp32-adamw --steps 10 ${SMALL}
           --resume full.safetensors)
 run_fails(missing_data "cannot open corpus" --data ${WORK_DIR}/nope.txt)
+run_fails(bad_rounding_seed "--rounding-seed expects a non-negative integer, got -1" --rounding-seed -1)
+run_fails(rounding_mismatch "trained with rounding seed 1337, this run uses 7" --mode qft --steps 10 ${SMALL}
+          --rounding-seed 7 --resume full.safetensors)
 message(STATUS "llama_train command line: all checks passed")

@@ -5,7 +5,9 @@
 // corrupted or mismatched checkpoints give clear errors and leave the
 // session's weights untouched; --grad-dtype parses, bf16 is refused by the
 // CPU trainer, and the gradient buffer's bytes follow its dtype; qft keeps
-// its int8 block scales stable (none shrinks) while qft-reencode does not.
+// its int8 block scales stable (none shrinks) while qft-reencode does not;
+// the rounding seed changes only stochastically rounded modes, and a
+// checkpoint resumes only with the rounding seed it was trained with.
 #include <doctest/doctest.h>
 
 #include <cstdio>
@@ -197,6 +199,60 @@ TEST_CASE("save, resume and continue equals the uninterrupted run, bit for bit")
     std::remove(path_a.c_str());
     std::remove(path_b.c_str());
   }
+}
+
+TEST_CASE("the rounding seed moves only stochastically rounded modes; checkpoints record it") {
+  // Same data and initial weights, rounding seeds 99 and 5: qft (int8
+  // weights rounded stochastically) takes other steps, fp32-adamw (no
+  // random draws) the same ones bit for bit.
+  for (const char* name : {"qft", "fp32-adamw"}) {
+    INFO("mode " << name);
+    const mode_info& m = find_mode(name);
+    session_options other = small_options(m);
+    other.hparams.seed = 5;
+    training_session a(small_config(), m, small_options(m)), b(small_config(), m, other);
+    CHECK(a.optimizer().rounding_seed() == 99);
+    CHECK(b.optimizer().rounding_seed() == 5);
+    init_random(a.weights(), a.config(), 5);
+    init_random(b.weights(), b.config(), 5);
+    train(a, 0, 3, 1.0f);
+    train(b, 0, 3, 1.0f);
+    if (std::string(name) == "qft") CHECK(weight_bytes(a) != weight_bytes(b));
+    else CHECK(weight_bytes(a) == weight_bytes(b));
+  }
+
+  const mode_info& qft = find_mode("qft");
+  training_session s(small_config(), qft, small_options(qft));
+  init_random(s.weights(), s.config(), 5);
+  train(s, 0, 2, 1.0f);
+  const std::string path = "rounding_seed_test.safetensors";
+  s.save(path, {2, 99, 1024});
+  {
+    const lowbit::safetensors_reader r = lowbit::safetensors_reader::open(path);
+    CHECK(r.metadata().at("rounding_seed") == "99");
+  }
+  session_options other = small_options(qft);
+  other.hparams.seed = 5;
+  training_session t(small_config(), qft, other);
+  init_random(t.weights(), t.config(), 77);
+  const std::string before = weight_bytes(t);
+  CHECK_THROWS_WITH_AS(t.load(path), doctest::Contains("trained with rounding seed 99, this run uses 5"),
+                       lowbit::error);
+  CHECK(weight_bytes(t) == before);
+
+  // A checkpoint from before the key existed rounded with its --seed.
+  const lowbit::safetensors_reader r = lowbit::safetensors_reader::open(path);
+  lowbit::safetensors_writer w;
+  for (const auto& tensor : r.tensors()) w.add(tensor.name, tensor.type, tensor.shape, tensor.data);
+  for (const auto& kv : r.metadata())
+    if (kv.first != "rounding_seed") w.set_metadata(kv.first, kv.second);
+  w.write(path);
+  CHECK_THROWS_WITH_AS(t.load(path), doctest::Contains("trained with rounding seed 99, this run uses 5"),
+                       lowbit::error);
+  training_session u(small_config(), qft, small_options(qft));
+  CHECK(u.load(path).seed == 99);
+  CHECK(weight_bytes(u) == weight_bytes(s));
+  std::remove(path.c_str());
 }
 
 TEST_CASE("corrupted or mismatched checkpoints give clear errors and change nothing") {
