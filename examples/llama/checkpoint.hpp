@@ -154,7 +154,7 @@ inline train_state load_checkpoint(const std::string& path, const llama_config& 
     throw lowbit::error(lowbit::errc::invalid_argument,
                         "checkpoint '" + path + "' was trained with rounding seed " + std::to_string(rounding) +
                             ", this run uses " + std::to_string(opt.rounding_seed()) +
-                            " (--rounding-seed; the stochastic rounding would differ)");
+                            " (--rounding-seed, by default the --seed; the stochastic rounding would differ)");
 
   // Stage every weight (validated) before touching anything.
   const param_layout& L = *w.layout;
