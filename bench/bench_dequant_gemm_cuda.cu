@@ -368,19 +368,7 @@ int main(int argc, char** argv) {
   }
   argc = kept;
 
-  if (lowbit::cuda::device_count() == 0) {
-    std::fprintf(stderr,
-                 "bench_dequant_gemm_cuda: no CUDA device (or no driver) is available; nothing was measured. "
-                 "Exiting with code 77 (skipped).\n");
-    return 77;
-  }
-
-  try {
-    add_gpu_context();
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_dequant_gemm_cuda: %s\n", e.what());
-    return 1;
-  }
+  if (const int rc = start_gpu_benchmarks("bench_dequant_gemm_cuda")) return rc;
   benchmark::AddCustomContext("lowbit_weights",
                               "nf4_nested: nf4 block 64, nested scales; int4: block 64, f32 scales; int8: block 256, "
                               "f32 scales; W ~ N(0, 0.02) quantized on the GPU; activations bf16 ~ N(0, 1)");
@@ -426,13 +414,5 @@ int main(int argc, char** argv) {
     }
   }
 
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  if (g_failed) {
-    std::fprintf(stderr, "bench_dequant_gemm_cuda: at least one benchmark failed (see error_message above)\n");
-    return 1;
-  }
-  return 0;
+  return run_gpu_benchmarks(argc, argv, "bench_dequant_gemm_cuda");
 }

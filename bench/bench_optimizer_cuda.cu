@@ -194,10 +194,6 @@ LOWBIT_BENCH((bm_quantized<lion, states::int8, format::nf4, true>), "cuda/lion/s
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (lowbit::cuda::device_count() == 0) {
-    std::fprintf(stderr, "bench_optimizer_cuda: no CUDA device available; nothing measured\n");
-    return 77;
-  }
   int kept = 1;  // lowbit's --n=N is taken out; the rest goes to Google Benchmark
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--n=", 4) == 0) {
@@ -211,20 +207,7 @@ int main(int argc, char** argv) {
     }
   }
   argc = kept;
-  try {
-    add_gpu_context();
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_optimizer_cuda: %s\n", e.what());
-    return 1;
-  }
+  if (const int rc = start_gpu_benchmarks("bench_optimizer_cuda")) return rc;
   benchmark::AddCustomContext("lowbit_data", "weights and bf16 gradient drawn from N(0, 0.02^2); 3 untimed steps");
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  if (g_failed) {
-    std::fprintf(stderr, "bench_optimizer_cuda: at least one benchmark failed\n");
-    return 1;
-  }
-  return 0;
+  return run_gpu_benchmarks(argc, argv, "bench_optimizer_cuda");
 }

@@ -20,6 +20,8 @@
 
 #include <lowbit/cpu/quantize.hpp>
 
+#include "quantize_bench_variants.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -34,6 +36,10 @@
 #include <vector>
 
 namespace {
+
+using lowbit_bench::quantize_variant;
+using lowbit_bench::quantize_variant_suffix;
+using lowbit_bench::quantize_variants;
 
 constexpr int64_t default_n = int64_t(64) << 20;
 constexpr int block_size = 64;  // bitsandbytes' default for 4-bit weights
@@ -223,17 +229,8 @@ void bm_memcpy(benchmark::State& state) {
 
 template <class T>
 void register_dtype(const char* dtype_name, int64_t n) {
-  using lowbit::format;
-  struct variant {
-    format fmt;
-    bool nested;
-  };
-  const variant variants[] = {{format::nf4, false},      {format::nf4, true},       {format::fp4, false},
-                              {format::int4, false},     {format::int8, false},     {format::dynamic8, false},
-                              {format::udynamic8, false}, {format::dynamic4, false}, {format::ulinear4, false}};
-  for (const variant& v : variants) {
-    const std::string suffix =
-        std::string(lowbit::format_name(v.fmt)) + (v.nested ? "/nested" : "/f32scale") + "/" + dtype_name;
+  for (const quantize_variant& v : quantize_variants) {
+    const std::string suffix = quantize_variant_suffix(v, dtype_name);
     benchmark::RegisterBenchmark(("quantize/" + suffix).c_str(), bm_quantize<T>, v.fmt, v.nested)
         ->ArgName("n")
         ->Arg(n)

@@ -26,6 +26,7 @@
 #include <lowbit/formats/quantized_view.hpp>
 
 #include "cuda_bench_support.cuh"
+#include "quantize_bench_variants.hpp"
 
 #include <algorithm>
 #include <cstdint>
@@ -152,17 +153,8 @@ void bm_copy_d2d(benchmark::State& state) {
 
 template <class T>
 void register_dtype(const char* dtype_name, int64_t n) {
-  using lowbit::format;
-  struct variant {
-    format fmt;
-    bool nested;
-  };
-  const variant variants[] = {{format::nf4, false},      {format::nf4, true},       {format::fp4, false},
-                              {format::int4, false},     {format::int8, false},     {format::dynamic8, false},
-                              {format::udynamic8, false}, {format::dynamic4, false}, {format::ulinear4, false}};
-  for (const variant& v : variants) {
-    const std::string suffix =
-        std::string(lowbit::format_name(v.fmt)) + (v.nested ? "/nested" : "/f32scale") + "/" + dtype_name;
+  for (const quantize_variant& v : quantize_variants) {
+    const std::string suffix = quantize_variant_suffix(v, dtype_name);
     benchmark::RegisterBenchmark(("quantize/" + suffix).c_str(), bm_quantize<T>, v.fmt, v.nested)
         ->ArgName("n")
         ->Arg(n)
@@ -197,19 +189,7 @@ int main(int argc, char** argv) {
   }
   argc = kept;
 
-  if (lowbit::cuda::device_count() == 0) {
-    std::fprintf(stderr,
-                 "bench_quantize_cuda: no CUDA device (or no driver) is available; nothing was measured. "
-                 "Exiting with code 77 (skipped).\n");
-    return 77;
-  }
-
-  try {
-    add_gpu_context();
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_quantize_cuda: %s\n", e.what());
-    return 1;
-  }
+  if (const int rc = start_gpu_benchmarks("bench_quantize_cuda")) return rc;
   benchmark::AddCustomContext("lowbit_block_size", std::to_string(block_size));
   benchmark::AddCustomContext("lowbit_timing",
                               "CUDA events around the library call alone; L2 flushed (memset of 2x L2) before "
@@ -226,13 +206,5 @@ int main(int argc, char** argv) {
     register_dtype<lowbit::bf16>("bf16", n);
   }
 
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  if (g_failed) {
-    std::fprintf(stderr, "bench_quantize_cuda: at least one benchmark failed (see error_message above)\n");
-    return 1;
-  }
-  return 0;
+  return run_gpu_benchmarks(argc, argv, "bench_quantize_cuda");
 }

@@ -8,8 +8,9 @@
 // normally distributed test data drawn on
 // the device (real data: constant bytes would make every warp take the same
 // branches and read the same table entries), a NaN count for poisoned
-// outputs, failure bookkeeping (a failed benchmark makes main return 1) and
-// the GPU's description in the JSON context. Each binary is one translation
+// outputs, failure bookkeeping (a failed benchmark makes main return 1),
+// the GPU's description in the JSON context, and the start and end of each
+// binary's main (no device: exit 77). Each binary is one translation
 // unit, so the definitions here are inline. Kernels launch through
 // LOWBIT_LAUNCH, so the binaries also build against the CPU emulator
 // (tests/emulation; bench/CMakeLists.txt runs them there as smoke tests).
@@ -26,6 +27,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <exception>
 #include <map>
 #include <string>
 #include <vector>
@@ -234,6 +237,42 @@ inline void add_gpu_context() {
   benchmark::AddCustomContext("gpu_global_mem_bytes", std::to_string(prop.totalGlobalMem));
   benchmark::AddCustomContext("cuda_driver_version", std::to_string(driver));
   benchmark::AddCustomContext("cuda_runtime_version", std::to_string(runtime));
+}
+
+// The start of every CUDA benchmark's main, after its own flags: 77
+// (skipped, said on stderr) without a CUDA device or driver, 1 when the
+// device cannot be described, 0 when the run can go on (the GPU's
+// description is then in the JSON context).
+inline int start_gpu_benchmarks(const char* binary) {
+  if (lowbit::cuda::device_count() == 0) {
+    std::fprintf(stderr,
+                 "%s: no CUDA device (or no driver) is available; nothing was measured. "
+                 "Exiting with code 77 (skipped).\n",
+                 binary);
+    return 77;
+  }
+  try {
+    add_gpu_context();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: %s\n", binary, e.what());
+    return 1;
+  }
+  return 0;
+}
+
+// The end of every CUDA benchmark's main: hands the remaining flags to
+// Google Benchmark and runs what is registered; 2 for a flag it does not
+// know, 1 when any benchmark failed (fail() above), else 0.
+inline int run_gpu_benchmarks(int argc, char** argv, const char* binary) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  if (g_failed) {
+    std::fprintf(stderr, "%s: at least one benchmark failed (see error_message above)\n", binary);
+    return 1;
+  }
+  return 0;
 }
 
 }  // namespace lowbit_bench
