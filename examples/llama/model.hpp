@@ -101,7 +101,10 @@ class llama_model {
     else on_ready(std::vector<int>{L_.head, L_.final_norm});
     for (int l = cfg_.n_layers - 1; l >= 0; --l) {
       layer_acts& a = acts_for(l);
-      if (checkpointing_) layer_forward(l, a, tmp_dim_.data());  // recompute this layer's intermediates
+      // Recompute this layer's intermediates. Its output is xs_[l + 1],
+      // already stored, so the recompute stops before w_down's product (a
+      // quarter to a third of a LLaMA layer's matrix work).
+      if (checkpointing_) layer_forward(l, a, nullptr);
       layer_backward(l, a, grads, plan, on_ready);
     }
     // Token embedding: scatter-add each row's gradient (onto the head's
@@ -180,6 +183,7 @@ class llama_model {
     linear_forward(a.xn2.data(), M, w_.matrix(P.w_gate), a.gate.data());
     linear_forward(a.xn2.data(), M, w_.matrix(P.w_up), a.up.data());
     ops::swiglu_forward(a.gate.data(), a.up.data(), a.h.data(), M * F);
+    if (!x_out) return;  // a checkpointing recompute: the output is stored already
     linear_forward(a.h.data(), M, w_.matrix(P.w_down), x_out);
     add_into(x_out, a.x_mid.data(), M * D);
   }

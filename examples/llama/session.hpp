@@ -36,6 +36,11 @@ struct session_options {
   // seq, vocab] at once; smaller chunks save memory at the cost of more,
   // smaller head GEMMs (two per chunk but the last when there are several).
   int64_t logits_chunk_bytes = int64_t(64) << 20;
+  // CUDA path: attention's float32 scores (and its dP and dscores) are made
+  // for as many sequences of the batch at a time as fit this many bytes of
+  // scores, at least one (--attention-chunk-mib); the results do not depend
+  // on it, the scratch memory does (heads * seq^2 * 4 bytes per sequence).
+  int64_t attention_chunk_bytes = int64_t(32) << 20;
   optimizer_hparams hparams;
 };
 

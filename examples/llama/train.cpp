@@ -60,6 +60,7 @@ struct options {
   double peak_tflops = 989.4;  // MFU denominator: H100 SXM dense bf16 tensor-core peak
   int64_t timing_warmup = 0;   // first steps left out of the final tokens/s
   int64_t logits_chunk_mib = 64;
+  int64_t attention_chunk_mib = 32;
 };
 
 void print_help() {
@@ -76,6 +77,8 @@ void print_help() {
       "  --logits-chunk-mib N  CUDA: the float32 logits are made in vocabulary chunks of at most N MiB\n"
       "                        (default 64), never whole; several chunks cost one more pass of head\n"
       "                        GEMMs (the backward recomputes them); N >= the whole logits: one chunk\n"
+      "  --attention-chunk-mib N  CUDA: attention's float32 scores are made for as many sequences of the\n"
+      "                        batch at a time as fit N MiB (default 32; at least one sequence)\n"
       "model:\n"
       "  --preset NAME         tiny (default), llama2-7b, llama3.2-1b, tinyllama-1.1b (random init)\n"
       "  --config FILE         Hugging Face config.json instead of a preset (random init)\n"
@@ -160,6 +163,7 @@ bool parse_args(int argc, char** argv, options& o) {
     else if (a == "--gpu-activations") o.gpu_activations = need(i);
     else if (a == "--grad-dtype") o.grad_dtype = need(i);
     else if (a == "--logits-chunk-mib") o.logits_chunk_mib = to_int(a, need(i));
+    else if (a == "--attention-chunk-mib") o.attention_chunk_mib = to_int(a, need(i));
     else if (a == "--preset") o.preset = need(i);
     else if (a == "--config") o.config_path = need(i);
     else if (a == "--init") o.init_dir = need(i);
@@ -222,6 +226,9 @@ bool parse_args(int argc, char** argv, options& o) {
   parse_grad_dtype(o.grad_dtype);  // f32 or bf16, else a clear error
   lowbit::require(o.logits_chunk_mib >= 1 && o.logits_chunk_mib <= (int64_t(1) << 20), lowbit::errc::invalid_argument,
                   "--logits-chunk-mib must be between 1 and 1048576, got " + std::to_string(o.logits_chunk_mib));
+  lowbit::require(o.attention_chunk_mib >= 1 && o.attention_chunk_mib <= (int64_t(1) << 20),
+                  lowbit::errc::invalid_argument,
+                  "--attention-chunk-mib must be between 1 and 1048576, got " + std::to_string(o.attention_chunk_mib));
   return true;
 }
 
@@ -301,6 +308,7 @@ int main(int argc, char** argv) {
     so.fused_update = o.fused_update;
     so.grad_dtype = parse_grad_dtype(o.grad_dtype);
     so.logits_chunk_bytes = o.logits_chunk_mib << 20;
+    so.attention_chunk_bytes = o.attention_chunk_mib << 20;
     so.hparams.lr = peak_lr;
     so.hparams.beta1 = o.beta1;
     so.hparams.beta2 = o.beta2;

@@ -50,6 +50,8 @@
 #include <cuda_runtime.h>
 #include <ucontext.h>
 
+#include "emulator_options.hpp"
+
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -221,7 +223,7 @@ inline void run_block(unsigned n) {
 }
 
 // Runs body(arg) as every thread of every block of the grid, with CUDA's
-// launch limits checked.
+// launch limits checked (only those under LOWBIT_EMULATOR_SKIP_COMPUTE).
 inline void run_grid(dim3 grid, dim3 block, void (*body)(void*), void* arg) {
   block_state& s = state();
   if (s.current >= 0) die("kernel launch from device code");
@@ -231,6 +233,7 @@ inline void run_grid(dim3 grid, dim3 block, void (*body)(void*), void* arg) {
     throw error("invalid launch configuration: grid (" + std::to_string(grid.x) + ", " + std::to_string(grid.y) +
                 ", " + std::to_string(grid.z) + "), block (" + std::to_string(block.x) + ", " +
                 std::to_string(block.y) + ", " + std::to_string(block.z) + ")");
+  if (emulator_options::skip_compute()) return;  // an allocation dry run (emulator_options.hpp): checked, not run
   while (s.stacks.size() < n) s.stacks.emplace_back(new char[block_state::stack_bytes]);
   s.ctx.resize(n);
   s.st.resize(n);

@@ -10,12 +10,16 @@
 // float32 compute types). Operands are float32, bfloat16 or float16; each
 // output is summed in double in k order, scaled in float and rounded once
 // to C's type (round to nearest even): one valid order among those cuBLAS
-// may use, so tests bound the difference, never expect bits. Arguments
+// may use, so tests bound the difference, never expect bits. Under
+// LOWBIT_EMULATOR_SKIP_COMPUTE (emulator_options.hpp) GEMMs check their
+// arguments and return without computing. Arguments
 // cuBLAS rejects (negative sizes, leading dimensions too small, unsupported
 // types or compute types) return its error statuses, not garbage.
 #include <cublas_v2.h>
 
 #include <lowbit/core/dtype.hpp>
+
+#include "emulator_options.hpp"
 
 #include <cstdint>
 
@@ -123,7 +127,7 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cub
                             cublasComputeType_t computeType, cublasGemmAlgo_t) {
   const cublasStatus_t st = check(handle, transa, transb, m, n, k, alpha, Atype, lda, Btype, ldb, beta, Ctype, ldc,
                                   computeType, 1);
-  if (st != CUBLAS_STATUS_SUCCESS) return st;
+  if (st != CUBLAS_STATUS_SUCCESS || emulator_options::skip_compute()) return st;
   gemm_one(transa, transb, m, n, k, *static_cast<const float*>(alpha), A, Atype, lda, B, Btype, ldb,
            *static_cast<const float*>(beta), C, Ctype, ldc);
   return CUBLAS_STATUS_SUCCESS;
@@ -137,7 +141,7 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
                                           cublasComputeType_t computeType, cublasGemmAlgo_t) {
   const cublasStatus_t st = check(handle, transa, transb, m, n, k, alpha, Atype, lda, Btype, ldb, beta, Ctype, ldc,
                                   computeType, batchCount);
-  if (st != CUBLAS_STATUS_SUCCESS) return st;
+  if (st != CUBLAS_STATUS_SUCCESS || emulator_options::skip_compute()) return st;
   const size_t as = lowbit::dtype_size(Atype == CUDA_R_32F ? lowbit::dtype::f32 : lowbit::dtype::bf16);
   const size_t cs = lowbit::dtype_size(Ctype == CUDA_R_32F ? lowbit::dtype::f32 : lowbit::dtype::bf16);
   for (int b = 0; b < batchCount; ++b)

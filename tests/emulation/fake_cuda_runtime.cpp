@@ -13,13 +13,24 @@
 //     every stream is always idle).
 //   one device, "compute capability 9.0" (the kernels' sm_90 paths): 4
 //     multiprocessors (small grids, so grid-stride loops take several
-//     laps), no concurrent managed access, no pageable memory access
+//     laps) and 1 GiB of memory unless emulator_options.hpp's variables say
+//     otherwise, no concurrent managed access, no pageable memory access
 //     (fake_cuda::set_pageable_memory_access turns it on, for tests that
 //     hand host vectors to kernels), 1 MiB of L2; cudaPointerGetAttributes reports the
 //     kind of the fake allocation holding a pointer (device, managed,
 //     pinned host) and any other pointer as pageable host memory;
 //     allocations are 256-byte aligned as cudaMalloc's; memory pools keep
 //     freed bytes until trimmed; prefetches do nothing.
+//   device memory in use is counted as a GPU's cudaMemGetInfo sees it: the
+//     bytes of live device and managed allocations plus the freed bytes
+//     memory pools keep (exact requested sizes: no allocation granularity,
+//     no CUDA context, no library workspaces). cudaMemGetInfo reports
+//     free = total less that; fake_cuda::device_bytes_in_use() and
+//     peak_device_bytes() give it and its high-water mark (pinned host
+//     memory apart: pinned_host_bytes_in_use(), peak_pinned_host_bytes()).
+//     With LOWBIT_EMULATOR_SKIP_COMPUTE or LOWBIT_EMULATOR_MEMORY_REPORT
+//     set, the peaks are printed to stderr at exit, so any program can be
+//     traced without code of its own.
 //   streams and events exist as handles; as launches are synchronous, an
 //     event records the host clock, so cudaEventElapsedTime is the host
 //     time of the work between two events (the benchmark binaries' smoke
@@ -33,8 +44,11 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
+#include <cstdio>
 #include <map>
 
+#include "emulator_options.hpp"
 #include "fake_cuda_runtime.hpp"
 
 namespace {
@@ -47,6 +61,44 @@ std::map<const void*, allocation>& allocations() {
   return a;
 }
 cudaError_t last_error = cudaSuccess;
+
+// Memory in use, as a GPU would count it (see the file comment).
+struct memory_counters {
+  size_t device = 0, pinned = 0;            // live allocations' bytes (device + managed; pinned host)
+  size_t pool_kept = 0;                     // freed bytes kept by memory pools
+  size_t peak_device = 0, peak_pinned = 0;  // high-water marks of device + pool_kept, and of pinned
+  void note() {
+    peak_device = std::max(peak_device, device + pool_kept);
+    peak_pinned = std::max(peak_pinned, pinned);
+  }
+};
+// Constant-initialized (no constructor runs, nothing is destroyed), so the
+// report at exit below can read it whatever the order of static objects.
+memory_counters all_counters;
+memory_counters& counters() { return all_counters; }
+size_t& counter_of(cudaMemoryType type) {
+  return type == cudaMemoryTypeHost ? counters().pinned : counters().device;
+}
+// LOWBIT_EMULATOR_ALLOCATION_LOG_MIB: one line per large allocation or free.
+void log_event(const char* what, size_t bytes, cudaMemoryType type) {
+  const long long min_mib = emulator_options::allocation_log_mib();
+  if (min_mib < 0 || bytes < (size_t(min_mib) << 20)) return;
+  const char* kind = type == cudaMemoryTypeHost ? "pinned" : type == cudaMemoryTypeManaged ? "managed" : "device";
+  std::fprintf(stderr, "fake CUDA runtime: %s %.2f MiB %s; device in use %.1f MiB, pool reserve %.1f MiB\n", what,
+               double(bytes) / 1048576.0, kind, double(counters().device + counters().pool_kept) / 1048576.0,
+               double(counters().pool_kept) / 1048576.0);
+}
+// Under an allocation dry run, the peaks are the result: print them at exit.
+struct dry_run_report {
+  ~dry_run_report() {
+    if (!emulator_options::skip_compute() && !emulator_options::memory_report()) return;
+    const memory_counters& c = counters();
+    std::fprintf(stderr,
+                 "fake CUDA runtime: peak device memory in use %.1f MiB (%zu bytes: device "
+                 "and managed allocations plus memory-pool reserve), peak pinned host memory %.1f MiB\n",
+                 double(c.peak_device) / 1048576.0, c.peak_device, double(c.peak_pinned) / 1048576.0);
+  }
+} report_at_exit;
 
 struct fake_stream {
   int unused = 0;
@@ -67,6 +119,9 @@ cudaError_t alloc(void** p, size_t bytes, cudaMemoryType type = cudaMemoryTypeDe
   *p = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + (bytes ? 0 : 256));
   if (!*p) return fail(cudaErrorMemoryAllocation);
   allocations()[*p] = allocation{bytes, type};
+  counter_of(type) += bytes;
+  counters().note();
+  log_event("alloc", bytes, type);
   return cudaSuccess;
 }
 struct fake_pool {
@@ -81,11 +136,15 @@ cudaError_t release(void* p) {
   auto it = allocations().find(p);
   if (it == allocations().end()) return fail(cudaErrorInvalidValue);
   auto pit = pool_of().find(p);
-  if (pit != pool_of().end()) {  // back to its pool, which keeps the bytes
+  const bool pooled = pit != pool_of().end();
+  if (pooled) {  // back to its pool, which keeps the bytes
     pit->second->live -= it->second.bytes;
     pit->second->kept += it->second.bytes;
+    counters().pool_kept += it->second.bytes;
     pool_of().erase(pit);
   }
+  counter_of(it->second.type) -= it->second.bytes;
+  log_event(pooled ? "free (kept by its pool)" : "free", it->second.bytes, it->second.type);
   allocations().erase(it);
   std::free(p);
   return cudaSuccess;
@@ -105,7 +164,15 @@ cudaError_t set(void* dst, int value, size_t bytes) {
 namespace fake_cuda {
 size_t live_allocations() { return allocations().size(); }
 void set_pageable_memory_access(bool on) { pageable_access = on; }
-int sm_count() { return 4; }
+int sm_count() { return emulator_options::sm_count(); }
+size_t device_bytes_in_use() { return counters().device + counters().pool_kept; }
+size_t peak_device_bytes() { return counters().peak_device; }
+size_t pinned_host_bytes_in_use() { return counters().pinned; }
+size_t peak_pinned_host_bytes() { return counters().peak_pinned; }
+void reset_peaks() {
+  counters().peak_device = device_bytes_in_use();
+  counters().peak_pinned = counters().pinned;
+}
 }  // namespace fake_cuda
 
 extern "C" {
@@ -237,7 +304,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int dev) {
   prop->multiProcessorCount = fake_cuda::sm_count();
   prop->warpSize = 32;
   prop->maxThreadsPerBlock = 1024;
-  prop->totalGlobalMem = size_t(1) << 30;
+  prop->totalGlobalMem = emulator_options::device_bytes();
   return cudaSuccess;
 }
 
@@ -259,6 +326,7 @@ cudaError_t cudaMemPoolCreate(cudaMemPool_t* pool, const cudaMemPoolProps* props
 }
 cudaError_t cudaMemPoolDestroy(cudaMemPool_t pool) {
   if (!pool) return fail(cudaErrorInvalidValue);
+  counters().pool_kept -= reinterpret_cast<fake_pool*>(pool)->kept;  // its reserve goes back to the device
   delete reinterpret_cast<fake_pool*>(pool);
   return cudaSuccess;
 }
@@ -278,15 +346,24 @@ cudaError_t cudaMemPoolTrimTo(cudaMemPool_t pool, size_t keep) {
   if (!pool) return fail(cudaErrorInvalidValue);
   fake_pool& fp = *reinterpret_cast<fake_pool*>(pool);
   const size_t excess = fp.live + fp.kept > keep ? fp.live + fp.kept - keep : 0;
-  fp.kept -= excess < fp.kept ? excess : fp.kept;
+  const size_t returned = excess < fp.kept ? excess : fp.kept;
+  fp.kept -= returned;
+  counters().pool_kept -= returned;
   return cudaSuccess;
 }
 cudaError_t cudaMallocFromPoolAsync(void** p, size_t bytes, cudaMemPool_t pool, cudaStream_t) {
   if (!pool) return fail(cudaErrorInvalidValue);
-  const cudaError_t e = alloc(p, bytes);
-  if (e != cudaSuccess) return e;
   fake_pool* fp = reinterpret_cast<fake_pool*>(pool);
-  fp->kept -= bytes < fp->kept ? bytes : fp->kept;
+  // Kept bytes the allocation takes back: off the reserve before alloc()
+  // counts the new bytes, so the peak never counts them twice.
+  const size_t reused = bytes < fp->kept ? bytes : fp->kept;
+  counters().pool_kept -= reused;
+  const cudaError_t e = alloc(p, bytes);
+  if (e != cudaSuccess) {
+    counters().pool_kept += reused;
+    return e;
+  }
+  fp->kept -= reused;
   fp->live += bytes;
   pool_of()[*p] = fp;
   return cudaSuccess;
@@ -294,7 +371,9 @@ cudaError_t cudaMallocFromPoolAsync(void** p, size_t bytes, cudaMemPool_t pool, 
 
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   if (!free_bytes || !total_bytes) return fail(cudaErrorInvalidValue);
-  *free_bytes = *total_bytes = size_t(1) << 30;
+  *total_bytes = emulator_options::device_bytes();
+  const size_t used = fake_cuda::device_bytes_in_use();
+  *free_bytes = used < *total_bytes ? *total_bytes - used : 0;
   return cudaSuccess;
 }
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* p) {

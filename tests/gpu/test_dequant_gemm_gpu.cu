@@ -531,7 +531,8 @@ TEST_CASE("dequant_cublas in panels (dequantize_range, tile kernel) matches floa
   const config configs[] = {{format::nf4, true, dtype::bf16, dtype::bf16, true},
                             {format::int8, false, dtype::f16, dtype::f16, false},
                             {format::int4, true, dtype::f32, dtype::f32, false},
-                            {format::dynamic8, false, dtype::bf16, dtype::f32, true}};
+                            {format::dynamic8, false, dtype::bf16, dtype::f32, true},
+                            {format::nf4, false, dtype::bf16, dtype::f32, false}};
   const int64_t M = 33, N = 300, K = 200;
   uint64_t seed = 9100;
   for (const config& c : configs) {
@@ -548,6 +549,14 @@ TEST_CASE("dequant_cublas in panels (dequantize_range, tile kernel) matches floa
     const cuda::gemm_plan fp = cuda::plan_dequant_gemm(cuda::gemm_direction::forward, M, N, K, c.f, c.act, c.out,
                                                        c.bias, o);
     CHECK(fp.workspace_bytes < size_t(N) * size_t(K) * dtype_size(c.act));  // really in panels
+    if (!c.bias && c.out == dtype::f32 && c.act != dtype::f32) {
+      // cuBLAS writes the float32 output itself: no staging panel, the
+      // same scratch as a bfloat16 output (and the offsets of the panels
+      // into Y / dX are in float32 elements, which the values check).
+      for (cuda::gemm_direction d : {cuda::gemm_direction::forward, cuda::gemm_direction::backward_input})
+        CHECK(cuda::plan_dequant_gemm(d, M, N, K, c.f, c.act, c.out, false, o).workspace_bytes ==
+              cuda::plan_dequant_gemm(d, M, N, K, c.f, c.act, c.act, false, o).workspace_bytes);
+    }
     const dense y = run_forward(x, w, c.bias ? &bias : nullptr, c.out, gemm_regime::dequant_cublas, &o);
     CHECK(check_all(y, fref, bounds_of(fref, gemm_regime::dequant_cublas, c.out), "forward in row panels"));
     const dense dx = run_backward(dy, w, c.out, gemm_regime::dequant_cublas, &o);

@@ -16,6 +16,13 @@
 // plain cuBLAS call. Operands are the activation type A (float32 or
 // bfloat16), accumulation float32; scores and dP are float32.
 //
+// Memory: scores and dP are B*H*S*S floats when the whole batch goes at
+// once (128 MiB for the 1B shape at batch 4 x 512). The model passes a
+// batch_chunk instead, the number of sequences per set of products, so those
+// buffers hold batch_chunk*H*S*S elements; the products of one chunk are the
+// same GEMMs with fewer batch entries (the (batch, kv head) pairs are
+// independent), so the outputs do not depend on it.
+//
 // The cuBLAS arguments of each product are in gemm_plans.hpp, where a CPU
 // test checks them against the CPU trainer's attention.
 #pragma once
@@ -69,33 +76,59 @@ void batched_gemm(cublasHandle_t h, const gemm_args& g, const A* a, const A* b, 
             what);
 }
 
+// The sequences [b0, b0 + chunk.B) of a batch of d.B: chunk.B of them
+// (batch_chunk, the last chunk fewer), and where they start in each
+// head-major tensor (elements).
+struct attention_chunk {
+  attention_dims dims;
+  int64_t q, kv, probs;  // offsets into qh / oh / doh / dqh, kh / vh / dkh / dvh, probs
+};
+inline attention_chunk chunk_of(const attention_dims& d, int64_t b0, int64_t batch_chunk) {
+  attention_chunk c{d, b0 * d.H * d.S * d.hd, b0 * d.KV * d.S * d.hd, b0 * d.H * d.S * d.S};
+  c.dims.B = d.B - b0 < batch_chunk ? d.B - b0 : batch_chunk;
+  return c;
+}
+inline void check_batch_chunk(int64_t batch_chunk) {
+  lowbit::require(batch_chunk >= 1, lowbit::errc::invalid_argument,
+                  "attention: batch_chunk must be >= 1, got " + std::to_string(batch_chunk));
+}
+
 // qh [B,H,S,hd], kh / vh [B,KV,S,hd] (rotary already applied) -> probs
-// [B,H,S,S] (kept for the backward), oh [B,H,S,hd]. scores: B*H*S*S floats.
+// [B,H,S,S] (kept for the backward), oh [B,H,S,hd]. scores: batch_chunk*H*S*S
+// floats (scratch).
 template <class A>
-void attention_forward(cublasHandle_t h, const attention_dims& d, const A* qh, const A* kh, const A* vh,
-                       float* scores, A* probs, A* oh, cudaStream_t s) {
-  const attention_plan p = plan_attention(d, 1.0f / std::sqrt(float(d.hd)));
+void attention_forward(cublasHandle_t h, const attention_dims& d, int64_t batch_chunk, const A* qh, const A* kh,
+                       const A* vh, float* scores, A* probs, A* oh, cudaStream_t s) {
+  check_batch_chunk(batch_chunk);
   cublas_ok(cublasSetStream(h, s), "cublasSetStream");
-  batched_gemm<A>(h, p.scores, kh, qh, scores, CUDA_R_32F, "attention scores");
-  causal_softmax<A>(scores, probs, d.B * d.H * d.S, d.S, s);
-  batched_gemm<A>(h, p.output, vh, probs, oh, cuda_dtype<A>(), "attention output");
+  for (int64_t b0 = 0; b0 < d.B; b0 += batch_chunk) {
+    const attention_chunk c = chunk_of(d, b0, batch_chunk);
+    const attention_plan p = plan_attention(c.dims, 1.0f / std::sqrt(float(d.hd)));
+    batched_gemm<A>(h, p.scores, kh + c.kv, qh + c.q, scores, CUDA_R_32F, "attention scores");
+    causal_softmax<A>(scores, probs + c.probs, c.dims.B * d.H * d.S, d.S, s);
+    batched_gemm<A>(h, p.output, vh + c.kv, probs + c.probs, oh + c.q, cuda_dtype<A>(), "attention output");
+  }
 }
 
 // doh [B,H,S,hd] -> dqh [B,H,S,hd], dkh / dvh [B,KV,S,hd] (written, summed
-// over the query heads of each group). dprobs: B*H*S*S floats; dscores:
-// B*H*S*S elements of A.
+// over the query heads of each group). dprobs: batch_chunk*H*S*S floats;
+// dscores: batch_chunk*H*S*S elements of A (scratch).
 template <class A>
-void attention_backward(cublasHandle_t h, const attention_dims& d, const A* doh, const A* qh, const A* kh,
-                        const A* vh, const A* probs, float* dprobs, A* dscores, A* dqh, A* dkh, A* dvh,
+void attention_backward(cublasHandle_t h, const attention_dims& d, int64_t batch_chunk, const A* doh, const A* qh,
+                        const A* kh, const A* vh, const A* probs, float* dprobs, A* dscores, A* dqh, A* dkh, A* dvh,
                         cudaStream_t s) {
+  check_batch_chunk(batch_chunk);
   const float scale = 1.0f / std::sqrt(float(d.hd));
-  const attention_plan p = plan_attention(d, scale);
   cublas_ok(cublasSetStream(h, s), "cublasSetStream");
-  batched_gemm<A>(h, p.dprobs, vh, doh, dprobs, CUDA_R_32F, "attention dP");
-  batched_gemm<A>(h, p.dv, doh, probs, dvh, cuda_dtype<A>(), "attention dV");
-  causal_softmax_backward<A>(probs, dprobs, dscores, d.B * d.H * d.S, d.S, scale, s);
-  batched_gemm<A>(h, p.dq, kh, dscores, dqh, cuda_dtype<A>(), "attention dQ");
-  batched_gemm<A>(h, p.dk, qh, dscores, dkh, cuda_dtype<A>(), "attention dK");
+  for (int64_t b0 = 0; b0 < d.B; b0 += batch_chunk) {
+    const attention_chunk c = chunk_of(d, b0, batch_chunk);
+    const attention_plan p = plan_attention(c.dims, scale);
+    batched_gemm<A>(h, p.dprobs, vh + c.kv, doh + c.q, dprobs, CUDA_R_32F, "attention dP");
+    batched_gemm<A>(h, p.dv, doh + c.q, probs + c.probs, dvh + c.kv, cuda_dtype<A>(), "attention dV");
+    causal_softmax_backward<A>(probs + c.probs, dprobs, dscores, c.dims.B * d.H * d.S, d.S, scale, s);
+    batched_gemm<A>(h, p.dq, kh + c.kv, dscores, dqh + c.q, cuda_dtype<A>(), "attention dQ");
+    batched_gemm<A>(h, p.dk, qh + c.q, dscores, dkh + c.kv, cuda_dtype<A>(), "attention dK");
+  }
 }
 
 }  // namespace gpu

@@ -249,11 +249,13 @@ __global__ void swiglu_forward_kernel(const A* gate, const A* up, A* h, int64_t 
   }
 }
 template <class A>
+// Every element's inputs are read before its outputs are written, so the
+// model runs it in place (dgate over gate, dup over up): no buffers of its own.
 __global__ void swiglu_backward_kernel(const A* dh, const A* gate, const A* up, A* dgate, A* dup, int64_t n) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const float g = ld(gate, i), s = sigmoidf(g), d = ld(dh, i);
+    const float g = ld(gate, i), s = sigmoidf(g), d = ld(dh, i), u = ld(up, i);
     st(dup, i, d * (g * s));
-    st(dgate, i, d * ld(up, i) * (s * (1.0f + g * (1.0f - s))));
+    st(dgate, i, d * u * (s * (1.0f + g * (1.0f - s))));
   }
 }
 template <class A>

@@ -44,14 +44,22 @@ class cuda_model {
 
   cuda_model(const llama_config& c, const param_layout& L, device_weights& w, int64_t max_batch, int64_t max_seq,
              bool checkpointing, int64_t logits_chunk_bytes = int64_t(64) << 20, int64_t chunk_row_multiple = 1,
-             cudaStream_t stream = nullptr)
+             int64_t attention_chunk_bytes = int64_t(32) << 20, cudaStream_t stream = nullptr)
       : cfg_(c), L_(L), w_(w), max_batch_(max_batch), max_seq_(max_seq), checkpointing_(checkpointing), s_(stream) {
     lowbit::require(logits_chunk_bytes > 0, lowbit::errc::invalid_argument, "the logits chunk must be > 0 bytes");
+    lowbit::require(attention_chunk_bytes > 0, lowbit::errc::invalid_argument,
+                    "the attention chunk must be > 0 bytes");
     lowbit::require(max_seq <= c.max_seq_len, lowbit::errc::invalid_argument,
                     "sequence length " + std::to_string(max_seq) + " exceeds the model's max_seq_len " +
                         std::to_string(c.max_seq_len));
-    const int64_t M = max_batch * max_seq, D = c.dim, F = c.hidden_dim, QW = c.q_dim(), KW = c.kv_dim();
-    const int64_t SS = max_batch * c.n_heads * max_seq * max_seq, V = c.vocab_size;
+    const int64_t M = max_batch * max_seq, D = c.dim, QW = c.q_dim(), KW = c.kv_dim();
+    const int64_t V = c.vocab_size;
+    // Attention's float32 scores / dP and its dscores hold the sequences of
+    // one attention chunk (at most attention_chunk_bytes of scores, at least
+    // one sequence), not the whole batch: attention.cuh.
+    const int64_t per_sequence = int64_t(c.n_heads) * max_seq * max_seq;
+    const int64_t SS =
+        std::min<int64_t>(max_batch, std::max<int64_t>(1, attention_chunk_bytes / (per_sequence * 4))) * per_sequence;
     // rotary tables: the CPU trainer's (computed in double, rounded once)
     const ops::rope_table<float> rope(max_seq, c.head_dim(), double(c.rope_theta));
     cos_.resize(int64_t(rope.cos.size()));
@@ -97,9 +105,6 @@ class cuda_model {
     dmid_.resize(M * D);
     dxn_.resize(M * D);
     tmp_dim_.resize(M * D);
-    dgate_.resize(M * F);
-    dup_.resize(M * F);
-    dh_.resize(M * F);
     dattn_.resize(M * QW);
     doh_.resize(M * QW);
     dqh_.resize(M * QW);
@@ -174,6 +179,11 @@ class cuda_model {
 
   // Rows of the head per logits chunk (the vocabulary when it fits).
   int64_t vocab_chunk() const { return vocab_chunk_; }
+  // Sequences per attention chunk at the longest sequence (the batch's
+  // size when the whole batch fits attention_chunk_bytes).
+  int64_t attention_chunk_sequences() const {
+    return scores_.size() / (int64_t(cfg_.n_heads) * max_seq_ * max_seq_);
+  }
 
   // Allocates the buffer of one vocabulary chunk of the tied head's
   // gradient (gradient_plan's tied_in_chunks) for gradients of
@@ -225,7 +235,10 @@ class cuda_model {
     else on_ready(std::vector<int>{L_.head, L_.final_norm});
     for (int l = cfg_.n_layers - 1; l >= 0; --l) {
       layer_acts& a = acts_for(l);
-      if (checkpointing_) layer_forward(l, a, tmp_dim_.data());  // recompute this layer's intermediates
+      // Recompute this layer's intermediates. Its output is xs_[l + 1],
+      // already stored, so the recompute stops before w_down's product (a
+      // quarter to a third of a LLaMA layer's matrix work).
+      if (checkpointing_) layer_forward(l, a, nullptr);
       layer_backward(l, a, grads, plan, on_ready);
     }
     // Token embedding: each row's gradient added to its token's row (onto
@@ -284,7 +297,7 @@ class cuda_model {
       n += a.rstd1.bytes() + a.rstd2.bytes();
     }
     for (const device_array<A>* v : {&xn_f_, &dlogits_, &q_raw_, &k_raw_, &v_raw_, &oh_, &dx_, &dmid_, &dxn_,
-                                     &tmp_dim_, &dgate_, &dup_, &dh_, &dattn_, &doh_, &dqh_, &dkh_, &dvh_, &dq_raw_,
+                                     &tmp_dim_, &dattn_, &doh_, &dqh_, &dkh_, &dvh_, &dq_raw_,
                                      &dk_raw_, &dv_raw_, &dscores_})
       n += v->bytes();
     for (const device_array<float>* v : {&rstd_f_, &logits_, &ce_rows_, &dxn32_, &part32_, &row_loss_, &scores_, &norm_scratch_})
@@ -355,6 +368,11 @@ class cuda_model {
 
   attention_dims attn_dims() const {
     return {B_, S_, int64_t(cfg_.n_heads), int64_t(cfg_.n_kv_heads), int64_t(cfg_.head_dim())};
+  }
+  // Sequences per attention chunk at the current sequence length: as many
+  // as the scores buffer holds (sized for the longest sequence).
+  int64_t attn_batch_chunk() const {
+    return std::max<int64_t>(1, scores_.size() / (int64_t(cfg_.n_heads) * S_ * S_));
   }
 
   void embed_forward(A* out, int64_t M) {
@@ -432,7 +450,7 @@ class cuda_model {
                      s_);
     permute_heads<A>(v_raw_.data(), a.vh.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_kv_heads, hd, false, false,
                      true, s_);
-    attention_forward<A>(cublas_, attn_dims(), a.qh.data(), a.kh.data(), a.vh.data(), scores_.data(), a.probs.data(),
+    attention_forward<A>(cublas_, attn_dims(), attn_batch_chunk(), a.qh.data(), a.kh.data(), a.vh.data(), scores_.data(), a.probs.data(),
                          oh_.data(), s_);
     permute_heads<A>(oh_.data(), a.attn.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_heads, hd, false, false, false,
                      s_);
@@ -442,6 +460,7 @@ class cuda_model {
     linear_forward(cublas_, a.xn2.data(), act_dtype, M, w_.matrix(P.w_gate), a.gate.data(), act_dtype, s_);
     linear_forward(cublas_, a.xn2.data(), act_dtype, M, w_.matrix(P.w_up), a.up.data(), act_dtype, s_);
     swiglu_forward<A>(a.gate.data(), a.up.data(), a.h.data(), M * F, s_);
+    if (!x_out) return;  // a checkpointing recompute: the output is stored already
     linear_forward(cublas_, a.h.data(), act_dtype, M, w_.matrix(P.w_down), x_out, act_dtype, s_);
     add_into<A>(x_out, a.x_mid.data(), M * D, s_);
   }
@@ -459,14 +478,21 @@ class cuda_model {
     const A* x = xs_[size_t(l)].data();
     // MLP: out = x_mid + down(silu(gate(xn2)) * up(xn2))
     linear_weight_grad(cublas_, dx_.data(), a.h.data(), t, M, D, F, g(P.w_down), gt, false, s_);
-    linear_backward_input(cublas_, dx_.data(), t, M, w_.matrix(P.w_down), dh_.data(), s_);
+    // The layer's [M, F] activations are dead once read here, so their
+    // gradients overwrite them (three [M, F] buffers less: 96 MiB for the 1B
+    // shape at 2048 tokens): dh over h (after w_down's gradient read h),
+    // then dgate over gate and dup over up (swiglu_backward runs in place).
+    A* const dh = a.h.data();
+    A* const dgate = a.gate.data();
+    A* const dup = a.up.data();
+    linear_backward_input(cublas_, dx_.data(), t, M, w_.matrix(P.w_down), dh, s_);
     on_ready(std::vector<int>{P.w_down});
-    swiglu_backward<A>(dh_.data(), a.gate.data(), a.up.data(), dgate_.data(), dup_.data(), M * F, s_);
-    linear_weight_grad(cublas_, dgate_.data(), a.xn2.data(), t, M, F, D, g(P.w_gate), gt, false, s_);
-    linear_backward_input(cublas_, dgate_.data(), t, M, w_.matrix(P.w_gate), dxn_.data(), s_);
+    swiglu_backward<A>(dh, a.gate.data(), a.up.data(), dgate, dup, M * F, s_);
+    linear_weight_grad(cublas_, dgate, a.xn2.data(), t, M, F, D, g(P.w_gate), gt, false, s_);
+    linear_backward_input(cublas_, dgate, t, M, w_.matrix(P.w_gate), dxn_.data(), s_);
     on_ready(std::vector<int>{P.w_gate});
-    linear_weight_grad(cublas_, dup_.data(), a.xn2.data(), t, M, F, D, g(P.w_up), gt, false, s_);
-    linear_backward_input(cublas_, dup_.data(), t, M, w_.matrix(P.w_up), tmp_dim_.data(), s_);
+    linear_weight_grad(cublas_, dup, a.xn2.data(), t, M, F, D, g(P.w_up), gt, false, s_);
+    linear_backward_input(cublas_, dup, t, M, w_.matrix(P.w_up), tmp_dim_.data(), s_);
     on_ready(std::vector<int>{P.w_up});
     add_into<A>(dxn_.data(), tmp_dim_.data(), M * D, s_);
     LOWBIT_CUDA_CHECK(cudaMemcpyAsync(dmid_.data(), dx_.data(), size_t(M * D) * sizeof(A), cudaMemcpyDeviceToDevice, s_));
@@ -479,7 +505,7 @@ class cuda_model {
     on_ready(std::vector<int>{P.wo});
     permute_heads<A>(dattn_.data(), doh_.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_heads, hd, false, false, true,
                      s_);
-    attention_backward<A>(cublas_, attn_dims(), doh_.data(), a.qh.data(), a.kh.data(), a.vh.data(), a.probs.data(),
+    attention_backward<A>(cublas_, attn_dims(), attn_batch_chunk(), doh_.data(), a.qh.data(), a.kh.data(), a.vh.data(), a.probs.data(),
                           scores_.data(), dscores_.data(), dqh_.data(), dkh_.data(), dvh_.data(), s_);
     permute_heads<A>(dqh_.data(), dq_raw_.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_heads, hd, true, true, false,
                      s_);
@@ -532,7 +558,7 @@ class cuda_model {
   bool last_chunk_ready_ = false;  // logits_ holds the last vocabulary chunk of the last forward
   device_array<A> q_raw_, k_raw_, v_raw_, oh_;
   device_array<float> scores_;  // attention scores, then dP in the backward (float32)
-  device_array<A> dx_, dmid_, dxn_, tmp_dim_, dgate_, dup_, dh_, dattn_, doh_, dqh_, dkh_, dvh_, dq_raw_, dk_raw_,
+  device_array<A> dx_, dmid_, dxn_, tmp_dim_, dattn_, doh_, dqh_, dkh_, dvh_, dq_raw_, dk_raw_,
       dv_raw_, dscores_;
   device_array<float> norm_scratch_;
 };

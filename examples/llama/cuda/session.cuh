@@ -120,7 +120,7 @@ class cuda_session final : public session_base {
     plan_ = gradient_plan(layout_, o.fused_update, tied_in_chunks_);
     const int64_t row_multiple = tied_in_chunks_ ? align / std::gcd(align, int64_t(cfg.dim)) : 1;
     model_ = std::make_unique<cuda_model<A>>(cfg, layout_, *dev_, o.batch, o.seq, o.checkpointing,
-                                             o.logits_chunk_bytes, row_multiple);
+                                             o.logits_chunk_bytes, row_multiple, o.attention_chunk_bytes);
     if (tied_in_chunks_) chunk_grad_bytes_ = model_->reserve_chunk_gradient(bf16_grads() ? 2 : 4);
     if (bf16_grads()) {
       grads16_.resize(plan_.size);
@@ -148,6 +148,8 @@ class cuda_session final : public session_base {
     if (model_->vocab_chunk() < cfg_.vocab_size)
       d += ", logits in chunks of " + std::to_string(model_->vocab_chunk()) + " vocabulary rows";
     if (tied_in_chunks_) d += ", tied head stepped per vocabulary chunk";
+    if (model_->attention_chunk_sequences() < opts_.batch)
+      d += ", attention " + std::to_string(model_->attention_chunk_sequences()) + " sequence(s) at a time";
     return d;
   }
   double peak_device_mib() const override { return double(peak_used_) / (1024.0 * 1024.0); }

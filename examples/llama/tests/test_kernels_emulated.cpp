@@ -424,6 +424,12 @@ TEST_CASE("emulated kernels: swiglu forward and backward, add_into, convert_into
     expect_close(to_f32(h), hr, bf16_tol, "swiglu h (bf16)");
     expect_close(to_f32(dg), dgr, bf16_tol, "swiglu dgate (bf16)");
     expect_close(to_f32(du), dur, bf16_tol, "swiglu dup (bf16)");
+    // in place, as the model runs it (dgate over gate, dup over up): the
+    // same bits as into separate buffers
+    std::vector<bf16> g_in = gb, u_in = ub;
+    swiglu_backward<bf16>(db.data(), g_in.data(), u_in.data(), g_in.data(), u_in.data(), n, nullptr);
+    expect_bits(to_f32(g_in), to_f32(dg), "swiglu dgate in place");
+    expect_bits(to_f32(u_in), to_f32(du), "swiglu dup in place");
   }
   {
     std::vector<float> y = gate, y_ref(static_cast<size_t>(n));

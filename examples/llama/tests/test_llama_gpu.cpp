@@ -254,6 +254,53 @@ void check_logit_chunks(const llama_config& c, const std::string& mode) {
                 << ", last-row logits vs CPU " << le);
 }
 
+// Attention in chunks of sequences (session_options::attention_chunk_bytes,
+// here 2 of a batch of 3: chunks of 2 and 1) against the whole batch at
+// once, with checkpointing (the recomputed forward chunks too). Each chunk
+// runs the same products with fewer batch entries and the same per-row
+// softmax kernels, so the emulator gives the same bits; on a GPU cuBLAS may
+// choose another kernel for another batch count, so the loss may differ by
+// 1e-6 relative and each gradient tensor by 1e-5 relative L2 (float32
+// activations) or 2^-8 (bfloat16: a value moved by a float32 rounding can
+// round to the neighbouring bfloat16). A chunk at a wrong offset, or a
+// sequence left out, gives errors of order 1.
+void check_attention_chunks(const llama_config& c, const std::string& mode) {
+  CAPTURE(mode);
+  const mode_info& m = find_mode(mode);
+  session_options o = options_for(m, 3, 32);
+  o.checkpointing = true;
+  std::unique_ptr<session_base> whole = make_session(c, m, o, "cuda");
+  o.attention_chunk_bytes = 2 * int64_t(c.n_heads) * o.seq * o.seq * 4;
+  std::unique_ptr<session_base> chunked = make_session(c, m, o, "cuda");
+  for (session_base* s : {whole.get(), chunked.get()}) {
+    init_random(s->weights(), c, 8);
+    s->weights_changed();
+  }
+  CHECK(whole->device_description().find("attention") == std::string::npos);
+  CHECK(chunked->device_description().find("attention 2 sequence(s) at a time") != std::string::npos);
+  std::vector<int32_t> x(size_t(o.batch * o.seq)), y(x.size());
+  corpus().train_batch(99, 6, o.batch, o.seq, x.data(), y.data());
+  std::vector<float> gw, gc;
+  const double lw = whole->gradients(x.data(), y.data(), gw);
+  const double lc = chunked->gradients(x.data(), y.data(), gc);
+  CHECK(std::abs(lc - lw) <= 1e-6 * lw);
+  const bool f32 = m.storage == matrix_storage::f32;
+  const double grad_tol = f32 ? 1e-5 : std::ldexp(1.0, -8);
+  REQUIRE(gw.size() == gc.size());
+  int64_t off = 0;
+  double worst = 0;
+  for (const param_info& p : whole->layout().params) {
+    if (c.tied_embeddings && p.name == "lm_head.weight") continue;
+    CAPTURE(p.name);
+    const double e = rel_l2(gc.data() + off, gw.data() + off, p.numel);
+    CHECK(e <= grad_tol);
+    worst = std::max(worst, e);
+    off += p.numel;
+  }
+  MESSAGE(mode << ": attention in chunks of 2 sequences, loss " << lc << " vs " << lw
+                << ", worst gradient relative L2 " << worst);
+}
+
 void train(session_base& s, int64_t from, int64_t to, float clip) {
   const session_options& o = s.options();
   std::vector<int32_t> x(size_t(o.batch * o.seq)), y(x.size());
@@ -449,6 +496,11 @@ TEST_CASE("GPU: with bfloat16 gradients the loss falls, fused equals two-pass, t
 TEST_CASE("GPU: logits in vocabulary chunks equal the whole vocabulary's (loss, gradients, sampling)") {
   check_logit_chunks(small_config(false, 2), "fp32-adamw");
   check_logit_chunks(small_config(true, 1), "qft");
+}
+
+TEST_CASE("GPU: attention in chunks of sequences equals the whole batch's (loss, gradients)") {
+  check_attention_chunks(small_config(false, 2), "fp32-adamw");
+  check_attention_chunks(small_config(true, 1), "qft");
 }
 
 TEST_CASE("GPU: bad requests are refused with clear errors") {

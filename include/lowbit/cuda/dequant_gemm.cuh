@@ -124,7 +124,7 @@ inline gemm_plan plan_dequant_gemm(gemm_direction dir, int64_t M, int64_t n, int
       if (p.splits > 1) p.workspace_bytes = size_t(p.splits) * size_t(M) * size_t(P) * 4;
       break;
     default: {
-      const bool staging = fwd ? (has_bias || output != activations) : output != activations;
+      const bool staging = gemm_detail::needs_staging(fwd && has_bias, activations, output);
       p.workspace_bytes =
           plan_panels(!fwd, M, n, k, dtype_size(activations), staging, opt.max_tile_bytes).bytes();
       break;

@@ -10,9 +10,10 @@
 // operands CUBLAS_COMPUTE_32F_PEDANTIC, so no TF32). The forward cuts W into
 // row panels (disjoint output columns of Y), the backward into column panels
 // (disjoint output columns of dX), so every output element gets its whole
-// reduction from one cuBLAS call and is rounded once. A bias or an output
-// dtype different from the activations goes through an fp32 staging panel
-// and finalize_kernel (bias added in fp32, one rounding). All of W, or a
+// reduction from one cuBLAS call and is rounded once. A bias, or an output
+// dtype other than the activations' or float32, goes through an fp32
+// staging panel and finalize_kernel (bias added in fp32, one rounding);
+// cuBLAS writes a float32 output itself. All of W, or a
 // forward row panel (a contiguous range of W's elements), is decoded by
 // cuda::dequantize_range (quantize.cuh) rather than the tile kernel below:
 // on the H100 (2026-11-26) the regime with the tile kernel cost about 270 us
@@ -207,6 +208,16 @@ void dequantize_panel(const weight_args& w, const quantized_view& whole, int64_t
   launch_dequant_tile<D, T>(w, r0, rows, c0, cols, tile, table, map, stream);
 }
 
+// Whether a dequant_cublas call writes through the fp32 staging panel: with
+// a bias (added by the finalize kernel), or an output type cuBLAS cannot
+// write from these operands. cuBLAS writes float32 from bfloat16 or float16
+// operands itself (CUBLAS_COMPUTE_32F), so a float32 output of 16-bit
+// activations goes straight into Y / dX: staging it would double the
+// output's memory (the LLaMA head's float32 logits chunk: 64 MiB more).
+inline bool needs_staging(bool has_bias, dtype activations, dtype output) {
+  return has_bias || (output != activations && output != dtype::f32);
+}
+
 // Panels of the dequant_cublas regime: `units` rows of W per panel
 // (forward) or columns (backward), as many as fit `budget` bytes of
 // dequantized weights plus fp32 staging, at least min(total, 64).
@@ -241,7 +252,7 @@ void dequant_cublas_forward(const tensor_view& x, const weight_args& w, const qu
                             int64_t M, int64_t N, int64_t K, const gemm_options& opt, const code_table& table,
                             const code_table& map, cudaStream_t stream, const char* fn) {
   require_int_dims(fn, M, N, K);
-  const bool staging = bias != nullptr || y.type != x.type;
+  const bool staging = needs_staging(bias != nullptr, x.type, y.type);
   const panel_plan pp = plan_panels(false, M, N, K, sizeof(T), staging, opt.max_tile_bytes);
   const int64_t nc_max = pp.units;
   scratch ws(opt, pp.bytes(), stream, fn);
@@ -254,7 +265,7 @@ void dequant_cublas_forward(const tensor_view& x, const weight_args& w, const qu
     const int64_t nc = N - n0 < nc_max ? N - n0 : nc_max;
     dequantize_panel<D, T>(w, whole, n0, nc, 0, K, tile, table, map, stream);
     // column-major view: Y^T[n0:n0+nc, :] (nc x M) = (W panel) (nc x K) * X^T (K x M)
-    void* c = staging ? static_cast<void*>(stage) : static_cast<void*>(static_cast<T*>(y.data) + n0);
+    void* c = staging ? static_cast<void*>(stage) : static_cast<void*>(static_cast<char*>(y.data) + n0 * dtype_size(y.type));
     LOWBIT_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, int(nc), int(M), int(K), &one, tile,
                                      cuda_type(x.type), int(K), x.data, cuda_type(x.type), int(K), &zero, c,
                                      staging ? CUDA_R_32F : cuda_type(y.type), staging ? int(nc) : int(N),
@@ -283,7 +294,7 @@ void dequant_cublas_backward(const tensor_view& dy, const weight_args& w, const 
                              int64_t K, const gemm_options& opt, const code_table& table, const code_table& map,
                              cudaStream_t stream, const char* fn) {
   require_int_dims(fn, M, N, K);
-  const bool staging = dx.type != dy.type;
+  const bool staging = needs_staging(false, dy.type, dx.type);
   const panel_plan pp = plan_panels(true, M, N, K, sizeof(T), staging, opt.max_tile_bytes);
   const int64_t kc_max = pp.units;
   scratch ws(opt, pp.bytes(), stream, fn);
@@ -296,7 +307,7 @@ void dequant_cublas_backward(const tensor_view& dy, const weight_args& w, const 
     const int64_t kc = K - k0 < kc_max ? K - k0 : kc_max;
     dequantize_panel<D, T>(w, whole, 0, N, k0, kc, tile, table, map, stream);
     // column-major view: dX^T[k0:k0+kc, :] (kc x M) = (W panel)^T (kc x N) * dY^T (N x M)
-    void* c = staging ? static_cast<void*>(stage) : static_cast<void*>(static_cast<T*>(dx.data) + k0);
+    void* c = staging ? static_cast<void*>(stage) : static_cast<void*>(static_cast<char*>(dx.data) + k0 * dtype_size(dx.type));
     LOWBIT_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, int(kc), int(M), int(N), &one, tile,
                                      cuda_type(dy.type), int(kc), dy.data, cuda_type(dy.type), int(N), &zero, c,
                                      staging ? CUDA_R_32F : cuda_type(dx.type), staging ? int(kc) : int(K),
