@@ -11,6 +11,8 @@
 
 #include <memory>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <lowbit/lowbit.hpp>
@@ -130,6 +132,13 @@ class trainer_optimizer {
   virtual void load(const lowbit::safetensors_reader& r) = 0;
 };
 
+// Whether a memory policy carves its states from slabs (lowbit's
+// memory::device::slab_bytes).
+template <class M, class = void>
+struct has_state_slabs : std::false_type {};
+template <class M>
+struct has_state_slabs<M, std::void_t<decltype(std::declval<M&>().slab_bytes)>> : std::true_type {};
+
 // Memory is lowbit's memory policy (memory::host here; the CUDA trainer
 // composes memory::device / paged / cpu_offload). Store is where the weights
 // live: a weight_store (host) or gpu::device_weights; it hands out the views
@@ -147,6 +156,22 @@ class composed_optimizer final : public trainer_optimizer {
       : matrices_(make_hparams(h, h.weight_decay), options(h.seed, h.stable_weight_scales)),
         vectors_(make_hparams(h, 0.0f), options(h.seed + 1, false)), grad_device_(grad_device) {
     const param_layout& L = *w.layout;
+    // On a GPU, every state array of one optimizer in one allocation (a
+    // slab of their total size: state_bytes_for plus each array's 256-byte
+    // alignment), not one cudaMalloc per array: the driver rounds every
+    // allocation up to its page size, which the 1B shape's ~230 state
+    // arrays would pay each.
+    if constexpr (has_state_slabs<Memory>::value) {
+      size_t matrix_bytes = 0, vector_bytes = 0;
+      for (const param_info& i : L.params) {
+        const size_t master = i.matrix && Weights::has_master ? size_t(i.numel) * 4 + 256 : 0;  // fp32 master copy
+        (i.matrix ? matrix_bytes : vector_bytes) +=
+            size_t(i.matrix ? matrix_opt::state_bytes_for(i.numel) : vector_opt::state_bytes_for(i.numel)) + 4 * 256 +
+            master;
+      }
+      matrices_.memory_policy().slab_bytes = matrix_bytes;
+      vectors_.memory_policy().slab_bytes = vector_bytes;
+    }
     index_.assign(L.params.size(), -1);
     for (size_t p = 0; p < L.params.size(); ++p) {
       const param_info& i = L.params[p];

@@ -15,6 +15,11 @@
 //   LOWBIT_EMULATOR_ALLOCATION_LOG_MIB=N  the fake runtime prints every
 //     device, managed or pinned allocation and free of at least N MiB, with
 //     the memory in use after it, to stderr (where a peak comes from).
+//   LOWBIT_EMULATOR_ROUND_KIB=N     device and managed allocations of at least
+//     N KiB count as whole multiples of N KiB in the memory in use (default
+//     0: exact sizes). A model of a GPU driver that maps large allocations
+//     in pages (2048: 2 MiB pages) and packs small ones; the real rounding
+//     is the driver's and is not documented, so this is a what-if.
 //   LOWBIT_EMULATOR_DEVICE_MIB=N    the device's memory in MiB (default 1024):
 //     cudaMemGetInfo's total, with free = total less what is in use.
 //   LOWBIT_EMULATOR_SM_COUNT=N      the multiprocessor count (default 4, so
@@ -54,6 +59,10 @@ inline bool memory_report() {
 inline long long allocation_log_mib() {  // -1: no log
   static const long long mib = env_integer("LOWBIT_EMULATOR_ALLOCATION_LOG_MIB", -1, 0);
   return mib;
+}
+inline size_t round_bytes() {
+  static const size_t bytes = size_t(env_integer("LOWBIT_EMULATOR_ROUND_KIB", 0, 0)) << 10;
+  return bytes;
 }
 inline size_t device_bytes() {
   static const size_t bytes = size_t(env_integer("LOWBIT_EMULATOR_DEVICE_MIB", 1024, 1)) << 20;

@@ -55,7 +55,13 @@ namespace {
 struct allocation {
   size_t bytes;
   cudaMemoryType type;  // device, managed or (pinned) host
+  size_t counted;       // bytes counted as in use (bytes, or rounded: LOWBIT_EMULATOR_ROUND_KIB)
 };
+size_t counted_bytes(size_t bytes, cudaMemoryType type) {
+  const size_t r = emulator_options::round_bytes();
+  if (r == 0 || type == cudaMemoryTypeHost || bytes < r) return bytes;
+  return (bytes + r - 1) / r * r;
+}
 std::map<const void*, allocation>& allocations() {
   static std::map<const void*, allocation> a;
   return a;
@@ -114,12 +120,15 @@ cudaError_t fail(cudaError_t e) {
 }
 // 256-byte aligned, as cudaMalloc's allocations are (lowbit checks
 // workspace alignment against that guarantee).
-cudaError_t alloc(void** p, size_t bytes, cudaMemoryType type = cudaMemoryTypeDevice) {
+// pooled: an allocation from a memory pool, which sub-allocates from its
+// reserve (counted exactly, never rounded).
+cudaError_t alloc(void** p, size_t bytes, cudaMemoryType type = cudaMemoryTypeDevice, bool pooled = false) {
   if (!p) return fail(cudaErrorInvalidValue);
   *p = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + (bytes ? 0 : 256));
   if (!*p) return fail(cudaErrorMemoryAllocation);
-  allocations()[*p] = allocation{bytes, type};
-  counter_of(type) += bytes;
+  const size_t counted = pooled ? bytes : counted_bytes(bytes, type);
+  allocations()[*p] = allocation{bytes, type, counted};
+  counter_of(type) += counted;
   counters().note();
   log_event("alloc", bytes, type);
   return cudaSuccess;
@@ -140,10 +149,10 @@ cudaError_t release(void* p) {
   if (pooled) {  // back to its pool, which keeps the bytes
     pit->second->live -= it->second.bytes;
     pit->second->kept += it->second.bytes;
-    counters().pool_kept += it->second.bytes;
+    counters().pool_kept += it->second.counted;
     pool_of().erase(pit);
   }
-  counter_of(it->second.type) -= it->second.bytes;
+  counter_of(it->second.type) -= it->second.counted;
   log_event(pooled ? "free (kept by its pool)" : "free", it->second.bytes, it->second.type);
   allocations().erase(it);
   std::free(p);
@@ -358,7 +367,7 @@ cudaError_t cudaMallocFromPoolAsync(void** p, size_t bytes, cudaMemPool_t pool, 
   // counts the new bytes, so the peak never counts them twice.
   const size_t reused = bytes < fp->kept ? bytes : fp->kept;
   counters().pool_kept -= reused;
-  const cudaError_t e = alloc(p, bytes);
+  const cudaError_t e = alloc(p, bytes, cudaMemoryTypeDevice, true);
   if (e != cudaSuccess) {
     counters().pool_kept += reused;
     return e;

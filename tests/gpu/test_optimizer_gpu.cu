@@ -8,6 +8,7 @@
 
 #include <lowbit/lowbit.cuh>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -110,6 +111,9 @@ void dense_all_policies(const typename Rule::hparams& h, optimizer_options o) {
   using T = std::conditional_t<W::weight_dtype == dtype::f32, float, bf16>;
   const std::vector<uint8_t> ref = run_dense<Rule, S, W, memory::host, T>(4, h, o);
   CHECK(run_dense<Rule, S, W, memory::device, T>(4, h, o) == ref);
+  // states carved from 64 KiB slabs: the small tensors' arrays share
+  // slabs, the 70001-element ones get their own (over half a slab)
+  CHECK(run_dense<Rule, S, W, memory::device, T>(4, h, o, [](memory::device& d) { d.slab_bytes = 64 << 10; }) == ref);
   CHECK(run_dense<Rule, S, W, memory::paged, T>(4, h, o) == ref);
   CHECK(run_dense<Rule, S, W, memory::paged, T>(4, h, o, [](memory::paged& p) { p.evict_after_step = true; }) == ref);
   CHECK(run_dense<Rule, S, W, memory::cpu_offload, T>(4, h, o) == ref);
@@ -192,6 +196,34 @@ TEST_CASE("device, paged and offloaded steps equal the CPU step: quantized weigh
     const auto ref8 = run_quantized<adamw, states::int4, format::int8, memory::host>(3, nested, o);
     CHECK(run_quantized<adamw, states::int4, format::int8, memory::device>(3, nested, o) == ref8);
   }
+}
+
+TEST_CASE("memory::device slabs: states carved from one allocation, zeroed, released with it") {
+  // Three tensors' int8 Adam states (codes and float32 absmax, 4 arrays
+  // each) in one slab of their total size plus alignment: one allocation,
+  // all steps equal to the CPU's (checked above for every rule); the
+  // arrays zeroed like cudaMalloc + cudaMemset ones; the accounting
+  // unchanged.
+  optimizer<adamw, states::int8, weights::fp32, memory::device> opt({}, {});
+  size_t total = 0;
+  for (int k = 0; k < 3; ++k) total += size_t(decltype(opt)::state_bytes_for(sizes[k])) + 4 * 256;
+  opt.memory_policy().slab_bytes = total;
+  std::vector<std::unique_ptr<device_buffer<float>>> w;
+  for (int k = 0; k < 3; ++k) {
+    w.push_back(std::make_unique<device_buffer<float>>(size_t(sizes[k])));
+    w.back()->upload(normal(size_t(sizes[k]), unsigned(k)));
+    opt.add_param(make_flat_view(w.back()->ptr, sizes[k], device::cuda()), 0, "w" + std::to_string(k));
+  }
+  CHECK(opt.memory_policy().slab_count() == 1);
+  for (int i = 0; i < opt.size(); ++i)
+    for (const storage_view* st : {&opt.param(i).state1, &opt.param(i).state2}) {
+      const std::vector<uint8_t> b = fetch_storage(*st);
+      CHECK(!b.empty());
+      CHECK(std::all_of(b.begin(), b.end(), [](uint8_t x) { return x == 0; }));
+    }
+  int64_t expect = 0;
+  for (int k = 0; k < 3; ++k) expect += decltype(opt)::state_bytes_for(sizes[k]);
+  CHECK(opt.memory().state_bytes == expect);
 }
 
 // Whether the optimizer's storages for a 70001-element tensor (dense

@@ -1,7 +1,9 @@
 // lowbit/optim/cuda_memory.cuh
 // Memory policies for optimizers whose tensors live on a CUDA device:
 //   memory::device      states in cudaMalloc'd memory; the fused step runs as
-//                       a CUDA kernel on `stream`.
+//                       a CUDA kernel on `stream`. With slab_bytes set, the
+//                       state arrays are carved from a few large
+//                       allocations instead of one cudaMalloc each.
 //   memory::paged       states in CUDA managed memory, prefetched to the GPU
 //                       before each tensor's step and, with evict_after_step,
 //                       back to the host after it (bitsandbytes' paged
@@ -17,9 +19,11 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <vector>
 
 #include "../cuda/check.cuh"
@@ -31,18 +35,80 @@ namespace lowbit {
 namespace optim {
 namespace memory {
 
+namespace detail {
+// Zeroed device memory handed out in 256-byte aligned pieces from slabs
+// (large cudaMalloc'd blocks), first fit; a piece over half a slab gets a
+// slab of its own. Nothing is returned before the owner goes: an
+// optimizer allocates its states once and frees them all together. Why:
+// a GPU driver maps each cudaMalloc in whole pages (2 MiB on current
+// GPUs), so hundreds of state arrays each waste up to a page; carved from
+// slabs, only each slab does.
+class device_slabs {
+ public:
+  device_slabs() = default;
+  device_slabs(const device_slabs&) = delete;
+  device_slabs& operator=(const device_slabs&) = delete;
+  ~device_slabs() {
+    for (const slab& s : slabs_) cudaFree(s.base);
+  }
+  void* carve(size_t bytes, size_t slab_bytes) {
+    const size_t need = (std::max<size_t>(bytes, 1) + 255) / 256 * 256;
+    if (need > slab_bytes / 2) return add(need, true).base;
+    for (slab& s : slabs_)
+      if (!s.dedicated && s.size - s.used >= need) return take(s, need);
+    return take(add(slab_bytes, false), need);
+  }
+  bool owns(const void* p) const {
+    for (const slab& s : slabs_)
+      if (p >= s.base && p < s.base + s.size) return true;
+    return false;
+  }
+  size_t slab_count() const { return slabs_.size(); }
+
+ private:
+  struct slab {
+    char* base;
+    size_t size, used;
+    bool dedicated;
+  };
+  slab& add(size_t size, bool dedicated) {
+    void* p = nullptr;
+    LOWBIT_CUDA_CHECK(cudaMalloc(&p, size));
+    slabs_.push_back(slab{static_cast<char*>(p), size, dedicated ? size : 0, dedicated});
+    LOWBIT_CUDA_CHECK(cudaMemset(p, 0, size));
+    return slabs_.back();
+  }
+  static void* take(slab& s, size_t need) {
+    void* p = s.base + s.used;
+    s.used += need;
+    return p;
+  }
+  std::vector<slab> slabs_;
+};
+}  // namespace detail
+
 struct device : memory_policy_tag {
   static constexpr const char* name = "device";
   static constexpr bool runs_on_device = true;
   cudaStream_t stream = nullptr;
-
+  // 0 (the default): one cudaMalloc per state array. Otherwise the arrays
+  // are carved from slabs of this many bytes (detail::device_slabs); set
+  // it before the first add_param. A size near the optimizer's total state
+  // bytes (optimizer::state_bytes_for per tensor, plus 256 bytes of
+  // alignment per array) makes one slab; arrays over half a slab get their
+  // own allocation.
+  size_t slab_bytes = 0;
   void* allocate(size_t bytes) {
+    if (slab_bytes > 0) return slabs_->carve(bytes, slab_bytes);
     void* p = nullptr;
     LOWBIT_CUDA_CHECK(cudaMalloc(&p, bytes ? bytes : 1));
     LOWBIT_CUDA_CHECK(cudaMemset(p, 0, bytes ? bytes : 1));
     return p;
   }
-  void release(void* p) { cudaFree(p); }
+  void release(void* p) {
+    if (!slabs_->owns(p)) cudaFree(p);  // slab pieces go with the slabs
+  }
+  size_t slab_count() const { return slabs_->slab_count(); }
   lowbit::device state_device() const { return lowbit::device::cuda(); }
   bool accepts(const lowbit::device& d) const { return d.device_accessible(); }
   void copy_to_host(void* dst, const void* src, size_t bytes) const {
@@ -64,6 +130,11 @@ struct device : memory_policy_tag {
     cuda_fused_step<Rule>(a, c, stream);
   }
   void synchronize() { LOWBIT_CUDA_CHECK(cudaStreamSynchronize(stream)); }
+
+ private:
+  // Shared, so copies of a policy release through the same slabs; freed
+  // when the last copy goes.
+  std::shared_ptr<detail::device_slabs> slabs_ = std::make_shared<detail::device_slabs>();
 };
 
 struct paged : device {
