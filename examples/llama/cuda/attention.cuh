@@ -23,6 +23,13 @@
 // same GEMMs with fewer batch entries (the (batch, kv head) pairs are
 // independent), so the outputs do not depend on it.
 //
+// The probabilities P are kept for the backward when their buffer holds the
+// whole batch. With checkpointing the model gives a buffer of one chunk
+// only (64 MiB less for the 1B shape): the forward overwrites it chunk by
+// chunk, and the backward recomputes each chunk's P from Q and K (one more
+// scores product and softmax per chunk, the same values: the same products
+// and kernel on the same inputs) before using it.
+//
 // The cuBLAS arguments of each product are in gemm_plans.hpp, where a CPU
 // test checks them against the CPU trainer's attention.
 #pragma once
@@ -93,39 +100,55 @@ inline void check_batch_chunk(int64_t batch_chunk) {
                   "attention: batch_chunk must be >= 1, got " + std::to_string(batch_chunk));
 }
 
-// qh [B,H,S,hd], kh / vh [B,KV,S,hd] (rotary already applied) -> probs
-// [B,H,S,S] (kept for the backward), oh [B,H,S,hd]. scores: batch_chunk*H*S*S
-// floats (scratch).
+// One chunk's P = causal_softmax(scale Q K^T) into probs, through the
+// float32 scores buffer.
+template <class A>
+void attention_probs(cublasHandle_t h, const attention_chunk& c, const A* qh, const A* kh, float* scores, A* probs,
+                     cudaStream_t s) {
+  const attention_dims& d = c.dims;
+  const attention_plan p = plan_attention(d, 1.0f / std::sqrt(float(d.hd)));
+  batched_gemm<A>(h, p.scores, kh + c.kv, qh + c.q, scores, CUDA_R_32F, "attention scores");
+  causal_softmax<A>(scores, probs, d.B * d.H * d.S, d.S, s);
+}
+
+// qh [B,H,S,hd], kh / vh [B,KV,S,hd] (rotary already applied) -> probs, oh
+// [B,H,S,hd]. scores: batch_chunk*H*S*S floats (scratch). probs: [B,H,S,S]
+// kept for the backward when keep_probs, else batch_chunk*H*S*S elements
+// overwritten per chunk.
 template <class A>
 void attention_forward(cublasHandle_t h, const attention_dims& d, int64_t batch_chunk, const A* qh, const A* kh,
-                       const A* vh, float* scores, A* probs, A* oh, cudaStream_t s) {
+                       const A* vh, float* scores, A* probs, bool keep_probs, A* oh, cudaStream_t s) {
   check_batch_chunk(batch_chunk);
   cublas_ok(cublasSetStream(h, s), "cublasSetStream");
   for (int64_t b0 = 0; b0 < d.B; b0 += batch_chunk) {
     const attention_chunk c = chunk_of(d, b0, batch_chunk);
+    A* pc = keep_probs ? probs + c.probs : probs;
+    attention_probs<A>(h, c, qh, kh, scores, pc, s);
     const attention_plan p = plan_attention(c.dims, 1.0f / std::sqrt(float(d.hd)));
-    batched_gemm<A>(h, p.scores, kh + c.kv, qh + c.q, scores, CUDA_R_32F, "attention scores");
-    causal_softmax<A>(scores, probs + c.probs, c.dims.B * d.H * d.S, d.S, s);
-    batched_gemm<A>(h, p.output, vh + c.kv, probs + c.probs, oh + c.q, cuda_dtype<A>(), "attention output");
+    batched_gemm<A>(h, p.output, vh + c.kv, pc, oh + c.q, cuda_dtype<A>(), "attention output");
   }
 }
 
 // doh [B,H,S,hd] -> dqh [B,H,S,hd], dkh / dvh [B,KV,S,hd] (written, summed
 // over the query heads of each group). dprobs: batch_chunk*H*S*S floats;
-// dscores: batch_chunk*H*S*S elements of A (scratch).
+// dscores: batch_chunk*H*S*S elements of A (scratch). probs as the forward
+// left it: with kept_probs the whole batch's P, else a chunk buffer in which
+// each chunk's P is recomputed (dprobs serving as its scores scratch).
 template <class A>
 void attention_backward(cublasHandle_t h, const attention_dims& d, int64_t batch_chunk, const A* doh, const A* qh,
-                        const A* kh, const A* vh, const A* probs, float* dprobs, A* dscores, A* dqh, A* dkh, A* dvh,
-                        cudaStream_t s) {
+                        const A* kh, const A* vh, A* probs, bool kept_probs, float* dprobs, A* dscores, A* dqh,
+                        A* dkh, A* dvh, cudaStream_t s) {
   check_batch_chunk(batch_chunk);
   const float scale = 1.0f / std::sqrt(float(d.hd));
   cublas_ok(cublasSetStream(h, s), "cublasSetStream");
   for (int64_t b0 = 0; b0 < d.B; b0 += batch_chunk) {
     const attention_chunk c = chunk_of(d, b0, batch_chunk);
     const attention_plan p = plan_attention(c.dims, scale);
+    A* pc = kept_probs ? probs + c.probs : probs;
+    if (!kept_probs) attention_probs<A>(h, c, qh, kh, dprobs, pc, s);
     batched_gemm<A>(h, p.dprobs, vh + c.kv, doh + c.q, dprobs, CUDA_R_32F, "attention dP");
-    batched_gemm<A>(h, p.dv, doh + c.q, probs + c.probs, dvh + c.kv, cuda_dtype<A>(), "attention dV");
-    causal_softmax_backward<A>(probs + c.probs, dprobs, dscores, c.dims.B * d.H * d.S, d.S, scale, s);
+    batched_gemm<A>(h, p.dv, doh + c.q, pc, dvh + c.kv, cuda_dtype<A>(), "attention dV");
+    causal_softmax_backward<A>(pc, dprobs, dscores, c.dims.B * d.H * d.S, d.S, scale, s);
     batched_gemm<A>(h, p.dq, kh + c.kv, dscores, dqh + c.q, cuda_dtype<A>(), "attention dQ");
     batched_gemm<A>(h, p.dk, qh + c.q, dscores, dkh + c.kv, cuda_dtype<A>(), "attention dK");
   }

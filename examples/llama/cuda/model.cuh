@@ -74,7 +74,10 @@ class cuda_model {
     xs_.resize(size_t(c.n_layers + 1));
     for (auto& x : xs_) x.resize(M * D);
     acts_.resize(checkpointing ? 1 : size_t(c.n_layers));
-    for (layer_acts& a : acts_) a.allocate(c, max_batch, max_seq);
+    // With checkpointing the one layer's attention probabilities hold one
+    // attention chunk, recomputed in the backward (attention.cuh); without,
+    // every layer keeps its whole batch's.
+    for (layer_acts& a : acts_) a.allocate(c, max_batch, max_seq, checkpointing ? SS : max_batch * per_sequence);
     xn_f_.resize(M * D);
     rstd_f_.resize(M);
     // The head's float32 logits and their gradient exist one vocabulary
@@ -269,14 +272,14 @@ class cuda_model {
   struct layer_acts {
     device_array<A> xn1, qh, kh, vh, probs, attn, x_mid, xn2, gate, up, h;
     device_array<float> rstd1, rstd2;
-    void allocate(const llama_config& c, int64_t B, int64_t S) {
+    void allocate(const llama_config& c, int64_t B, int64_t S, int64_t probs_elements) {
       const int64_t M = B * S;
       xn1.resize(M * c.dim);
       rstd1.resize(M);
       qh.resize(M * c.q_dim());
       kh.resize(M * c.kv_dim());
       vh.resize(M * c.kv_dim());
-      probs.resize(B * c.n_heads * S * S);
+      probs.resize(probs_elements);
       attn.resize(M * c.q_dim());
       x_mid.resize(M * c.dim);
       xn2.resize(M * c.dim);
@@ -374,6 +377,9 @@ class cuda_model {
   int64_t attn_batch_chunk() const {
     return std::max<int64_t>(1, scores_.size() / (int64_t(cfg_.n_heads) * S_ * S_));
   }
+  // Whether a layer's probabilities buffer holds the whole batch's (kept
+  // from the forward for the backward) or one chunk's (recomputed).
+  bool probs_kept(const layer_acts& a) const { return a.probs.size() >= B_ * int64_t(cfg_.n_heads) * S_ * S_; }
 
   void embed_forward(A* out, int64_t M) {
     const matrix_ref e = w_.matrix(L_.embed);
@@ -450,8 +456,8 @@ class cuda_model {
                      s_);
     permute_heads<A>(v_raw_.data(), a.vh.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_kv_heads, hd, false, false,
                      true, s_);
-    attention_forward<A>(cublas_, attn_dims(), attn_batch_chunk(), a.qh.data(), a.kh.data(), a.vh.data(), scores_.data(), a.probs.data(),
-                         oh_.data(), s_);
+    attention_forward<A>(cublas_, attn_dims(), attn_batch_chunk(), a.qh.data(), a.kh.data(), a.vh.data(),
+                         scores_.data(), a.probs.data(), probs_kept(a), oh_.data(), s_);
     permute_heads<A>(oh_.data(), a.attn.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_heads, hd, false, false, false,
                      s_);
     linear_forward(cublas_, a.attn.data(), act_dtype, M, w_.matrix(P.wo), a.x_mid.data(), act_dtype, s_);
@@ -505,8 +511,9 @@ class cuda_model {
     on_ready(std::vector<int>{P.wo});
     permute_heads<A>(dattn_.data(), doh_.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_heads, hd, false, false, true,
                      s_);
-    attention_backward<A>(cublas_, attn_dims(), attn_batch_chunk(), doh_.data(), a.qh.data(), a.kh.data(), a.vh.data(), a.probs.data(),
-                          scores_.data(), dscores_.data(), dqh_.data(), dkh_.data(), dvh_.data(), s_);
+    attention_backward<A>(cublas_, attn_dims(), attn_batch_chunk(), doh_.data(), a.qh.data(), a.kh.data(),
+                          a.vh.data(), a.probs.data(), probs_kept(a), scores_.data(), dscores_.data(), dqh_.data(),
+                          dkh_.data(), dvh_.data(), s_);
     permute_heads<A>(dqh_.data(), dq_raw_.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_heads, hd, true, true, false,
                      s_);
     permute_heads<A>(dkh_.data(), dk_raw_.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_kv_heads, hd, true, true,
