@@ -198,6 +198,24 @@ void check_bf16_gradients(const llama_config& c, const std::string& mode, bool c
                 << ": bf16 gradients, worst per-element error " << worst << " x allowed");
 }
 
+// Each tensor's gradient in got against want (relative L2 within tol, the
+// tied head counted once); returns the worst relative L2.
+double check_tensors_close(const llama_config& c, const param_layout& L, const std::vector<float>& got,
+                           const std::vector<float>& want, double tol) {
+  REQUIRE(got.size() == want.size());
+  int64_t off = 0;
+  double worst = 0;
+  for (const param_info& p : L.params) {
+    if (c.tied_embeddings && p.name == "lm_head.weight") continue;
+    CAPTURE(p.name);
+    const double e = rel_l2(got.data() + off, want.data() + off, p.numel);
+    CHECK(e <= tol);
+    worst = std::max(worst, e);
+    off += p.numel;
+  }
+  return worst;
+}
+
 // The head's logits in vocabulary chunks (session_options::
 // logits_chunk_bytes, here 48 vocabulary rows for 128 positions) against
 // the whole vocabulary at once, on the GPU with the same weights and batch.
@@ -233,18 +251,7 @@ void check_logit_chunks(const llama_config& c, const std::string& mode) {
   CHECK(chunked->loss(x.data(), y.data()) == lc);  // the loss alone (no dlogits pass) is the same computation
   const bool f32 = m.storage == matrix_storage::f32;
   const double grad_tol = f32 ? 1e-5 : std::ldexp(1.0, -8);
-  REQUIRE(gw.size() == gc.size());
-  const param_layout& L = whole->layout();
-  int64_t off = 0;
-  double worst = 0;
-  for (const param_info& p : L.params) {
-    if (c.tied_embeddings && p.name == "lm_head.weight") continue;
-    CAPTURE(p.name);
-    const double e = rel_l2(gc.data() + off, gw.data() + off, p.numel);
-    CHECK(e <= grad_tol);
-    worst = std::max(worst, e);
-    off += p.numel;
-  }
+  const double worst = check_tensors_close(c, whole->layout(), gc, gw, grad_tol);
   std::vector<float> rg(size_t(c.vocab_size)), rc(size_t(c.vocab_size));
   chunked->last_logits(x.data(), o.seq, rg.data());
   cpu->last_logits(x.data(), o.seq, rc.data());
@@ -286,17 +293,7 @@ void check_attention_chunks(const llama_config& c, const std::string& mode) {
   CHECK(std::abs(lc - lw) <= 1e-6 * lw);
   const bool f32 = m.storage == matrix_storage::f32;
   const double grad_tol = f32 ? 1e-5 : std::ldexp(1.0, -8);
-  REQUIRE(gw.size() == gc.size());
-  int64_t off = 0;
-  double worst = 0;
-  for (const param_info& p : whole->layout().params) {
-    if (c.tied_embeddings && p.name == "lm_head.weight") continue;
-    CAPTURE(p.name);
-    const double e = rel_l2(gc.data() + off, gw.data() + off, p.numel);
-    CHECK(e <= grad_tol);
-    worst = std::max(worst, e);
-    off += p.numel;
-  }
+  const double worst = check_tensors_close(c, whole->layout(), gc, gw, grad_tol);
   MESSAGE(mode << ": attention in chunks of 2 sequences, loss " << lc << " vs " << lw
                 << ", worst gradient relative L2 " << worst);
 }
