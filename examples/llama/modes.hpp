@@ -157,20 +157,17 @@ class composed_optimizer final : public trainer_optimizer {
         vectors_(make_hparams(h, 0.0f), options(h.seed + 1, false)), grad_device_(grad_device) {
     const param_layout& L = *w.layout;
     // On a GPU, every state array of one optimizer in one allocation (a
-    // slab of their total size: state_bytes_for plus each array's 256-byte
-    // alignment), not one cudaMalloc per array: the driver rounds every
-    // allocation up to its page size, which the 1B shape's ~230 state
-    // arrays would pay each.
+    // slab of their total size), not one cudaMalloc per array: the driver
+    // rounds every allocation up to its page size, which the 1B shape's
+    // ~230 state arrays would pay each.
     if constexpr (has_state_slabs<Memory>::value) {
-      size_t matrix_bytes = 0, vector_bytes = 0;
+      int64_t matrix_bytes = 0, vector_bytes = 0;
       for (const param_info& i : L.params) {
-        const size_t master = i.matrix && Weights::has_master ? size_t(i.numel) * 4 + 256 : 0;  // fp32 master copy
-        (i.matrix ? matrix_bytes : vector_bytes) +=
-            size_t(i.matrix ? matrix_opt::state_bytes_for(i.numel) : vector_opt::state_bytes_for(i.numel)) + 4 * 256 +
-            master;
+        if (i.matrix) matrix_bytes += matrix_opt::allocated_bytes_for(i.numel, !Weights::is_quantized);
+        else vector_bytes += vector_opt::allocated_bytes_for(i.numel);
       }
-      matrices_.memory_policy().slab_bytes = matrix_bytes;
-      vectors_.memory_policy().slab_bytes = vector_bytes;
+      matrices_.memory_policy().slab_bytes = size_t(matrix_bytes);
+      vectors_.memory_policy().slab_bytes = size_t(vector_bytes);
     }
     index_.assign(L.params.size(), -1);
     for (size_t p = 0; p < L.params.size(); ++p) {

@@ -206,7 +206,7 @@ TEST_CASE("memory::device slabs: states carved from one allocation, zeroed, rele
   // unchanged.
   optimizer<adamw, states::int8, weights::fp32, memory::device> opt({}, {});
   size_t total = 0;
-  for (int k = 0; k < 3; ++k) total += size_t(decltype(opt)::state_bytes_for(sizes[k])) + 4 * 256;
+  for (int k = 0; k < 3; ++k) total += size_t(decltype(opt)::allocated_bytes_for(sizes[k]));
   opt.memory_policy().slab_bytes = total;
   std::vector<std::unique_ptr<device_buffer<float>>> w;
   for (int k = 0; k < 3; ++k) {

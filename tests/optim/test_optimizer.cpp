@@ -217,6 +217,13 @@ TEST_CASE("memory accounting: bytes per parameter of each combination") {
   CHECK(m4.memory().bytes_per_param() == doctest::Approx(2.0 + 4.0 + 2 * (0.5 + 4.0 / 128)));
   CHECK((optimizer<adamw, states::int8>::state_bytes_for(n)) == 2 * (n + n / 256 * 4));
   CHECK((optimizer<adamw, states::int8>::state_bytes_for(100)) == 800);
+  // allocated_bytes_for: each array rounded up to 256 bytes (a slab piece)
+  // codes 70001 -> 70144, absmax 274 blocks x 4 = 1096 -> 1280, two states
+  CHECK((optimizer<adamw, states::int8>::allocated_bytes_for(70001)) == 2 * (70144 + 1280));
+  CHECK((optimizer<adamw, states::int8>::allocated_bytes_for(100)) == 2 * 512);  // float32 states under 4096
+  CHECK((optimizer<sgd_momentum, states::fp32, weights::fp32_master_bf16>::allocated_bytes_for(1000)) ==
+        4096 + 4096);  // float32 master + one float32 state
+  CHECK((optimizer<sgd_momentum, states::fp32, weights::fp32_master_bf16>::allocated_bytes_for(1000, false)) == 4096);
 }
 
 TEST_CASE("fp32 master with a bf16 working copy") {

@@ -93,10 +93,9 @@ struct device : memory_policy_tag {
   cudaStream_t stream = nullptr;
   // 0 (the default): one cudaMalloc per state array. Otherwise the arrays
   // are carved from slabs of this many bytes (detail::device_slabs); set
-  // it before the first add_param. A size near the optimizer's total state
-  // bytes (optimizer::state_bytes_for per tensor, plus 256 bytes of
-  // alignment per array) makes one slab; arrays over half a slab get their
-  // own allocation.
+  // it before the first add_param. The sum of optimizer::allocated_bytes_for
+  // over the tensors makes one slab; arrays over half a slab get their own
+  // allocation.
   size_t slab_bytes = 0;
   void* allocate(size_t bytes) {
     if (slab_bytes > 0) return slabs_->carve(bytes, slab_bytes);

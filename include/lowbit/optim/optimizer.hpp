@@ -15,6 +15,7 @@
 // optimizer and allocated through the memory policy.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -342,6 +343,27 @@ class optimizer {
       const storage_plan p = StatePolicy::plan(s, n);
       if (p.kind == storage_kind::blockwise) b += make_layout(p.fmt, n, p.block_size, false).total_bytes();
       else b += int64_t(p.kind == storage_kind::f32 ? 4 : 2) * n;
+    }
+    return b;
+  }
+
+  // Bytes this optimizer allocates for a tensor of n dense or quantized
+  // elements: its state arrays (codes and block scales apart) and, for a
+  // master-weight policy with dense weights, the float32 master, each
+  // rounded up to 256 bytes, the alignment of a piece carved from a slab
+  // (memory::device::slab_bytes). Summed over the tensors, a slab that
+  // holds everything.
+  static int64_t allocated_bytes_for(int64_t n, bool dense_weights = true) {
+    auto piece = [](int64_t bytes) { return (std::max<int64_t>(bytes, 1) + 255) / 256 * 256; };
+    int64_t b = WeightPolicy::has_master && dense_weights ? piece(n * 4) : 0;
+    for (int s = 0; s < Rule::n_states; ++s) {
+      const storage_plan p = StatePolicy::plan(s, n);
+      if (p.kind == storage_kind::blockwise) {
+        const blockwise_layout l = make_layout(p.fmt, n, p.block_size, false);
+        b += piece(l.code_bytes()) + piece(l.n_blocks() * 4);
+      } else {
+        b += piece(int64_t(p.kind == storage_kind::f32 ? 4 : 2) * n);
+      }
     }
     return b;
   }
