@@ -71,6 +71,7 @@ class llama_model {
       w_.get_rows(L_.embed, tokens[m], 1, xs_[0].data() + m * D);
     }
     for (int l = 0; l < cfg_.n_layers; ++l) layer_forward(l, acts_for(l), xs_[size_t(l) + 1].data());
+    last_layer_acts_fresh_ = true;
     ops::rmsnorm_forward(xs_.back().data(), w_.vector(L_.final_norm), xn_f_.data(), rstd_f_.data(), M, D,
                          cfg_.norm_eps);
     linear_forward(xn_f_.data(), M, w_.matrix(L_.head), logits_.data());
@@ -103,8 +104,14 @@ class llama_model {
       layer_acts& a = acts_for(l);
       // Recompute this layer's intermediates. Its output is xs_[l + 1],
       // already stored, so the recompute stops before w_down's product (a
-      // quarter to a third of a LLaMA layer's matrix work).
-      if (checkpointing_) layer_forward(l, a, nullptr);
+      // quarter to a third of a LLaMA layer's matrix work). The last
+      // layer's are still in the buffer from the forward, unless a backward
+      // has run since (its recomputes overwrote them).
+      if (checkpointing_ && !(l == cfg_.n_layers - 1 && last_layer_acts_fresh_)) {
+        layer_forward(l, a, nullptr);
+        ++layer_recomputes_;
+      }
+      last_layer_acts_fresh_ = false;
       layer_backward(l, a, grads, plan, on_ready);
     }
     // Token embedding: scatter-add each row's gradient (onto the head's
@@ -120,6 +127,10 @@ class llama_model {
     });
     on_ready(std::vector<int>{L_.embed});
   }
+
+  // Layers whose intermediates backward() recomputed (checkpointing), since
+  // construction: n_layers - 1 per backward after a forward.
+  int64_t layer_recomputes() const { return layer_recomputes_; }
 
   // Bytes of every activation and backward scratch buffer.
   int64_t activation_bytes() const {
@@ -250,6 +261,10 @@ class llama_model {
   weight_store<T>& w_;
   int64_t max_batch_, max_seq_;
   bool checkpointing_;
+  // With checkpointing: the one layer buffer holds the last layer's
+  // intermediates of the last forward (no backward has run since).
+  bool last_layer_acts_fresh_ = false;
+  int64_t layer_recomputes_ = 0;
   ops::rope_table<T> rope_;
   int64_t B_ = 0, S_ = 0;
   std::vector<int32_t> tokens_;  // of the last forward (the embedding backward)

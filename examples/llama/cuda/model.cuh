@@ -153,6 +153,7 @@ class cuda_model {
     if (targets) LOWBIT_CUDA_CHECK(cudaMemcpyAsync(targets_.data(), targets, size_t(M) * 4, cudaMemcpyHostToDevice, s_));
     embed_forward(xs_[0].data(), M);
     for (int l = 0; l < cfg_.n_layers; ++l) layer_forward(l, acts_for(l), xs_[size_t(l) + 1].data());
+    last_layer_acts_fresh_ = true;
     rmsnorm_forward<A>(xs_.back().data(), w_.vector(L_.final_norm), xn_f_.data(), rstd_f_.data(), M, D, cfg_.norm_eps,
                        s_);
     if (!targets) {
@@ -240,8 +241,15 @@ class cuda_model {
       layer_acts& a = acts_for(l);
       // Recompute this layer's intermediates. Its output is xs_[l + 1],
       // already stored, so the recompute stops before w_down's product (a
-      // quarter to a third of a LLaMA layer's matrix work).
-      if (checkpointing_) layer_forward(l, a, nullptr);
+      // quarter to a third of a LLaMA layer's matrix work). The last
+      // layer's are still in the buffer from the forward (the head's
+      // backward and the optimizer steps before this point use other
+      // buffers), unless a backward has run since.
+      if (checkpointing_ && !(l == cfg_.n_layers - 1 && last_layer_acts_fresh_)) {
+        layer_forward(l, a, nullptr);
+        ++layer_recomputes_;
+      }
+      last_layer_acts_fresh_ = false;
       layer_backward(l, a, grads, plan, on_ready);
     }
     // Token embedding: each row's gradient added to its token's row (onto
@@ -263,6 +271,10 @@ class cuda_model {
     embed_scatter<A>(dx_.data(), scatter_ids_.data(), scatter_start_.data(), scatter_rows_.data(), n_ids, ge, D, s_);
     on_ready(std::vector<int>{L_.embed});
   }
+
+  // Layers whose intermediates backward() recomputed (checkpointing), since
+  // construction: n_layers - 1 per backward after a forward.
+  int64_t layer_recomputes() const { return layer_recomputes_; }
 
   // Bytes of the activation and backward scratch buffers on the device.
   int64_t activation_bytes() const { return activation_bytes_; }
@@ -562,6 +574,10 @@ class cuda_model {
   device_array<float> part32_;   // one chunk's part of it [M, D]
   device_array<float> chunk_grad_;  // one vocabulary chunk of the tied head's gradient (G elements; on first use)
   bool have_loss_ = false;         // the last forward had targets (backward may follow)
+  // With checkpointing: the one layer buffer holds the last layer's
+  // intermediates of the last forward (no backward has run since).
+  bool last_layer_acts_fresh_ = false;
+  int64_t layer_recomputes_ = 0;
   bool last_chunk_ready_ = false;  // logits_ holds the last vocabulary chunk of the last forward
   device_array<A> q_raw_, k_raw_, v_raw_, oh_;
   device_array<float> scores_;  // attention scores, then dP in the backward (float32)

@@ -220,6 +220,17 @@ TEST_CASE("activation checkpointing and the fused gradient plan give identical g
   mc.backward(g_ckpt.data(), full, [](const std::vector<int>&) {});
   CHECK(std::memcmp(g_ckpt.data(), g_ref.data(), g_ref.size() * sizeof(float)) == 0);
   CHECK(mc.activation_bytes() < m.activation_bytes());
+  // The last layer's intermediates are still in the buffer after the
+  // forward: the backward recomputes every layer but that one.
+  CHECK(mc.layer_recomputes() == cfg.n_layers - 1);
+  CHECK(m.layer_recomputes() == 0);
+  // A second backward of the same forward finds the buffer overwritten by
+  // the first one's recomputes, so it recomputes every layer, and its
+  // gradients are the same.
+  std::fill(g_ckpt.begin(), g_ckpt.end(), NAN);
+  mc.backward(g_ckpt.data(), full, [](const std::vector<int>&) {});
+  CHECK(mc.layer_recomputes() == 2 * int64_t(cfg.n_layers) - 1);
+  CHECK(std::memcmp(g_ckpt.data(), g_ref.data(), g_ref.size() * sizeof(float)) == 0);
 
   // Fused plan: copy each group out when it is reported ready.
   std::vector<float> g_fused(static_cast<size_t>(full.size), NAN), scratch(static_cast<size_t>(fused.size));
