@@ -110,7 +110,8 @@ class trainer_optimizer {
   // Updates parameter p with its gradient now (numel elements of dtype
   // grad_type: float32, or bfloat16 from the CUDA trainer's --grad-dtype
   // bf16); false if it was skipped (non-finite gradient: weight and states
-  // untouched).
+  // untouched). On the GPU the check is deferred: true ("queued"), and
+  // end_step() reports the skip.
   virtual bool step_param(int p, const void* grad, lowbit::dtype grad_type, float grad_scale) = 0;
   bool step_param(int p, const float* grad, float grad_scale) {
     return step_param(p, grad, lowbit::dtype::f32, grad_scale);
@@ -259,6 +260,11 @@ class composed_optimizer final : public trainer_optimizer {
     lowbit::optim::optimizer_options o;
     o.seed = seed;
     o.stable_weight_scales = stable_scales;
+    // On the GPU (memory::device / paged) the fused update's per-tensor
+    // finiteness checks are read by the step kernels on the device, so the
+    // backward never waits for the GPU per tensor; skips come with
+    // end_step(). The host policies check synchronously regardless.
+    o.defer_gradient_checks = true;
     return o;
   }
 

@@ -94,6 +94,12 @@ void log_event(const char* what, size_t bytes, cudaMemoryType type) {
                double(bytes) / 1048576.0, kind, double(counters().device + counters().pool_kept) / 1048576.0,
                double(counters().pool_kept) / 1048576.0);
 }
+// Calls that make the host wait for a GPU's queued work (see
+// fake_cuda::host_waits).
+size_t& waits() {
+  static size_t n = 0;
+  return n;
+}
 // Under an allocation dry run, the peaks are the result: print them at exit.
 struct dry_run_report {
   ~dry_run_report() {
@@ -103,6 +109,10 @@ struct dry_run_report {
                  "fake CUDA runtime: peak device memory in use %.1f MiB (%zu bytes: device "
                  "and managed allocations plus memory-pool reserve), peak pinned host memory %.1f MiB\n",
                  double(c.peak_device) / 1048576.0, c.peak_device, double(c.peak_pinned) / 1048576.0);
+    std::fprintf(stderr,
+                 "fake CUDA runtime: %zu host waits (stream, event and device synchronizations, cudaMemcpy, "
+                 "cudaMemset, cudaFree)\n",
+                 waits());
   }
 } report_at_exit;
 
@@ -168,9 +178,11 @@ cudaError_t set(void* dst, int value, size_t bytes) {
   if (bytes) std::memset(dst, value, bytes);
   return cudaSuccess;
 }
+
 }  // namespace
 
 namespace fake_cuda {
+size_t host_waits() { return waits(); }
 size_t live_allocations() { return allocations().size(); }
 void set_pageable_memory_access(bool on) { pageable_access = on; }
 int sm_count() { return emulator_options::sm_count(); }
@@ -191,18 +203,30 @@ cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) { return alloc
 cudaError_t cudaMallocManaged(void** p, size_t bytes, unsigned int) { return alloc(p, bytes, cudaMemoryTypeManaged); }
 cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned int) { return alloc(p, bytes, cudaMemoryTypeHost); }
 cudaError_t cudaMallocHost(void** p, size_t bytes) { return alloc(p, bytes, cudaMemoryTypeHost); }
-cudaError_t cudaFree(void* p) { return release(p); }
+cudaError_t cudaFree(void* p) {
+  ++waits();  // a GPU's cudaFree waits for the device
+  return release(p);
+}
 cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return release(p); }
 cudaError_t cudaFreeHost(void* p) { return release(p); }
 
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) { return copy(dst, src, bytes); }
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+  ++waits();
+  return copy(dst, src, bytes);
+}
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
   return copy(dst, src, bytes);
 }
-cudaError_t cudaMemset(void* dst, int value, size_t bytes) { return set(dst, value, bytes); }
+cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
+  ++waits();
+  return set(dst, value, bytes);
+}
 cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) { return set(dst, value, bytes); }
 
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  ++waits();
+  return cudaSuccess;
+}
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) {
   if (!s) return fail(cudaErrorInvalidValue);
   *s = reinterpret_cast<cudaStream_t>(new fake_stream);
@@ -229,6 +253,7 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
   if (!e) return fail(cudaErrorInvalidValue);
+  ++waits();
   return cudaSuccess;
 }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop) {
@@ -249,7 +274,10 @@ cudaError_t cudaRuntimeGetVersion(int* v) {
   *v = CUDART_VERSION;
   return cudaSuccess;
 }
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void) {
+  ++waits();
+  return cudaSuccess;
+}
 
 cudaError_t cudaGetLastError(void) {
   const cudaError_t e = last_error;

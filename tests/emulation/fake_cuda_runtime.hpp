@@ -6,6 +6,10 @@
 
 namespace fake_cuda {
 size_t live_allocations();  // allocations not yet freed (leak checks)
+// Calls so far that make the host wait for the GPU's queued work on a real
+// device: stream, event and device synchronizations, cudaMemcpy, cudaMemset
+// and cudaFree (their *Async forms do not count).
+size_t host_waits();
 int sm_count();             // the multiprocessor count the fake reports
 // Whether the device "can read pageable host memory" (HMM / ATS systems;
 // off by default, as on most GPU systems).

@@ -14,6 +14,9 @@
 #include <vector>
 
 #include "device_buffer.cuh"
+#if defined(LOWBIT_CUDA_EMULATION)
+#include "fake_cuda_runtime.hpp"  // host_waits(): what the deferred-check test asks the fake runtime
+#endif
 
 using namespace lowbit;
 using namespace lowbit::optim;
@@ -322,4 +325,170 @@ TEST_CASE("a non-finite gradient is skipped on the GPU") {
   const step_report r = opt.step({make_flat_view(dg.ptr, n, device::cuda())});
   CHECK(r.skipped == 1);
   CHECK(fetch_all(opt) == before);
+}
+
+namespace {
+
+// Steps of a fused backward-update (begin_step, step_param or two
+// step_param_range calls per tensor, end_step) whose gradients go bad at
+// chosen (step, tensor, range) places: NaN in a range's first element.
+struct bad_place {
+  int step, tensor, range;  // range -1: the tensor stepped whole
+};
+
+struct deferred_run {
+  std::vector<std::vector<uint8_t>> bytes;  // every storage after each step
+  std::vector<std::vector<int>> skipped;    // step_report::skipped_params (sorted) of each step
+  std::vector<std::vector<int64_t>> steps;  // param(i).steps after each step
+  std::vector<bool> returned;               // what each step_param / step_param_range returned
+  size_t waits_in_steps = 0;                // host waits inside the step_param calls (emulator only)
+};
+
+// With memory::device, tensors 0 and 1 are stepped in two ranges at steps
+// 2 and 3, whole otherwise; tensor 2 always whole.
+template <class Rule, class W, class M>
+deferred_run run_deferred(bool defer, const std::vector<bad_place>& bad, int steps = 5) {
+  optimizer_options o;
+  o.seed = 5;
+  o.defer_gradient_checks = defer;
+  typename Rule::hparams h;
+  h.lr = 1e-2f;
+  optimizer<Rule, states::int8, W, M> opt(h, o);
+  using T = float;
+  std::vector<std::unique_ptr<device_buffer<T>>> dev_w;
+  for (int k = 0; k < 3; ++k) {
+    const std::vector<float> w = normal(size_t(sizes[k]), unsigned(40 + k), 0.2f);
+    dev_w.push_back(std::make_unique<device_buffer<T>>(w.size()));
+    dev_w.back()->upload(w);
+    opt.add_param(make_flat_view(dev_w.back()->ptr, sizes[k], device::cuda()), 0, "w" + std::to_string(k));
+  }
+  deferred_run out;
+  for (int t = 0; t < steps; ++t) {
+    std::vector<std::unique_ptr<device_buffer<float>>> dev_g;
+    std::vector<std::vector<float>> host_g;
+    for (int k = 0; k < 3; ++k) host_g.push_back(normal(size_t(sizes[k]), unsigned(500 * t + k)));
+    // (memory::paged moves whole tensors: no ranges)
+    const bool in_ranges = (t == 2 || t == 3) && std::is_same<M, memory::device>::value;
+    auto split = [&](int k) { return int64_t(sizes[k]) / 2 / opt.range_alignment(k) * opt.range_alignment(k); };
+    for (const bad_place& b : bad)
+      if (b.step == t) host_g[size_t(b.tensor)][size_t(b.range == 1 ? split(b.tensor) : 0)] = NAN;
+    for (int k = 0; k < 3; ++k) {
+      dev_g.push_back(std::make_unique<device_buffer<float>>(host_g[size_t(k)].size()));
+      dev_g.back()->upload(host_g[size_t(k)]);
+    }
+    opt.begin_step();
+#if defined(LOWBIT_CUDA_EMULATION)
+    const size_t waits_before = fake_cuda::host_waits();
+#endif
+    for (int k = 0; k < 3; ++k) {
+      const float* g = dev_g[size_t(k)]->ptr;
+      if (in_ranges && k < 2) {
+        const int64_t s = split(k);
+        out.returned.push_back(opt.step_param_range(k, 0, make_flat_view(g, s, device::cuda())));
+        out.returned.push_back(opt.step_param_range(k, s, make_flat_view(g + s, sizes[k] - s, device::cuda())));
+      } else {
+        out.returned.push_back(opt.step_param(k, make_flat_view(g, sizes[k], device::cuda())));
+      }
+    }
+#if defined(LOWBIT_CUDA_EMULATION)
+    out.waits_in_steps += fake_cuda::host_waits() - waits_before;
+#endif
+    step_report r = opt.end_step();
+    std::sort(r.skipped_params.begin(), r.skipped_params.end());
+    CHECK(r.skipped == int(r.skipped_params.size()));
+    out.skipped.push_back(r.skipped_params);
+    out.bytes.push_back(fetch_all(opt));
+    std::vector<int64_t> st;
+    for (int k = 0; k < 3; ++k) st.push_back(opt.param(k).steps);
+    out.steps.push_back(st);
+  }
+  return out;
+}
+
+}  // namespace
+
+// optimizer_options::defer_gradient_checks: the step kernels read the
+// checks' verdicts on the device. Bad gradients at step 1 (tensor 1), step
+// 2 (tensor 0's second range; tensor 1's both ranges: its step count must
+// not advance) and step 3 (tensor 2, and tensor 0's first range) must leave weights, states, skip reports and step counts (Adam's
+// bias correction) exactly as synchronous checks do, and a skipped step
+// must change nothing (tensor 1's bytes at step 1 equal step 0's). Under
+// the CPU emulator the step_param calls are also checked not to wait for
+// the device (fake_cuda::host_waits; a GPU offers no such counter).
+TEST_CASE("deferred gradient checks: the bits, skips and step counts of synchronous checks, without waits") {
+  const std::vector<bad_place> bad = {{1, 1, -1}, {2, 0, 1}, {2, 1, 0}, {2, 1, 1}, {3, 2, -1}, {3, 0, 0}};
+  // steps_at_2: param(i).steps after step 2; refused: the calls that
+  // synchronous checks answer false
+  const auto check_same = [&](const deferred_run& sync, const deferred_run& deferred,
+                              const std::vector<int64_t>& steps_at_2, int refused) {
+    REQUIRE(sync.bytes.size() == deferred.bytes.size());
+    for (size_t t = 0; t < sync.bytes.size(); ++t) {
+      CAPTURE(t);
+      CHECK(deferred.bytes[t] == sync.bytes[t]);
+      CHECK(deferred.skipped[t] == sync.skipped[t]);
+      CHECK(deferred.steps[t] == sync.steps[t]);
+    }
+    CHECK(sync.skipped[1] == std::vector<int>{1});
+    CHECK(sync.skipped[2] == std::vector<int>{0, 1});
+    CHECK(sync.skipped[3] == std::vector<int>{0, 2});
+    CHECK(sync.steps[2] == steps_at_2);
+    // synchronous checks answer at once; deferred ones say "queued"
+    CHECK(std::count(sync.returned.begin(), sync.returned.end(), false) == refused);
+    CHECK(std::count(deferred.returned.begin(), deferred.returned.end(), false) == 0);
+#if defined(LOWBIT_CUDA_EMULATION)
+    CHECK(sync.waits_in_steps > 0);
+    CHECK(deferred.waits_in_steps == 0);
+#endif
+  };
+  SUBCASE("AdamW, int8 states, fp32 weights, memory::device") {
+    // tensor 0 stepped in part at steps 2 and 3; tensor 1 skipped at steps 1
+    // and 2 (both ranges: its step count must not advance)
+    check_same(run_deferred<adamw, weights::fp32, memory::device>(false, bad),
+               run_deferred<adamw, weights::fp32, memory::device>(true, bad), {3, 1, 3}, 6);
+  }
+  SUBCASE("Lion, int8 states, fp32 weights, memory::paged") {
+    // whole tensors: tensor 0 skipped at steps 2 and 3
+    check_same(run_deferred<lion, weights::fp32, memory::paged>(false, bad),
+               run_deferred<lion, weights::fp32, memory::paged>(true, bad), {2, 1, 3}, 5);
+  }
+}
+
+// The same with quantized weights whose nested scales are re-quantized
+// after the step kernel (re-encoded every step, or kept stable): a skipped
+// step must not re-quantize them from the kernel's unwritten scratch.
+TEST_CASE("deferred gradient checks: nested NF4 weights are untouched by a skipped step") {
+  for (bool stable : {false, true}) {
+    CAPTURE(stable);
+    const int n = 70001;
+    const std::vector<float> init = normal(n, 8, 0.2f);
+    const blockwise_layout l = make_layout(format::nf4, n, 64, true);
+    quantized_tensor q(l);
+    cpu::quantize(make_flat_view(init.data(), n), q.view());
+    std::vector<std::vector<uint8_t>> per_mode[2];
+    for (int defer = 0; defer < 2; ++defer) {
+      optimizer_options o;
+      o.seed = 9;
+      o.stable_weight_scales = stable;
+      o.defer_gradient_checks = defer == 1;
+      optimizer<lion, states::int8, weights::quantized<format::nf4>, memory::device> opt(lion::hparams{}, o);
+      device_quantized dq(l);
+      dq.codes.upload(q.codes);
+      dq.absmax_codes.upload(q.absmax_codes);
+      dq.nested_absmax.upload(q.nested_absmax);
+      dq.offset.upload({q.nested_offset});
+      opt.add_param(dq.view());
+      for (int t = 0; t < 3; ++t) {
+        std::vector<float> g = normal(n, unsigned(90 + t));
+        if (t == 1) g[n - 1] = INFINITY;
+        device_buffer<float> dg(g.size());
+        dg.upload(g);
+        opt.begin_step();
+        opt.step_param(0, make_flat_view(dg.ptr, n, device::cuda()));
+        CHECK(opt.end_step().skipped == (t == 1 ? 1 : 0));
+        per_mode[defer].push_back(fetch_all(opt));
+      }
+      CHECK(per_mode[defer][1] == per_mode[defer][0]);  // the skipped step changed nothing
+    }
+    CHECK(per_mode[1] == per_mode[0]);
+  }
 }

@@ -85,6 +85,36 @@ class device_slabs {
   }
   std::vector<slab> slabs_;
 };
+// Device memory of the deferred gradient checks: one flag, reused by every
+// check of a step (a check and the step that reads it are queued back to
+// back on one stream), and one skip counter per parameter.
+class deferred_check_counters {
+ public:
+  deferred_check_counters() = default;
+  deferred_check_counters(const deferred_check_counters&) = delete;
+  deferred_check_counters& operator=(const deferred_check_counters&) = delete;
+  ~deferred_check_counters() { cudaFree(base_); }
+  void begin(int n_params, cudaStream_t stream) {
+    if (base_ == nullptr || n_params > capacity_) {  // at a step's start: no kernel of this optimizer is in flight
+      cudaFree(base_);
+      base_ = nullptr;
+      LOWBIT_CUDA_CHECK(cudaMalloc(&base_, sizeof(int) * size_t(n_params + 1)));
+      capacity_ = n_params;
+    }
+    LOWBIT_CUDA_CHECK(cudaMemsetAsync(base_, 0, sizeof(int) * size_t(capacity_ + 1), stream));
+  }
+  int* flag() { return base_; }
+  int* skips(int param) { return base_ + 1 + param; }
+  std::vector<int> download(int n_params) const {
+    std::vector<int> out(size_t(n_params), 0);
+    if (n_params > 0) LOWBIT_CUDA_CHECK(cudaMemcpy(out.data(), base_ + 1, sizeof(int) * size_t(n_params), cudaMemcpyDeviceToHost));
+    return out;
+  }
+
+ private:
+  int* base_ = nullptr;
+  int capacity_ = 0;
+};
 }  // namespace detail
 
 struct device : memory_policy_tag {
@@ -130,10 +160,24 @@ struct device : memory_policy_tag {
   }
   void synchronize() { LOWBIT_CUDA_CHECK(cudaStreamSynchronize(stream)); }
 
+  // Deferred gradient checks (optimizer_options::defer_gradient_checks):
+  // the verdicts stay on the device until the step ends, so stepping a
+  // tensor never waits for the GPU. Per step: begin (zeroes one skip
+  // counter per parameter), one queued check per step_param(_range) call
+  // (returns the flag its step kernel reads), then the counters, read once
+  // after end_step's synchronization.
+  void begin_deferred_checks(int n_params) { checks_->begin(n_params, stream); }
+  const int* queue_gradient_check(const void* g, dtype t, int64_t n, int param) {
+    cuda_queue_gradient_check(g, t, n, checks_->flag(), checks_->skips(param), stream);
+    return checks_->flag();
+  }
+  std::vector<int> deferred_skips(int n_params) const { return checks_->download(n_params); }
+
  private:
   // Shared, so copies of a policy release through the same slabs; freed
   // when the last copy goes.
   std::shared_ptr<detail::device_slabs> slabs_ = std::make_shared<detail::device_slabs>();
+  std::shared_ptr<detail::deferred_check_counters> checks_ = std::make_shared<detail::deferred_check_counters>();
 };
 
 struct paged : device {

@@ -561,6 +561,9 @@ __global__ void __launch_bounds__(fused_max_threads, fused_min_blocks_at_max) fu
                                   const __grid_constant__ typename Rule::consts c,
                                   const __grid_constant__ step_tables tables_param, float* weight_absmax,
                                   int* renest_flag, bool wide) {
+  // A deferred gradient check found NaN or infinity: change nothing (the
+  // test is uniform over the grid, before any barrier).
+  if (a.skip_flag != nullptr && *a.skip_flag != 0) return;
   __shared__ shared_tables t;
   __shared__ float warp_max[32];
   const storage_view* sts[3] = {&a.weight, &a.state1, &a.state2};
@@ -589,6 +592,11 @@ __global__ void __launch_bounds__(fused_max_threads, fused_min_blocks_at_max) fu
   const storage_traits tw = traits_of<W>(a.weight), t1 = traits_of<S1>(a.state1), t2 = traits_of<S2>(a.state2);
   const storage_traits tg{gk, false, false, 1};
   const bool keep = a.stable_weight_scales && tw.kind == storage_kind::blockwise;
+  // Nested weight scales are re-quantized after this kernel only where the
+  // flag says so: always when every block's scale is re-encoded; with
+  // stable scales, when a block raised it (store8). A skipped step leaves
+  // it 0, so nothing is re-quantized from the unwritten scratch.
+  if (!keep && renest_flag != nullptr && blockIdx.x == 0 && threadIdx.x == 0) *renest_flag = 1;
   const int64_t span = int64_t(blockDim.x) * per_thread;
   const step_context<Rule> ctx{a, c, t, warp_max, tw, t1, t2, tg, rw, r1, r2, keep, weight_absmax, renest_flag};
   for (int64_t base = int64_t(blockIdx.x) * span; base < n; base += int64_t(gridDim.x) * span) {
@@ -738,7 +746,40 @@ __global__ void widen_to_f32_kernel(float* __restrict__ out, storage_kind kind, 
     out[i] = load_dense(kind, in, i);
 }
 
+// Deferred gradient check: *flag := 1 if any of the n gradient values is
+// NaN or infinite (the caller zeroes it first), and the first thread to
+// find one adds 1 to *param_skips. Whether a finite float32 value could
+// overflow the float64 sum of squares of the synchronous check: no (n
+// squares of at most 2^256 stay far below 2^1024), so both checks skip the
+// same gradients.
+template <class T>
+__global__ void nonfinite_flag_kernel(const T* __restrict__ g, int64_t n, int* flag, int* param_skips) {
+  bool bad = false;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    bad = bad || !(fabsf(to_float(g[i])) <= float_max);
+  if (bad && atomicExch(flag, 1) == 0 && param_skips != nullptr) atomicAdd(param_skips, 1);
+}
+
 }  // namespace cuda_detail
+
+// Queues on `stream` a check of n gradient values of type t for NaN and
+// infinity with no host synchronization: *flag (device memory) is zeroed,
+// then set to 1 if one is found, and *param_skips (device memory, may be
+// null) then gains 1. A step launched after it with fused_step_args::
+// skip_flag = flag changes nothing in that case.
+inline void cuda_queue_gradient_check(const void* grad, dtype t, int64_t n, int* flag, int* param_skips,
+                                      cudaStream_t stream) {
+  LOWBIT_CUDA_CHECK(cudaMemsetAsync(flag, 0, sizeof(int), stream));
+  if (n == 0) return;
+  const int64_t blocks = (n + 255) / 256, max_grid = int64_t(cuda::sm_count()) * 8;
+  const int grid = int(blocks < max_grid ? blocks : max_grid);
+  dispatch_float_dtype(t, "gradient", [&](auto tag) {
+    using T = decltype(tag);
+    LOWBIT_LAUNCH(cuda_detail::nonfinite_flag_kernel<T>, grid, 256, 0, stream)(static_cast<const T*>(grad), n, flag,
+                                                                                param_skips);
+  });
+  LOWBIT_CUDA_CHECK(cudaGetLastError());
+}
 
 // Gradient statistics of several tensors on the GPU: the kernels of every
 // tensor are queued, then one copy and one synchronization of `stream`
@@ -824,7 +865,6 @@ void cuda_fused_step(const fused_step_args& a, const typename Rule::consts& c, c
   wide = wide && (reinterpret_cast<uintptr_t>(a.grad) & 15u) == 0;
 
   const bool nested_weight = a.weight.is_blockwise() && a.weight.q.layout.nested;
-  const bool keep = a.stable_weight_scales && a.weight.is_blockwise();
   const int64_t nb = nested_weight ? a.weight.q.layout.n_blocks() : 0;
   float* weight_absmax = a.weight.is_blockwise() ? a.weight.q.absmax : nullptr;
   int* renest_flag = nullptr;  // stable nested scales: set when all scales must be re-quantized
@@ -843,10 +883,12 @@ void cuda_fused_step(const fused_step_args& a, const typename Rule::consts& c, c
       renest_flag, wide, threads, spans, stream);
   LOWBIT_CUDA_CHECK(cudaGetLastError());
   if (nested_weight) {
-    // With stable scales the nested parameters are re-quantized only when
-    // the kernel raised the flag (the kernels read it and return otherwise).
+    // The nested parameters are re-quantized only when the kernel raised
+    // the flag (the kernels read it and return otherwise): with stable
+    // scales when a block needs it, else whenever the step ran (not after a
+    // deferred check skipped it).
     const quantized_view& q = a.weight.q;
-    const int* only_if = keep ? renest_flag : nullptr;
+    const int* only_if = renest_flag;
     LOWBIT_LAUNCH(cuda::detail::nested_mean_kernel<0>, 1, mean_lanes, 0, stream)(weight_absmax, nb, q.nested_offset,
                                                                               only_if);
     LOWBIT_CUDA_CHECK(cudaGetLastError());

@@ -40,6 +40,12 @@ struct fused_step_args {
   // tensor in ranges draws the bits one whole step draws. A multiple of
   // fused_tile_size (and so of 8).
   int64_t first_element = 0;
+  // Deferred gradient check (optimizer_options::defer_gradient_checks): a
+  // device int that a check queued before this step on the same stream
+  // sets non-zero when the gradient holds NaN or infinity; the CUDA step
+  // reads it and then changes nothing. Null: no check to wait for (the
+  // host steps never take one).
+  const int* skip_flag = nullptr;
 
   LOWBIT_HD rng_stream stream(rng_purpose p) const {
     return {seed, tensor_id, p, step, uint64_t(first_element) >> 3};

@@ -21,6 +21,7 @@
 #include <memory>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../core/error.hpp"
@@ -31,6 +32,15 @@
 
 namespace lowbit {
 namespace optim {
+
+// Whether a memory policy can defer gradient checks to the device
+// (optimizer_options::defer_gradient_checks): it has begin_deferred_checks,
+// queue_gradient_check and deferred_skips (memory::device and paged).
+template <class M, class = void>
+struct defers_gradient_checks : std::false_type {};
+template <class M>
+struct defers_gradient_checks<M, std::void_t<decltype(std::declval<M&>().begin_deferred_checks(0))>>
+    : std::true_type {};
 
 struct optimizer_options {
   uint64_t seed = 0;           // stochastic rounding stream
@@ -58,6 +68,19 @@ struct optimizer_options {
   // infinity goes into the weights and states. Requires max_grad_norm == 0;
   // step_report::grad_norm is then -1 (not computed).
   bool check_gradients = true;
+  // Where the step runs on the GPU (memory::device, memory::paged; a
+  // policy of your own with defers_gradient_checks, above): the
+  // finiteness check of step_param / step_param_range is queued on the
+  // stream with the step, which reads its verdict on the device, instead of
+  // waiting for it on the host. A fused backward-update then never
+  // synchronizes per tensor (a GPU synchronization per tensor leaves the
+  // device idle while the host queues the next work). The price: those
+  // calls return true before the verdict exists, and skips are reported by
+  // end_step() (step_report::skipped, skipped_params in index order) and
+  // param(i).skipped after it. Weights, states and Adam's step counts end
+  // exactly as with synchronous checks. step() and host-side policies
+  // (memory::host, memory::cpu_offload) check synchronously either way.
+  bool defer_gradient_checks = false;
 };
 
 struct step_report {
@@ -84,6 +107,7 @@ struct param_record {
   int64_t steps = 0;    // updates applied (Adam's bias-correction t)
   int64_t skipped = 0;  // updates skipped for non-finite gradients
   int64_t counted_step = 0;  // the optimizer step `steps` last counted (range steps count once)
+  int64_t previous_counted_step = 0;  // counted_step before that (a deferred skip restores it)
   int64_t skip_step = 0;     // the optimizer step `skipped` last counted
   std::vector<int64_t> shape;
   storage_view weight, weight_copy, state1, state2;
@@ -216,22 +240,18 @@ class optimizer {
   void set_step_count(int64_t s) { step_ = s; }
 
   // Starts a step for step_param(); returns its 1-based number.
-  int64_t begin_step() {
-    require(!in_step_, errc::invalid_argument, "optimizer.begin_step: previous step not ended");
-    in_step_ = true;
-    report_ = step_report{};
-    report_.step = ++step_;
-    return step_;
-  }
+  int64_t begin_step() { return start_step(options_.defer_gradient_checks); }
 
   // Updates parameter i with `grad` now (fused backward-update). Returns
   // false, leaving weight and states untouched, when grad is not finite
-  // (never with check_gradients = false, which does not look).
+  // (never with check_gradients = false, which does not look; nor with
+  // defer_gradient_checks on a device, where end_step() reports the skip).
   bool step_param(int i, const tensor_view& grad, float grad_scale = 1.0f) {
     require(in_step_, errc::invalid_argument, "optimizer.step_param: call begin_step() first");
     param_record& r = params_.at(size_t(i));
     check_grad(r, grad);
     if (!options_.check_gradients) return apply(i, grad, grad_scale, true);
+    if (deferring_) return apply(i, grad, grad_scale, true, 0, -1, queue_check(i, grad.data, grad.type, r.weight.n));
     const grad_stats st = memory_.gradient_stats(grad.data, grad.type, r.weight.n);
     return apply(i, grad, grad_scale, st.finite);
   }
@@ -276,6 +296,7 @@ class optimizer {
             what + ": the gradient is in " + device_name(grad.dev.kind) + " memory, which memory::" +
                 MemoryPolicy::name + " cannot read");
     if (count == 0) return true;
+    if (deferring_) return apply(i, grad, grad_scale, true, first, count, queue_check(i, grad.data, grad.type, count));
     const bool finite =
         !options_.check_gradients || memory_.gradient_stats(grad.data, grad.type, count).finite;
     return apply(i, grad, grad_scale, finite, first, count);
@@ -289,6 +310,9 @@ class optimizer {
     require(in_step_, errc::invalid_argument, "optimizer.end_step: no step in progress");
     memory_.synchronize();
     in_step_ = false;
+    if constexpr (defers_gradient_checks<MemoryPolicy>::value)
+      if (deferring_) collect_deferred_skips();
+    deferring_ = false;
     return report_;
   }
 
@@ -299,7 +323,7 @@ class optimizer {
             "optimizer.step: got " + std::to_string(grads.size()) + " gradients for " +
                 std::to_string(params_.size()) + " parameters");
     for (size_t i = 0; i < grads.size(); ++i) check_grad(params_[i], grads[i]);
-    begin_step();
+    start_step(false);  // its statistics pass below checks every gradient first, on the host
     if (!options_.check_gradients) {
       report_.grad_norm = -1.0;
       for (size_t i = 0; i < grads.size(); ++i) apply(int(i), grads[i], 1.0f, true);
@@ -414,7 +438,56 @@ class optimizer {
 
   // One fused update of parameter i, or of its elements [first, first +
   // count) (count < 0: the whole tensor).
-  bool apply(int i, const tensor_view& grad, float grad_scale, bool finite, int64_t first = 0, int64_t count = -1) {
+  // begin_step(), with the step's checks deferred (where the step runs on
+  // the device) or not.
+  int64_t start_step(bool defer) {
+    require(!in_step_, errc::invalid_argument, "optimizer.begin_step: previous step not ended");
+    in_step_ = true;
+    report_ = step_report{};
+    report_.step = ++step_;
+    deferring_ = false;
+    if constexpr (defers_gradient_checks<MemoryPolicy>::value)
+      if (defer && options_.check_gradients) {
+        memory_.begin_deferred_checks(int(params_.size()));
+        deferred_checks_.assign(params_.size(), 0);
+        deferring_ = true;
+      }
+    return step_;
+  }
+
+  // Queues parameter i's deferred gradient check (n values); returns the
+  // device flag its step reads.
+  const int* queue_check(int i, const void* g, dtype t, int64_t n) {
+    if constexpr (defers_gradient_checks<MemoryPolicy>::value) {
+      ++deferred_checks_[size_t(i)];
+      return memory_.queue_gradient_check(g, t, n, i);
+    } else {
+      return nullptr;  // (never called: deferring_ stays false without the policy's support)
+    }
+  }
+
+  // After a step with deferred checks: report each parameter that had a
+  // non-finite gradient, as the synchronous checks would have, and undo the
+  // step count of a parameter none of whose ranges was applied (apply()
+  // counted it when it queued the step; its kernels changed nothing).
+  void collect_deferred_skips() {
+    const std::vector<int> skips = memory_.deferred_skips(int(params_.size()));
+    for (size_t i = 0; i < params_.size(); ++i) {
+      if (skips[i] == 0) continue;
+      param_record& r = params_[i];
+      r.skip_step = step_;
+      ++r.skipped;
+      ++report_.skipped;
+      report_.skipped_params.push_back(int(i));
+      if (skips[i] >= deferred_checks_[i] && r.counted_step == step_) {
+        --r.steps;
+        r.counted_step = r.previous_counted_step;
+      }
+    }
+  }
+
+  bool apply(int i, const tensor_view& grad, float grad_scale, bool finite, int64_t first = 0, int64_t count = -1,
+             const int* skip_flag = nullptr) {
     param_record& r = params_[size_t(i)];
     if (!finite) {
       if (r.skip_step != step_) {  // once per step, however many ranges were skipped
@@ -426,6 +499,7 @@ class optimizer {
       return false;
     }
     if (r.counted_step != step_) {  // once per step, however many ranges the step takes
+      r.previous_counted_step = r.counted_step;
       r.counted_step = step_;
       ++r.steps;
     }
@@ -447,6 +521,7 @@ class optimizer {
     a.stable_weight_scales = options_.stable_weight_scales;
     a.seed = options_.seed;
     a.step = uint32_t(step_);
+    a.skip_flag = skip_flag;
     memory_.template run<Rule>(a, Rule::make_consts(h, r.steps));
     return true;
   }
@@ -459,6 +534,8 @@ class optimizer {
   std::map<format, std::unique_ptr<format_tables>> tables_;
   int64_t step_ = 0;
   bool in_step_ = false;
+  bool deferring_ = false;               // this step's checks are deferred (defer_gradient_checks)
+  std::vector<int> deferred_checks_;     // checks queued this step, per parameter
   step_report report_;
 };
 
