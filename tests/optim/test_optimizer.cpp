@@ -257,6 +257,17 @@ TEST_CASE("argument errors name what is wrong") {
     CHECK(std::string(e.what()).find("layer.weight") != std::string::npos);
   }
   CHECK_THROWS_AS(opt.step({}), error);
+  // registering a tensor inside a begin_step / end_step pair is refused
+  opt.begin_step();
+  std::vector<float> w2(8);
+  try {
+    opt.add_param(make_flat_view(w2.data(), 8));
+    FAIL("expected an error");
+  } catch (const error& e) {
+    CHECK(std::string(e.what()).find("step is in progress") != std::string::npos);
+  }
+  opt.end_step();
+  CHECK(opt.size() == 1);
   adamw::hparams bad;
   bad.beta1 = 1.0f;
   CHECK_THROWS_AS((optimizer<adamw>(bad)), error);

@@ -190,6 +190,8 @@ class optimizer {
 
   // Registers a weight (the caller keeps ownership); returns its index.
   int add_param(const weight_arg& w, int group_index = 0, std::string name = {}) {
+    require(!in_step_, errc::invalid_argument,
+            "optimizer.add_param: a step is in progress (call end_step() first)");
     require(group_index >= 0 && group_index < int(groups_.size()), errc::invalid_argument,
             "optimizer.add_param: no parameter group " + std::to_string(group_index));
     param_record r;
