@@ -98,6 +98,12 @@ struct optimizer_hparams {
   float weight_decay = 0.0f;  // matrices only; the RMSNorm gains are never decayed
   uint64_t seed = 0;  // stochastic rounding stream (matrices; the norm gains use seed + 1)
   bool stable_weight_scales = false;  // quantized matrices (see lowbit::optim::optimizer_options)
+  // Whether the optimizer checks each gradient for NaN and infinity before
+  // stepping it. The sessions turn it off for the two-pass update, which
+  // has checked the whole gradient buffer at once and skips the step if any
+  // value is not finite, so a second look per tensor would only read every
+  // gradient again.
+  bool check_each_gradient = true;
 };
 
 // What the training loop needs from its optimizer(s). Parameters are named
@@ -154,8 +160,9 @@ class composed_optimizer final : public trainer_optimizer {
  public:
   template <class Store>
   composed_optimizer(Store& w, const optimizer_hparams& h, lowbit::device grad_device = lowbit::device::cpu())
-      : matrices_(make_hparams(h, h.weight_decay), options(h.seed, h.stable_weight_scales)),
-        vectors_(make_hparams(h, 0.0f), options(h.seed + 1, false)), grad_device_(grad_device) {
+      : matrices_(make_hparams(h, h.weight_decay), options(h.seed, h.stable_weight_scales, h.check_each_gradient)),
+        vectors_(make_hparams(h, 0.0f), options(h.seed + 1, false, h.check_each_gradient)),
+        grad_device_(grad_device) {
     const param_layout& L = *w.layout;
     // On a GPU, every state array of one optimizer in one allocation (a
     // slab of their total size), not one cudaMalloc per array: the driver
@@ -256,10 +263,11 @@ class composed_optimizer final : public trainer_optimizer {
     if constexpr (std::is_same<Rule, lowbit::optim::adamw>::value) r.eps = h.eps;
     return r;
   }
-  static lowbit::optim::optimizer_options options(uint64_t seed, bool stable_scales) {
+  static lowbit::optim::optimizer_options options(uint64_t seed, bool stable_scales, bool check_each_gradient) {
     lowbit::optim::optimizer_options o;
     o.seed = seed;
     o.stable_weight_scales = stable_scales;
+    o.check_gradients = check_each_gradient;
     // On the GPU (memory::device / paged) the fused update's per-tensor
     // finiteness checks are read by the step kernels on the device, so the
     // backward never waits for the GPU per tensor; skips come with

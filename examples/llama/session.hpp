@@ -145,7 +145,9 @@ class training_session final : public session_base {
                     std::string("--grad-dtype ") + (o.grad_dtype == lowbit::dtype::bf16 ? "bf16" : "other than f32") +
                         " needs the CUDA backend (--device cuda, in a build with CUDA on a machine with a GPU): the "
                         "CPU trainer keeps float32 gradients");
-    optimizer_ = make_optimizer(mode, weights_, o.hparams);
+    optimizer_hparams h = o.hparams;
+    h.check_each_gradient = o.fused_update;  // two-pass: two_pass_update has checked them all
+    optimizer_ = make_optimizer(mode, weights_, h);
     model_ = std::make_unique<llama_model<float>>(cfg, layout_, weights_, o.batch, o.seq, o.checkpointing);
     grads_.assign(size_t(plan_.size), 0.0f);
   }

@@ -438,8 +438,6 @@ class optimizer {
                 " cannot read");
   }
 
-  // One fused update of parameter i, or of its elements [first, first +
-  // count) (count < 0: the whole tensor).
   // begin_step(), with the step's checks deferred (where the step runs on
   // the device) or not.
   int64_t start_step(bool defer) {
@@ -488,6 +486,9 @@ class optimizer {
     }
   }
 
+  // One fused update of parameter i, or of its elements [first, first +
+  // count) (count < 0: the whole tensor). skip_flag: the device flag of a
+  // deferred check, which the step kernel reads.
   bool apply(int i, const tensor_view& grad, float grad_scale, bool finite, int64_t first = 0, int64_t count = -1,
              const int* skip_flag = nullptr) {
     param_record& r = params_[size_t(i)];
