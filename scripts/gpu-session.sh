@@ -18,6 +18,8 @@
 #   7b:MODE                  7B-shaped memory run (llama-gpu-figures.sh mem7b)
 #   1b:MODE                  1B-shaped speed run (llama-gpu-figures.sh speed1b)
 #   1bckpt:MODE              the same with activation checkpointing and the fused update (least memory)
+#   1bckptsync:MODE          1bckpt with --sync-gradient-checks (the host waits for every tensor's
+#                            gradient check, as before 2026-11-27): the A/B of the deferred checks
 #   peer1b / peer7b          the PyTorch + transformers bf16 peer
 #   gemm:NxK                 bench_dequant_gemm_cuda on one weight shape
 #   bench:optimizer / bench:quantize
@@ -119,6 +121,8 @@ for word in $PLAN; do
       step "$word" 120 bash -c 'RUN_TIMEOUT=$((STEP_TIMEOUT - 5)) FIGURES=speed1b MODES1B='"${word#1b:}"' bash scripts/llama-gpu-figures.sh "$0" "$1"' "$BIN" "$RES" ;;
     1bckpt:*)
       step "$word" 120 bash -c 'LLAMA_EXTRA="${LLAMA_EXTRA:-} --checkpointing --fused-update --clip 0" LLAMA_TAG="${LLAMA_TAG:+$LLAMA_TAG-}ckpt-fused" RUN_TIMEOUT=$((STEP_TIMEOUT - 5)) FIGURES=speed1b MODES1B='"${word#1bckpt:}"' bash scripts/llama-gpu-figures.sh "$0" "$1"' "$BIN" "$RES" ;;
+    1bckptsync:*)
+      step "$word" 120 bash -c 'LLAMA_EXTRA="${LLAMA_EXTRA:-} --checkpointing --fused-update --clip 0 --sync-gradient-checks" LLAMA_TAG="${LLAMA_TAG:+$LLAMA_TAG-}ckpt-fused-syncchecks" RUN_TIMEOUT=$((STEP_TIMEOUT - 5)) FIGURES=speed1b MODES1B='"${word#1bckptsync:}"' bash scripts/llama-gpu-figures.sh "$0" "$1"' "$BIN" "$RES" ;;
     peer1b|peer7b)
       step "$word" 150 bash -c 'RUN_TIMEOUT=$((STEP_TIMEOUT - 5)) FIGURES='"$word"' bash scripts/llama-gpu-figures.sh "$0" "$1"' "$BIN" "$RES" ;;
     gemm:*)

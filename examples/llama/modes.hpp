@@ -104,6 +104,11 @@ struct optimizer_hparams {
   // value is not finite, so a second look per tensor would only read every
   // gradient again.
   bool check_each_gradient = true;
+  // On the GPU: the step kernels read each check's verdict on the device
+  // (lowbit's optimizer_options::defer_gradient_checks), so the update never
+  // waits for the GPU per tensor; false: wait on the host
+  // (--sync-gradient-checks, for timing comparisons). No effect on the CPU.
+  bool defer_gradient_checks = true;
 };
 
 // What the training loop needs from its optimizer(s). Parameters are named
@@ -160,8 +165,8 @@ class composed_optimizer final : public trainer_optimizer {
  public:
   template <class Store>
   composed_optimizer(Store& w, const optimizer_hparams& h, lowbit::device grad_device = lowbit::device::cpu())
-      : matrices_(make_hparams(h, h.weight_decay), options(h.seed, h.stable_weight_scales, h.check_each_gradient)),
-        vectors_(make_hparams(h, 0.0f), options(h.seed + 1, false, h.check_each_gradient)),
+      : matrices_(make_hparams(h, h.weight_decay), options(h.seed, h.stable_weight_scales, h)),
+        vectors_(make_hparams(h, 0.0f), options(h.seed + 1, false, h)),
         grad_device_(grad_device) {
     const param_layout& L = *w.layout;
     // On a GPU, every state array of one optimizer in one allocation (a
@@ -263,16 +268,16 @@ class composed_optimizer final : public trainer_optimizer {
     if constexpr (std::is_same<Rule, lowbit::optim::adamw>::value) r.eps = h.eps;
     return r;
   }
-  static lowbit::optim::optimizer_options options(uint64_t seed, bool stable_scales, bool check_each_gradient) {
+  static lowbit::optim::optimizer_options options(uint64_t seed, bool stable_scales, const optimizer_hparams& h) {
     lowbit::optim::optimizer_options o;
     o.seed = seed;
     o.stable_weight_scales = stable_scales;
-    o.check_gradients = check_each_gradient;
+    o.check_gradients = h.check_each_gradient;
     // On the GPU (memory::device / paged) the fused update's per-tensor
     // finiteness checks are read by the step kernels on the device, so the
     // backward never waits for the GPU per tensor; skips come with
     // end_step(). The host policies check synchronously regardless.
-    o.defer_gradient_checks = true;
+    o.defer_gradient_checks = h.defer_gradient_checks;
     return o;
   }
 

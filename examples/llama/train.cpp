@@ -54,6 +54,7 @@ struct options {
   uint64_t seed = 1337;
   int64_t rounding_seed = -1;  // -1: the --seed
   bool checkpointing = false, fused_update = false, quiet = false;
+  bool sync_gradient_checks = false;  // --sync-gradient-checks
   int64_t sample_tokens = 200;
   std::string prompt = "ROMEO:";
   float temperature = 0.8f;
@@ -96,6 +97,9 @@ void print_help() {
       "  --clip X              global gradient-norm clip, 0 = off (default 1.0)\n"
       "  --fused-update        update each layer as soon as its gradients exist (no full gradient\n"
       "                        buffer); global-norm clipping is then unavailable (needs --clip 0)\n"
+      "  --sync-gradient-checks  CUDA, --fused-update: wait on the host for each tensor's NaN /\n"
+      "                        infinity check, as before 2026-11-27, instead of letting the step\n"
+      "                        kernel read it on the device (same results; for timing comparisons)\n"
       "  --seed N              data order, init and stochastic rounding (default 1337)\n"
       "  --rounding-seed N     stochastic rounding only (default: the --seed), to vary the rounding\n"
       "                        draws of a run while its data order and initial weights stay fixed\n"
@@ -199,6 +203,7 @@ bool parse_args(int argc, char** argv, options& o) {
     else if (a == "--temperature") o.temperature = to_float(a, need(i));
     else if (a == "--checkpointing") o.checkpointing = true;
     else if (a == "--fused-update") o.fused_update = true;
+    else if (a == "--sync-gradient-checks") o.sync_gradient_checks = true;
     else if (a == "--quiet") o.quiet = true;
     else throw lowbit::error(lowbit::errc::invalid_argument, "unknown option '" + a + "' (try --help)");
   }
@@ -314,6 +319,7 @@ int main(int argc, char** argv) {
     so.hparams.beta2 = o.beta2;
     so.hparams.weight_decay = o.weight_decay;
     so.hparams.seed = o.rounding_seed >= 0 ? uint64_t(o.rounding_seed) : o.seed;
+    so.hparams.defer_gradient_checks = !o.sync_gradient_checks;
     // Large models take a while to allocate, draw or load and copy: say so.
     const bool slow_setup = !o.quiet && cfg.n_params() >= (int64_t(1) << 26);
     const auto t_setup = std::chrono::steady_clock::now();

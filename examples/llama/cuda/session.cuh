@@ -152,6 +152,7 @@ class cuda_session final : public session_base {
     if (tied_in_chunks_) d += ", tied head stepped per vocabulary chunk";
     if (model_->attention_chunk_sequences() < opts_.batch)
       d += ", attention " + std::to_string(model_->attention_chunk_sequences()) + " sequence(s) at a time";
+    if (opts_.fused_update && !opts_.hparams.defer_gradient_checks) d += ", gradient checks waited for on the host";
     return d;
   }
   double peak_device_mib() const override { return double(peak_used_) / (1024.0 * 1024.0); }

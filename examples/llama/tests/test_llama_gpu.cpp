@@ -385,6 +385,29 @@ TEST_CASE("GPU: the fused backward-update equals the two-pass step, bit for bit 
   }
 }
 
+// --sync-gradient-checks: the fused update waits on the host for each
+// tensor's finiteness check instead of letting the step kernel read it;
+// the weights after 4 steps are the same bits either way (a tied head, so
+// the chunked ranges are checked too).
+TEST_CASE("GPU: gradient checks waited for on the host give the deferred checks' bits") {
+  const llama_config c = small_config(true, 1);
+  const mode_info& m = find_mode("qft");
+  session_options o = options_for(m, 4, 32);
+  o.fused_update = true;
+  o.logits_chunk_bytes = 48 * 4 * o.batch * o.seq;  // 6 vocabulary chunks
+  std::unique_ptr<session_base> deferred = make_session(c, m, o, "cuda");
+  o.hparams.defer_gradient_checks = false;
+  std::unique_ptr<session_base> waited = make_session(c, m, o, "cuda");
+  CHECK(waited->device_description().find("gradient checks waited for on the host") != std::string::npos);
+  CHECK(deferred->device_description().find("gradient checks waited") == std::string::npos);
+  for (session_base* s : {deferred.get(), waited.get()}) {
+    init_random(s->weights(), c, 7);
+    s->weights_changed();
+    train(*s, 0, 4, 0.0f);
+  }
+  CHECK(weight_bytes(*deferred, "gpu_deferred.safetensors") == weight_bytes(*waited, "gpu_waited.safetensors"));
+}
+
 // A tied head with the fused update: its gradient is made and stepped one
 // vocabulary chunk at a time (optimizer ranges), never whole. The weights
 // after 4 steps equal the two-pass step's bit for bit (the same products
