@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "layer_recompute.hpp"
 #include "linear.hpp"
 #include "ops.hpp"
 #include "parameters.hpp"
@@ -29,6 +30,7 @@ class llama_model {
   llama_model(const llama_config& c, const param_layout& L, weight_store<T>& w, int64_t max_batch, int64_t max_seq,
               bool checkpointing)
       : cfg_(c), L_(L), w_(w), max_batch_(max_batch), max_seq_(max_seq), checkpointing_(checkpointing),
+        recompute_(checkpointing, c.n_layers),
         rope_(max_seq, c.head_dim(), double(c.rope_theta)) {
     lowbit::require(max_seq <= c.max_seq_len, lowbit::errc::invalid_argument,
                     "sequence length " + std::to_string(max_seq) + " exceeds the model's max_seq_len " +
@@ -71,7 +73,7 @@ class llama_model {
       w_.get_rows(L_.embed, tokens[m], 1, xs_[0].data() + m * D);
     }
     for (int l = 0; l < cfg_.n_layers; ++l) layer_forward(l, acts_for(l), xs_[size_t(l) + 1].data());
-    last_layer_acts_fresh_ = true;
+    recompute_.forward_done();
     ops::rmsnorm_forward(xs_.back().data(), w_.vector(L_.final_norm), xn_f_.data(), rstd_f_.data(), M, D,
                          cfg_.norm_eps);
     linear_forward(xn_f_.data(), M, w_.matrix(L_.head), logits_.data());
@@ -107,11 +109,7 @@ class llama_model {
       // quarter to a third of a LLaMA layer's matrix work). The last
       // layer's are still in the buffer from the forward, unless a backward
       // has run since (its recomputes overwrote them).
-      if (checkpointing_ && !(l == cfg_.n_layers - 1 && last_layer_acts_fresh_)) {
-        layer_forward(l, a, nullptr);
-        ++layer_recomputes_;
-      }
-      last_layer_acts_fresh_ = false;
+      if (recompute_.before_backward(l)) layer_forward(l, a, nullptr);
       layer_backward(l, a, grads, plan, on_ready);
     }
     // Token embedding: scatter-add each row's gradient (onto the head's
@@ -130,7 +128,7 @@ class llama_model {
 
   // Layers whose intermediates backward() recomputed (checkpointing), since
   // construction: n_layers - 1 per backward after a forward.
-  int64_t layer_recomputes() const { return layer_recomputes_; }
+  int64_t layer_recomputes() const { return recompute_.count(); }
 
   // Bytes of every activation and backward scratch buffer.
   int64_t activation_bytes() const {
@@ -261,10 +259,7 @@ class llama_model {
   weight_store<T>& w_;
   int64_t max_batch_, max_seq_;
   bool checkpointing_;
-  // With checkpointing: the one layer buffer holds the last layer's
-  // intermediates of the last forward (no backward has run since).
-  bool last_layer_acts_fresh_ = false;
-  int64_t layer_recomputes_ = 0;
+  layer_recompute recompute_;  // which layers the backward recomputes
   ops::rope_table<T> rope_;
   int64_t B_ = 0, S_ = 0;
   std::vector<int32_t> tokens_;  // of the last forward (the embedding backward)

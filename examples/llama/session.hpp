@@ -44,6 +44,15 @@ struct session_options {
   optimizer_hparams hparams;
 };
 
+// The optimizer settings of a session: its hyperparameters, with the
+// per-tensor gradient check off for the two-pass update (two_pass_update
+// below has checked every gradient at once).
+inline optimizer_hparams optimizer_hparams_for(const session_options& o) {
+  optimizer_hparams h = o.hparams;
+  h.check_each_gradient = o.fused_update;
+  return h;
+}
+
 // "f32" / "bf16" (the command line's --grad-dtype) as a dtype.
 inline lowbit::dtype parse_grad_dtype(const std::string& s) {
   if (s == "f32") return lowbit::dtype::f32;
@@ -145,9 +154,7 @@ class training_session final : public session_base {
                     std::string("--grad-dtype ") + (o.grad_dtype == lowbit::dtype::bf16 ? "bf16" : "other than f32") +
                         " needs the CUDA backend (--device cuda, in a build with CUDA on a machine with a GPU): the "
                         "CPU trainer keeps float32 gradients");
-    optimizer_hparams h = o.hparams;
-    h.check_each_gradient = o.fused_update;  // two-pass: two_pass_update has checked them all
-    optimizer_ = make_optimizer(mode, weights_, h);
+    optimizer_ = make_optimizer(mode, weights_, optimizer_hparams_for(o));
     model_ = std::make_unique<llama_model<float>>(cfg, layout_, weights_, o.batch, o.seq, o.checkpointing);
     grads_.assign(size_t(plan_.size), 0.0f);
   }

@@ -26,6 +26,7 @@
 #include <lowbit/lowbit.cuh>
 
 #include "../config.hpp"
+#include "../layer_recompute.hpp"
 #include "../ops.hpp"
 #include "../parameters.hpp"
 #include "attention.cuh"
@@ -45,7 +46,8 @@ class cuda_model {
   cuda_model(const llama_config& c, const param_layout& L, device_weights& w, int64_t max_batch, int64_t max_seq,
              bool checkpointing, int64_t logits_chunk_bytes = int64_t(64) << 20, int64_t chunk_row_multiple = 1,
              int64_t attention_chunk_bytes = int64_t(32) << 20, cudaStream_t stream = nullptr)
-      : cfg_(c), L_(L), w_(w), max_batch_(max_batch), max_seq_(max_seq), checkpointing_(checkpointing), s_(stream) {
+      : cfg_(c), L_(L), w_(w), max_batch_(max_batch), max_seq_(max_seq), checkpointing_(checkpointing),
+        recompute_(checkpointing, c.n_layers), s_(stream) {
     lowbit::require(logits_chunk_bytes > 0, lowbit::errc::invalid_argument, "the logits chunk must be > 0 bytes");
     lowbit::require(attention_chunk_bytes > 0, lowbit::errc::invalid_argument,
                     "the attention chunk must be > 0 bytes");
@@ -153,7 +155,7 @@ class cuda_model {
     if (targets) LOWBIT_CUDA_CHECK(cudaMemcpyAsync(targets_.data(), targets, size_t(M) * 4, cudaMemcpyHostToDevice, s_));
     embed_forward(xs_[0].data(), M);
     for (int l = 0; l < cfg_.n_layers; ++l) layer_forward(l, acts_for(l), xs_[size_t(l) + 1].data());
-    last_layer_acts_fresh_ = true;
+    recompute_.forward_done();
     rmsnorm_forward<A>(xs_.back().data(), w_.vector(L_.final_norm), xn_f_.data(), rstd_f_.data(), M, D, cfg_.norm_eps,
                        s_);
     if (!targets) {
@@ -245,11 +247,7 @@ class cuda_model {
       // layer's are still in the buffer from the forward (the head's
       // backward and the optimizer steps before this point use other
       // buffers), unless a backward has run since.
-      if (checkpointing_ && !(l == cfg_.n_layers - 1 && last_layer_acts_fresh_)) {
-        layer_forward(l, a, nullptr);
-        ++layer_recomputes_;
-      }
-      last_layer_acts_fresh_ = false;
+      if (recompute_.before_backward(l)) layer_forward(l, a, nullptr);
       layer_backward(l, a, grads, plan, on_ready);
     }
     // Token embedding: each row's gradient added to its token's row (onto
@@ -274,7 +272,7 @@ class cuda_model {
 
   // Layers whose intermediates backward() recomputed (checkpointing), since
   // construction: n_layers - 1 per backward after a forward.
-  int64_t layer_recomputes() const { return layer_recomputes_; }
+  int64_t layer_recomputes() const { return recompute_.count(); }
 
   // Bytes of the activation and backward scratch buffers on the device.
   int64_t activation_bytes() const { return activation_bytes_; }
@@ -554,6 +552,7 @@ class cuda_model {
   device_weights& w_;
   int64_t max_batch_, max_seq_;
   bool checkpointing_;
+  layer_recompute recompute_;  // which layers the backward recomputes
   cudaStream_t s_;
   cublasHandle_t cublas_ = nullptr;
   int64_t B_ = 0, S_ = 0;
@@ -574,10 +573,6 @@ class cuda_model {
   device_array<float> part32_;   // one chunk's part of it [M, D]
   device_array<float> chunk_grad_;  // one vocabulary chunk of the tied head's gradient (G elements; on first use)
   bool have_loss_ = false;         // the last forward had targets (backward may follow)
-  // With checkpointing: the one layer buffer holds the last layer's
-  // intermediates of the last forward (no backward has run since).
-  bool last_layer_acts_fresh_ = false;
-  int64_t layer_recomputes_ = 0;
   bool last_chunk_ready_ = false;  // logits_ holds the last vocabulary chunk of the last forward
   device_array<A> q_raw_, k_raw_, v_raw_, oh_;
   device_array<float> scores_;  // attention scores, then dP in the backward (float32)

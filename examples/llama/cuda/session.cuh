@@ -108,9 +108,7 @@ class cuda_session final : public session_base {
     sample_memory();
     start_used_ = peak_used_;
     dev_ = std::make_unique<device_weights>(host_);
-    optimizer_hparams h = o.hparams;
-    h.check_each_gradient = o.fused_update;  // two-pass: two_pass_update has checked them all
-    optimizer_ = make_device_optimizer(mode, *dev_, h);
+    optimizer_ = make_device_optimizer(mode, *dev_, optimizer_hparams_for(o));
     // With the fused update and a tied head, the tied tensor's gradient is
     // made and stepped one vocabulary chunk at a time at the end of the
     // backward where the optimizer can step it in ranges (not nested
