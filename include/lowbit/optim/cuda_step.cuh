@@ -32,6 +32,7 @@
 #include "../cuda/launch.cuh"
 #include "../cuda/quantize.cuh"
 #include "cpu_step.hpp"
+#include "element_encode.hpp"
 #include "fused_step.hpp"
 #include "rules.hpp"
 #include "stable_scales.hpp"
@@ -59,7 +60,7 @@ struct step_tables {
 
 struct shared_tables {
   float decode[3][256];
-  float sorted[3][256];
+  float sorted[3][padded_codebook_size];  // +infinity past each format's entries (element_encode.hpp)
   uint8_t code[3][256];
   uint8_t bucket[3][n_buckets];
   int bucketed[3];
@@ -388,10 +389,19 @@ __device__ __forceinline__ float load8(const storage_traits& tr, const storage_v
 // Absmax over the `bs / 8` consecutive threads of one block (bs >= 32).
 template <bool Full>
 __device__ __forceinline__ float block_absmax8(const float (&v)[8], int64_t idx, int64_t n, int bs, float* warp_max) {
-  float m = 0.0f;
+  // absmax_step's fold over the 8 values as a plain maximum and a separate
+  // finiteness test: the same result (the fold turns NaN at the first
+  // non-finite value and stays NaN), in 2 instructions per value instead of 4.
+  float top = 0.0f;
+  bool finite = true;
 #pragma unroll
   for (int k = 0; k < 8; ++k)
-    if (Full || idx + k < n) m = absmax_step(m, v[k]);
+    if (Full || idx + k < n) {
+      const float a = fabsf(v[k]);
+      finite = finite && a <= float_max;
+      top = fmaxf(top, a);
+    }
+  float m = finite ? top : bits_float(0x7FC00000u);
   const int tpq = bs / per_thread;
   const int width = tpq < 32 ? tpq : 32;
   for (int off = width / 2; off >= 1; off /= 2) m = absmax_combine(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
@@ -407,22 +417,32 @@ __device__ __forceinline__ float block_absmax8(const float (&v)[8], int64_t idx,
   return m;
 }
 
-// lo[k] = sorted_floor_index(u[k]) in storage `which`'s codebook (for
-// finite u; the encoders handle values outside the codebook before reading
-// lo): through the bucket table where it is usable, as the CPU step does.
-__device__ __forceinline__ void floor_index8(const shared_tables& t, int which, const float (&u)[8], int (&lo)[8]) {
+// The floor index of each u[k] in storage `which`'s sorted codebook and its
+// two neighbours there: through the bucket table where it is usable, as the
+// CPU step finds it, else by the binary search.
+__device__ __forceinline__ void neighbours8(const shared_tables& t, int which, const float (&u)[8], neighbours (&nb)[8]) {
   const float* sorted = t.sorted[which];
   if (!t.bucketed[which]) {
+    int lo[8];
     sorted_floor_index8(u, sorted, t.steps[which], lo);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) nb[k] = neighbours_at(lo[k], sorted);
     return;
   }
+#pragma unroll
+  for (int k = 0; k < 8; ++k) nb[k] = bucketed_neighbours(u[k], t.bucket[which][cpu::floor_bucket(u[k])], sorted);
+}
+
+// The codes of 8 values u (element_encode.hpp's pick_entry, with the
+// rounding and snapping fixed per call).
+template <bool Stochastic, bool Snap>
+__device__ __forceinline__ void pick_codes8(const shared_tables& t, int which, const float (&u)[8],
+                                            const neighbours (&nb)[8], const uint32_t (&bits)[8], uint8_t (&c)[8]) {
+  const float* sorted = t.sorted[which];
   const int size = t.size[which];
+  const float first = sorted[0], last = sorted[size - 1];
 #pragma unroll
-  for (int k = 0; k < 8; ++k) lo[k] = t.bucket[which][cpu::floor_bucket(u[k])];
-#pragma unroll
-  for (int r = 0; r < cpu::floor_index_table::refine_steps; ++r)
-#pragma unroll
-    for (int k = 0; k < 8; ++k) lo[k] = cpu::floor_refine_step(lo[k], u[k], sorted, size);
+  for (int k = 0; k < 8; ++k) c[k] = t.code[which][pick_entry<Stochastic, Snap>(u[k], nb[k], bits[k], first, last, size)];
 }
 
 // Encodes elements idx..idx+7 (fresh block scales for blockwise storages).
@@ -467,23 +487,23 @@ __device__ __forceinline__ void store8(const storage_traits& tr, const storage_v
   }
   if (first) absmax_out[b] = m;
   const float inv = inverse_scale(m);
-  const float* sorted = t.sorted[which];
-  const int size = t.size[which];
   float u[8];
-  int lo[8];
 #pragma unroll
   for (int k = 0; k < 8; ++k) u[k] = mul_rn(v[k], inv);
-  floor_index8(t, which, u, lo);
-  if (keep)  // snap an unmoved weight onto its grid value, as the CPU step does
-#pragma unroll
-    for (int k = 0; k < 8; ++k) lo[k] = snap_onto_grid(u[k], lo[k], sorted, size);
+  neighbours nb[8];
+  neighbours8(t, which, u, nb);
+  // keep: snap an unmoved weight onto its grid value, as the CPU step does
   uint8_t c[8];
   if (stochastic) {  // one test for the 8 elements (nvcc left it inside the element loop)
-#pragma unroll
-    for (int k = 0; k < 8; ++k) c[k] = stochastic_from_floor(u[k], lo[k], bits[k], sorted, t.code[which], size);
+    if (keep)
+      pick_codes8<true, true>(t, which, u, nb, bits, c);
+    else
+      pick_codes8<true, false>(t, which, u, nb, bits, c);
   } else {
-#pragma unroll
-    for (int k = 0; k < 8; ++k) c[k] = nearest_from_floor(u[k], lo[k], sorted, t.code[which], size);
+    if (keep)
+      pick_codes8<false, true>(t, which, u, nb, bits, c);
+    else
+      pick_codes8<false, false>(t, which, u, nb, bits, c);
   }
   store_codes8<Full>(q.codes, idx, n, tr.four, zero_code(q.layout.fmt), c);
 }
@@ -572,9 +592,11 @@ __global__ void __launch_bounds__(fused_max_threads, fused_min_blocks_at_max) fu
     if (!sts[s]->is_blockwise()) continue;
     for (int i = threadIdx.x; i < 256; i += blockDim.x) {
       t.decode[s][i] = src[s]->decode.value[i];
-      t.sorted[s][i] = src[s]->sorted.value[i];
       t.code[s][i] = src[s]->sorted.code[i];
     }
+    const int size = src[s]->sorted.size;
+    for (int i = threadIdx.x; i < padded_codebook_size; i += blockDim.x)
+      t.sorted[s][i] = i < size ? src[s]->sorted.value[i] : bits_float(0x7F800000u);
     if (tables_param.bucketed[s])
       for (int i = threadIdx.x; i < n_buckets; i += blockDim.x) t.bucket[s][i] = tables_param.bucket[s][i];
     if (threadIdx.x == 0)
