@@ -11,6 +11,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "../core/config.hpp"
@@ -84,8 +85,8 @@ LOWBIT_HD stable_scale choose_stable_scale(float old_scale, float m, bool nested
 // 2^-20 of the grid value, is far above the few ulps of a decode/encode
 // round trip and far below any real update that survives stochastic rounding.
 LOWBIT_HD int snap_direction(float u, float below, float above) {
-  const float tol_above = 9.5367431640625e-07f * (above < 0 ? -above : above);
-  const float tol_below = 9.5367431640625e-07f * (below < 0 ? -below : below);
+  const float tol_above = 9.5367431640625e-07f * fabsf(above);  // fabsf: one operand modifier on a GPU
+  const float tol_below = 9.5367431640625e-07f * fabsf(below);
   return above - u <= tol_above ? 1 : (u - below <= tol_below ? -1 : 0);
 }
 
