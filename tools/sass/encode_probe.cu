@@ -2,7 +2,8 @@
 // codebook (bucketed floor search, optional snap, nearest or stochastic
 // choice, code lookup) alone in a kernel, so that its static SASS can be
 // counted (scripts/sass-counts.sh). Two formulations of the same choice:
-//   -DELEMENT_ENCODE  the CUDA step's (optim/element_encode.hpp);
+//   -DELEMENT_ENCODE  the CUDA step's (cuda_detail::encode_codes8, made of
+//                    optim/element_encode.hpp's functions);
 //   otherwise        the CPU step's functions called per element (the CUDA
 //                    step's formulation until 2026-11-28).
 //   -DBASELINE        neither: the kernel's loads and stores alone.
@@ -25,10 +26,7 @@ __global__ void probe_kernel(const float* in_u, const uint32_t* in_bits, uint8_t
 #if defined(BASELINE)
   for (int k = 0; k < 8; ++k) c[k] = uint8_t(bits[k] + uint32_t(u[k]));
 #elif defined(ELEMENT_ENCODE)
-  lo::neighbours nb[8];
-  for (int k = 0; k < 8; ++k)
-    nb[k] = lo::bucketed_neighbours(u[k], t.bucket[which][lowbit::cpu::floor_bucket(u[k])], t.sorted[which]);
-  cd::pick_codes8<ENCODE_STOCHASTIC, ENCODE_SNAP>(t, which, u, nb, bits, c);
+  cd::encode_codes8<ENCODE_STOCHASTIC, ENCODE_SNAP>(t, which, u, bits, c);
 #else
   const float* sorted = t.sorted[which];
   const int size = t.size[which];

@@ -39,7 +39,7 @@ __global__ void __launch_bounds__(512, 2) probe_kernel(const __grid_constant__ l
       t.decode[s][i] = src.decode.value[i]; t.sorted[s][i] = src.sorted.value[i]; t.code[s][i] = src.sorted.code[i];
     }
     for (int i = threadIdx.x; i < cd::n_buckets; i += blockDim.x) t.bucket[s][i] = tp.bucket[s][i];
-    if (threadIdx.x == 0) t.size[s] = src.sorted.size, t.steps[s] = src.sorted.steps, t.bucketed[s] = 1;
+    if (threadIdx.x == 0) t.size[s] = src.sorted.size;
   }
   for (int i = threadIdx.x; i < 256; i += blockDim.x) t.nested_map[i] = tp.nested_map.value[i];
   __syncthreads();

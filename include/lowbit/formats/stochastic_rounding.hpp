@@ -141,14 +141,6 @@ LOWBIT_HD uint8_t stochastic_from_floor(float u, int lo, uint32_t random_bits, c
   return round_up_stochastic(u - sorted[lo], sorted[hi] - sorted[lo], random_bits) ? codes[hi] : codes[lo];
 }
 
-// Floor indices of 8 values at once: the eight searches are independent, so
-// interleaving them hides the load latency that bounds a single search.
-LOWBIT_HD void sorted_floor_index8(const float* u, const float* sorted, int steps, int* lo) {
-  for (int k = 0; k < 8; ++k) lo[k] = 0;
-  for (int step = 1 << (steps - 1); step >= 1; step >>= 1)
-    for (int k = 0; k < 8; ++k) lo[k] = sorted[lo[k] + step] <= u[k] ? lo[k] + step : lo[k];
-}
-
 LOWBIT_HD uint8_t encode_nearest(float u, const float* sorted, const uint8_t* codes, int size, int steps) {
   return nearest_from_floor(u, sorted_floor_index(u, sorted, steps), sorted, codes, size);
 }

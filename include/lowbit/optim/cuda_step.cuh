@@ -48,14 +48,15 @@ constexpr int n_buckets = cpu::floor_index_table::n_buckets;
 // by value (about 18 KB of kernel parameters; CUDA 12.1+ allows 32 KB).
 // bucket[s] is cpu/floor_index.hpp's bucket table of storage s as bytes
 // (every start index is < 256): the floor index of a value in the sorted
-// codebook from one table read and two compare-and-step moves instead of a
-// binary search of 8 dependent reads (the search made the QFT step
-// instruction-bound: about 360 instructions per element, ncu, 2026-11-26).
+// codebook and its neighbours from one table read and one read of four
+// consecutive entries (element_encode.hpp) instead of a binary search of 8
+// dependent reads (the search made the QFT step instruction-bound: about
+// 360 instructions per element, ncu, 2026-11-26). Every lowbit format's
+// table is usable; the kernel has no fallback.
 struct step_tables {
   format_tables weight, state1, state2;
   code_table nested_map;
   uint8_t bucket[3][n_buckets];
-  int bucketed[3];  // the table is usable (cpu::floor_index_table::usable)
 };
 
 struct shared_tables {
@@ -63,9 +64,7 @@ struct shared_tables {
   float sorted[3][padded_codebook_size];  // +infinity past each format's entries (element_encode.hpp)
   uint8_t code[3][256];
   uint8_t bucket[3][n_buckets];
-  int bucketed[3];
   int size[3];
-  int steps[3];
   float nested_map[256];
 };
 
@@ -417,32 +416,24 @@ __device__ __forceinline__ float block_absmax8(const float (&v)[8], int64_t idx,
   return m;
 }
 
-// The floor index of each u[k] in storage `which`'s sorted codebook and its
-// two neighbours there: through the bucket table where it is usable, as the
-// CPU step finds it, else by the binary search.
-__device__ __forceinline__ void neighbours8(const shared_tables& t, int which, const float (&u)[8], neighbours (&nb)[8]) {
-  const float* sorted = t.sorted[which];
-  if (!t.bucketed[which]) {
-    int lo[8];
-    sorted_floor_index8(u, sorted, t.steps[which], lo);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) nb[k] = neighbours_at(lo[k], sorted);
-    return;
-  }
-#pragma unroll
-  for (int k = 0; k < 8; ++k) nb[k] = bucketed_neighbours(u[k], t.bucket[which][cpu::floor_bucket(u[k])], sorted);
-}
-
-// The codes of 8 values u (element_encode.hpp's pick_entry, with the
-// rounding and snapping fixed per call).
+// The codes of 8 block-normalized values u in storage `which`'s codebook
+// (element_encode.hpp, with the rounding and snapping fixed per call): the
+// floor index and neighbours through the bucket table, as the CPU step
+// finds them (every lowbit format's table is usable; cuda_fused_step
+// checks). One element at a time from search to code, so that only its
+// neighbours are live (holding all 8 elements' neighbours made the step
+// kernels spill at 64 registers).
 template <bool Stochastic, bool Snap>
-__device__ __forceinline__ void pick_codes8(const shared_tables& t, int which, const float (&u)[8],
-                                            const neighbours (&nb)[8], const uint32_t (&bits)[8], uint8_t (&c)[8]) {
+__device__ __forceinline__ void encode_codes8(const shared_tables& t, int which, const float (&u)[8],
+                                              const uint32_t (&bits)[8], uint8_t (&c)[8]) {
   const float* sorted = t.sorted[which];
   const int size = t.size[which];
   const float first = sorted[0], last = sorted[size - 1];
 #pragma unroll
-  for (int k = 0; k < 8; ++k) c[k] = t.code[which][pick_entry<Stochastic, Snap>(u[k], nb[k], bits[k], first, last, size)];
+  for (int k = 0; k < 8; ++k) {
+    const neighbours nb = bucketed_neighbours(u[k], t.bucket[which][cpu::floor_bucket(u[k])], sorted);
+    c[k] = t.code[which][pick_entry<Stochastic, Snap>(u[k], nb, bits[k], first, last, size)];
+  }
 }
 
 // Encodes elements idx..idx+7 (fresh block scales for blockwise storages).
@@ -490,20 +481,18 @@ __device__ __forceinline__ void store8(const storage_traits& tr, const storage_v
   float u[8];
 #pragma unroll
   for (int k = 0; k < 8; ++k) u[k] = mul_rn(v[k], inv);
-  neighbours nb[8];
-  neighbours8(t, which, u, nb);
   // keep: snap an unmoved weight onto its grid value, as the CPU step does
   uint8_t c[8];
   if (stochastic) {  // one test for the 8 elements (nvcc left it inside the element loop)
     if (keep)
-      pick_codes8<true, true>(t, which, u, nb, bits, c);
+      encode_codes8<true, true>(t, which, u, bits, c);
     else
-      pick_codes8<true, false>(t, which, u, nb, bits, c);
+      encode_codes8<true, false>(t, which, u, bits, c);
   } else {
     if (keep)
-      pick_codes8<false, true>(t, which, u, nb, bits, c);
+      encode_codes8<false, true>(t, which, u, bits, c);
     else
-      pick_codes8<false, false>(t, which, u, nb, bits, c);
+      encode_codes8<false, false>(t, which, u, bits, c);
   }
   store_codes8<Full>(q.codes, idx, n, tr.four, zero_code(q.layout.fmt), c);
 }
@@ -597,10 +586,9 @@ __global__ void __launch_bounds__(fused_max_threads, fused_min_blocks_at_max) fu
     const int size = src[s]->sorted.size;
     for (int i = threadIdx.x; i < padded_codebook_size; i += blockDim.x)
       t.sorted[s][i] = i < size ? src[s]->sorted.value[i] : bits_float(0x7F800000u);
-    if (tables_param.bucketed[s])
-      for (int i = threadIdx.x; i < n_buckets; i += blockDim.x) t.bucket[s][i] = tables_param.bucket[s][i];
+    for (int i = threadIdx.x; i < n_buckets; i += blockDim.x) t.bucket[s][i] = tables_param.bucket[s][i];
     if (threadIdx.x == 0)
-      t.size[s] = src[s]->sorted.size, t.steps[s] = src[s]->sorted.steps, t.bucketed[s] = tables_param.bucketed[s];
+      t.size[s] = src[s]->sorted.size;
   }
   for (int i = threadIdx.x; i < 256; i += blockDim.x) t.nested_map[i] = tables_param.nested_map.value[i];
   __syncthreads();
@@ -878,9 +866,13 @@ void cuda_fused_step(const fused_step_args& a, const typename Rule::consts& c, c
   for (int s = 0; s < 3; ++s) {
     if (!sts[s]->is_blockwise() || !tabs[s]) continue;
     const cpu::floor_index_table& ft = cpu::floor_index_for(sts[s]->q.layout.fmt, tabs[s]->sorted);
-    tables.bucketed[s] = ft.usable ? 1 : 0;
-    if (ft.usable)
-      for (int i = 0; i < cuda_detail::n_buckets; ++i) tables.bucket[s][i] = uint8_t(ft.start[i]);
+    // The kernel has no binary-search fallback (it cost registers and code
+    // in every instantiation); every lowbit format's table is usable
+    // (tests/formats/test_floor_index.cpp), so this is a guard for new ones.
+    require(ft.usable, errc::unsupported,
+            std::string("the CUDA optimizer step cannot search the codebook of format ") +
+                format_name(sts[s]->q.layout.fmt) + " (more than two values in a bucket of cpu/floor_index.hpp)");
+    for (int i = 0; i < cuda_detail::n_buckets; ++i) tables.bucket[s][i] = uint8_t(ft.start[i]);
   }
   bool wide = cuda_detail::wide_aligned(a.weight) && cuda_detail::wide_aligned(a.state1) &&
               cuda_detail::wide_aligned(a.state2) && cuda_detail::wide_aligned(a.weight_copy);
