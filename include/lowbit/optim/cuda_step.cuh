@@ -8,7 +8,8 @@
 // storage are issued before any is decoded); the threads of one
 // quantization block reduce its absmax with warp shuffles (shared memory for
 // blocks over 256 elements); re-encoding finds each value's place in the
-// sorted codebook through the CPU step's bucket table; one resident wave of
+// sorted codebook through the CPU step's bucket table and picks its code
+// with element_encode.hpp's branch-free choice; one resident wave of
 // blocks loops over the tensor. Every element operation, the random stream and
 // the reduction orders are those of cpu_step.hpp, so results are
 // bit-identical to the CPU executor. Nested (double-quantized) weight scales
