@@ -41,3 +41,6 @@ count qft tools/sass/step_loop_probe.cu
 echo "  Lion, int8 weights (stable scales, stochastic), int8 states: $(python3 tools/sass/count_sass.py "$WORK/qft.sass" --loop)"
 count lion tools/sass/step_loop_probe.cu -DWSHAPE=cd::storage_shape::f32 -DKEEP=false
 echo "  Lion, fp32 weights, int8 states: $(python3 tools/sass/count_sass.py "$WORK/lion.sass" --loop)"
+count adamw tools/sass/step_loop_probe.cu -DRULE=lo::adamw -DS2SHAPE=cd::storage_shape::b8_256 \
+  -DWSHAPE=cd::storage_shape::f32 -DKEEP=false
+echo "  AdamW, fp32 weights, int8 states: $(python3 tools/sass/count_sass.py "$WORK/adamw.sass" --loop)"
