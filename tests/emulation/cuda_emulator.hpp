@@ -51,6 +51,7 @@
 #include <ucontext.h>
 
 #include "emulator_options.hpp"
+#include "kernel_attributes.hpp"
 
 #include <cstdint>
 #include <cstdio>
@@ -281,13 +282,20 @@ launcher<P...> launch(void (*kernel)(P...), dim3 grid, dim3 block, cudaStream_t 
   return launcher<P...>{kernel, grid, block};
 }
 // LOWBIT_LAUNCH(kernel, grid, block, smem, stream): `smem` bytes of dynamic
-// shared memory (at most 227 KiB, the sm_90 limit), zeroed, shared by the
-// blocks of the launch one after another (kernels must not rely on its
-// contents at entry, as on a GPU).
+// shared memory (at most 227 KiB, the sm_90 limit, and above 48 KiB only
+// after cudaFuncSetAttribute raised the kernel's limit, as on a GPU:
+// kernel_attributes.hpp), zeroed, shared by the blocks of the launch one
+// after another (kernels must not rely on its contents at entry, as on a
+// GPU).
 template <class... P>
 launcher<P...> launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream) {
-  if (smem > size_t(227) * 1024)
+  if (smem > kernel_attributes::max_dynamic_shared_bytes)
     throw error("too much dynamic shared memory: " + std::to_string(smem) + " bytes (227 KiB at most)");
+  const size_t limit = kernel_attributes::dynamic_shared_limit(reinterpret_cast<const void*>(kernel));
+  if (smem > limit)
+    throw error("a launch requests " + std::to_string(smem) + " bytes of dynamic shared memory, above the kernel's " +
+                "limit of " + std::to_string(limit) + " bytes (48 KiB unless cudaFuncSetAttribute(kernel, " +
+                "cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) raised it; a GPU refuses such a launch)");
   block_state& s = state();
   s.dynamic_shared.assign((smem + 7) / 8, 0);
   s.dynamic_shared_bytes = smem;

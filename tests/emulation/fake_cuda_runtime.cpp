@@ -50,6 +50,7 @@
 
 #include "emulator_options.hpp"
 #include "fake_cuda_runtime.hpp"
+#include "kernel_attributes.hpp"
 
 namespace {
 struct allocation {
@@ -300,10 +301,14 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* blocks, 
   return cudaSuccess;
 }
 
-// Kernel attributes (e.g. the dynamic shared-memory limit) have no effect
-// here: the emulator checks the launch's request against 227 KiB itself.
-cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute, int value) {
+// The dynamic shared-memory limit is recorded for the emulator's launches
+// to check (kernel_attributes.hpp); other attributes have no effect here.
+cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
   if (!func || value < 0) return fail(cudaErrorInvalidValue);
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    if (size_t(value) > kernel_attributes::max_dynamic_shared_bytes) return fail(cudaErrorInvalidValue);
+    kernel_attributes::set_dynamic_shared_limit(func, size_t(value));
+  }
   return cudaSuccess;
 }
 

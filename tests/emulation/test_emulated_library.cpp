@@ -612,3 +612,29 @@ TEST_CASE("the emulator: dynamic shared memory of the launch's size, zeroed, at 
   CHECK_THROWS_AS(LOWBIT_LAUNCH(k::sum_through_shared, 1, 128, 228 * 1024, nullptr)(out.data()),
                   cuda_emulator::error);
 }
+
+// As on a GPU, more than 48 KiB of dynamic shared memory needs the kernel's
+// limit raised first (cudaFuncAttributeMaxDynamicSharedMemorySize); the
+// library's GEMM kernels do it through gemm_detail::allow_dynamic_smem.
+TEST_CASE("the emulator: dynamic shared memory above 48 KiB only after cudaFuncSetAttribute") {
+  struct k {
+    static void touch_shared(unsigned* out) {
+      LOWBIT_DYNAMIC_SHARED(smem);
+      smem[threadIdx.x] = 1;
+      __syncthreads();
+      out[threadIdx.x] = smem[(threadIdx.x + 1) % blockDim.x];
+    }
+  };
+  std::vector<unsigned> out(32);
+  LOWBIT_LAUNCH(k::touch_shared, 1, 32, 48 * 1024, nullptr)(out.data());  // the default limit
+  CHECK(out[0] == 1u);
+  CHECK_THROWS_AS(LOWBIT_LAUNCH(k::touch_shared, 1, 32, 48 * 1024 + 16, nullptr)(out.data()), cuda_emulator::error);
+  const void* fn = reinterpret_cast<const void*>(&k::touch_shared);
+  CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, 228 * 1024) == cudaErrorInvalidValue);
+  cudaGetLastError();  // clear the sticky error of the refused call
+  REQUIRE(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024) == cudaSuccess);
+  out.assign(32, 0u);
+  LOWBIT_LAUNCH(k::touch_shared, 1, 32, 100 * 1024, nullptr)(out.data());
+  CHECK(out[31] == 1u);
+  CHECK_THROWS_AS(LOWBIT_LAUNCH(k::touch_shared, 1, 32, 100 * 1024 + 16, nullptr)(out.data()), cuda_emulator::error);
+}
