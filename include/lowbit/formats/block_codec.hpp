@@ -24,6 +24,20 @@ LOWBIT_HD float absmax_step(float m, float v) {
   if (!(a <= float_max) || m != m) return bits_float(0x7FC00000u);
   return a > m ? a : m;
 }
+// The fold of absmax_step over a run of values, in the form a GPU runs
+// fastest: a plain maximum and a separate finiteness flag (2 instructions
+// per value instead of 4). The same result as the fold: it turns NaN at the
+// first non-finite value and stays NaN (tests/formats/test_roundtrip.cpp).
+struct absmax_accumulator {
+  float top = 0.0f;
+  bool finite = true;
+  LOWBIT_HD void add(float v) {
+    const float a = fabsf(v);
+    finite = finite && a <= float_max;
+    top = fmaxf(top, a);
+  }
+  LOWBIT_HD float value() const { return finite ? top : bits_float(0x7FC00000u); }
+};
 // Combines two partial absmax results, keeping NaN.
 LOWBIT_HD float absmax_combine(float a, float b) {
   if (a != a || b != b) return bits_float(0x7FC00000u);

@@ -389,19 +389,11 @@ __device__ __forceinline__ float load8(const storage_traits& tr, const storage_v
 // Absmax over the `bs / 8` consecutive threads of one block (bs >= 32).
 template <bool Full>
 __device__ __forceinline__ float block_absmax8(const float (&v)[8], int64_t idx, int64_t n, int bs, float* warp_max) {
-  // absmax_step's fold over the 8 values as a plain maximum and a separate
-  // finiteness test: the same result (the fold turns NaN at the first
-  // non-finite value and stays NaN), in 2 instructions per value instead of 4.
-  float top = 0.0f;
-  bool finite = true;
+  absmax_accumulator acc;  // absmax_step's fold, in fewer GPU instructions
 #pragma unroll
   for (int k = 0; k < 8; ++k)
-    if (Full || idx + k < n) {
-      const float a = fabsf(v[k]);
-      finite = finite && a <= float_max;
-      top = fmaxf(top, a);
-    }
-  float m = finite ? top : bits_float(0x7FC00000u);
+    if (Full || idx + k < n) acc.add(v[k]);
+  float m = acc.value();
   const int tpq = bs / per_thread;
   const int width = tpq < 32 ? tpq : 32;
   for (int off = width / 2; off >= 1; off /= 2) m = absmax_combine(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
@@ -482,7 +474,8 @@ __device__ __forceinline__ void store8(const storage_traits& tr, const storage_v
   float u[8];
 #pragma unroll
   for (int k = 0; k < 8; ++k) u[k] = mul_rn(v[k], inv);
-  // keep: snap an unmoved weight onto its grid value, as the CPU step does
+  // With keep (stable scales), an unmoved weight snaps onto its grid value
+  // first, as in the CPU step.
   uint8_t c[8];
   if (stochastic) {  // one test for the 8 elements (nvcc left it inside the element loop)
     if (keep)
@@ -588,8 +581,7 @@ __global__ void __launch_bounds__(fused_max_threads, fused_min_blocks_at_max) fu
     for (int i = threadIdx.x; i < padded_codebook_size; i += blockDim.x)
       t.sorted[s][i] = i < size ? src[s]->sorted.value[i] : bits_float(0x7F800000u);
     for (int i = threadIdx.x; i < n_buckets; i += blockDim.x) t.bucket[s][i] = tables_param.bucket[s][i];
-    if (threadIdx.x == 0)
-      t.size[s] = src[s]->sorted.size;
+    if (threadIdx.x == 0) t.size[s] = size;
   }
   for (int i = threadIdx.x; i < 256; i += blockDim.x) t.nested_map[i] = tables_param.nested_map.value[i];
   __syncthreads();
