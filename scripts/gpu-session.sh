@@ -20,6 +20,8 @@
 #   1bckpt:MODE              the same with activation checkpointing and the fused update (least memory)
 #   1bckptsync:MODE          1bckpt with --sync-gradient-checks (the host waits for every tensor's
 #                            gradient check, as before 2026-11-27): the A/B of the deferred checks
+#   1bprof:MODE / 1bckptprof:MODE  1b / 1bckpt with --profile: where a step's time goes, per phase
+#                            (CUDA events; one more host wait per step, so take tokens/s from 1b / 1bckpt)
 #   peer1b / peer7b          the PyTorch + transformers bf16 peer
 #   gemm:NxK                 bench_dequant_gemm_cuda on one weight shape
 #   bench:optimizer / bench:quantize
@@ -121,6 +123,10 @@ for word in $PLAN; do
       step "$word" 120 bash -c 'RUN_TIMEOUT=$((STEP_TIMEOUT - 5)) FIGURES=speed1b MODES1B='"${word#1b:}"' bash scripts/llama-gpu-figures.sh "$0" "$1"' "$BIN" "$RES" ;;
     1bckpt:*)
       step "$word" 120 bash -c 'LLAMA_EXTRA="${LLAMA_EXTRA:-} --checkpointing --fused-update --clip 0" LLAMA_TAG="${LLAMA_TAG:+$LLAMA_TAG-}ckpt-fused" RUN_TIMEOUT=$((STEP_TIMEOUT - 5)) FIGURES=speed1b MODES1B='"${word#1bckpt:}"' bash scripts/llama-gpu-figures.sh "$0" "$1"' "$BIN" "$RES" ;;
+    1bprof:*)
+      step "$word" 120 bash -c 'LLAMA_EXTRA="${LLAMA_EXTRA:-} --profile" LLAMA_TAG="${LLAMA_TAG:+$LLAMA_TAG-}prof" RUN_TIMEOUT=$((STEP_TIMEOUT - 5)) FIGURES=speed1b MODES1B='"${word#1bprof:}"' bash scripts/llama-gpu-figures.sh "$0" "$1"' "$BIN" "$RES" ;;
+    1bckptprof:*)
+      step "$word" 120 bash -c 'LLAMA_EXTRA="${LLAMA_EXTRA:-} --checkpointing --fused-update --clip 0 --profile" LLAMA_TAG="${LLAMA_TAG:+$LLAMA_TAG-}ckpt-fused-prof" RUN_TIMEOUT=$((STEP_TIMEOUT - 5)) FIGURES=speed1b MODES1B='"${word#1bckptprof:}"' bash scripts/llama-gpu-figures.sh "$0" "$1"' "$BIN" "$RES" ;;
     1bckptsync:*)
       step "$word" 120 bash -c 'LLAMA_EXTRA="${LLAMA_EXTRA:-} --checkpointing --fused-update --clip 0 --sync-gradient-checks" LLAMA_TAG="${LLAMA_TAG:+$LLAMA_TAG-}ckpt-fused-syncchecks" RUN_TIMEOUT=$((STEP_TIMEOUT - 5)) FIGURES=speed1b MODES1B='"${word#1bckptsync:}"' bash scripts/llama-gpu-figures.sh "$0" "$1"' "$BIN" "$RES" ;;
     peer1b|peer7b)

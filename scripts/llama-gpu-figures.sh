@@ -47,7 +47,7 @@ run() {
   timeout "$RUN_TIMEOUT" "$TRAIN" --device cuda --log "$RESULTS/llama-$name.jsonl" "$@" \
     >"$RESULTS/llama-$name.log" 2>&1
   local rc=$?
-  grep -E '^(memory|  |device:|llama_train:)' "$RESULTS/llama-$name.log" | tail -n 12
+  grep -E '^(memory|  |device:|llama_train:|where a step)' "$RESULTS/llama-$name.log" | tail -n 28
   if [[ $rc -ne 0 ]]; then
     echo "FAIL: $name exit $rc ($((SECONDS - t0)) s)"; tail -n 5 "$RESULTS/llama-$name.log"; FAILED=1
   else

@@ -21,6 +21,7 @@
 #include "linear.hpp"
 #include "ops.hpp"
 #include "parameters.hpp"
+#include "phase_profile.hpp"
 
 namespace llama {
 
@@ -66,14 +67,17 @@ class llama_model {
                         " exceeds the allocated " + std::to_string(max_batch_) + " x " + std::to_string(max_seq_));
     B_ = batch, S_ = seq;
     const int64_t M = B_ * S_, D = cfg_.dim, V = cfg_.vocab_size;
+    phase_scope ph(rec_, phase::embedding);
     for (int64_t m = 0; m < M; ++m) {
       if (tokens[m] < 0 || tokens[m] >= V)  // (checked first: the message is built only on failure)
         throw lowbit::error(lowbit::errc::invalid_argument,
             "token id " + std::to_string(tokens[m]) + " outside the vocabulary [0, " + std::to_string(V) + ")");
       w_.get_rows(L_.embed, tokens[m], 1, xs_[0].data() + m * D);
     }
+    ph.to(phase::layers_forward);
     for (int l = 0; l < cfg_.n_layers; ++l) layer_forward(l, acts_for(l), xs_[size_t(l) + 1].data());
     recompute_.forward_done();
+    ph.to(phase::head_loss);
     ops::rmsnorm_forward(xs_.back().data(), w_.vector(L_.final_norm), xn_f_.data(), rstd_f_.data(), M, D,
                          cfg_.norm_eps);
     linear_forward(xn_f_.data(), M, w_.matrix(L_.head), logits_.data());
@@ -94,6 +98,7 @@ class llama_model {
     const int64_t M = B_ * S_, D = cfg_.dim, V = cfg_.vocab_size;
     auto g = [&](int p) { return grads + plan.offset[size_t(p)]; };
     // Output head and final norm. logits_ holds dloss/dlogits.
+    phase_scope ph(rec_, phase::head_backward);
     const matrix_ref head = w_.matrix(L_.head);
     linear_weight_grad(logits_.data(), xn_f_.data(), M, V, D, g(L_.head), false);
     linear_backward_input(logits_.data(), M, head, dxn_.data());
@@ -109,9 +114,14 @@ class llama_model {
       // quarter to a third of a LLaMA layer's matrix work). The last
       // layer's are still in the buffer from the forward, unless a backward
       // has run since (its recomputes overwrote them).
-      if (recompute_.before_backward(l)) layer_forward(l, a, nullptr);
+      if (recompute_.before_backward(l)) {
+        ph.to(phase::recompute);
+        layer_forward(l, a, nullptr);
+      }
+      ph.to(phase::layers_backward);
       layer_backward(l, a, grads, plan, on_ready);
     }
+    ph.to(phase::embedding_backward);
     // Token embedding: scatter-add each row's gradient (onto the head's
     // gradient when tied). Columns in parallel, rows in order.
     T* ge = g(L_.embed);
@@ -129,6 +139,9 @@ class llama_model {
   // Layers whose intermediates backward() recomputed (checkpointing), since
   // construction: n_layers - 1 per backward after a forward.
   int64_t layer_recomputes() const { return recompute_.count(); }
+
+  // Marks the phases of forward() and backward() on r (null: none).
+  void set_phase_recorder(phase_recorder* r) { rec_ = r; }
 
   // Bytes of every activation and backward scratch buffer.
   int64_t activation_bytes() const {
@@ -183,9 +196,11 @@ class llama_model {
     linear_forward(a.xn1.data(), M, w_.matrix(P.wq), a.q.data());
     linear_forward(a.xn1.data(), M, w_.matrix(P.wk), a.k.data());
     linear_forward(a.xn1.data(), M, w_.matrix(P.wv), a.v.data());
+    phase_scope attention(rec_, phase::attention_forward);  // with its rotary embedding
     ops::rope_apply(a.q.data(), M, S_, cfg_.n_heads, rope_, false);
     ops::rope_apply(a.k.data(), M, S_, cfg_.n_kv_heads, rope_, false);
     ops::attention_forward(a.q.data(), a.k.data(), a.v.data(), a.probs.data(), a.attn.data(), attn_shape());
+    attention.close();
     linear_forward(a.attn.data(), M, w_.matrix(P.wo), a.x_mid.data());
     add_into(a.x_mid.data(), x, M * D);
     ops::rmsnorm_forward(a.x_mid.data(), w_.vector(P.mlp_norm), a.xn2.data(), a.rstd2.data(), M, D, cfg_.norm_eps);
@@ -228,10 +243,12 @@ class llama_model {
     linear_weight_grad(dmid_.data(), a.attn.data(), M, D, QW, g(P.wo), false);
     linear_backward_input(dmid_.data(), M, w_.matrix(P.wo), dattn_.data());
     on_ready(std::vector<int>{P.wo});
+    phase_scope attention(rec_, phase::attention_backward);  // with its inverse rotary embedding
     ops::attention_backward(dattn_.data(), a.q.data(), a.k.data(), a.v.data(), a.probs.data(), dq_.data(),
                             dk_.data(), dv_.data(), attn_shape());
     ops::rope_apply(dq_.data(), M, S_, cfg_.n_heads, rope_, true);
     ops::rope_apply(dk_.data(), M, S_, cfg_.n_kv_heads, rope_, true);
+    attention.close();
     linear_weight_grad(dq_.data(), a.xn1.data(), M, QW, D, g(P.wq), false);
     linear_backward_input(dq_.data(), M, w_.matrix(P.wq), dxn_.data());
     on_ready(std::vector<int>{P.wq});
@@ -260,6 +277,7 @@ class llama_model {
   int64_t max_batch_, max_seq_;
   bool checkpointing_;
   layer_recompute recompute_;  // which layers the backward recomputes
+  phase_recorder* rec_ = nullptr;  // --profile: where each step's time goes
   ops::rope_table<T> rope_;
   int64_t B_ = 0, S_ = 0;
   std::vector<int32_t> tokens_;  // of the last forward (the embedding backward)

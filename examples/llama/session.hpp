@@ -20,6 +20,7 @@
 #include "model.hpp"
 #include "modes.hpp"
 #include "parameters.hpp"
+#include "phase_profile.hpp"
 
 namespace llama {
 
@@ -126,6 +127,10 @@ class session_base {
   // Device memory in use before the run allocated anything (CUDA context,
   // other processes); -1 on the CPU.
   virtual double start_device_mib() const { return -1.0; }
+  // --profile: the clock of this run's step phases (phase_profile.hpp),
+  // created on the first call; from then on the model and the optimizer
+  // steps mark their phases on it between its begin_step and end_step.
+  virtual phase_recorder& phase_profile() = 0;
 
   // Mean loss over `batches` fixed validation batches.
   template <class Data>
@@ -176,6 +181,13 @@ class training_session final : public session_base {
     return "cpu, " + std::to_string(lowbit::cpu::thread_count()) + " threads";
   }
   double loss(const int32_t* x, const int32_t* y) override { return model_->forward(x, y, opts_.batch, opts_.seq); }
+  phase_recorder& phase_profile() override {
+    if (!profile_) {
+      profile_ = std::make_unique<host_phase_recorder>();
+      model_->set_phase_recorder(profile_.get());
+    }
+    return *profile_;
+  }
   double gradients(const int32_t* x, const int32_t* y, std::vector<float>& out) override {
     lowbit::require(!opts_.fused_update, lowbit::errc::invalid_argument,
                     "gradients(): the fused backward-update keeps no full gradient buffer");
@@ -201,13 +213,17 @@ class training_session final : public session_base {
     if (opts_.fused_update) {
       optimizer_->begin_step();
       model_->backward(grads_.data(), plan_, [&](const std::vector<int>& ready) {
+        phase_scope ph(profile_.get(), phase::optimizer);
         for (int p : ready) optimizer_->step_param(p, grads_.data() + plan_.offset[size_t(p)], 1.0f);
       });
+      phase_scope ph(profile_.get(), phase::optimizer);
       r.skipped = optimizer_->end_step().skipped > 0;
       return r;
     }
     model_->backward(grads_.data(), plan_, [](const std::vector<int>&) {});
+    phase_scope ph(profile_.get(), phase::gradient_check);
     const lowbit::optim::grad_stats gs = lowbit::optim::cpu_grad_stats(grads_.data(), lowbit::dtype::f32, plan_.size);
+    ph.to(phase::optimizer);
     two_pass_update(*optimizer_, gs, grads_.data(), lowbit::dtype::f32, plan_, clip, r);
     return r;
   }
@@ -229,6 +245,7 @@ class training_session final : public session_base {
   std::unique_ptr<trainer_optimizer> optimizer_;
   std::unique_ptr<llama_model<float>> model_;
   std::vector<float> grads_;
+  std::unique_ptr<host_phase_recorder> profile_;  // --profile only
 };
 
 }  // namespace llama

@@ -55,6 +55,7 @@ struct options {
   int64_t rounding_seed = -1;  // -1: the --seed
   bool checkpointing = false, fused_update = false, quiet = false;
   bool sync_gradient_checks = false;  // --sync-gradient-checks
+  bool profile = false;               // --profile: time the phases of each step
   int64_t sample_tokens = 200;
   std::string prompt = "ROMEO:";
   float temperature = 0.8f;
@@ -117,6 +118,9 @@ void print_help() {
       "  --sample-tokens N     tokens generated at the end (default 200), --prompt TEXT, --temperature X\n"
       "  --quiet               only the final summary\n"
       "  --timing-warmup N     leave the first N steps out of the final tokens/s (default 0)\n"
+      "  --profile             time the phases of each step (forward, attention, head, recompute, backward,\n"
+      "                        optimizer, ...; CUDA events on a GPU, which adds one host wait per step) and\n"
+      "                        print where a step's time goes (also in the --log summary)\n"
       "  --peak-tflops X       GPU peak for the model FLOPs utilisation (default 989.4, H100 SXM bf16 dense)\n"
       "  --list-modes          list the training modes\n"
       "Threads: LOWBIT_NUM_THREADS (default: all cores).\n");
@@ -205,6 +209,7 @@ bool parse_args(int argc, char** argv, options& o) {
     else if (a == "--fused-update") o.fused_update = true;
     else if (a == "--sync-gradient-checks") o.sync_gradient_checks = true;
     else if (a == "--quiet") o.quiet = true;
+    else if (a == "--profile") o.profile = true;
     else throw lowbit::error(lowbit::errc::invalid_argument, "unknown option '" + a + "' (try --help)");
   }
   auto positive = [](int64_t v, const char* flag) {
@@ -280,6 +285,22 @@ void print_memory_table(const mode_info& m, int64_t P, int64_t weight_bytes, int
 }
 
 }  // namespace
+
+// --profile's table: milliseconds per counted step in each phase that took
+// any time, with its share, and the host clock's time per step beside the
+// phases' sum (on a GPU the two differ by what the host did while the GPU
+// was busy, and by the last step's tail).
+void print_phase_profile(const phase_recorder& p, double host_ms_per_step) {
+  const double total = p.step_total_ms();
+  std::printf("where a step's time goes (--profile, %lld steps counted):\n", static_cast<long long>(p.counted_steps()));
+  std::printf("  %-20s %10s %7s\n", "phase", "ms/step", "share");
+  for (int i = 0; i < phase_count; ++i) {
+    const double ms = p.ms_per_step(phase(i));
+    if (ms <= 0.0) continue;
+    std::printf("  %-20s %10.3f %6.1f%%\n", phase_name(phase(i)), ms, total > 0 ? 100.0 * ms / total : 0.0);
+  }
+  std::printf("  %-20s %10.3f %6.1f%%   (host clock: %.3f ms/step)\n", "sum", total, 100.0, host_ms_per_step);
+}
 
 int main(int argc, char** argv) {
   options o;
@@ -397,12 +418,15 @@ int main(int argc, char** argv) {
     double train_seconds = 0;  // excludes evaluation, checkpoints and sampling
     double timed_seconds = 0;  // the same without the first --timing-warmup steps
     int64_t timed_steps = 0;
+    phase_recorder* profile = o.profile ? &run.phase_profile() : nullptr;
     for (; st.step < end; ++steps_run) {
       const int64_t step = st.step;
       const auto t_step = std::chrono::steady_clock::now();
       const float lr = lr_at(o, peak_lr, step);
       data.train_batch(o.seed, step, o.batch, o.seq, x.data(), y.data());
+      if (profile) profile->begin_step();
       const step_result r = run.step(x.data(), y.data(), lr, o.clip);
+      if (profile) profile->end_step(steps_run >= o.timing_warmup);
       loss = r.loss;
       const double grad_norm = r.grad_norm;
       if (r.skipped) {
@@ -495,6 +519,10 @@ int main(int argc, char** argv) {
                   run.peak_device_mib(), run.peak_device_mib() - run.start_device_mib(), run.start_device_mib(),
                   100.0 * mfu, o.peak_tflops);
     std::printf("\n");
+    const int64_t counted_steps = timed_steps > 0 && o.timing_warmup > 0 ? timed_steps : steps_run;
+    const double host_ms_per_step =
+        1e3 * (o.timing_warmup > 0 ? timed_seconds : train_seconds) / double(std::max<int64_t>(counted_steps, 1));
+    if (profile && profile->counted_steps() > 0) print_phase_profile(*profile, host_ms_per_step);
     if (log) {  // one summary record, for scripts (scripts/llama-gpu-figures.sh)
       const int64_t states = run.weight_bytes() + run.optimizer().state_bytes() + run.gradient_bytes();
       log << "{\"summary\":true,\"mode\":\"" << mode.name << "\",\"device\":\"" << run.device_description()
@@ -510,7 +538,15 @@ int main(int argc, char** argv) {
           << ",\"state_bytes\":" << run.optimizer().state_bytes() << ",\"gradient_bytes\":" << run.gradient_bytes()
           << ",\"activation_bytes\":" << run.activation_bytes()
           << ",\"model_state_bytes_per_param\":" << double(states) / double(P) << ",\"final_loss\":" << loss
-          << ",\"val_loss\":" << (std::isnan(last_val) ? std::string("null") : std::to_string(last_val)) << "}\n";
+          << ",\"val_loss\":" << (std::isnan(last_val) ? std::string("null") : std::to_string(last_val));
+      if (profile && profile->counted_steps() > 0) {
+        log << ",\"profiled_steps\":" << profile->counted_steps() << ",\"host_ms_per_step\":" << host_ms_per_step
+            << ",\"phase_ms_per_step\":{";
+        for (int i = 0; i < phase_count; ++i)
+          log << (i ? "," : "") << "\"" << phase_key(phase(i)) << "\":" << profile->ms_per_step(phase(i));
+        log << "}";
+      }
+      log << "}\n";
     }
     return 0;
   } catch (const lowbit::error& e) {

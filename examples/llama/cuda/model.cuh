@@ -29,6 +29,7 @@
 #include "../layer_recompute.hpp"
 #include "../ops.hpp"
 #include "../parameters.hpp"
+#include "../phase_profile.hpp"
 #include "attention.cuh"
 #include "device_buffer.cuh"
 #include "device_weights.cuh"
@@ -151,11 +152,14 @@ class cuda_model {
     host_tokens_.assign(tokens, tokens + M);
     have_loss_ = false;
     last_chunk_ready_ = false;
+    phase_scope ph(rec_, phase::embedding);
     LOWBIT_CUDA_CHECK(cudaMemcpyAsync(tokens_.data(), tokens, size_t(M) * 4, cudaMemcpyHostToDevice, s_));
     if (targets) LOWBIT_CUDA_CHECK(cudaMemcpyAsync(targets_.data(), targets, size_t(M) * 4, cudaMemcpyHostToDevice, s_));
     embed_forward(xs_[0].data(), M);
+    ph.to(phase::layers_forward);
     for (int l = 0; l < cfg_.n_layers; ++l) layer_forward(l, acts_for(l), xs_[size_t(l) + 1].data());
     recompute_.forward_done();
+    ph.to(phase::head_loss);
     rmsnorm_forward<A>(xs_.back().data(), w_.vector(L_.final_norm), xn_f_.data(), rstd_f_.data(), M, D, cfg_.norm_eps,
                        s_);
     if (!targets) {
@@ -233,6 +237,7 @@ class cuda_model {
     const bool tied_in_chunks = plan.offset[size_t(L_.embed)] < 0;
     lowbit::require(!tied_in_chunks || cfg_.tied_embeddings, lowbit::errc::invalid_argument,
                     "backward: only a tied head's gradient can be made in chunks");
+    phase_scope ph(rec_, phase::head_backward);
     head_backward(tied_in_chunks ? static_cast<G*>(nullptr) : g(L_.head), M);
     dx_.zero(s_);
     rmsnorm_backward<A>(dxn_.data(), xs_.back().data(), w_.vector(L_.final_norm), rstd_f_.data(), dx_.data(),
@@ -247,7 +252,11 @@ class cuda_model {
       // layer's are still in the buffer from the forward (the head's
       // backward and the optimizer steps before this point use other
       // buffers), unless a backward has run since.
-      if (recompute_.before_backward(l)) layer_forward(l, a, nullptr);
+      if (recompute_.before_backward(l)) {
+        ph.to(phase::recompute);
+        layer_forward(l, a, nullptr);
+      }
+      ph.to(phase::layers_backward);
       layer_backward(l, a, grads, plan, on_ready);
     }
     // Token embedding: each row's gradient added to its token's row (onto
@@ -260,9 +269,11 @@ class cuda_model {
     // here would cost vocab x dim x 4 bytes, twice what bfloat16 saves on
     // that tensor.
     if (tied_in_chunks) {
+      ph.to(phase::tied_head_chunks);
       tied_gradient_in_chunks<G>(M, on_range);
       return;
     }
+    ph.to(phase::embedding_backward);
     G* ge = g(L_.embed);
     if (!cfg_.tied_embeddings) LOWBIT_CUDA_CHECK(cudaMemsetAsync(ge, 0, size_t(V) * size_t(D) * sizeof(G), s_));
     const int64_t n_ids = upload_scatter_plan(M);
@@ -277,6 +288,8 @@ class cuda_model {
   // Bytes of the activation and backward scratch buffers on the device.
   int64_t activation_bytes() const { return activation_bytes_; }
   cudaStream_t stream() const { return s_; }
+  // Marks the phases of forward() and backward() on r (null: none).
+  void set_phase_recorder(phase_recorder* r) { rec_ = r; }
 
  private:
   struct layer_acts {
@@ -461,6 +474,7 @@ class cuda_model {
     linear_forward(cublas_, a.xn1.data(), act_dtype, M, w_.matrix(P.wq), q_raw_.data(), act_dtype, s_);
     linear_forward(cublas_, a.xn1.data(), act_dtype, M, w_.matrix(P.wk), k_raw_.data(), act_dtype, s_);
     linear_forward(cublas_, a.xn1.data(), act_dtype, M, w_.matrix(P.wv), v_raw_.data(), act_dtype, s_);
+    phase_scope attention(rec_, phase::attention_forward);  // with its rotary and head-major permutes
     permute_heads<A>(q_raw_.data(), a.qh.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_heads, hd, true, false, true, s_);
     permute_heads<A>(k_raw_.data(), a.kh.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_kv_heads, hd, true, false, true,
                      s_);
@@ -470,6 +484,7 @@ class cuda_model {
                          scores_.data(), a.probs.data(), probs_kept(a), oh_.data(), s_);
     permute_heads<A>(oh_.data(), a.attn.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_heads, hd, false, false, false,
                      s_);
+    attention.close();
     linear_forward(cublas_, a.attn.data(), act_dtype, M, w_.matrix(P.wo), a.x_mid.data(), act_dtype, s_);
     add_into<A>(a.x_mid.data(), x, M * D, s_);
     rmsnorm_forward<A>(a.x_mid.data(), w_.vector(P.mlp_norm), a.xn2.data(), a.rstd2.data(), M, D, cfg_.norm_eps, s_);
@@ -519,6 +534,7 @@ class cuda_model {
     linear_weight_grad(cublas_, dmid_.data(), a.attn.data(), t, M, D, QW, g(P.wo), gt, false, s_);
     linear_backward_input(cublas_, dmid_.data(), t, M, w_.matrix(P.wo), dattn_.data(), s_);
     on_ready(std::vector<int>{P.wo});
+    phase_scope attention(rec_, phase::attention_backward);  // with its permutes and inverse rotary
     permute_heads<A>(dattn_.data(), doh_.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_heads, hd, false, false, true,
                      s_);
     attention_backward<A>(cublas_, attn_dims(), attn_batch_chunk(), doh_.data(), a.qh.data(), a.kh.data(),
@@ -530,6 +546,7 @@ class cuda_model {
                      false, s_);
     permute_heads<A>(dvh_.data(), dv_raw_.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_kv_heads, hd, false, false,
                      false, s_);
+    attention.close();
     linear_weight_grad(cublas_, dq_raw_.data(), a.xn1.data(), t, M, QW, D, g(P.wq), gt, false, s_);
     linear_backward_input(cublas_, dq_raw_.data(), t, M, w_.matrix(P.wq), dxn_.data(), s_);
     on_ready(std::vector<int>{P.wq});
@@ -555,6 +572,7 @@ class cuda_model {
   layer_recompute recompute_;  // which layers the backward recomputes
   cudaStream_t s_;
   cublasHandle_t cublas_ = nullptr;
+  phase_recorder* rec_ = nullptr;  // --profile: where each step's time goes
   int64_t B_ = 0, S_ = 0;
   int64_t activation_bytes_ = 0;
   int64_t vocab_chunk_ = 0;

@@ -33,6 +33,7 @@
 #include "device_buffer.cuh"
 #include "device_weights.cuh"
 #include "model.cuh"
+#include "phase_events.cuh"
 
 namespace llama {
 namespace gpu {
@@ -171,6 +172,13 @@ class cuda_session final : public session_base {
   double loss(const int32_t* x, const int32_t* y) override {
     return model_->forward(x, y, opts_.batch, opts_.seq);
   }
+  phase_recorder& phase_profile() override {
+    if (!profile_) {
+      profile_ = std::make_unique<cuda_phase_recorder>(model_->stream());
+      model_->set_phase_recorder(profile_.get());
+    }
+    return *profile_;
+  }
 
   double gradients(const int32_t* x, const int32_t* y, std::vector<float>& out) override {
     lowbit::require(!opts_.fused_update, lowbit::errc::invalid_argument,
@@ -223,19 +231,24 @@ class cuda_session final : public session_base {
       model_->backward(
           g, plan_,
           [&](const std::vector<int>& ready) {
+            phase_scope ph(profile_.get(), phase::optimizer);
             for (int p : ready) optimizer_->step_param(p, g + plan_.offset[size_t(p)], gt, 1.0f);
             sample_memory();
           },
           [&](int p, int64_t first, const G* part, int64_t count) {
+            phase_scope ph(profile_.get(), phase::optimizer);
             optimizer_->step_param_range(p, first, part, gt, count, 1.0f);
             sample_memory();
           });
+      phase_scope ph(profile_.get(), phase::optimizer);
       r.skipped = optimizer_->end_step().skipped > 0;
       sample_memory();
       return;
     }
     model_->backward(g, plan_, [&](const std::vector<int>&) { sample_memory(); });
+    phase_scope ph(profile_.get(), phase::gradient_check);
     const lowbit::optim::grad_stats gs = lowbit::optim::cuda_grad_stats(g, gt, plan_.size, model_->stream());
+    ph.to(phase::optimizer);
     two_pass_update(*optimizer_, gs, g, gt, plan_, clip, r);
     sample_memory();
   }
@@ -263,7 +276,8 @@ class cuda_session final : public session_base {
   int64_t peak_used_ = 0;
   int64_t start_used_ = 0;
   bool tied_in_chunks_ = false;   // the tied head's gradient made and stepped per vocabulary chunk
-  int64_t chunk_grad_bytes_ = 0;  // its one-chunk buffer (in the model)  // device memory in use before this run's first allocation
+  int64_t chunk_grad_bytes_ = 0;  // its one-chunk buffer (in the model)
+  std::unique_ptr<cuda_phase_recorder> profile_;  // --profile only
 };
 
 }  // namespace gpu

@@ -31,7 +31,7 @@ function(run_fails name expect)
 endfunction()
 
 run_ok(help --help)
-foreach(flag "--fused-update" "--grad-dtype" "--attention-chunk-mib")
+foreach(flag "--fused-update" "--grad-dtype" "--attention-chunk-mib" "--profile")
   string(FIND "${OUT}" "${flag}" pos)
   if(pos EQUAL -1)
     message(FATAL_ERROR "--help does not describe ${flag}")
@@ -51,6 +51,25 @@ list(LENGTH lines n)
 if(NOT n EQUAL 10)
   message(FATAL_ERROR "full.jsonl has ${n} step records, expected 10")
 endif()
+
+# --profile: the phase table after the summary line, and the phases in the
+# JSONL summary record (the first step left out by --timing-warmup).
+run_ok(profile --mode qft --steps 3 ${SMALL} --eval-every 0 --sample-tokens 0 --profile --timing-warmup 1
+       --log profile.jsonl)
+foreach(want "where a step's time goes (--profile, 2 steps counted)" "layers forward" "attention backward"
+        "optimizer" "host clock:")
+  string(FIND "${OUT}" "${want}" pos)
+  if(pos EQUAL -1)
+    message(FATAL_ERROR "--profile output lacks '${want}':\n${OUT}")
+  endif()
+endforeach()
+file(STRINGS ${WORK_DIR}/profile.jsonl summary REGEX "\"summary\":true")
+foreach(want "\"profiled_steps\":2" "\"phase_ms_per_step\":{\"other\":" "\"optimizer\":")
+  string(FIND "${summary}" "${want}" pos)
+  if(pos EQUAL -1)
+    message(FATAL_ERROR "--profile summary record lacks '${want}':\n${summary}")
+  endif()
+endforeach()
 
 # Interrupted after 4 steps, resumed to 10: the same checkpoint, byte for byte.
 run_ok(first_half --mode qft --steps 10 ${SMALL} --stop-after 4 --save resumed.safetensors)

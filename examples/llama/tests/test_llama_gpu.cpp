@@ -25,6 +25,7 @@
 // compute-sanitizer by scripts/gpu-check.sh.
 #include <doctest/doctest.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -430,6 +431,58 @@ TEST_CASE("GPU: a tied head stepped per vocabulary chunk equals the two-pass ste
       const int64_t tied = int64_t(c.vocab_size) * c.dim * 4;
       CHECK(r.b->gradient_bytes() < r.a->gradient_bytes() - tied + tied / 2);
     }
+  }
+}
+
+TEST_CASE("GPU --profile: CUDA-event phases add up to the step, each where the run has it, and change no result") {
+  // two-pass with float32 gradients; then checkpointing, fused update,
+  // bfloat16 gradients and a tied head stepped per vocabulary chunk
+  const mode_info& m = find_mode("qft");
+  for (int variant = 0; variant < 2; ++variant) {
+    CAPTURE(variant);
+    const llama_config c = small_config(variant == 1, 2);
+    session_options o = options_for(m, 4, 32);
+    o.checkpointing = o.fused_update = variant == 1;
+    if (variant == 1) o.grad_dtype = lowbit::dtype::bf16;
+    std::unique_ptr<session_base> plain = make_session(c, m, o, "cuda", "bf16");
+    std::unique_ptr<session_base> profiled = make_session(c, m, o, "cuda", "bf16");
+    for (session_base* s : {plain.get(), profiled.get()}) {
+      init_random(s->weights(), c, 7);
+      s->weights_changed();
+    }
+    phase_recorder& p = profiled->phase_profile();
+    std::vector<int32_t> x(size_t(o.batch * o.seq)), y(x.size());
+    double host_ms = 0;
+    for (int64_t step = 0; step < 3; ++step) {
+      corpus().train_batch(99, step, o.batch, o.seq, x.data(), y.data());
+      const float clip = o.fused_update ? 0.0f : 1.0f;
+      const double expected = plain->step(x.data(), y.data(), 1e-3f, clip).loss;
+      const auto t0 = std::chrono::steady_clock::now();
+      p.begin_step();
+      const double got = profiled->step(x.data(), y.data(), 1e-3f, clip).loss;
+      p.end_step(step > 0);  // the first step uncounted, as --timing-warmup 1
+      if (step > 0) host_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      CHECK(got == expected);  // events read clocks only
+    }
+    CHECK(weight_bytes(*plain, "gpu_profile_a.safetensors") == weight_bytes(*profiled, "gpu_profile_b.safetensors"));
+    CHECK(p.counted_steps() == 2);
+    // The events span each counted step on the GPU's queue: their sum is at
+    // most the host's time for the steps (the last event has completed when
+    // end_step returns) and, as the step's own waits (the loss, the end)
+    // keep the queue short, most of it.
+    const double sum = p.step_total_ms() * 2;
+    MESSAGE("variant " << variant << ": phases " << sum << " ms, host " << host_ms << " ms for 2 steps");
+    CHECK(sum <= host_ms * 1.01 + 0.05);
+    CHECK(sum >= 0.5 * host_ms);
+    for (phase ph : {phase::embedding, phase::layers_forward, phase::attention_forward, phase::head_loss,
+                     phase::head_backward, phase::layers_backward, phase::attention_backward, phase::optimizer}) {
+      CAPTURE(phase_name(ph));
+      CHECK(p.total_ms(ph) > 0.0);
+    }
+    CHECK((p.total_ms(phase::recompute) > 0.0) == o.checkpointing);
+    CHECK((p.total_ms(phase::gradient_check) > 0.0) == !o.fused_update);
+    CHECK((p.total_ms(phase::tied_head_chunks) > 0.0) == (variant == 1));
+    CHECK((p.total_ms(phase::embedding_backward) > 0.0) == (variant == 0));
   }
 }
 
