@@ -151,3 +151,52 @@ TEST_CASE("dequantize_range equals the same slice of dequantize, for every forma
     }
   }
 }
+
+// The micro-tile height mr differs by target (12 rows with AVX-512, 4
+// otherwise); blocked_gemm takes it as a parameter so this test runs every
+// height on any machine. Each output is one fp32 sum over r in order
+// whatever the tile, so every height must give the same bits, tails of
+// fewer rows than a tile included, and meet the fp32 bound.
+TEST_CASE("blocked_gemm: every micro-tile height gives the same bits") {
+  using namespace cpu::gemm_detail;
+  for (const int64_t M : {1, 5, 12, 13, 25, 37, 100}) {
+    for (const int64_t P : {1, 17, 64, 100}) {
+      for (const int64_t R : {1, 255, 300}) {
+        CAPTURE(M);
+        CAPTURE(P);
+        CAPTURE(R);
+        const auto a = random_values<float>(size_t(M * R), 5);
+        const auto b = random_values<float>(size_t(R * P), 6);  // B [R][P]
+        auto pack = [&](int64_t r0, int64_t rlen, int64_t p0, int64_t plen, float* buf) {
+          for (int64_t r = 0; r < rlen; ++r)
+            for (int64_t j = 0; j < plen; ++j) buf[(j / nr) * rlen * nr + r * nr + (j % nr)] = b[size_t((r0 + r) * P + p0 + j)];
+          zero_pad(buf, rlen, plen);
+        };
+        auto run = [&](auto height) {
+          std::vector<float> c(size_t(M * P), std::numeric_limits<float>::quiet_NaN());
+          blocked_gemm<decltype(height)::value>(
+              M, P, R, a.data(), R, pack, [&](int64_t m0, int64_t mlen, int64_t p0, int64_t plen, const float* t, int64_t ldc) {
+                for (int64_t i = 0; i < mlen; ++i)
+                  for (int64_t j = 0; j < plen; ++j) c[size_t((m0 + i) * P + p0 + j)] = t[i * ldc + j];
+              });
+          return c;
+        };
+        const std::vector<float> ref4 = run(std::integral_constant<int, 4>{});
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t p = 0; p < P; ++p) {
+            double ref = 0, abs_sum = 0;
+            for (int64_t r = 0; r < R; ++r) {
+              const double v = double(a[size_t(m * R + r)]) * double(b[size_t(r * P + p)]);
+              ref += v;
+              abs_sum += std::fabs(v);
+            }
+            REQUIRE(std::fabs(double(ref4[size_t(m * P + p)]) - ref) <= bound(ref, abs_sum, R, 0.0, 0.0));
+          }
+        CHECK(run(std::integral_constant<int, 1>{}) == ref4);
+        CHECK(run(std::integral_constant<int, 12>{}) == ref4);
+        CHECK(run(std::integral_constant<int, 16>{}) == ref4);
+        CHECK(run(std::integral_constant<int, mr>{}) == ref4);
+      }
+    }
+  }
+}
