@@ -2,7 +2,10 @@
 // Google Benchmark throughput of lowbit::cpu::dequant_gemm_forward and
 // lowbit::cpu::dequant_gemm_backward_input for a 4096 x 4096 weight (the size
 // of one LLM projection) in NF4 with nested scales and in int8 with float32
-// scales, float32 activations, M in {1, 16, 64}. Each row reports GFLOPs
+// scales, float32 activations, M in {1, 16, 64} (and 2048, a training
+// step's rows, for int8), beside the dense float32 products a trainer runs
+// on the same kernel (cpu::gemm_forward, and cpu::gemm_weight_grad: dW =
+// dY^T X, M the reduction). Each row reports GFLOPs
 // (2 M N K flops over wall time) and GBps: the least traffic the call must
 // make (the quantized weight's layout.total_bytes() plus X and Y once) over
 // wall time; at M = 1 the call is a GEMV bound by reading W. Runs on
@@ -11,6 +14,7 @@
 #include <benchmark/benchmark.h>
 
 #include <lowbit/cpu/dequant_gemm.hpp>
+#include <lowbit/cpu/gemm.hpp>
 
 #include <cstdint>
 #include <random>
@@ -57,6 +61,31 @@ void run(benchmark::State& state, lowbit::format f, bool nested, bool backward) 
       (double(q.layout.total_bytes()) + 4.0 * double(x.size() + y.size())) * iters / 1e9, benchmark::Counter::kIsRate);
 }
 
+// Dense float32: Y = X W^T (forward) or dW = dY^T X (weight gradient) on
+// the 4096 x 4096 shape; GBps counts W (or dW), X and Y (or dY) once.
+void dense(benchmark::State& state, bool weight_grad) {
+  const int64_t M = state.range(0);
+  std::vector<float> w(size_t(N * K), 0.25f), x(size_t(M * K), 0.5f), y(size_t(M * N), 0.75f);
+  for (auto _ : state) {
+    if (weight_grad)
+      lowbit::cpu::gemm_weight_grad(lowbit::make_view(y.data(), {M, N}), lowbit::make_view(x.data(), {M, K}),
+                                    lowbit::make_view(w.data(), {N, K}), false);
+    else
+      lowbit::cpu::gemm_forward(lowbit::make_view(x.data(), {M, K}), lowbit::make_view(w.data(), {N, K}), nullptr,
+                                lowbit::make_view(y.data(), {M, N}));
+    benchmark::DoNotOptimize(weight_grad ? w.data() : y.data());
+    benchmark::ClobberMemory();
+  }
+  const double iters = double(state.iterations());
+  state.counters["GFLOPs"] =
+      benchmark::Counter(2.0 * double(M) * N * K * iters / 1e9, benchmark::Counter::kIsRate);
+  state.counters["GBps"] =
+      benchmark::Counter(4.0 * double(w.size() + x.size() + y.size()) * iters / 1e9, benchmark::Counter::kIsRate);
+}
+
+void fwd_f32_dense(benchmark::State& s) { dense(s, false); }
+void wgrad_f32_dense(benchmark::State& s) { dense(s, true); }
+
 void fwd_nf4_nested(benchmark::State& s) { run(s, lowbit::format::nf4, true, false); }
 void fwd_int8(benchmark::State& s) { run(s, lowbit::format::int8, false, false); }
 void bwd_nf4_nested(benchmark::State& s) { run(s, lowbit::format::nf4, true, true); }
@@ -65,7 +94,9 @@ void bwd_int8(benchmark::State& s) { run(s, lowbit::format::int8, false, true); 
 }  // namespace
 
 BENCHMARK(fwd_nf4_nested)->Arg(1)->Arg(16)->Arg(64)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(fwd_int8)->Arg(1)->Arg(16)->Arg(64)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(fwd_int8)->Arg(1)->Arg(16)->Arg(64)->Arg(2048)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(bwd_nf4_nested)->Arg(1)->Arg(16)->Arg(64)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(bwd_int8)->Arg(1)->Arg(16)->Arg(64)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(fwd_f32_dense)->Arg(64)->Arg(2048)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(wgrad_f32_dense)->Arg(2048)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_MAIN();
