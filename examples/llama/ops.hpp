@@ -114,6 +114,42 @@ struct attention_shape {
   int64_t kv_width() const { return kv_heads * head_dim; }
 };
 
+// Attention's dot products over the head dimension, several keys at a time.
+// The scalar form, one key at a time (`s = 0; for d: s += x[d] * y[d]`),
+// is a chain of dependent adds the compiler may not reorder; here the keys
+// are the vector lanes instead: transpose_head copies one head's hd columns
+// of n rows into t[d * ld + j] (ld = padded_keys(n): whole lanes of zeros
+// past n), and dot_keys then sums each lane in the same order d = 0, 1,
+// ..., so every dot product is the scalar one, bit for bit (tested against
+// it), at the vector width.
+constexpr int64_t key_lanes = 16;
+inline int64_t padded_keys(int64_t n) { return (n + key_lanes - 1) / key_lanes * key_lanes; }
+
+template <class T>
+void transpose_head(const T* x, int64_t row_stride, int64_t n, int64_t hd, T* t) {
+  const int64_t ld = padded_keys(n);
+  for (int64_t d = 0; d < hd; ++d) {
+    T* row = t + d * ld;
+    for (int64_t j = 0; j < n; ++j) row[j] = x[j * row_stride + d];
+    for (int64_t j = n; j < ld; ++j) row[j] = T(0);
+  }
+}
+
+// out[j] = sum over d = 0 .. hd-1 of x[d] * t[d * ld + j], for j < n (n <= ld).
+template <class T>
+void dot_keys(const T* x, const T* t, int64_t ld, int64_t hd, int64_t n, T* out) {
+  for (int64_t j0 = 0; j0 < n; j0 += key_lanes) {
+    T acc[key_lanes] = {};
+    for (int64_t d = 0; d < hd; ++d) {
+      const T xd = x[d];
+      const T* row = t + d * ld + j0;
+      for (int64_t l = 0; l < key_lanes; ++l) acc[l] += xd * row[l];
+    }
+    const int64_t len = n - j0 < key_lanes ? n - j0 : key_lanes;
+    for (int64_t l = 0; l < len; ++l) out[j0 + l] = acc[l];
+  }
+}
+
 // Causal attention. q [M, H*hd], k and v [M, KV*hd] (query head h reads kv
 // head h / (H / KV)); probs [B, H, S, S] keeps the softmax for the backward
 // (upper triangle zero); out [M, H*hd].
@@ -122,18 +158,18 @@ void attention_forward(const T* q, const T* k, const T* v, T* probs, T* out, con
   const int64_t S = a.seq, hd = a.head_dim, qw = a.q_width(), kw = a.kv_width(), group = a.heads / a.kv_heads;
   const T scale = T(1) / std::sqrt(T(hd));
   parallel_for(a.batch * a.heads, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<T> kt(size_t(hd * padded_keys(S)));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / a.heads, h = t % a.heads, kvh = h / group;
       T* P = probs + t * S * S;
+      transpose_head(k + b * S * kw + kvh * hd, kw, S, hd, kt.data());
       for (int64_t i = 0; i < S; ++i) {
         const T* qi = q + (b * S + i) * qw + h * hd;
         T* p = P + i * S;
         T mx = -INFINITY;
+        dot_keys(qi, kt.data(), padded_keys(S), hd, i + 1, p);
         for (int64_t j = 0; j <= i; ++j) {
-          const T* kj = k + (b * S + j) * kw + kvh * hd;
-          T s = 0;
-          for (int64_t d = 0; d < hd; ++d) s += qi[d] * kj[d];
-          p[j] = s * scale;
+          p[j] = p[j] * scale;
           mx = p[j] > mx ? p[j] : mx;
         }
         T sum = 0;
@@ -164,9 +200,10 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
   const int64_t S = a.seq, hd = a.head_dim, qw = a.q_width(), kw = a.kv_width(), group = a.heads / a.kv_heads;
   const T scale = T(1) / std::sqrt(T(hd));
   parallel_for(a.batch * a.kv_heads, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<T> dp(static_cast<size_t>(S));
+    std::vector<T> dp(static_cast<size_t>(S)), vt(size_t(hd * padded_keys(S)));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / a.kv_heads, kvh = t % a.kv_heads;
+      transpose_head(v + b * S * kw + kvh * hd, kw, S, hd, vt.data());
       for (int64_t j = 0; j < S; ++j)
         for (int64_t d = 0; d < hd; ++d) {
           dk[(b * S + j) * kw + kvh * hd + d] = 0;
@@ -178,17 +215,12 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
           const T* p = P + i * S;
           const T* doi = dout + (b * S + i) * qw + h * hd;
           // dP_j = dout_i . v_j ; dv_j += p_j dout_i
+          dot_keys(doi, vt.data(), padded_keys(S), hd, i + 1, dp.data());
           T dot = 0;
           for (int64_t j = 0; j <= i; ++j) {
-            const T* vj = v + (b * S + j) * kw + kvh * hd;
             T* dvj = dv + (b * S + j) * kw + kvh * hd;
-            T s = 0;
-            for (int64_t d = 0; d < hd; ++d) {
-              s += doi[d] * vj[d];
-              dvj[d] += p[j] * doi[d];
-            }
-            dp[size_t(j)] = s;
-            dot += p[j] * s;
+            for (int64_t d = 0; d < hd; ++d) dvj[d] += p[j] * doi[d];
+            dot += p[j] * dp[size_t(j)];
           }
           // dS_j = p_j (dP_j - sum_l p_l dP_l); scores were scaled q.k
           const T* qi = q + (b * S + i) * qw + h * hd;
