@@ -14,6 +14,7 @@
 
 #include "../dataset.hpp"
 #include "../session.hpp"
+#include "fixtures.hpp"
 
 using namespace llama;
 
@@ -37,17 +38,8 @@ class scripted_recorder final : public phase_recorder {
   std::vector<double> times_;
 };
 
-llama_config tiny_config() {
-  llama_config c;
-  c.vocab_size = 256, c.dim = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.hidden_dim = 176;
-  c.max_seq_len = 64;
-  return c;
-}
-
-const dataset& corpus() {
-  static const dataset d = dataset::load(LLAMA_TEST_CORPUS, corpus_format::text, byte_tokenizer(), 256, 0.1);
-  return d;
-}
+llama_config tiny_config() { return small_test_config(); }
+const dataset& corpus() { return test_corpus(); }
 
 // Runs `steps` steps, profiled when `profile`; returns the losses and, in
 // host_ms, the host time of the steps (begin_step to end_step).

@@ -19,23 +19,15 @@
 #include "../dataset.hpp"
 #include "../init.hpp"
 #include "../session.hpp"
+#include "fixtures.hpp"
 #include "weight_bytes.hpp"
 
 using namespace llama;
 
 namespace {
 
-llama_config small_config() {
-  llama_config c;
-  c.vocab_size = 256, c.dim = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.hidden_dim = 176;
-  c.max_seq_len = 64;
-  return c;
-}
-
-const dataset& corpus() {
-  static const dataset d = dataset::load(LLAMA_TEST_CORPUS, corpus_format::text, byte_tokenizer(), 256, 0.1);
-  return d;
-}
+llama_config small_config() { return small_test_config(); }
+const dataset& corpus() { return test_corpus(); }
 
 session_options small_options(const mode_info& m) {
   session_options o;
