@@ -238,7 +238,12 @@ class cuda_model {
     lowbit::require(!tied_in_chunks || cfg_.tied_embeddings, lowbit::errc::invalid_argument,
                     "backward: only a tied head's gradient can be made in chunks");
     phase_scope ph(rec_, phase::head_backward);
-    head_backward(tied_in_chunks ? static_cast<G*>(nullptr) : g(L_.head), M);
+    if (tied_in_chunks) {
+      mark_chunks_with_tokens(M);
+      head_backward_tied<G>(M, on_range);
+    } else {
+      head_backward(g(L_.head), M);
+    }
     dx_.zero(s_);
     rmsnorm_backward<A>(dxn_.data(), xs_.back().data(), w_.vector(L_.final_norm), rstd_f_.data(), dx_.data(),
                         g(L_.final_norm), norm_scratch_.data(), M, D, s_);
@@ -363,11 +368,17 @@ class cuda_model {
   // dlogits [M, vc], then its rows of the head's gradient (dW[c0 : c0 + vc]
   // = dlogits^T xn_f, written once) and its part of dX = dlogits W[c0 :
   // c0 + vc] (in float32), summed over the chunks in float32 and rounded
-  // once into dxn_. gw == nullptr: dX only (the tied head's rows are made
-  // at the end of the backward, tied_gradient_in_chunks).
+  // once into dxn_. gw == nullptr: no head rows are written here; after
+  // each chunk's dX product (the last read of its rows in this backward),
+  // chunk_done(c0, vc) is called with the chunk's dlogits still in
+  // dlogits_ (head_backward_tied).
   // With one chunk this is the unchunked computation, bit for bit.
   template <class G>
   void head_backward(G* gw, int64_t M) {
+    head_backward(gw, M, [](int64_t, int64_t) {});
+  }
+  template <class G, class ChunkDone>
+  void head_backward(G* gw, int64_t M, ChunkDone&& chunk_done) {
     const int64_t V = cfg_.vocab_size, D = cfg_.dim;
     const matrix_ref head = w_.matrix(L_.head);
     const lowbit::dtype gt = lowbit::dtype_of<G>::value;
@@ -387,6 +398,7 @@ class cuda_model {
                               lowbit::dtype::f32, s_);
         convert_into(dxn32_.data(), part32_.data(), M * D, c0 != last, s_);
       }
+      chunk_done(c0, vc);
     }
     if (!one) convert_into(dxn_.data(), dxn32_.data(), M * D, false, s_);
     last_chunk_ready_ = false;
@@ -420,14 +432,48 @@ class cuda_model {
     throw lowbit::error(lowbit::errc::unsupported, "embedding: float64 weights on the GPU");
   }
 
-  // The tied head / embedding's gradient, vocabulary chunk by chunk, at the
-  // end of the backward (dx_ holds dloss/d(embedding output)): the chunk's
-  // logits recomputed (the head is not updated before its own chunk is),
-  // its dlogits, its head rows dW[c0 : c0 + vc] = dlogits^T xn_f, then the
-  // embedding rows of the batch's tokens in the chunk added in (the
-  // unchunked path's arithmetic: the same products, the same scatter
-  // order), handed to on_range. The optimizer steps each chunk on the
-  // stream before the next chunk overwrites the buffer.
+  // Which vocabulary chunks hold a token of the last forward (host side;
+  // chunk_has_tokens_[c0 / vocab_chunk_]).
+  void mark_chunks_with_tokens(int64_t M) {
+    const int64_t V = cfg_.vocab_size;
+    chunk_has_tokens_.assign(size_t((V + vocab_chunk_ - 1) / vocab_chunk_), 0);
+    for (int64_t m = 0; m < M; ++m) chunk_has_tokens_[size_t(host_tokens_[size_t(m)] / vocab_chunk_)] = 1;
+  }
+
+  // The head's backward when the tied head's gradient is made per chunk
+  // (tied_in_chunks): head_backward's dX, and for a chunk that holds no
+  // token of the batch, also its rows' gradient, which is then complete
+  // (the embedding adds nothing to those rows): handed to on_range at once,
+  // after the chunk's dX product has read the rows. The chunks that hold
+  // tokens are made at the end (tied_gradient_in_chunks), where the
+  // embedding's rows are added; only those recompute their logits there.
+  // With a byte-level corpus on a large vocabulary (the 1B goal's run:
+  // 128256 rows in 16 chunks, tokens in the first) that is one chunk's
+  // recompute instead of all sixteen. The bits are those of the end pass:
+  // the same products on the same logits (the last chunk's kept from the
+  // forward equal their recompute, as head_backward already relies on).
+  template <class G, class RangeReady>
+  void head_backward_tied(int64_t M, RangeReady& on_range) {
+    const int64_t D = cfg_.dim;
+    const lowbit::dtype gt = lowbit::dtype_of<G>::value;
+    reserve_chunk_gradient(int64_t(sizeof(G)));
+    G* cg = reinterpret_cast<G*>(chunk_grad_.data());
+    head_backward(static_cast<G*>(nullptr), M, [&](int64_t c0, int64_t vc) {
+      if (chunk_has_tokens_[size_t(c0 / vocab_chunk_)]) return;  // made at the end, with the embedding's rows
+      linear_weight_grad(cublas_, dlogits_.data(), xn_f_.data(), act_dtype, M, vc, D, cg, gt, false, s_);
+      on_range(L_.embed, c0 * D, static_cast<const G*>(cg), vc * D);
+    });
+  }
+
+  // The tied head / embedding's gradient of the chunks that hold tokens of
+  // the batch (the others were stepped in head_backward_tied), chunk by
+  // chunk at the end of the backward (dx_ holds dloss/d(embedding
+  // output)): the chunk's logits recomputed (the head is not updated
+  // before its own chunk is), its dlogits, its head rows dW[c0 : c0 + vc]
+  // = dlogits^T xn_f, then the embedding rows of the batch's tokens in the
+  // chunk added in (the unchunked path's arithmetic: the same products, the
+  // same scatter order), handed to on_range. The optimizer steps each chunk
+  // on the stream before the next chunk overwrites the buffer.
   template <class G, class RangeReady>
   void tied_gradient_in_chunks(int64_t M, RangeReady& on_range) {
     const int64_t V = cfg_.vocab_size, D = cfg_.dim;
@@ -438,6 +484,7 @@ class cuda_model {
     reserve_chunk_gradient(int64_t(sizeof(G)));
     G* cg = reinterpret_cast<G*>(chunk_grad_.data());
     for (int64_t c0 = 0; c0 < V; c0 += vocab_chunk_) {
+      if (!chunk_has_tokens_[size_t(c0 / vocab_chunk_)]) continue;  // stepped in head_backward_tied
       const int64_t vc = std::min(vocab_chunk_, V - c0);
       chunk_logits(M, c0, vc);
       ce_gradient(logits_.data(), c0, vc, targets_.data(), r, dlogits_.data(), vc, M, s_);
@@ -578,6 +625,7 @@ class cuda_model {
   int64_t vocab_chunk_ = 0;
   std::vector<int32_t> host_tokens_;
   std::vector<int32_t> host_scatter_ids_;  // the last scatter plan's distinct ids, increasing
+  std::vector<uint8_t> chunk_has_tokens_;  // per vocabulary chunk: a token of the last backward's batch falls in it
   device_array<float> cos_, sin_;
   device_array<int32_t> tokens_, targets_, scatter_ids_, scatter_start_, scatter_rows_;
   std::vector<device_array<A>> xs_;  // residual stream into layer l (xs_[L] = final)
