@@ -212,11 +212,13 @@ class cuda_model {
   // is synchronized before each call only if the callback needs it; the
   // optimizer's CUDA step is queued on the same stream).
   // The plan may give the tied head / embedding no place (offset -1,
-  // gradient_plan's tied_in_chunks): its gradient is then made at the end,
-  // one vocabulary chunk at a time (the chunk's head rows recomputed, the
-  // embedding's rows of the chunk scattered in), and each chunk handed to
-  // on_range(param, first element, gradient, element count) before the next
-  // is made: no whole gradient of the tied tensor exists.
+  // gradient_plan's tied_in_chunks): its gradient is then made one
+  // vocabulary chunk at a time, in the head's backward for chunks that hold
+  // none of the batch's tokens, at the end for the others (the chunk's head
+  // rows recomputed, the embedding's rows of the chunk scattered in), and
+  // each chunk handed to on_range(param, first element, gradient, element
+  // count) before the next is made: no whole gradient of the tied tensor
+  // exists.
   template <class G, class Ready>
   void backward(G* grads, const gradient_plan& plan, Ready&& on_ready) {
     backward(grads, plan, on_ready, [](int, int64_t, const G*, int64_t) {
