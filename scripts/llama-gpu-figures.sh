@@ -112,6 +112,11 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "llama-*.jsonl"))):
     mfu = "-" if summary.get("mfu") is None else f"{100 * summary['mfu']:.1f}%"
     print(f"| {name} | {summary['mode']} | {f('tokens_per_s', '.0f')} | {mfu} | {f('peak_device_mib', '.0f')} | "
           f"{f('model_state_bytes_per_param', '.3f')} | {f('final_loss', '.4f')} | {f('val_loss', '.4f')} |")
+    phases = summary.get("phase_ms_per_step")
+    if phases:  # --profile runs: the phases that took time, largest first
+        total = sum(phases.values()) or 1.0
+        parts = [f"{k} {v:.2f} ms ({100 * v / total:.0f}%)" for k, v in sorted(phases.items(), key=lambda kv: -kv[1]) if v > 0]
+        print(f"| {name} phases | ms per step: " + ", ".join(parts) + " | | | | | | |")
 for path in sorted(glob.glob(os.path.join(sys.argv[1], "torch-peer-*.json"))):
     r = json.load(open(path))
     print(f"| {os.path.basename(path)} | torch bf16 AdamW | {r.get('tokens_per_s', 0):.0f} | "
