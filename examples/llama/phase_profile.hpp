@@ -42,46 +42,33 @@ enum class phase : int {
 };
 constexpr int phase_count = int(phase::count_);
 
-inline const char* phase_name(phase p) {
-  switch (p) {
-    case phase::other: return "other";
-    case phase::embedding: return "embedding";
-    case phase::layers_forward: return "layers forward";
-    case phase::attention_forward: return "attention forward";
-    case phase::head_loss: return "head and loss";
-    case phase::head_backward: return "head backward";
-    case phase::recompute: return "recompute";
-    case phase::layers_backward: return "layers backward";
-    case phase::attention_backward: return "attention backward";
-    case phase::embedding_backward: return "embedding backward";
-    case phase::tied_head_chunks: return "tied head chunks";
-    case phase::gradient_check: return "gradient check";
-    case phase::optimizer: return "optimizer";
-    case phase::count_: break;
-  }
-  return "?";
+// Each phase's name for the table and its JSON key (snake case), in the
+// enum's order.
+struct phase_label {
+  const char* name;
+  const char* key;
+};
+inline const phase_label& phase_label_of(phase p) {
+  static constexpr phase_label labels[phase_count] = {
+      {"other", "other"},
+      {"embedding", "embedding"},
+      {"layers forward", "layers_forward"},
+      {"attention forward", "attention_forward"},
+      {"head and loss", "head_loss"},
+      {"head backward", "head_backward"},
+      {"recompute", "recompute"},
+      {"layers backward", "layers_backward"},
+      {"attention backward", "attention_backward"},
+      {"embedding backward", "embedding_backward"},
+      {"tied head chunks", "tied_head_chunks"},
+      {"gradient check", "gradient_check"},
+      {"optimizer", "optimizer"},
+  };
+  static constexpr phase_label unknown{"?", "?"};
+  return int(p) >= 0 && int(p) < phase_count ? labels[int(p)] : unknown;
 }
-
-// The phase names as JSON keys (snake case).
-inline const char* phase_key(phase p) {
-  switch (p) {
-    case phase::other: return "other";
-    case phase::embedding: return "embedding";
-    case phase::layers_forward: return "layers_forward";
-    case phase::attention_forward: return "attention_forward";
-    case phase::head_loss: return "head_loss";
-    case phase::head_backward: return "head_backward";
-    case phase::recompute: return "recompute";
-    case phase::layers_backward: return "layers_backward";
-    case phase::attention_backward: return "attention_backward";
-    case phase::embedding_backward: return "embedding_backward";
-    case phase::tied_head_chunks: return "tied_head_chunks";
-    case phase::gradient_check: return "gradient_check";
-    case phase::optimizer: return "optimizer";
-    case phase::count_: break;
-  }
-  return "?";
-}
+inline const char* phase_name(phase p) { return phase_label_of(p).name; }
+inline const char* phase_key(phase p) { return phase_label_of(p).key; }
 
 // Sums the time of each phase over the counted steps. A subclass supplies
 // the clock: stamp(i) records the time of the step's i-th mark;

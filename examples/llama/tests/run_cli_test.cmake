@@ -30,22 +30,24 @@ function(run_fails name expect)
   endif()
 endfunction()
 
+# Fails unless `text` contains every one of the remaining arguments; `what`
+# names the text in the message.
+function(require_contains what text)
+  foreach(want ${ARGN})
+    string(FIND "${text}" "${want}" pos)
+    if(pos EQUAL -1)
+      message(FATAL_ERROR "${what} lacks '${want}':\n${text}")
+    endif()
+  endforeach()
+endfunction()
+
 run_ok(help --help)
-foreach(flag "--fused-update" "--grad-dtype" "--attention-chunk-mib" "--profile")
-  string(FIND "${OUT}" "${flag}" pos)
-  if(pos EQUAL -1)
-    message(FATAL_ERROR "--help does not describe ${flag}")
-  endif()
-endforeach()
+require_contains("--help" "${OUT}" "--fused-update" "--grad-dtype" "--attention-chunk-mib" "--profile")
 
 # Uninterrupted: 10 steps, log and checkpoint.
 run_ok(full --mode qft --steps 10 ${SMALL} --log full.jsonl --save full.safetensors)
-foreach(want "memory (qft)" "betas 0.9 0.95," "optimizer states" "gradients (f32)" "validation loss" "sample (temperature" "tok/s")
-  string(FIND "${OUT}" "${want}" pos)
-  if(pos EQUAL -1)
-    message(FATAL_ERROR "output lacks '${want}':\n${OUT}")
-  endif()
-endforeach()
+require_contains("output" "${OUT}" "memory (qft)" "betas 0.9 0.95," "optimizer states" "gradients (f32)"
+                 "validation loss" "sample (temperature" "tok/s")
 file(STRINGS ${WORK_DIR}/full.jsonl lines REGEX "\"loss\"")
 list(LENGTH lines n)
 if(NOT n EQUAL 10)
@@ -56,20 +58,11 @@ endif()
 # JSONL summary record (the first step left out by --timing-warmup).
 run_ok(profile --mode qft --steps 3 ${SMALL} --eval-every 0 --sample-tokens 0 --profile --timing-warmup 1
        --log profile.jsonl)
-foreach(want "where a step's time goes (--profile, 2 steps counted)" "layers forward" "attention backward"
-        "optimizer" "host clock:")
-  string(FIND "${OUT}" "${want}" pos)
-  if(pos EQUAL -1)
-    message(FATAL_ERROR "--profile output lacks '${want}':\n${OUT}")
-  endif()
-endforeach()
+require_contains("--profile output" "${OUT}" "where a step's time goes (--profile, 2 steps counted)"
+                 "layers forward" "attention backward" "optimizer" "host clock:")
 file(STRINGS ${WORK_DIR}/profile.jsonl summary REGEX "\"summary\":true")
-foreach(want "\"profiled_steps\":2" "\"phase_ms_per_step\":{\"other\":" "\"optimizer\":")
-  string(FIND "${summary}" "${want}" pos)
-  if(pos EQUAL -1)
-    message(FATAL_ERROR "--profile summary record lacks '${want}':\n${summary}")
-  endif()
-endforeach()
+require_contains("--profile summary record" "${summary}" "\"profiled_steps\":2" "\"phase_ms_per_step\":{\"other\":"
+                 "\"optimizer\":")
 
 # Interrupted after 4 steps, resumed to 10: the same checkpoint, byte for byte.
 run_ok(first_half --mode qft --steps 10 ${SMALL} --stop-after 4 --save resumed.safetensors)
