@@ -103,10 +103,11 @@ LOWBIT_HD float to_float(fp16 x) {
 
 // float -> bf16, round to nearest even; NaN stays a (quiet) NaN.
 LOWBIT_HD bf16 to_bf16(float f) {
-  uint32_t u = float_bits(f);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return bf16{uint16_t((u >> 16) | 0x40u)};
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return bf16{uint16_t(u >> 16)};
+  const uint32_t u = float_bits(f);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t quiet_nan = (u >> 16) | 0x40u;
+  // a select, not an early return: loops converting arrays vectorize
+  return bf16{uint16_t((u & 0x7FFFFFFFu) > 0x7F800000u ? quiet_nan : rounded)};
 }
 
 // float -> fp16, round to nearest even, overflow to infinity.
