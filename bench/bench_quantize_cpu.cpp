@@ -2,7 +2,7 @@
 // Google Benchmark throughput of lowbit::cpu::quantize and
 // lowbit::cpu::dequantize for every format (nf4, fp4, int4, int8, dynamic8,
 // udynamic8, dynamic4, ulinear4) with float32 block scales, plus nf4 with
-// nested (double-quantized) scales, on float32 and bfloat16 dense tensors of n elements (default 64M:
+// nested (double-quantized) scales, on float32, bfloat16 and float16 dense tensors of n elements (default 64M:
 // even the smallest case, bf16 to nf4, moves 164 MiB, five times a 32 MiB L3;
 // --n=N changes it). Each row reports
 // bytes_per_second counting the least traffic the call must make (the dense
@@ -270,6 +270,7 @@ int main(int argc, char** argv) {
       ->Unit(benchmark::kMillisecond);
   register_dtype<float>("f32", n);
   register_dtype<lowbit::bf16>("bf16", n);
+  register_dtype<lowbit::fp16>("f16", n);  // Hugging Face checkpoints in float16
 
   benchmark::AddCustomContext("lowbit_threads", std::to_string(lowbit::cpu::thread_count()));
   benchmark::AddCustomContext("lowbit_block_size", std::to_string(block_size));

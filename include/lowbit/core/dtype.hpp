@@ -89,15 +89,19 @@ LOWBIT_HD float to_float(fp16 x) {
 #if defined(__CUDA_ARCH__)
   return __half2float(__ushort_as_half(x.bits));
 #else
+  // Every class computed, then selected, with no branch, so that loops
+  // converting arrays vectorize (quantize from float16 was 4 to 7 times
+  // slower than from float32 with the branches).
   const uint32_t sign = uint32_t(x.bits & 0x8000u) << 16;
-  const uint32_t exp = (x.bits >> 10) & 0x1Fu;
-  const uint32_t man = x.bits & 0x3FFu;
-  if (exp == 0x1F) return bits_float(sign | 0x7F800000u | (man << 13));  // inf / nan
-  if (exp != 0) return bits_float(sign | ((exp + 112u) << 23) | (man << 13));
-  if (man == 0) return bits_float(sign);
-  // subnormal half: man * 2^-24, exactly representable in float
-  float v = float(man) * 5.9604644775390625e-8f;
-  return sign ? -v : v;
+  const uint32_t magnitude = x.bits & 0x7FFFu;                   // exponent and mantissa
+  const uint32_t normal = (magnitude << 13) + (112u << 23);       // exponent rebiased by 127 - 15
+  const uint32_t inf_nan = (magnitude << 13) | 0x7F800000u;      // exponent 31: 255, mantissa kept
+  // subnormal (exponent 0): man * 2^-24 = (2^-14 + man * 2^-24) - 2^-14,
+  // both exact; the first is the float with exponent 113 and the mantissa
+  const float subnormal = bits_float((113u << 23) | (magnitude << 13)) - 6.103515625e-05f;
+  uint32_t bits = magnitude >= 0x7C00u ? inf_nan : normal;
+  bits = magnitude < 0x0400u ? float_bits(subnormal) : bits;
+  return bits_float(sign | bits);
 #endif
 }
 
@@ -115,26 +119,24 @@ LOWBIT_HD fp16 to_fp16(float f) {
 #if defined(__CUDA_ARCH__)
   return fp16{__half_as_ushort(__float2half_rn(f))};
 #else
+  // Every case computed, then selected, with no branch, so that loops
+  // converting arrays vectorize (dequantize to float16 ran 5 to 10 times
+  // slower than to float32 with the branches).
   const uint32_t u = float_bits(f);
-  const uint16_t sign = uint16_t((u >> 16) & 0x8000u);
+  const uint32_t sign = (u >> 16) & 0x8000u;
   const uint32_t a = u & 0x7FFFFFFFu;
-  if (a > 0x7F800000u) return fp16{uint16_t(sign | 0x7E00u)};       // NaN
-  if (a >= 0x477FF000u) return fp16{uint16_t(sign | 0x7C00u)};       // rounds to >= 65520: inf
-  if (a >= 0x38800000u) {                                           // normal half range (>= 2^-14)
-    uint32_t v = a - 0x38000000u;                                   // rebias exponent 127 -> 15
-    v += 0xFFFu + ((v >> 13) & 1u);                                 // round to nearest even
-    return fp16{uint16_t(sign | (v >> 13))};
-  }
-  if (a < 0x33000000u) return fp16{sign};                           // below half of min subnormal: 0
-  // subnormal half: shift the full significand right, rounding to nearest even
-  const uint32_t exp = a >> 23;
-  const uint32_t man = (a & 0x7FFFFFu) | 0x800000u;
-  const uint32_t shift = 126u - exp;                                // 14..24
-  const uint32_t q = man >> shift;
-  const uint32_t rem = man & ((1u << shift) - 1u);
-  const uint32_t half = 1u << (shift - 1u);
-  const uint32_t r = q + ((rem > half || (rem == half && (q & 1u))) ? 1u : 0u);
-  return fp16{uint16_t(sign | r)};
+  // normal half range (>= 2^-14): rebias the exponent 127 -> 15, round the
+  // 13 dropped bits to nearest even
+  const uint32_t rebiased = a - 0x38000000u;
+  const uint32_t normal = (rebiased + 0xFFFu + ((rebiased >> 13) & 1u)) >> 13;
+  // below 2^-14: adding 0.5 leaves the value rounded to a multiple of 2^-24
+  // (0.5's float spacing), to nearest even, i.e. the subnormal half's
+  // significand in the low bits; below 2^-25 that is 0
+  const uint32_t subnormal = float_bits(bits_float(a) + 0.5f) - 0x3F000000u;
+  uint32_t h = a >= 0x38800000u ? normal : subnormal;
+  h = a >= 0x477FF000u ? 0x7C00u : h;  // rounds to >= 65520: infinity
+  h = a > 0x7F800000u ? 0x7E00u : h;   // NaN
+  return fp16{uint16_t(sign | h)};
 #endif
 }
 
