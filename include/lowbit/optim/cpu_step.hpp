@@ -20,6 +20,7 @@
 #include "../cpu/floor_index.hpp"
 #include "../cpu/parallel.hpp"
 #include "../cpu/quantize.hpp"
+#include "../cpu/vector_codec.hpp"
 #include "fused_step.hpp"
 #include "stable_scales.hpp"
 #include "storage.hpp"
@@ -183,8 +184,8 @@ inline void store_tile(const storage_view& st, const format_tables* tab, int64_t
   for (int i = 0; i < 256; ++i) code32[i] = tab->sorted.code[i];
   for (int64_t j0 = 0; j0 < cnt; j0 += bs) {
     const int64_t j1 = std::min(cnt, j0 + bs);
-    float m = 0.0f;
-    for (int64_t j = j0; j < j1; ++j) m = absmax_step(m, vals[j]);
+    // the fold of absmax_step, as an integer maximum that vectorizes
+    float m = cpu::vector_block_absmax(vals + j0, j1 - j0);
     if (keep) m = stable_block_scale(q, (s + j0) / bs, m, keep, renest);
     absmax_out[(s + j0) / bs] = m;
     const float inv = inverse_scale(m);
