@@ -186,15 +186,24 @@ inline void decode_run(const quantized_view& w, const float* table, int64_t i0, 
     const int64_t b = i / bs;
     const int64_t seg_end = std::min(end, (b + 1) * bs);
     const float s = block_scale(w, b);
-    for (; i < seg_end; ++i) {
-      int c;
-      if constexpr (Is4) {
-        const uint8_t byte = codes[i >> 1];
-        c = (i & 1) ? (byte & 15) : (byte >> 4);
-      } else {
-        c = codes[i];
+    if constexpr (Is4) {
+      // byte by byte (high nibble first), without a per-element choice of
+      // nibble; a run may start or end mid-byte
+      if ((i & 1) && i < seg_end) {
+        put(i - i0, mul_rn(table[codes[i >> 1] & 15], s));
+        ++i;
       }
-      put(i - i0, mul_rn(table[c], s));
+      for (; i + 1 < seg_end; i += 2) {
+        const uint8_t byte = codes[i >> 1];
+        put(i - i0, mul_rn(table[byte >> 4], s));
+        put(i + 1 - i0, mul_rn(table[byte & 15], s));
+      }
+      if (i < seg_end) {
+        put(i - i0, mul_rn(table[codes[i >> 1] >> 4], s));
+        ++i;
+      }
+    } else {
+      for (; i < seg_end; ++i) put(i - i0, mul_rn(table[codes[i]], s));
     }
   }
 }
