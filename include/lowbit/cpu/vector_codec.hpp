@@ -110,17 +110,14 @@ void vector_encode_block(const T* x, int64_t count, float absmax, const dynamic_
     const int len = int(std::min<int64_t>(chunk, count - s));
     for (int k = 0; k < len; ++k) u[k] = mul_rn(to_float(x[s + k]), inv);
     if constexpr (uses_dynamic_table(F)) {
-      constexpr int last = is_4bit(F) ? 15 : 255;
+      constexpr int bits = is_4bit(F) ? 4 : 8;
       if (search.usable) {
         // the floor index, then dynamic_encode's nearest choice (ties down)
         floor_indices(*search.floor, *search.sorted, u, len, lo);
         const float* t = search.table;
-        for (int k = 0; k < len; ++k) {
-          const int l = lo[k];
-          c[k] = uint8_t(l < last && t[l + 1] - u[k] < u[k] - t[l] ? l + 1 : l);
-        }
+        for (int k = 0; k < len; ++k) c[k] = dynamic_nearest_from_floor<bits>(lo[k], u[k], t);
       } else {
-        for (int k = 0; k < len; ++k) c[k] = dynamic_encode<is_4bit(F) ? 4 : 8>(u[k], search.table);
+        for (int k = 0; k < len; ++k) c[k] = dynamic_encode<bits>(u[k], search.table);
       }
     } else if constexpr (F == format::ulinear4) {
       for (int k = 0; k < len; ++k) c[k] = ulinear4_encode_by_truncation(u[k]);

@@ -127,17 +127,24 @@ LOWBIT_HD uint8_t ulinear4_encode(float x) {
 // ---- dynamic maps -------------------------------------------------------------
 // Nearest entry of a sorted table of 2^Bits entries by binary search; on an
 // exact tie the lower entry wins, as with the 4-bit thresholds.
+// The nearer of table[lo] and table[lo + 1] to x, given lo, the last index
+// with table[lo] <= x (0 when x < table[0]); on an exact tie the lower. Also
+// the last step of cpu/vector_codec.hpp's bucketed search.
+template <int Bits = 8>
+LOWBIT_HD uint8_t dynamic_nearest_from_floor(int lo, float x, const float* table) {
+  constexpr int last = (1 << Bits) - 1;
+  return uint8_t(lo < last && table[lo + 1] - x < x - table[lo] ? lo + 1 : lo);
+}
+
 template <int Bits = 8>
 LOWBIT_HD uint8_t dynamic_encode(float x, const float* table) {
-  constexpr int last = (1 << Bits) - 1;
   int lo = 0;  // ends as the last index with table[lo] <= x (0 when x < table[0])
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
   for (int step = 1 << (Bits - 1); step >= 1; step >>= 1)
     if (table[lo + step] <= x) lo += step;
-  if (lo < last && table[lo + 1] - x < x - table[lo]) return uint8_t(lo + 1);
-  return uint8_t(lo);
+  return dynamic_nearest_from_floor<Bits>(lo, x, table);
 }
 
 // ---- per-format dispatch ---------------------------------------------------

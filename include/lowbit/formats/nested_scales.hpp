@@ -45,7 +45,10 @@ LOWBIT_HD float decode_nested_scale(uint8_t code, float nested_absmax, float off
   return add_rn(mul_rn(signed_map[code], nested_absmax), offset);
 }
 
-// Quantizes one nested block of `count` (<= 256) scales.
+// Quantizes one nested block of `count` (<= 256) scales: the definition,
+// element by element. cpu::quantize_nested_scales runs it in vectorizing
+// loops (cpu/vector_codec.hpp) and cuda::quantize one element per thread;
+// tests compare both with it.
 inline void encode_nested_block(const float* absmax, int64_t count, float offset, const float* signed_map,
                                 uint8_t* codes, float* nested_absmax) {
   float m = 0.0f;
