@@ -1,0 +1,187 @@
+// capi/src/erased_optimizer.hpp
+// A run-time face for lowbit's compile-time optimizer compositions. The C
+// interface names its composition by strings ("adamw" / "int8" / "fp32"),
+// so liblowbit_c instantiates a bounded set of
+// optimizer<Rule, StatePolicy, WeightPolicy> types and reaches each through
+// one virtual interface (erased_optimizer); erased<Opt> forwards every call
+// to the real optimizer. The table of compositions (composition_table) is
+// filled by one translation unit per rule (optimizers_<rule>.cpp), so the
+// instantiations compile in parallel.
+#pragma once
+
+#include <lowbit/lowbit.hpp>
+#include <lowbit/io/optimizer_state.hpp>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "lowbit_c.h"
+
+namespace lowbit_capi {
+
+class erased_optimizer {
+ public:
+  virtual ~erased_optimizer() = default;
+  virtual int add_group(const lowbit_c_hparams& h) = 0;
+  virtual void set_hparams(int group, const lowbit_c_hparams& h) = 0;
+  virtual lowbit_c_hparams get_hparams(int group) const = 0;
+  virtual int groups() const = 0;
+  virtual bool quantized_weights() const = 0;
+  virtual int add_param(const lowbit::tensor_view& w, int group, const std::string& name) = 0;
+  virtual int add_param(const lowbit::quantized_view& w, int group, const std::string& name) = 0;
+  virtual int size() const = 0;
+  virtual const lowbit::optim::param_record& param(int i) const = 0;
+  virtual lowbit::optim::step_report step(const std::vector<lowbit::tensor_view>& grads) = 0;
+  virtual int64_t begin_step() = 0;
+  virtual bool step_param(int i, const lowbit::tensor_view& grad, float grad_scale) = 0;
+  virtual lowbit::optim::step_report end_step() = 0;
+  virtual lowbit::optim::memory_report memory() const = 0;
+  virtual void save(const std::string& path) const = 0;
+  virtual void load(const std::string& path) = 0;
+};
+
+// lowbit_c_hparams <-> Rule::hparams: each rule takes the fields it has.
+template <class Rule>
+typename Rule::hparams rule_hparams(const lowbit_c_hparams& c) {
+  typename Rule::hparams h;
+  h.lr = c.lr;
+  h.weight_decay = c.weight_decay;
+  if constexpr (std::is_same<Rule, lowbit::optim::sgd_momentum>::value) {
+    h.momentum = c.momentum;
+  } else {
+    h.beta1 = c.beta1;
+    h.beta2 = c.beta2;
+    if constexpr (!std::is_same<Rule, lowbit::optim::lion>::value) h.eps = c.eps;
+  }
+  return h;
+}
+
+template <class Rule>
+lowbit_c_hparams c_hparams(const typename Rule::hparams& h) {
+  lowbit_c_hparams c{};
+  c.lr = h.lr;
+  c.weight_decay = h.weight_decay;
+  if constexpr (std::is_same<Rule, lowbit::optim::sgd_momentum>::value) {
+    c.momentum = h.momentum;
+  } else {
+    c.beta1 = h.beta1;
+    c.beta2 = h.beta2;
+    if constexpr (!std::is_same<Rule, lowbit::optim::lion>::value) c.eps = h.eps;
+  }
+  return c;
+}
+
+template <class Opt>
+class erased final : public erased_optimizer {
+  using Rule = typename Opt::rule;
+  static constexpr bool quantized = std::is_same<typename Opt::weight_arg, lowbit::quantized_view>::value;
+
+ public:
+  erased(const lowbit_c_hparams& h, const lowbit::optim::optimizer_options& o) : opt_(rule_hparams<Rule>(h), o) {}
+
+  int add_group(const lowbit_c_hparams& h) override {
+    const int g = opt_.add_group(rule_hparams<Rule>(h));
+    group_count_ = g + 1;
+    return g;
+  }
+  void set_hparams(int group, const lowbit_c_hparams& h) override {
+    const typename Rule::hparams r = rule_hparams<Rule>(h);
+    r.validate();  // before anything changes
+    opt_.group(group) = r;
+  }
+  lowbit_c_hparams get_hparams(int group) const override {
+    return c_hparams<Rule>(const_cast<Opt&>(opt_).group(group));
+  }
+  int groups() const override { return group_count_; }
+  bool quantized_weights() const override { return quantized; }
+  int add_param(const lowbit::tensor_view& w, int group, const std::string& name) override {
+    if constexpr (quantized) {
+      (void)w, (void)group, (void)name;
+      throw lowbit::error(lowbit::errc::invalid_argument,
+                          "add_param: this optimizer updates quantized weights; pass a quantized tensor");
+    } else {
+      return opt_.add_param(w, group, name);
+    }
+  }
+  int add_param(const lowbit::quantized_view& w, int group, const std::string& name) override {
+    if constexpr (quantized) {
+      return opt_.add_param(w, group, name);
+    } else {
+      (void)w, (void)group, (void)name;
+      throw lowbit::error(lowbit::errc::invalid_argument,
+                          "add_quantized_param: this optimizer updates dense weights (fp32 / bf16); pass a dense "
+                          "tensor, or create the optimizer with a quantized weight format");
+    }
+  }
+  int size() const override { return opt_.size(); }
+  const lowbit::optim::param_record& param(int i) const override {
+    lowbit::require(i >= 0 && i < opt_.size(), lowbit::errc::invalid_argument,
+                    "parameter index " + std::to_string(i) + " is out of range (the optimizer has " +
+                        std::to_string(opt_.size()) + ")");
+    return opt_.param(i);
+  }
+  lowbit::optim::step_report step(const std::vector<lowbit::tensor_view>& grads) override { return opt_.step(grads); }
+  int64_t begin_step() override { return opt_.begin_step(); }
+  bool step_param(int i, const lowbit::tensor_view& grad, float grad_scale) override {
+    return opt_.step_param(i, grad, grad_scale);
+  }
+  lowbit::optim::step_report end_step() override { return opt_.end_step(); }
+  lowbit::optim::memory_report memory() const override { return opt_.memory(); }
+  void save(const std::string& path) const override { lowbit::save_optimizer_state(opt_, path); }
+  void load(const std::string& path) override { lowbit::load_optimizer_state(opt_, path); }
+
+ private:
+  Opt opt_;
+  int group_count_ = 1;  // group 0 is made by the constructor
+};
+
+using optimizer_factory = std::unique_ptr<erased_optimizer> (*)(const lowbit_c_hparams&,
+                                                                const lowbit::optim::optimizer_options&);
+
+template <class Opt>
+std::unique_ptr<erased_optimizer> make_erased(const lowbit_c_hparams& h, const lowbit::optim::optimizer_options& o) {
+  return std::unique_ptr<erased_optimizer>(new erased<Opt>(h, o));
+}
+
+// "rule/states/weights" -> factory, ordered by name.
+using composition_table = std::map<std::string, optimizer_factory>;
+
+// One per rule, each in its own translation unit.
+void add_adamw_compositions(composition_table& t);
+void add_adam_compositions(composition_table& t);
+void add_lion_compositions(composition_table& t);
+void add_sgd_compositions(composition_table& t);
+
+// Registers Rule with every state policy over the dense weight policies.
+template <class Rule>
+void add_dense_compositions(composition_table& t, const std::string& rule) {
+  namespace o = lowbit::optim;
+  auto dense = [&](auto states, const std::string& state_name) {
+    using S = decltype(states);
+    t[rule + "/" + state_name + "/fp32"] = &make_erased<o::optimizer<Rule, S, o::weights::fp32>>;
+    t[rule + "/" + state_name + "/bf16"] = &make_erased<o::optimizer<Rule, S, o::weights::bf16>>;
+    t[rule + "/" + state_name + "/fp32_master_bf16"] =
+        &make_erased<o::optimizer<Rule, S, o::weights::fp32_master_bf16>>;
+  };
+  dense(o::states::fp32{}, "fp32");
+  dense(o::states::bf16{}, "bf16");
+  dense(o::states::int8{}, "int8");
+  dense(o::states::int4{}, "int4");
+}
+
+// Registers Rule with 8-bit states over quantized weights of every format
+// the weight policy accepts (QFT's int8, NF4, int4, FP4).
+template <class Rule>
+void add_quantized_compositions(composition_table& t, const std::string& rule) {
+  namespace o = lowbit::optim;
+  using lowbit::format;
+  t[rule + "/int8/int8"] = &make_erased<o::optimizer<Rule, o::states::int8, o::weights::quantized<format::int8>>>;
+  t[rule + "/int8/nf4"] = &make_erased<o::optimizer<Rule, o::states::int8, o::weights::quantized<format::nf4>>>;
+  t[rule + "/int8/int4"] = &make_erased<o::optimizer<Rule, o::states::int8, o::weights::quantized<format::int4>>>;
+  t[rule + "/int8/fp4"] = &make_erased<o::optimizer<Rule, o::states::int8, o::weights::quantized<format::fp4>>>;
+}
+
+}  // namespace lowbit_capi
