@@ -43,34 +43,32 @@ class erased_optimizer {
   virtual void load(const std::string& path) = 0;
 };
 
-// lowbit_c_hparams <-> Rule::hparams: each rule takes the fields it has.
+// lowbit_c_hparams <-> Rule::hparams: copies the fields Rule has (the two
+// structs share the field names, so one function serves both directions).
+template <class Rule, class To, class From>
+void copy_rule_fields(To& to, const From& from) {
+  to.lr = from.lr;
+  to.weight_decay = from.weight_decay;
+  if constexpr (std::is_same<Rule, lowbit::optim::sgd_momentum>::value) {
+    to.momentum = from.momentum;
+  } else {
+    to.beta1 = from.beta1;
+    to.beta2 = from.beta2;
+    if constexpr (!std::is_same<Rule, lowbit::optim::lion>::value) to.eps = from.eps;
+  }
+}
+
 template <class Rule>
 typename Rule::hparams rule_hparams(const lowbit_c_hparams& c) {
   typename Rule::hparams h;
-  h.lr = c.lr;
-  h.weight_decay = c.weight_decay;
-  if constexpr (std::is_same<Rule, lowbit::optim::sgd_momentum>::value) {
-    h.momentum = c.momentum;
-  } else {
-    h.beta1 = c.beta1;
-    h.beta2 = c.beta2;
-    if constexpr (!std::is_same<Rule, lowbit::optim::lion>::value) h.eps = c.eps;
-  }
+  copy_rule_fields<Rule>(h, c);
   return h;
 }
 
 template <class Rule>
 lowbit_c_hparams c_hparams(const typename Rule::hparams& h) {
   lowbit_c_hparams c{};
-  c.lr = h.lr;
-  c.weight_decay = h.weight_decay;
-  if constexpr (std::is_same<Rule, lowbit::optim::sgd_momentum>::value) {
-    c.momentum = h.momentum;
-  } else {
-    c.beta1 = h.beta1;
-    c.beta2 = h.beta2;
-    if constexpr (!std::is_same<Rule, lowbit::optim::lion>::value) c.eps = h.eps;
-  }
+  copy_rule_fields<Rule>(c, h);
   return c;
 }
 
