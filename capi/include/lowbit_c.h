@@ -18,7 +18,8 @@
  * Errors: every function returns a lowbit_c_status; on failure
  * lowbit_c_last_error() gives the library's message (naming the argument
  * that was wrong) for the calling thread, and nothing the caller owns has
- * been modified except where a function says otherwise. */
+ * been modified except where a function says otherwise (lowbit_c_quantize
+ * of non-finite input). */
 #ifndef LOWBIT_C_H
 #define LOWBIT_C_H
 
@@ -89,7 +90,9 @@ typedef struct lowbit_c_quantized_sizes_t {
 LOWBIT_C_API int lowbit_c_quantized_sizes(const char* format, int64_t numel, int32_t block_size, int32_t nested,
                                           lowbit_c_quantized_sizes_t* sizes);
 
-/* input: float32 / bfloat16 / float16, contiguous, numel elements. */
+/* input: float32 / bfloat16 / float16, contiguous, numel elements. Input
+ * with NaN or infinity: LOWBIT_C_NON_FINITE naming the first bad block, and
+ * `out` then holds unspecified contents (the one failure that writes). */
 LOWBIT_C_API int lowbit_c_quantize(const DLTensor* input, const lowbit_c_quantized* out);
 /* output: float32 / bfloat16 / float16, contiguous, numel elements. */
 LOWBIT_C_API int lowbit_c_dequantize(const lowbit_c_quantized* in, const DLTensor* output);
