@@ -8,12 +8,16 @@
  * life of the optimizer: nothing the caller passes is copied or owned,
  * except the optimizer's own states.
  *
- * This build runs on CPU memory only (kDLCPU and pinned kDLCUDAHost
- * tensors); a CUDA tensor is refused with LOWBIT_C_UNSUPPORTED, never
- * copied behind the caller's back. The optimizer's composition (update
- * rule, state storage, weight storage) is chosen at run time by name from
- * the set of compositions this library instantiates
- * (lowbit_c_optimizer_compositions lists them).
+ * Where a call runs: where its first tensor lives. Host memory (kDLCPU,
+ * pinned kDLCUDAHost) runs lowbit's CPU functions on its thread pool; CUDA
+ * device or managed memory (kDLCUDA, kDLCUDAManaged) runs lowbit's CUDA
+ * kernels on the calling thread's stream (lowbit_c_set_stream), in builds
+ * made with nvcc (lowbit_c_has_cuda() == 1; others refuse CUDA tensors
+ * with LOWBIT_C_UNSUPPORTED). Nothing is copied between host and device
+ * behind the caller's back. The optimizer's composition (update rule,
+ * state storage, weight storage, memory) is chosen at run time by name
+ * from the set this library instantiates (lowbit_c_optimizer_compositions
+ * lists them).
  *
  * Errors: every function returns a lowbit_c_status; on failure
  * lowbit_c_last_error() gives the library's message (naming the argument
@@ -38,7 +42,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of this header. */
-#define LOWBIT_C_ABI_VERSION 1
+#define LOWBIT_C_ABI_VERSION 2
 
 typedef enum lowbit_c_status {
   LOWBIT_C_OK = 0,
@@ -54,6 +58,14 @@ typedef enum lowbit_c_status {
 LOWBIT_C_API int lowbit_c_abi_version(void);
 /* The message of the last failed call on this thread ("" if none). */
 LOWBIT_C_API const char* lowbit_c_last_error(void);
+/* 1 when this library was built with CUDA (GPU tensors accepted), else 0. */
+LOWBIT_C_API int lowbit_c_has_cuda(void);
+/* The CUDA stream (a cudaStream_t) of this thread's later GPU calls
+ * (quantize, dequantize, dequant-GEMM); NULL, the default, is the legacy
+ * default stream. GPU calls are asynchronous on it, except quantize, which
+ * waits for its check of the input's finiteness. */
+LOWBIT_C_API int lowbit_c_set_stream(void* stream);
+LOWBIT_C_API void* lowbit_c_get_stream(void);
 
 /* ---- quantized tensors ------------------------------------------------ */
 
@@ -136,11 +148,15 @@ typedef struct lowbit_c_optimizer_config {
   float max_update;         /* > 0: clamp every element's update */
   int32_t stable_weight_scales; /* quantized weights: keep block scales unless outgrown */
   int32_t check_gradients;      /* != 0 (recommended): skip tensors with non-finite gradients */
+  const char* memory; /* "host" (or NULL): states in host memory, the step on CPU threads, host tensors;
+                         "device" (CUDA builds): states in device memory, lowbit's fused CUDA step on the
+                         optimizer's stream (lowbit_c_optimizer_set_stream), device tensors */
 } lowbit_c_optimizer_config;
 
 typedef struct lowbit_c_step_report {
   int64_t step;       /* the optimizer step just taken (1-based) */
-  double grad_norm;   /* global L2 norm of the finite gradients (step only; -1 if not computed) */
+  double grad_norm;   /* global L2 norm of the finite gradients: lowbit_c_optimizer_step with
+                         check_gradients; -1 when not computed (check_gradients 0, end_step) */
   float grad_scale;   /* clipping factor applied */
   int32_t skipped;    /* tensors skipped for non-finite gradients */
 } lowbit_c_step_report;
@@ -159,14 +175,17 @@ typedef struct lowbit_c_param_info {
   int64_t skipped; /* updates skipped for non-finite gradients */
 } lowbit_c_param_info;
 
-/* A space-separated list of "rule/states/weights" triples this library
- * instantiates (static storage). */
+/* A space-separated list of the "rule/states/weights/memory" compositions
+ * this library instantiates (static storage). */
 LOWBIT_C_API const char* lowbit_c_optimizer_compositions(void);
 
 LOWBIT_C_API int lowbit_c_optimizer_create(const lowbit_c_optimizer_config* config, lowbit_c_optimizer** out);
 LOWBIT_C_API void lowbit_c_optimizer_destroy(lowbit_c_optimizer* opt);
-/* "rule/states/weights" of this optimizer (valid while it lives). */
+/* "rule/states/weights/memory" of this optimizer (valid while it lives). */
 LOWBIT_C_API const char* lowbit_c_optimizer_composition(const lowbit_c_optimizer* opt);
+/* memory "device" optimizers: the cudaStream_t their steps run on (NULL: the
+ * legacy default stream). Steps synchronize it once at their end. */
+LOWBIT_C_API int lowbit_c_optimizer_set_stream(lowbit_c_optimizer* opt, void* stream);
 
 LOWBIT_C_API int lowbit_c_optimizer_add_group(lowbit_c_optimizer* opt, const lowbit_c_hparams* hparams,
                                               int32_t* index);

@@ -24,6 +24,13 @@ inline std::string& last_error() {
   return message;
 }
 
+// The CUDA stream of this thread's GPU calls (lowbit_c_set_stream); NULL is
+// the legacy default stream.
+inline void*& current_stream() {
+  thread_local void* stream = nullptr;
+  return stream;
+}
+
 inline int status_of(lowbit::errc c) {
   switch (c) {
     case lowbit::errc::invalid_argument: return LOWBIT_C_INVALID_ARGUMENT;
@@ -62,19 +69,49 @@ inline void require_pointer(const void* p, const std::string& what) {
   lowbit::require(p != nullptr, lowbit::errc::invalid_argument, what + " is NULL");
 }
 
-// A DLTensor in host-accessible memory as a tensor_view. This build has no
-// CUDA code, so device memory is refused here with a message that says so
-// (the library's CPU functions would say only "needs host memory").
-inline lowbit::tensor_view host_view(const DLTensor* t, const std::string& what) {
+// Where a call runs: on CPU threads, or on the GPU (CUDA builds only). A
+// call runs where its first tensor lives: CUDA device or managed memory
+// means the GPU, host or pinned memory the CPU; every other tensor of the
+// call must then be in memory that side can use.
+enum class side { host, cuda };
+
+inline const char* side_name(side s) { return s == side::cuda ? "CUDA device" : "host (CPU)"; }
+
+inline bool built_with_cuda() {
+#ifdef LOWBIT_C_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+// The DLTensor as a tensor_view, wherever it lives.
+inline lowbit::tensor_view any_view(const DLTensor* t, const std::string& what) {
   require_pointer(t, what);
-  lowbit::tensor_view v = lowbit::from_dlpack(*t, what);
-  lowbit::require(v.dev.host_accessible(), lowbit::errc::unsupported,
-                  what + " is in CUDA device memory; this build of liblowbit_c runs on CPU memory only");
+  return lowbit::from_dlpack(*t, what);
+}
+
+inline side side_of(const lowbit::tensor_view& v, const std::string& what) {
+  if (v.dev.kind == lowbit::device_kind::cpu) return side::host;
+  lowbit::require(built_with_cuda(), lowbit::errc::unsupported,
+                  what + " is in CUDA memory, but this build of liblowbit_c has no CUDA support (it was built "
+                         "without nvcc); pass host tensors or rebuild with the CUDA toolkit");
+  return side::cuda;
+}
+
+// The DLTensor as a view usable on side s (host: host or managed memory;
+// cuda: device or managed memory).
+inline lowbit::tensor_view view_on(side s, const DLTensor* t, const std::string& what) {
+  const lowbit::tensor_view v = any_view(t, what);
+  const bool usable = s == side::host ? v.dev.host_accessible() : v.dev.device_accessible();
+  lowbit::require(usable, lowbit::errc::invalid_argument,
+                  what + " is in " + lowbit::device_name(v.dev.kind) + " memory, but this call runs on the " +
+                      side_name(s) + " side (where its first tensor is); put all of a call's tensors on one side");
   return v;
 }
 
-inline lowbit::tensor_view host_view_contiguous(const DLTensor* t, const std::string& what) {
-  lowbit::tensor_view v = host_view(t, what);
+inline lowbit::tensor_view contiguous_view_on(side s, const DLTensor* t, const std::string& what) {
+  lowbit::tensor_view v = view_on(s, t, what);
   lowbit::require_contiguous(v, what.c_str());
   return v;
 }
@@ -82,6 +119,13 @@ inline lowbit::tensor_view host_view_contiguous(const DLTensor* t, const std::st
 inline std::string format_argument(const char* name) {
   require_pointer(name, "format");
   return std::string(name);
+}
+
+// The side a quantized tensor's call runs on, when it is the call's first
+// tensor (the side of its codes).
+inline side side_of(const lowbit_c_quantized* q, const std::string& what) {
+  require_pointer(q, what);
+  return side_of(any_view(q->codes, what + ".codes"), what + ".codes");
 }
 
 // The layout a lowbit_c_quantized describes (format name, numel, block
@@ -99,8 +143,8 @@ inline lowbit::blockwise_layout layout_of(const char* format, int64_t numel, int
 // One buffer of a quantized tensor: a contiguous host tensor of `type`
 // holding exactly `count` elements (any shape), or NULL where the layout
 // has no such buffer.
-inline void* buffer_of(const DLTensor* t, lowbit::dtype type, int64_t count, const std::string& what) {
-  const lowbit::tensor_view v = host_view_contiguous(t, what);
+inline void* buffer_of(side s, const DLTensor* t, lowbit::dtype type, int64_t count, const std::string& what) {
+  const lowbit::tensor_view v = contiguous_view_on(s, t, what);
   lowbit::require(v.type == type, lowbit::errc::invalid_argument,
                   what + " has dtype " + lowbit::dtype_name(v.type) + ", expected " + lowbit::dtype_name(type));
   lowbit::require(v.numel() == count, lowbit::errc::invalid_argument,
@@ -112,26 +156,31 @@ inline void require_absent(const DLTensor* t, const std::string& what, const cha
   lowbit::require(t == nullptr, lowbit::errc::invalid_argument, what + " must be NULL " + why);
 }
 
-inline lowbit::quantized_view quantized_view_of(const lowbit_c_quantized* q, const std::string& what) {
+// The quantized tensor's buffers as a quantized_view for side s.
+inline lowbit::quantized_view quantized_view_of(side s, const lowbit_c_quantized* q, const std::string& what) {
   require_pointer(q, what);
   lowbit::quantized_view v;
   v.layout = layout_of(q->format, q->numel, q->block_size, q->nested, what);
   v.dev = lowbit::device::cpu();
+  if (s == side::cuda) {
+    require_pointer(q->codes, what + ".codes");
+    v.dev = any_view(q->codes, what + ".codes").dev;  // cuda(i) or managed(i), as the codes say
+  }
   const lowbit::blockwise_layout& l = v.layout;
-  v.codes = static_cast<uint8_t*>(buffer_of(q->codes, lowbit::dtype::u8, l.code_bytes(), what + ".codes"));
+  v.codes = static_cast<uint8_t*>(buffer_of(s, q->codes, lowbit::dtype::u8, l.code_bytes(), what + ".codes"));
   if (l.nested) {
     require_absent(q->absmax, what + ".absmax", "with nested scales (use absmax_codes)");
     v.absmax_codes =
-        static_cast<uint8_t*>(buffer_of(q->absmax_codes, lowbit::dtype::u8, l.n_blocks(), what + ".absmax_codes"));
+        static_cast<uint8_t*>(buffer_of(s, q->absmax_codes, lowbit::dtype::u8, l.n_blocks(), what + ".absmax_codes"));
     v.nested_absmax = static_cast<float*>(
-        buffer_of(q->nested_absmax, lowbit::dtype::f32, l.n_nested_blocks(), what + ".nested_absmax"));
+        buffer_of(s, q->nested_absmax, lowbit::dtype::f32, l.n_nested_blocks(), what + ".nested_absmax"));
     v.nested_offset =
-        static_cast<float*>(buffer_of(q->nested_offset, lowbit::dtype::f32, 1, what + ".nested_offset"));
+        static_cast<float*>(buffer_of(s, q->nested_offset, lowbit::dtype::f32, 1, what + ".nested_offset"));
   } else {
     require_absent(q->absmax_codes, what + ".absmax_codes", "without nested scales");
     require_absent(q->nested_absmax, what + ".nested_absmax", "without nested scales");
     require_absent(q->nested_offset, what + ".nested_offset", "without nested scales");
-    v.absmax = static_cast<float*>(buffer_of(q->absmax, lowbit::dtype::f32, l.n_blocks(), what + ".absmax"));
+    v.absmax = static_cast<float*>(buffer_of(s, q->absmax, lowbit::dtype::f32, l.n_blocks(), what + ".absmax"));
   }
   v.validate(what.c_str());
   return v;

@@ -18,6 +18,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "c_api_support.hpp"
 #include "lowbit_c.h"
 
 namespace lowbit_capi {
@@ -25,6 +26,11 @@ namespace lowbit_capi {
 class erased_optimizer {
  public:
   virtual ~erased_optimizer() = default;
+  // Where its weights, gradients and states live: host (memory::host) or
+  // the GPU (memory::device).
+  virtual side where() const = 0;
+  // memory::device: the stream its steps run on (a cudaStream_t).
+  virtual void set_stream(void* stream) = 0;
   virtual int add_group(const lowbit_c_hparams& h) = 0;
   virtual void set_hparams(int group, const lowbit_c_hparams& h) = 0;
   virtual lowbit_c_hparams get_hparams(int group) const = 0;
@@ -76,10 +82,23 @@ template <class Opt>
 class erased final : public erased_optimizer {
   using Rule = typename Opt::rule;
   static constexpr bool quantized = std::is_same<typename Opt::weight_arg, lowbit::quantized_view>::value;
+  using Memory = std::decay_t<decltype(std::declval<Opt&>().memory_policy())>;
+  static constexpr bool on_device = Memory::runs_on_device;
 
  public:
   erased(const lowbit_c_hparams& h, const lowbit::optim::optimizer_options& o) : opt_(rule_hparams<Rule>(h), o) {}
 
+  side where() const override { return on_device ? side::cuda : side::host; }
+  void set_stream(void* stream) override {
+    if constexpr (on_device) {
+      opt_.memory_policy().stream = static_cast<decltype(opt_.memory_policy().stream)>(stream);
+    } else {
+      (void)stream;
+      throw lowbit::error(lowbit::errc::invalid_argument,
+                          "set_stream: this optimizer steps on CPU threads (memory host); streams are for device "
+                          "optimizers");
+    }
+  }
   int add_group(const lowbit_c_hparams& h) override {
     const int g = opt_.add_group(rule_hparams<Rule>(h));
     group_count_ = g + 1;
@@ -144,25 +163,31 @@ std::unique_ptr<erased_optimizer> make_erased(const lowbit_c_hparams& h, const l
   return std::unique_ptr<erased_optimizer>(new erased<Opt>(h, o));
 }
 
-// "rule/states/weights" -> factory, ordered by name.
+// "rule/states/weights/memory" -> factory, ordered by name.
 using composition_table = std::map<std::string, optimizer_factory>;
 
-// One per rule, each in its own translation unit.
+// One per rule and memory policy, each in its own translation unit
+// (optimizers_<rule>.cpp; optimizers_device_<rule>.cu in CUDA builds).
 void add_adamw_compositions(composition_table& t);
 void add_adam_compositions(composition_table& t);
 void add_lion_compositions(composition_table& t);
 void add_sgd_compositions(composition_table& t);
+void add_device_adamw_compositions(composition_table& t);
+void add_device_adam_compositions(composition_table& t);
+void add_device_lion_compositions(composition_table& t);
+void add_device_sgd_compositions(composition_table& t);
 
-// Registers Rule with every state policy over the dense weight policies.
-template <class Rule>
-void add_dense_compositions(composition_table& t, const std::string& rule) {
+// Registers Rule under Memory (named `memory`) with every state policy over
+// the dense weight policies.
+template <class Rule, class Memory>
+void add_dense_compositions(composition_table& t, const std::string& rule, const std::string& memory) {
   namespace o = lowbit::optim;
   auto dense = [&](auto states, const std::string& state_name) {
     using S = decltype(states);
-    t[rule + "/" + state_name + "/fp32"] = &make_erased<o::optimizer<Rule, S, o::weights::fp32>>;
-    t[rule + "/" + state_name + "/bf16"] = &make_erased<o::optimizer<Rule, S, o::weights::bf16>>;
-    t[rule + "/" + state_name + "/fp32_master_bf16"] =
-        &make_erased<o::optimizer<Rule, S, o::weights::fp32_master_bf16>>;
+    const std::string prefix = rule + "/" + state_name + "/";
+    t[prefix + "fp32/" + memory] = &make_erased<o::optimizer<Rule, S, o::weights::fp32, Memory>>;
+    t[prefix + "bf16/" + memory] = &make_erased<o::optimizer<Rule, S, o::weights::bf16, Memory>>;
+    t[prefix + "fp32_master_bf16/" + memory] = &make_erased<o::optimizer<Rule, S, o::weights::fp32_master_bf16, Memory>>;
   };
   dense(o::states::fp32{}, "fp32");
   dense(o::states::bf16{}, "bf16");
@@ -170,16 +195,17 @@ void add_dense_compositions(composition_table& t, const std::string& rule) {
   dense(o::states::int4{}, "int4");
 }
 
-// Registers Rule with 8-bit states over quantized weights of every format
-// the weight policy accepts (QFT's int8, NF4, int4, FP4).
-template <class Rule>
-void add_quantized_compositions(composition_table& t, const std::string& rule) {
+// Registers Rule under Memory with 8-bit states over quantized weights of
+// every format the weight policy accepts (QFT's int8, NF4, int4, FP4).
+template <class Rule, class Memory>
+void add_quantized_compositions(composition_table& t, const std::string& rule, const std::string& memory) {
   namespace o = lowbit::optim;
   using lowbit::format;
-  t[rule + "/int8/int8"] = &make_erased<o::optimizer<Rule, o::states::int8, o::weights::quantized<format::int8>>>;
-  t[rule + "/int8/nf4"] = &make_erased<o::optimizer<Rule, o::states::int8, o::weights::quantized<format::nf4>>>;
-  t[rule + "/int8/int4"] = &make_erased<o::optimizer<Rule, o::states::int8, o::weights::quantized<format::int4>>>;
-  t[rule + "/int8/fp4"] = &make_erased<o::optimizer<Rule, o::states::int8, o::weights::quantized<format::fp4>>>;
+  const std::string prefix = rule + "/int8/";
+  t[prefix + "int8/" + memory] = &make_erased<o::optimizer<Rule, o::states::int8, o::weights::quantized<format::int8>, Memory>>;
+  t[prefix + "nf4/" + memory] = &make_erased<o::optimizer<Rule, o::states::int8, o::weights::quantized<format::nf4>, Memory>>;
+  t[prefix + "int4/" + memory] = &make_erased<o::optimizer<Rule, o::states::int8, o::weights::quantized<format::int4>, Memory>>;
+  t[prefix + "fp4/" + memory] = &make_erased<o::optimizer<Rule, o::states::int8, o::weights::quantized<format::fp4>, Memory>>;
 }
 
 }  // namespace lowbit_capi

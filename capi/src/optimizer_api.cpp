@@ -25,6 +25,12 @@ const composition_table& compositions() {
     add_adam_compositions(t);
     add_lion_compositions(t);
     add_sgd_compositions(t);
+#ifdef LOWBIT_C_WITH_CUDA
+    add_device_adamw_compositions(t);
+    add_device_adam_compositions(t);
+    add_device_lion_compositions(t);
+    add_device_sgd_compositions(t);
+#endif
     return t;
   }();
   return table;
@@ -39,7 +45,7 @@ const std::string& composition_list() {
   return list;
 }
 
-// Part `part` (0 rule, 1 states, 2 weights) of a composition name.
+// Part `part` (0 rule, 1 states, 2 weights, 3 memory) of a composition name.
 std::string part_of(const std::string& key, int part) {
   std::stringstream ss(key);
   std::string piece;
@@ -94,12 +100,17 @@ int lowbit_c_optimizer_create(const lowbit_c_optimizer_config* config, lowbit_c_
     require_pointer(config->rule, "optimizer config: rule");
     require_pointer(config->states, "optimizer config: states");
     require_pointer(config->weights, "optimizer config: weights");
-    const std::string key = std::string(config->rule) + "/" + config->states + "/" + config->weights;
+    const std::string memory = config->memory ? config->memory : "host";
+    const std::string key = std::string(config->rule) + "/" + config->states + "/" + config->weights + "/" + memory;
     const auto it = compositions().find(key);
     if (it == compositions().end()) {
-      const std::string parts[3] = {config->rule, config->states, config->weights};
-      const char* part_names[3] = {"rule", "states", "weights"};
-      for (int p = 0; p < 3; ++p) {
+      const std::string parts[4] = {config->rule, config->states, config->weights, memory};
+      const char* part_names[4] = {"rule", "states", "weights", "memory"};
+      if (memory == "device" && !built_with_cuda())
+        throw lowbit::error(lowbit::errc::unsupported,
+                            "optimizer config: memory 'device' needs CUDA, and this build of liblowbit_c has no CUDA "
+                            "support (built without nvcc)");
+      for (int p = 0; p < 4; ++p) {
         const std::set<std::string> known = choices(p);
         lowbit::require(known.count(parts[p]) != 0, lowbit::errc::invalid_argument,
                         std::string("optimizer config: ") + part_names[p] + " '" + parts[p] + "' is not one of " +
@@ -126,6 +137,10 @@ void lowbit_c_optimizer_destroy(lowbit_c_optimizer* opt) { delete opt; }
 
 const char* lowbit_c_optimizer_composition(const lowbit_c_optimizer* opt) {
   return opt ? opt->composition.c_str() : "";
+}
+
+int lowbit_c_optimizer_set_stream(lowbit_c_optimizer* opt, void* stream) {
+  return guarded([&] { impl_of(opt).set_stream(stream); });
 }
 
 int lowbit_c_optimizer_add_group(lowbit_c_optimizer* opt, const lowbit_c_hparams* hparams, int32_t* index) {
@@ -162,7 +177,7 @@ int lowbit_c_optimizer_add_param(lowbit_c_optimizer* opt, const DLTensor* weight
   return guarded([&] {
     erased_optimizer& o = impl_of(opt);
     require_pointer(index, "add_param: index");
-    const lowbit::tensor_view w = host_view(weight, "add_param: weight");
+    const lowbit::tensor_view w = view_on(o.where(), weight, "add_param: weight");
     *index = o.add_param(w, group, name_or_empty(name));
   });
 }
@@ -172,7 +187,7 @@ int lowbit_c_optimizer_add_quantized_param(lowbit_c_optimizer* opt, const lowbit
   return guarded([&] {
     erased_optimizer& o = impl_of(opt);
     require_pointer(index, "add_quantized_param: index");
-    const lowbit::quantized_view w = quantized_view_of(weight, "add_quantized_param: weight");
+    const lowbit::quantized_view w = quantized_view_of(o.where(), weight, "add_quantized_param: weight");
     *index = o.add_param(w, group, name_or_empty(name));
   });
 }
@@ -207,7 +222,7 @@ int lowbit_c_optimizer_step(lowbit_c_optimizer* opt, const DLTensor* const* grad
     std::vector<lowbit::tensor_view> views;
     views.reserve(size_t(count));
     for (int32_t i = 0; i < count; ++i)
-      views.push_back(host_view(grads[i], "step: gradient " + std::to_string(i) + " ('" + o.param(i).name + "')"));
+      views.push_back(view_on(o.where(), grads[i], "step: gradient " + std::to_string(i) + " ('" + o.param(i).name + "')"));
     fill_report(o.step(views), report);
   });
 }
@@ -221,14 +236,17 @@ int lowbit_c_optimizer_step_param(lowbit_c_optimizer* opt, int32_t index, const 
   return guarded([&] {
     erased_optimizer& o = impl_of(opt);
     const lowbit::optim::param_record& r = o.param(index);
-    const lowbit::tensor_view g = host_view(grad, "step_param: gradient of '" + r.name + "'");
+    const lowbit::tensor_view g = view_on(o.where(), grad, "step_param: gradient of '" + r.name + "'");
     const bool done = o.step_param(index, g, grad_scale);
     if (applied) *applied = done ? 1 : 0;
   });
 }
 
 int lowbit_c_optimizer_end_step(lowbit_c_optimizer* opt, lowbit_c_step_report* report) {
-  return guarded([&] { fill_report(impl_of(opt).end_step(), report); });
+  return guarded([&] {
+    fill_report(impl_of(opt).end_step(), report);
+    if (report) report->grad_norm = -1.0;  // a per-tensor step computes no global norm
+  });
 }
 
 int lowbit_c_optimizer_memory(const lowbit_c_optimizer* opt, lowbit_c_memory_report* report) {

@@ -7,7 +7,7 @@
 namespace lowbit_capi {
 
 void add_adam_compositions(composition_table& t) {
-  add_dense_compositions<lowbit::optim::adam>(t, "adam");
+  add_dense_compositions<lowbit::optim::adam, lowbit::optim::memory::host>(t, "adam", "host");
 }
 
 }  // namespace lowbit_capi

@@ -7,8 +7,8 @@
 namespace lowbit_capi {
 
 void add_adamw_compositions(composition_table& t) {
-  add_dense_compositions<lowbit::optim::adamw>(t, "adamw");
-  add_quantized_compositions<lowbit::optim::adamw>(t, "adamw");
+  add_dense_compositions<lowbit::optim::adamw, lowbit::optim::memory::host>(t, "adamw", "host");
+  add_quantized_compositions<lowbit::optim::adamw, lowbit::optim::memory::host>(t, "adamw", "host");
 }
 
 }  // namespace lowbit_capi

@@ -7,8 +7,8 @@
 namespace lowbit_capi {
 
 void add_lion_compositions(composition_table& t) {
-  add_dense_compositions<lowbit::optim::lion>(t, "lion");
-  add_quantized_compositions<lowbit::optim::lion>(t, "lion");
+  add_dense_compositions<lowbit::optim::lion, lowbit::optim::memory::host>(t, "lion", "host");
+  add_quantized_compositions<lowbit::optim::lion, lowbit::optim::memory::host>(t, "lion", "host");
 }
 
 }  // namespace lowbit_capi

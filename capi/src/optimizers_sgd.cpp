@@ -7,7 +7,7 @@
 namespace lowbit_capi {
 
 void add_sgd_compositions(composition_table& t) {
-  add_dense_compositions<lowbit::optim::sgd_momentum>(t, "sgd");
+  add_dense_compositions<lowbit::optim::sgd_momentum, lowbit::optim::memory::host>(t, "sgd", "host");
 }
 
 }  // namespace lowbit_capi

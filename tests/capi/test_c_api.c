@@ -132,11 +132,22 @@ static void test_errors(void) {
   CHECK(lowbit_c_quantize(&txf, &bad) == LOWBIT_C_INVALID_ARGUMENT, "short codes buffer accepted");
   CHECK(strstr(lowbit_c_last_error(), "codes") != NULL, "message: %s", lowbit_c_last_error());
 
-  DLTensor on_gpu = txf;
-  on_gpu.device.device_type = kDLCUDA;
-  CHECK(lowbit_c_quantize(&on_gpu, &q) == LOWBIT_C_UNSUPPORTED, "a CUDA tensor accepted");
-  CHECK(strstr(lowbit_c_last_error(), "CPU") != NULL, "message: %s", lowbit_c_last_error());
+  /* host input, codes labelled as CUDA memory: one call, two sides */
+  DLTensor codes_on_gpu = tc;
+  codes_on_gpu.device.device_type = kDLCUDA;
+  lowbit_c_quantized mixed = {"int8", n, 64, 0, &codes_on_gpu, &ta, NULL, NULL, NULL};
+  CHECK(lowbit_c_quantize(&txf, &mixed) == LOWBIT_C_INVALID_ARGUMENT, "host input with CUDA codes accepted");
+  CHECK(strstr(lowbit_c_last_error(), "out.codes") != NULL && strstr(lowbit_c_last_error(), "one side") != NULL,
+        "message: %s", lowbit_c_last_error());
   CHECK(memcmp(codes, before, sizeof codes) == 0, "codes changed by a failed call");
+  if (!lowbit_c_has_cuda()) {
+    /* a CPU-only build refuses CUDA tensors by name (never dereferenced) */
+    DLTensor on_gpu = txf;
+    on_gpu.device.device_type = kDLCUDA;
+    CHECK(lowbit_c_quantize(&on_gpu, &q) == LOWBIT_C_UNSUPPORTED, "a CUDA tensor accepted");
+    CHECK(strstr(lowbit_c_last_error(), "no CUDA support") != NULL, "message: %s", lowbit_c_last_error());
+    CHECK(memcmp(codes, before, sizeof codes) == 0, "codes changed by a failed call");
+  }
 
   lowbit_c_optimizer_config c;
   memset(&c, 0, sizeof c);
@@ -152,7 +163,16 @@ static void test_errors(void) {
   c.weights = "nf4"; /* quantized weights are instantiated for adamw and lion only */
   c.states = "int8";
   CHECK(lowbit_c_optimizer_create(&c, &opt) == LOWBIT_C_UNSUPPORTED, "sgd/int8/nf4 accepted");
-  CHECK(strstr(lowbit_c_last_error(), "lion/int8/nf4") != NULL, "message: %s", lowbit_c_last_error());
+  CHECK(strstr(lowbit_c_last_error(), "lion/int8/nf4/host") != NULL, "message: %s", lowbit_c_last_error());
+  c.rule = "lion";
+  c.memory = "paged";
+  CHECK(lowbit_c_optimizer_create(&c, &opt) != LOWBIT_C_OK, "memory paged accepted");
+  CHECK(strstr(lowbit_c_last_error(), "memory") != NULL, "message: %s", lowbit_c_last_error());
+  if (!lowbit_c_has_cuda()) {
+    c.memory = "device";
+    CHECK(lowbit_c_optimizer_create(&c, &opt) == LOWBIT_C_UNSUPPORTED, "memory device accepted without CUDA");
+    CHECK(strstr(lowbit_c_last_error(), "no CUDA support") != NULL, "message: %s", lowbit_c_last_error());
+  }
 }
 
 /* SGD with momentum and AdamW (fp32 states and weights) against float64
@@ -192,7 +212,7 @@ static void test_optimizer_steps(void) {
         lowbit_c_last_error());
   CHECK(lowbit_c_optimizer_add_param(adam, &tw_adam, 0, "w", &index) == LOWBIT_C_OK && index == 0, "%s",
         lowbit_c_last_error());
-  CHECK(strcmp(lowbit_c_optimizer_composition(adam), "adamw/fp32/fp32") == 0, "%s",
+  CHECK(strcmp(lowbit_c_optimizer_composition(adam), "adamw/fp32/fp32/host") == 0, "%s",
         lowbit_c_optimizer_composition(adam));
 
   const double lr = 1e-2, b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.01;
@@ -251,7 +271,7 @@ static void test_optimizer_steps(void) {
 
 int main(void) {
   CHECK(lowbit_c_abi_version() == LOWBIT_C_ABI_VERSION, "ABI %d", lowbit_c_abi_version());
-  CHECK(strstr(lowbit_c_optimizer_compositions(), "lion/int8/int8") != NULL, "%s", lowbit_c_optimizer_compositions());
+  CHECK(strstr(lowbit_c_optimizer_compositions(), "lion/int8/int8/host") != NULL, "%s", lowbit_c_optimizer_compositions());
   test_sizes();
   test_int8_roundtrip();
   test_nf4_roundtrip();

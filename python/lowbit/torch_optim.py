@@ -1,0 +1,225 @@
+"""torch.optim adapters: lowbit optimizers for torch parameters.
+
+:class:`LowbitOptimizer` is a ``torch.optim.Optimizer`` backed by one
+:class:`lowbit.Optimizer`. Parameters (float32 or bfloat16, all of one
+dtype and one device, contiguous; CUDA parameters need a CUDA build of
+liblowbit_c and get memory="device") are registered with the C optimizer and updated in place
+(their storage must not be replaced, e.g. by assigning ``p.data``). Each
+``step()`` first copies every group's hyperparameters from
+``param_groups`` (so learning-rate schedulers work), then updates the
+parameters that have a ``.grad`` one tensor at a time. The named classes
+``AdamW8bit``, ``Adam8bit``, ``Lion8bit``, ``AdamW4bit`` and ``Lion``
+(float32 states) follow bitsandbytes' names.
+
+``state_dict()`` / ``load_state_dict()`` raise NotImplementedError: save
+and restore the optimizer's states with :meth:`LowbitOptimizer.save` /
+:meth:`LowbitOptimizer.load` (a safetensors file), and the parameters with
+the model's own state_dict.
+
+This module imports torch; ``import lowbit`` does not.
+"""
+
+import torch
+
+from ._errors import InvalidArgument, LowbitError
+from .optimizer import RULE_DEFAULTS, Optimizer
+
+__all__ = ["LowbitOptimizer", "AdamW8bit", "Adam8bit", "Lion8bit", "AdamW4bit", "Lion"]
+
+_WEIGHTS_FOR_DTYPE = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+
+
+class LowbitOptimizer(torch.optim.Optimizer):
+    """A torch optimizer stepping CPU parameters through lowbit.
+
+    ``rule`` ("adamw", "adam", "lion", "sgd") and ``states`` ("fp32",
+    "bf16", "int8", "int4") choose the composition; ``weights`` defaults to
+    "fp32" for float32 parameters and "bf16" (stochastic rounding) for
+    bfloat16 ones ("fp32_master_bf16" keeps float32 masters); ``memory``
+    defaults to "host" for CPU parameters, "device" for CUDA ones (the
+    step then runs on the legacy default stream unless
+    ``self.lowbit.set_stream(...)`` says otherwise). Group keys:
+    lr, betas, eps, weight_decay (adam / adamw), lr, betas, weight_decay
+    (lion), lr, momentum, weight_decay (sgd); other keys are kept for
+    torch (e.g. "initial_lr") and ignored. ``last_report`` is the last
+    step's :class:`lowbit.StepReport`.
+    """
+
+    def __init__(self, params, rule="adamw", states="int8", weights=None, lr=None, betas=None, eps=None,
+                 weight_decay=None, momentum=None, seed=0, max_update=0.0, stable_weight_scales=False,
+                 check_gradients=True, memory=None):
+        if rule not in RULE_DEFAULTS:
+            raise InvalidArgument("rule: unknown rule %r (expected one of %s)" % (rule, ", ".join(RULE_DEFAULTS)))
+        defaults = dict(RULE_DEFAULTS[rule])
+        given = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "momentum": momentum}
+        for key, value in given.items():
+            if value is None:
+                continue
+            if key not in defaults:
+                raise InvalidArgument("%s: the %s rule does not use it (its hyperparameters: %s)"
+                                      % (key, rule, ", ".join(defaults)))
+            defaults[key] = tuple(value) if key == "betas" else value
+        self._rule = rule
+        self._config = dict(rule=rule, states=states, weights=weights, seed=seed, max_update=max_update,
+                            stable_weight_scales=stable_weight_scales, check_gradients=check_gradients,
+                            memory=memory)
+        self._device = None
+        self._lowbit = None
+        self._indices = []  # per group: the C index of each parameter
+        self._pushed = []  # per group: the hparams last written to the C side
+        self._dtype = None
+        self.last_report = None
+        super().__init__(params, defaults)
+
+    @property
+    def lowbit(self):
+        """The underlying :class:`lowbit.Optimizer`."""
+        return self._lowbit
+
+    def _group_hparams(self, group):
+        hp = {}
+        for key in RULE_DEFAULTS[self._rule]:
+            value = group[key]
+            hp[key] = tuple(float(v) for v in value) if key == "betas" else float(value)
+        return hp
+
+    def _check_param(self, p):
+        if not isinstance(p, torch.Tensor):
+            raise InvalidArgument("params: expected torch tensors, got %s" % type(p).__name__)
+        if p.device.type not in ("cpu", "cuda"):
+            raise InvalidArgument("params: expected CPU or CUDA parameters, got %s" % p.device)
+        if self._device is not None and p.device != self._device:
+            raise InvalidArgument("params: all parameters must be on one device (got %s and %s)"
+                                  % (self._device, p.device))
+        self._device = p.device
+        if p.dtype not in _WEIGHTS_FOR_DTYPE:
+            raise InvalidArgument("params: dtype %s is not supported (float32 or bfloat16)" % p.dtype)
+        if self._dtype is not None and p.dtype != self._dtype:
+            raise InvalidArgument("params: all parameters must have one dtype (got %s and %s); use one "
+                                  "optimizer per dtype" % (self._dtype, p.dtype))
+        if not p.is_contiguous():
+            raise InvalidArgument("params: parameters must be contiguous")
+        self._dtype = p.dtype
+
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        gi = len(self.param_groups) - 1
+        dtype, device = self._dtype, self._device
+        try:
+            for p in group["params"]:
+                self._check_param(p)
+        except InvalidArgument:
+            self.param_groups.pop()  # leave torch's view as it was
+            self._dtype, self._device = dtype, device
+            raise
+        hp = self._group_hparams(group)
+        if self._lowbit is None:
+            cfg = dict(self._config)
+            if cfg["weights"] is None:
+                cfg["weights"] = _WEIGHTS_FOR_DTYPE[self._dtype or torch.float32]
+            if cfg["memory"] is None:
+                cfg["memory"] = "device" if self._device is not None and self._device.type == "cuda" else "host"
+            self._lowbit = Optimizer(**cfg, **hp)
+        else:
+            index = self._lowbit.add_group(**hp)
+            if index != gi:
+                raise InvalidArgument("param groups: lowbit group %d does not match torch group %d" % (index, gi))
+        self._pushed.append(hp)
+        self._indices.append([self._lowbit.add_param(p.detach(), group=gi) for p in group["params"]])
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Update every parameter that has a gradient; returns the
+        closure's loss (if a closure was given)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        opt = self._lowbit
+        for gi, group in enumerate(self.param_groups):
+            hp = self._group_hparams(group)
+            if hp != self._pushed[gi]:
+                opt.set_hparams(gi, **hp)
+                self._pushed[gi] = hp
+        if self._device is not None and self._device.type == "cuda":
+            # run on the stream torch queues this step's gradients on
+            opt.set_stream(torch.cuda.current_stream(self._device))
+        opt.begin_step()
+        try:
+            for gi, group in enumerate(self.param_groups):
+                for p, index in zip(group["params"], self._indices[gi]):
+                    grad = p.grad
+                    if grad is None:
+                        continue
+                    if grad.is_sparse:
+                        raise InvalidArgument("grad: sparse gradients are not supported")
+                    if not grad.is_contiguous():
+                        grad = grad.contiguous()
+                    opt.step_param(index, grad)
+        except BaseException:
+            try:  # close the step begun above; the first error is the one to report
+                opt.end_step()
+            except LowbitError:
+                pass
+            raise
+        self.last_report = opt.end_step()
+        return loss
+
+    def memory(self):
+        """The underlying optimizer's :class:`lowbit.MemoryReport`."""
+        return self._lowbit.memory()
+
+    def save(self, path):
+        """Write the optimizer's states to a safetensors file."""
+        self._lowbit.save(path)
+
+    def load(self, path):
+        """Read states written by save() for the same parameters."""
+        self._lowbit.load(path)
+
+    def state_dict(self):
+        raise NotImplementedError("lowbit optimizers keep their states in C; use save(path) / load(path)")
+
+    def load_state_dict(self, state_dict):
+        raise NotImplementedError("lowbit optimizers keep their states in C; use save(path) / load(path)")
+
+
+class AdamW8bit(LowbitOptimizer):
+    """AdamW with 8-bit blockwise states (bitsandbytes' AdamW8bit)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, **kwargs):
+        super().__init__(params, rule="adamw", states="int8", lr=lr, betas=betas, eps=eps,
+                         weight_decay=weight_decay, **kwargs)
+
+
+class Adam8bit(LowbitOptimizer):
+    """Adam (L2 weight decay) with 8-bit blockwise states."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, **kwargs):
+        super().__init__(params, rule="adam", states="int8", lr=lr, betas=betas, eps=eps,
+                         weight_decay=weight_decay, **kwargs)
+
+
+class Lion8bit(LowbitOptimizer):
+    """Lion with 8-bit blockwise momentum."""
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, **kwargs):
+        super().__init__(params, rule="lion", states="int8", lr=lr, betas=betas, weight_decay=weight_decay,
+                         **kwargs)
+
+
+class AdamW4bit(LowbitOptimizer):
+    """AdamW with 4-bit states (dynamic / zero-free linear maps, block 128)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, **kwargs):
+        super().__init__(params, rule="adamw", states="int4", lr=lr, betas=betas, eps=eps,
+                         weight_decay=weight_decay, **kwargs)
+
+
+class Lion(LowbitOptimizer):
+    """Lion with float32 momentum."""
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, **kwargs):
+        super().__init__(params, rule="lion", states="fp32", lr=lr, betas=betas, weight_decay=weight_decay,
+                         **kwargs)

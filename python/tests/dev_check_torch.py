@@ -1,0 +1,302 @@
+"""Development check of the lowbit package against torch and bitsandbytes.
+
+Not part of the test suite (torch and bitsandbytes are never dependencies
+of lowbit). Run with a Python that has torch (CPU), bitsandbytes and numpy:
+
+    LOWBIT_C_LIBRARY=build/capi/liblowbit_c.so PYTHONPATH=python \\
+        /tmp/venv/bin/python python/tests/dev_check_torch.py
+
+Checks (CPU tensors):
+  a) NF4 quantize of a torch float32 tensor: the same packed codes and
+     absmax bytes as bitsandbytes.functional.quantize_4bit(blocksize=64,
+     quant_type="nf4"); nested NF4 (compress_statistics): the same codes,
+     lowbit's offset the correctly rounded mean and bnb's (torch's float32
+     mean) within 4 ulps of it, nested absmax = max|absmax - offset| (scale
+     code differences reported); 8-bit dynamic (quantize_blockwise): the same absmax
+     and code bytes (where codes differ the detail says which choice is the
+     nearer map entry); the dynamic quant_map compared entry by entry
+     (informational);
+  b) lowbit AdamW (fp32 states and weights) against
+     torch.optim.AdamW(foreach=False) over 10 steps, within float32
+     tolerance (rtol 1e-5, atol 1e-6); LowbitOptimizer(states="fp32") too;
+  c) LowbitOptimizer / AdamW8bit train a tiny torch MLP (loss falls by a
+     factor >= 3 in 300 steps) and a learning-rate scheduler's lr reaches
+     the C side;
+  d) torch buffers: quantize returns torch tensors, bfloat16 dequantize and
+     dequant_linear with bfloat16 activations agree with torch math.
+Prints a PASS/FAIL table; exits non-zero on any failure.
+"""
+
+import os
+import sys
+import traceback
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import lowbit  # noqa: E402
+
+RESULTS = []
+
+
+def check(name):
+    def wrap(fn):
+        try:
+            detail = fn()
+            RESULTS.append((name, True, detail or ""))
+        except Exception as e:  # report and go on
+            traceback.print_exc()
+            RESULTS.append((name, False, "%s: %s" % (type(e).__name__, e)))
+        return fn
+    return wrap
+
+
+def raw(t):
+    return t.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+
+
+def bnb():
+    import bitsandbytes.functional as F
+    return F
+
+
+torch.manual_seed(0)
+
+
+def _code_diff(x, codes_bnb, codes_lowbit, qmap, absmax, bs):
+    """Where two 8-bit dynamic encodings differ: how many, and which of the
+    two picked the map entry nearer to x * (1/absmax) (bnb's map)."""
+    x = np.asarray(x, np.float32).ravel()
+    cb = np.asarray(codes_bnb).astype(np.int64).ravel()
+    cl = np.asarray(codes_lowbit).astype(np.int64).ravel()
+    idx = np.nonzero(cb != cl)[0]
+    if idx.size == 0:
+        return "all %d equal" % x.size
+    scale = np.asarray(absmax, np.float32)[idx // bs]
+    xs = (x[idx] * (np.float32(1) / scale)).astype(np.float64)
+    m = np.asarray(qmap, np.float64)
+    db, dl = np.abs(xs - m[cb[idx]]), np.abs(xs - m[cl[idx]])
+    gap = np.abs(m[cb[idx]] - m[cl[idx]])
+    return ("%d of %d codes differ (all adjacent: %s); nearer entry: lowbit %d, bnb %d, tie %d; "
+            "bnb's pick is up to %.2f gap farther"
+            % (idx.size, x.size, bool(np.all(np.abs(cb[idx] - cl[idx]) == 1)), int((dl < db).sum()),
+               int((db < dl).sum()), int((db == dl).sum()), float(np.max((db - dl) / gap))))
+
+
+@check("a1 nf4 codes/absmax == bnb quantize_4bit")
+def _():
+    F = bnb()
+    t = torch.randn(64 * 1000 + 32) * torch.rand(64 * 1000 + 32).pow(3)
+    packed, qs = F.quantize_4bit(t, blocksize=64, quant_type="nf4")
+    q = lowbit.quantize(t, "nf4", block_size=64)
+    assert isinstance(q.codes, torch.Tensor), type(q.codes)
+    assert raw(packed) == raw(q.codes), "codes differ at %d bytes" % int(
+        (packed.view(-1) != q.codes).sum())
+    assert raw(qs.absmax) == raw(q.absmax), "absmax differs"
+    deq = F.dequantize_4bit(packed, qs)
+    mine = lowbit.dequantize(q)
+    assert torch.equal(deq.view(-1), mine.view(-1)), "dequantize differs"
+    return "%d elements, %d bytes equal" % (t.numel(), len(raw(packed)))
+
+
+@check("a2 nf4 nested (compress_statistics) ~ bnb")
+def _():
+    # lowbit's offset is the correctly rounded mean (double sum, FORMATS.md),
+    # bnb's torch's float32 mean: they may differ by an ulp, and with them
+    # the nested absmax; codes are computed from the exact absmax.
+    F = bnb()
+    t = torch.randn(64 * 600) * torch.rand(64 * 600)
+    packed, qs = F.quantize_4bit(t, blocksize=64, quant_type="nf4", compress_statistics=True)
+    q = lowbit.quantize(t, "nf4", block_size=64, nested=True)
+    assert raw(packed) == raw(q.codes), "4-bit codes differ"
+    off_b, off_l = np.float32(float(qs.offset)), q.nested_offset.numpy()[0]
+    ulp = lambda a, b: int(abs(np.int64(np.float32(a).view(np.int32)) - np.int64(np.float32(b).view(np.int32))))  # noqa: E731
+    exact = lowbit.quantize(t, "nf4", block_size=64).absmax.numpy().astype(np.float32)
+    mean = float(np.mean(exact.astype(np.float64)))
+    assert abs(float(off_l) - mean) <= 0.5 * float(np.spacing(np.float32(mean))), "lowbit offset not the rounded mean"
+    off_ulps = ulp(off_b, off_l)
+    assert off_ulps <= 4, "offsets %d ulp apart" % off_ulps
+    groups = [exact[i:i + 256] for i in range(0, exact.size, 256)]
+    want = np.array([np.max(np.abs(g - off_l)) for g in groups], np.float32)
+    assert raw(torch.from_numpy(want)) == raw(q.nested_absmax), "lowbit nested absmax != max|absmax - offset|"
+    nab = max(ulp(a, b) for a, b in zip(qs.state2.absmax.numpy(), q.nested_absmax.numpy()))
+    n_codes = int((qs.absmax.view(-1) != q.absmax_codes.view(-1)).sum())
+    return ("4-bit codes equal; offsets %d ulp apart (bnb: torch float32 mean), nested absmax <= %d ulp; "
+            "%d of %d scale codes differ" % (off_ulps, nab, n_codes, exact.size))
+
+
+@check("a3 dynamic8 == bnb quantize_blockwise")
+def _():
+    F = bnb()
+    out, same = [], True
+    for bs in (256, 4096):
+        t = torch.randn(4096 * 5 + 100) * torch.rand(4096 * 5 + 100)
+        codes, qs = F.quantize_blockwise(t, blocksize=bs)
+        q = lowbit.quantize(t, "dynamic8", block_size=bs)
+        assert raw(qs.absmax) == raw(q.absmax), "absmax differs (block %d)" % bs
+        out.append("block %d: %s" % (bs, _code_diff(t.numpy(), codes.view(-1).numpy(), q.codes.numpy(),
+                                                   qs.code.numpy(), qs.absmax.numpy(), bs)))
+        same = same and raw(codes) == raw(q.codes)
+    assert same, "absmax equal; " + "; ".join(out)
+    return "absmax equal; " + "; ".join(out)
+
+
+@check("a4 (info) dynamic maps vs bnb create_dynamic_map")
+def _():
+    F = bnb()
+    out = []
+    for signed, fmt in ((True, "dynamic8"), (False, "udynamic8")):
+        ref = F.create_dynamic_map(signed=signed).numpy()
+        q = lowbit.QuantizedTensor(fmt, (256,), 256, False, np.arange(256, dtype=np.uint8),
+                                   absmax=np.ones(1, np.float32))
+        mine = lowbit.dequantize(q)
+        diff = np.nonzero(mine != ref)[0]
+        ulps = np.abs(mine.view(np.int32).astype(np.int64) - ref.view(np.int32))
+        out.append("%s: %d entries differ (max %d ulp)" % (fmt, diff.size, ulps.max()))
+    return "; ".join(out)
+
+
+def _train_pair(make_lowbit, steps=10, lr=1e-2, wd=1e-2):
+    gen = torch.Generator().manual_seed(1)
+    shapes = [(300,), (17, 23)]
+    init = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(steps)]
+    pt = [torch.nn.Parameter(x.clone()) for x in init]
+    pl = [torch.nn.Parameter(x.clone()) for x in init]
+    ref = torch.optim.AdamW(pt, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd, foreach=False)
+    step = make_lowbit(pl, lr, wd)
+    for g in grads:
+        for p, x in zip(pt, g):
+            p.grad = x.clone()
+        ref.step()
+        step([x.clone() for x in g], pl)
+    worst = 0.0
+    for a, b in zip(pt, pl):
+        err = (a.detach() - b.detach()).abs()
+        tol = 1e-6 + 1e-5 * a.detach().abs()
+        worst = max(worst, float((err / tol).max()))
+        assert torch.all(err <= tol), "max err %g" % float(err.max())
+    return "max err / tol = %.3f" % worst
+
+
+@check("b1 Optimizer adamw/fp32/fp32 ~ torch AdamW (10 steps)")
+def _():
+    def make(params, lr, wd):
+        opt = lowbit.Optimizer("adamw", "fp32", "fp32", lr=lr, weight_decay=wd)
+        for p in params:
+            opt.add_param(p)  # requires_grad: detached inside, same storage
+
+        def step(grads, _params):
+            opt.step(grads)
+        return step
+    return _train_pair(make)
+
+
+@check("b2 LowbitOptimizer(states=fp32) ~ torch AdamW (10 steps)")
+def _():
+    def make(params, lr, wd):
+        opt = lowbit.LowbitOptimizer(params, rule="adamw", states="fp32", lr=lr, weight_decay=wd)
+
+        def step(grads, ps):
+            for p, g in zip(ps, grads):
+                p.grad = g
+            opt.step()
+        return step
+    return _train_pair(make)
+
+
+def _mlp_run(make_opt, steps=300, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(256, 16, generator=gen)
+    y = torch.sin(x @ torch.randn(16, 1, generator=gen))
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 256), torch.nn.Tanh(), torch.nn.Linear(256, 1)).to(dtype)
+    opt, sched = make_opt(model.parameters())
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x.to(dtype)).float(), y)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        losses.append(float(loss.detach()))
+    return losses, opt
+
+
+@check("c1 AdamW8bit trains an MLP; scheduler lr reaches C")
+def _():
+    def make(params):
+        opt = lowbit.AdamW8bit(params, lr=3e-3)
+        return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=100, gamma=0.5)
+    losses, opt = _mlp_run(make)
+    assert losses[-1] < losses[0] / 3, (losses[0], losses[-1])
+    c_lr = opt.lowbit.hparams(0)["lr"]
+    assert abs(c_lr - 3e-3 * 0.25) < 1e-9, c_lr  # lr after 2 decays, pushed before step 300
+    m = opt.memory()
+    return "loss %.4g -> %.4g, C lr %g, %.2f bytes/param" % (losses[0], losses[-1], c_lr, m.bytes_per_param)
+
+
+@check("c2 Lion8bit / bf16 parameters train an MLP")
+def _():
+    losses, opt = _mlp_run(lambda p: (lowbit.Lion8bit(p, lr=1e-3), None), dtype=torch.bfloat16)
+    assert opt.lowbit.composition == "lion/int8/bf16/host", opt.lowbit.composition
+    assert losses[-1] < losses[0] / 3, (losses[0], losses[-1])
+    return "loss %.4g -> %.4g (%s)" % (losses[0], losses[-1], opt.lowbit.composition)
+
+
+@check("c3 LowbitOptimizer param groups and AdamW4bit / Lion")
+def _():
+    model = torch.nn.Linear(64, 128)
+    opt = lowbit.AdamW4bit([{"params": [model.weight]}, {"params": [model.bias], "lr": 1e-2}], lr=1e-3)
+    assert opt.lowbit.hparams(1)["lr"] == 1e-2 and opt.lowbit.hparams(0)["lr"] == 1e-3
+    model(torch.randn(4, 64)).sum().backward()
+    w0 = model.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(w0, model.weight.detach())
+    assert opt.last_report.step == 1
+    try:
+        opt.state_dict()
+        raise AssertionError("state_dict did not raise")
+    except NotImplementedError:
+        pass
+    opt2 = lowbit.Lion(model.parameters())
+    assert opt2.lowbit.composition == "lion/fp32/fp32/host"
+    return "groups ok, %s, %s" % (opt.lowbit.composition, opt2.lowbit.composition)
+
+
+@check("d1 torch buffers, bf16 dequantize and dequant_linear")
+def _():
+    w = torch.randn(37, 100, requires_grad=True)
+    q = lowbit.quantize(w, "nf4", block_size=64, nested=True)
+    assert all(isinstance(b, torch.Tensor) for b in q.buffers().values())
+    d32 = lowbit.dequantize(q)
+    d16 = lowbit.dequantize(q, dtype=torch.bfloat16)
+    assert d16.dtype == torch.bfloat16 and d16.shape == (37, 100)
+    assert torch.equal(d16, d32.to(torch.bfloat16)), "bf16 dequantize != float32 rounded"
+    x = torch.randn(5, 100).to(torch.bfloat16)
+    y = lowbit.dequant_linear(x, q)
+    assert y.dtype == torch.bfloat16 and y.shape == (5, 37)
+    ref = x.double() @ d32.double().T
+    bound = 102 * 2.0 ** -24 * (x.double().abs() @ d32.double().abs().T) + 2.0 ** -8 * ref.abs() + 1e-30
+    assert torch.all((y.double() - ref).abs() <= bound), "bf16 linear out of bound"
+    dx = lowbit.dequant_linear_backward_input(y, q)
+    assert dx.shape == (5, 100)
+    return "ok"
+
+
+def main():
+    width = max(len(n) for n, _, _ in RESULTS)
+    print()
+    print("%-*s  %-4s  %s" % (width, "check", "", "detail"))
+    for name, ok, detail in RESULTS:
+        print("%-*s  %-4s  %s" % (width, name, "PASS" if ok else "FAIL", detail))
+    failed = sum(1 for _, ok, _ in RESULTS if not ok)
+    print("\n%d checks, %d failed" % (len(RESULTS), failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
