@@ -375,13 +375,29 @@ TEST_CASE("bnb quant state: inconsistent files are rejected") {
     std::memcpy(m.bytes.data() + 32, &nz, 4);
     CHECK_FALSE(load_error(image_of(parts)).threw);
   }
+  // bitsandbytes builds the nested map with torch.linspace, whose
+  // vectorized CPU kernels leave some entries 1 or 2 ulps from lowbit's
+  // table: within 4 ulps the map is lowbit's, beyond it a custom one.
+  auto nudge = [](part& m, int entry, int ulps) {
+    int32_t bits;
+    std::memcpy(&bits, m.bytes.data() + 4 * entry, 4);
+    bits += ulps;
+    std::memcpy(m.bytes.data() + 4 * entry, &bits, 4);
+  };
   SUBCASE("custom nested_quant_map") {
     auto parts = nested_parts;
     part& m = find_part(parts, p + ".nested_quant_map");
-    m.bytes[40] ^= 1;
+    nudge(m, 10, 5);
     const auto t = load_error(image_of(parts));
     CHECK(t.code == errc::unsupported);
     CHECK(contains(t.message, "custom nested_quant_map"));
+    CHECK(contains(t.message, "entry 10"));
+  }
+  SUBCASE("nested_quant_map within 4 ulps of lowbit's table is lowbit's") {
+    auto parts = nested_parts;
+    part& m = find_part(parts, p + ".nested_quant_map");
+    for (int e = 1; e < 255; e += 3) nudge(m, e, e % 2 ? 4 : -2);
+    CHECK_FALSE(load_error(image_of(parts)).threw);
   }
   SUBCASE("quant_map of the wrong length") {
     auto parts = plain_parts;
@@ -505,5 +521,45 @@ TEST_CASE("bnb quant state: inconsistent files are rejected") {
     const auto image2 = image_of(parts2);
     const auto r2 = safetensors_reader::parse(image2.data(), image2.size());
     CHECK(find_quantized_weights(r2).size() == 1);
+  }
+}
+
+// Real bitsandbytes checkpoints (tests/data/bnb, written by bitsandbytes 0.50
+// through tools/make_bnb_fixture.py): lowbit loads each and dequantizes it
+// to bitsandbytes' own dequantize_4bit output within 2^-20 of the largest
+// weight (both compute code value x block scale in float32; the nested
+// scales' offset is added in a different order). The nested files were made
+// on an AVX-512 CPU, where torch's vectorized linspace leaves entries of
+// bitsandbytes' dynamic map 1 or 2 ulps from lowbit's table, so they also
+// check that such a map is accepted (until 2026-11-28 lowbit refused them).
+TEST_CASE("bitsandbytes-written NF4 / FP4 weights load and dequantize to bitsandbytes' values") {
+  const std::string dir = std::string(LOWBIT_TEST_DATA_DIR) + "/bnb/";
+  for (const char* file : {"nf4_nested", "nf4", "fp4_nested", "fp4"}) {
+    CAPTURE(file);
+    const safetensors_reader r = safetensors_reader::open(dir + file + ".safetensors");
+    const loaded_quantized w = load_quantized(r, "weight");
+    const quantized_tensor& q = w.tensor;
+    CHECK(q.layout.fmt == (file[0] == 'n' ? format::nf4 : format::fp4));
+    CHECK(q.layout.nested == (std::string(file).find("nested") != std::string::npos));
+    CHECK(q.shape == std::vector<int64_t>{48, 192});
+    const std::vector<float> ref = r.at("reference.dequantized").to_vector<float>();
+    REQUIRE(ref.size() == size_t(q.layout.n));
+    std::vector<float> mine(ref.size());
+    quantized_tensor copy = q;
+    cpu::dequantize(copy.view(), make_flat_view(mine.data(), int64_t(mine.size())));
+    float largest = 0.0f, worst = 0.0f;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      largest = std::max(largest, std::fabs(ref[i]));
+      worst = std::max(worst, std::fabs(mine[i] - ref[i]));
+    }
+    CHECK(largest > 0.1f);  // N(0, 0.05^2) over 9216 values
+    CHECK(worst <= std::ldexp(largest, -20));
+    if (q.layout.nested) {  // the map really is one of the off-by-ulps ones
+      const std::vector<float> map = r.at("weight.nested_quant_map").to_vector<float>();
+      const auto& mine_map = signed_dynamic_map();
+      int differ = 0;
+      for (size_t e = 0; e < 256; ++e) differ += std::memcmp(&map[e], &mine_map[e], 4) != 0;
+      CHECK(differ > 0);
+    }
   }
 }
