@@ -8,6 +8,12 @@ lowbit. Run with a Python that has them, e.g.
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch bitsandbytes
     /tmp/venv/bin/python bench/compare_cpu_optimizers.py --n 16777216
 Where an optimizer cannot run on CPU the script says so instead of a figure.
+
+With lowbit's Python package importable (PYTHONPATH=python,
+LOWBIT_C_LIBRARY=.../liblowbit_c.so) lowbit's torch.optim classes run on
+the same tensors in the same process (lowbit.AdamW8bit, lowbit.Lion8bit,
+and AdamW with float32 states): the figures a PyTorch user sees, binding
+overhead included. LOWBIT_NUM_THREADS is set to --threads for them.
 """
 import argparse
 import time
@@ -30,6 +36,9 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = ap.parse_args()
 
+    import os
+    if args.threads:
+        os.environ["LOWBIT_NUM_THREADS"] = str(args.threads)  # before lowbit's thread pool starts
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -64,6 +73,20 @@ def main():
                 rows.append((name, None, str(e).splitlines()[0][:80]))
     except ImportError:
         rows.append(("bitsandbytes", None, "not installed"))
+
+    try:
+        import lowbit
+        lowbit.compositions()  # loads the library now
+        for name, make in [
+            ("lowbit AdamW (fp32 states)", lambda ps: lowbit.LowbitOptimizer(ps, rule="adamw", states="fp32", lr=1e-3)),
+            ("lowbit AdamW8bit", lambda ps: lowbit.AdamW8bit(ps, lr=1e-4)),
+            ("lowbit Lion8bit", lambda ps: lowbit.Lion8bit(ps, lr=1e-4)),
+        ]:
+            ps, gs = fresh()
+            dt = time_steps(make(ps), ps, gs, args.steps)
+            rows.append((name, args.n / dt / 1e6, dt * 1e3))
+    except Exception as e:  # not on PYTHONPATH, or no liblowbit_c
+        rows.append(("lowbit (Python package)", None, f"{type(e).__name__}: {e}"))
 
     print(f"{'optimizer':32s} {'Mparams/s':>10s} {'ms/step':>10s}")
     for name, rate, ms in rows:

@@ -14,6 +14,13 @@ and compare with
 Each figure is the median of --repeats timed calls after one untimed call.
 Where bitsandbytes cannot run a case on CPU the script says so instead of a
 figure.
+
+With lowbit's Python package importable (PYTHONPATH=python,
+LOWBIT_C_LIBRARY=.../liblowbit_c.so) the same cases also run through it, on
+the same torch tensors in the same process (lowbit.quantize allocating its
+torch outputs each call, as bitsandbytes does; dequantize into a new
+tensor): the figures a Python user sees, binding overhead included.
+LOWBIT_NUM_THREADS is set to --threads for that.
 """
 import argparse
 import statistics
@@ -38,9 +45,18 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = ap.parse_args()
 
+    import os
+    if args.threads:
+        os.environ["LOWBIT_NUM_THREADS"] = str(args.threads)  # before lowbit's thread pool starts
     import torch
     import bitsandbytes as bnb
     import bitsandbytes.functional as F
+    try:
+        import lowbit
+        lowbit.compositions()  # loads the library now, so a missing one is reported here
+    except Exception as e:  # not on PYTHONPATH, or no liblowbit_c
+        print(f"lowbit's Python package not used: {type(e).__name__}: {e}")
+        lowbit = None
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -58,10 +74,20 @@ def main():
         ("fp4/f32scale", lambda x: F.quantize_4bit(x, blocksize=args.block, quant_type="fp4", compress_statistics=False)),
         ("dynamic8/f32scale", lambda x: F.quantize_blockwise(x, blocksize=args.block)),
     ]
-    print(f"{'lowbit row':40s} {'bnb quantize ms':>16s} {'bnb dequantize ms':>18s}")
+    lowbit_cases = {"nf4/f32scale": ("nf4", False), "nf4/nested": ("nf4", True), "fp4/f32scale": ("fp4", False),
+                    "dynamic8/f32scale": ("dynamic8", False)}
+    print(f"{'lowbit row':40s} {'bnb quantize ms':>16s} {'bnb dequantize ms':>18s}"
+          + (f" {'lowbit.quantize ms':>19s} {'lowbit.dequantize ms':>21s}" if lowbit else ""))
     for name, quantize in cases:
         for dtype_name, x in dense.items():
             row = f"{name}/{dtype_name}"
+            mine = ""
+            if lowbit:
+                fmt, nested = lowbit_cases[name]
+                q = lowbit.quantize(x, fmt, block_size=args.block, nested=nested)
+                lq_ms = median_ms(lambda: lowbit.quantize(x, fmt, block_size=args.block, nested=nested), args.repeats)
+                ldq_ms = median_ms(lambda: lowbit.dequantize(q, dtype=x.dtype), args.repeats)
+                mine = f" {lq_ms:19.2f} {ldq_ms:21.2f}"
             try:
                 packed, state = quantize(x)
                 if name.startswith("dynamic8"):
@@ -70,9 +96,9 @@ def main():
                     dequantize = lambda: F.dequantize_4bit(packed, state)
                 q_ms = median_ms(lambda: quantize(x), args.repeats)
                 dq_ms = median_ms(dequantize, args.repeats)
-                print(f"{row:40s} {q_ms:16.2f} {dq_ms:18.2f}")
+                print(f"{row:40s} {q_ms:16.2f} {dq_ms:18.2f}" + mine)
             except Exception as e:  # a case bitsandbytes does not run on CPU
-                print(f"{row:40s} not run on CPU: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
+                print(f"{row:40s} not run on CPU: {type(e).__name__}: {str(e).splitlines()[0][:80]}" + mine)
 
 
 if __name__ == "__main__":
