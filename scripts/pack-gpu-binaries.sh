@@ -17,7 +17,7 @@ BUILD=build-pre
 DEST=build-carry
 TARGETS=(gpu_test_quantize_gpu gpu_test_dequantize_rows_gpu gpu_test_optimizer_gpu gpu_test_dequant_gemm_gpu
          test_llama_gpu llama_train bench_dequant_gemm_cuda bench_optimizer_cuda bench_quantize_cuda
-         probe_paged_residency)
+         probe_paged_residency gpu_test_c_api)
 
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" \
   -DLOWBIT_ENABLE_CUDA=ON -DLOWBIT_BUILD_TESTS=ON -DLOWBIT_BUILD_BENCH=ON >/dev/null
