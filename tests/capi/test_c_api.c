@@ -12,18 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "c_test_support.h"
 #include "lowbit_c.h"
 
-static int failures = 0;
-#define CHECK(cond, ...)                                          \
-  do {                                                            \
-    if (!(cond)) {                                                \
-      fprintf(stderr, "FAILED %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      fprintf(stderr, __VA_ARGS__);                               \
-      fprintf(stderr, "\n");                                      \
-      ++failures;                                                 \
-    }                                                             \
-  } while (0)
 
 static DLTensor tensor_1d(void* data, DLDataTypeCode code, int bits, int64_t* shape) {
   DLTensor t;
@@ -41,14 +32,6 @@ static DLTensor tensor_1d(void* data, DLDataTypeCode code, int bits, int64_t* sh
   return t;
 }
 
-/* A fixed-seed generator (xorshift) giving uniform values in [-1, 1). */
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static double uniform(void) {
-  rng_state ^= rng_state << 13;
-  rng_state ^= rng_state >> 7;
-  rng_state ^= rng_state << 17;
-  return (double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0;
-}
 
 static void test_sizes(void) {
   lowbit_c_quantized_sizes_t s;

@@ -24,18 +24,9 @@
 
 #include <cuda_runtime_api.h>
 
+#include "c_test_support.h"
 #include "lowbit_c.h"
 
-static int failures = 0;
-#define CHECK(cond, ...)                                                \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      fprintf(stderr, "FAILED %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      fprintf(stderr, __VA_ARGS__);                                     \
-      fprintf(stderr, "\n");                                            \
-      ++failures;                                                       \
-    }                                                                   \
-  } while (0)
 #define CUDA_OK(call) CHECK((call) == cudaSuccess, "%s", #call)
 
 static cudaStream_t stream;
@@ -74,13 +65,6 @@ static void host_copy(void* host, const void* dev, size_t bytes) {
   if (bytes) CUDA_OK(cudaMemcpy(host, dev, bytes, cudaMemcpyDeviceToHost));
 }
 
-static uint64_t rng_state = 0x2545f4914f6cdd1dull;
-static double uniform(void) {
-  rng_state ^= rng_state << 13;
-  rng_state ^= rng_state >> 7;
-  rng_state ^= rng_state << 17;
-  return (double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0;
-}
 
 /* A quantized tensor's buffers on the host and on the device. */
 typedef struct {
@@ -376,6 +360,7 @@ static void test_optimizer_device_equals_host(int quantized_weights) {
 }
 
 int main(void) {
+  rng_state = 0x2545f4914f6cdd1dull; /* its own stream */
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
     fprintf(stderr, "SKIPPED: no CUDA device available; the C interface's GPU checks were not run\n");
