@@ -19,8 +19,11 @@ With lowbit's Python package importable (PYTHONPATH=python,
 LOWBIT_C_LIBRARY=.../liblowbit_c.so) the same cases also run through it, on
 the same torch tensors in the same process (lowbit.quantize allocating its
 torch outputs each call, as bitsandbytes does; dequantize into a new
-tensor): the figures a Python user sees, binding overhead included.
-LOWBIT_NUM_THREADS is set to --threads for that.
+tensor, as bitsandbytes does, and into a preallocated one, which
+bitsandbytes' CPU dequantize does not offer: a new 64 MiB output costs
+about 25 ms of page faults on first touch here, which then dominates
+either library's time): the figures a Python user sees, binding overhead
+included. LOWBIT_NUM_THREADS is set to --threads for that.
 """
 import argparse
 import statistics
@@ -77,7 +80,7 @@ def main():
     lowbit_cases = {"nf4/f32scale": ("nf4", False), "nf4/nested": ("nf4", True), "fp4/f32scale": ("fp4", False),
                     "dynamic8/f32scale": ("dynamic8", False)}
     print(f"{'lowbit row':40s} {'bnb quantize ms':>16s} {'bnb dequantize ms':>18s}"
-          + (f" {'lowbit.quantize ms':>19s} {'lowbit.dequantize ms':>21s}" if lowbit else ""))
+          + (f" {'lowbit.quantize ms':>19s} {'lowbit.dequantize ms':>21s} {'.. into out= ms':>15s}" if lowbit else ""))
     for name, quantize in cases:
         for dtype_name, x in dense.items():
             row = f"{name}/{dtype_name}"
@@ -87,7 +90,9 @@ def main():
                 q = lowbit.quantize(x, fmt, block_size=args.block, nested=nested)
                 lq_ms = median_ms(lambda: lowbit.quantize(x, fmt, block_size=args.block, nested=nested), args.repeats)
                 ldq_ms = median_ms(lambda: lowbit.dequantize(q, dtype=x.dtype), args.repeats)
-                mine = f" {lq_ms:19.2f} {ldq_ms:21.2f}"
+                out = torch.empty_like(x)
+                lout_ms = median_ms(lambda: lowbit.dequantize(q, out=out), args.repeats)
+                mine = f" {lq_ms:19.2f} {ldq_ms:21.2f} {lout_ms:15.2f}"
             try:
                 packed, state = quantize(x)
                 if name.startswith("dynamic8"):

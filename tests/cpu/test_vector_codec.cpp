@@ -15,6 +15,8 @@
 #include <lowbit/cpu/quantize.hpp>
 #include <lowbit/cpu/vector_codec.hpp>
 
+#include "decode_compare.hpp"
+
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -216,29 +218,7 @@ TEST_CASE("nested scales: cpu::quantize_nested_scales equals encode_nested_block
   }
 }
 
-namespace {
-template <format F, class T>
-void compare_decode() {
-  std::mt19937 g(99 + int(F));
-  const code_table t = make_code_table(F);
-  for (int64_t count : {1, 2, 3, 64, 255, 256, 1001}) {
-    std::vector<uint8_t> codes(size_t(is_4bit(F) ? (count + 1) / 2 : count));
-    for (size_t i = 0; i < codes.size(); ++i) codes[i] = uint8_t(i < 256 ? i : g());  // every byte value first
-    for (float scale : {1.0f, 0.0123f, 3.5e4f}) {
-      std::vector<T> want(static_cast<size_t>(count)), got(static_cast<size_t>(count));
-      decode_block<F>(codes.data(), count, scale, t.value, want.data());
-      cpu::vector_decode_block<F>(codes.data(), count, scale, t.value, got.data());
-      CHECK(std::memcmp(want.data(), got.data(), want.size() * sizeof(T)) == 0);
-    }
-  }
-}
-template <format F>
-void compare_decode_all_dtypes() {
-  compare_decode<F, float>();
-  compare_decode<F, bf16>();
-  compare_decode<F, fp16>();
-}
-}  // namespace
+using decode_compare::compare_decode_all_dtypes;
 
 TEST_CASE("vector_decode_block equals decode_block for every format and dtype") {
   compare_decode_all_dtypes<format::nf4>();

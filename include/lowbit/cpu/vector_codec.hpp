@@ -24,6 +24,7 @@
 #include "../formats/format.hpp"
 #include "../formats/stochastic_rounding.hpp"
 #include "floor_index.hpp"
+#include "simd_decode4.hpp"
 
 namespace lowbit {
 namespace cpu {
@@ -141,8 +142,10 @@ void vector_encode_block(const T* x, int64_t count, float absmax, const dynamic_
 // values are computed instead of looked up (int8_value, the expression that
 // filled the table, so the same bits), which vectorizes without a gather;
 // without it the division runs scalar and the lookup is faster (measured on
-// the x86-64 baseline target: 1.5 times). 4-bit codes go byte by byte
-// (decode_block's loop).
+// the x86-64 baseline target: 1.5 times). 4-bit codes: with AVX-512 or
+// AVX2 + F16C, whole chunks of 32 through the table held in registers and
+// looked up by vector permutes (cpu/simd_decode4.hpp), not a gather; else
+// byte by byte (decode_block's loop).
 template <format F, class T>
 void vector_decode_block(const uint8_t* codes, int64_t count, float scale, const float* table, T* out) {
 #if defined(__AVX2__)
@@ -152,6 +155,10 @@ void vector_decode_block(const uint8_t* codes, int64_t count, float scale, const
 #endif
   if constexpr (F == format::int8 && compute_int8) {
     for (int64_t k = 0; k < count; ++k) out[k] = from_float<T>(mul_rn(int8_value(codes[k]), scale));
+  } else if constexpr (is_4bit(F) && simd_decode4_available) {
+    // whole 32-element chunks by vector permutes (cpu/simd_decode4.hpp), the rest here
+    const int64_t done = simd_decode4_prefix(codes, count, scale, table, out);
+    decode_block<F>(codes + done / 2, count - done, scale, table, out + done);
   } else {
     decode_block<F>(codes, count, scale, table, out);
   }
