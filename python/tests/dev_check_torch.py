@@ -73,7 +73,7 @@ def _code_diff(x, codes_bnb, codes_lowbit, qmap, absmax, bs):
     cl = np.asarray(codes_lowbit).astype(np.int64).ravel()
     idx = np.nonzero(cb != cl)[0]
     if idx.size == 0:
-        return "all %d equal" % x.size
+        return "all %d equal" % x.size, 0
     scale = np.asarray(absmax, np.float32)[idx // bs]
     xs = (x[idx] * (np.float32(1) / scale)).astype(np.float64)
     m = np.asarray(qmap, np.float64)
@@ -82,7 +82,7 @@ def _code_diff(x, codes_bnb, codes_lowbit, qmap, absmax, bs):
     return ("%d of %d codes differ (all adjacent: %s); nearer entry: lowbit %d, bnb %d, tie %d; "
             "bnb's pick is up to %.2f gap farther"
             % (idx.size, x.size, bool(np.all(np.abs(cb[idx] - cl[idx]) == 1)), int((dl < db).sum()),
-               int((db < dl).sum()), int((db == dl).sum()), float(np.max((db - dl) / gap))))
+               int((db < dl).sum()), int((db == dl).sum()), float(np.max((db - dl) / gap)))), int((db < dl).sum())
 
 
 @check("a1 nf4 codes/absmax == bnb quantize_4bit")
@@ -127,19 +127,24 @@ def _():
             "%d of %d scale codes differ" % (off_ulps, nab, n_codes, exact.size))
 
 
-@check("a3 dynamic8 == bnb quantize_blockwise")
+# bitsandbytes 0.50's CPU quantize_blockwise does not always pick the
+# nearest entry of its map (mostly for tiny values; sometimes not even a
+# neighbour of it), so codes can differ; the check is that wherever they
+# differ lowbit's entry is the nearer one (and the scales are equal).
+@check("a3 dynamic8 vs bnb quantize_blockwise: lowbit nearest where codes differ")
 def _():
     F = bnb()
-    out, same = [], True
+    out, bnb_nearer = [], 0
     for bs in (256, 4096):
         t = torch.randn(4096 * 5 + 100) * torch.rand(4096 * 5 + 100)
         codes, qs = F.quantize_blockwise(t, blocksize=bs)
         q = lowbit.quantize(t, "dynamic8", block_size=bs)
         assert raw(qs.absmax) == raw(q.absmax), "absmax differs (block %d)" % bs
-        out.append("block %d: %s" % (bs, _code_diff(t.numpy(), codes.view(-1).numpy(), q.codes.numpy(),
-                                                   qs.code.numpy(), qs.absmax.numpy(), bs)))
-        same = same and raw(codes) == raw(q.codes)
-    assert same, "absmax equal; " + "; ".join(out)
+        text, farther = _code_diff(t.numpy(), codes.view(-1).numpy(), q.codes.numpy(), qs.code.numpy(),
+                                   qs.absmax.numpy(), bs)
+        out.append("block %d: %s" % (bs, text))
+        bnb_nearer += farther
+    assert bnb_nearer == 0, "absmax equal; " + "; ".join(out)
     return "absmax equal; " + "; ".join(out)
 
 
