@@ -1,0 +1,197 @@
+"""Quantized full-parameter tuning (QFT) from PyTorch: linear layers whose
+weight is stored and trained in a lowbit format.
+
+:class:`QuantizedLinear` keeps its (out, in) weight as a
+:class:`~lowbit.QuantizedTensor` (int8 absmax by default, or nf4 / int4 /
+fp4; bitsandbytes' layout) and no float copy of it. Its forward is lowbit's
+dequant-GEMM (``y = x W^T + b``); its backward gives ``dx = dy W`` from the
+same packed weight and the weight's gradient ``dW = dy^T x`` as a float32
+(out, in) tensor. :class:`QuantizedWeightOptimizer` updates those weights
+in place with a lowbit rule (Lion with 8-bit momentum by default, QFT's
+recipe) and stochastic rounding, never holding a float32 master:
+
+- ``fused=True`` (the default): each layer's weight is stepped inside the
+  backward, as soon as its gradient exists, and the gradient is dropped
+  (QFT's and LOMO's fused backward-update), so no model-sized gradient
+  buffer ever exists. Call ``opt.step()`` after ``loss.backward()`` to
+  close the step.
+- ``fused=False``: the gradient is kept in ``layer.weight_grad`` (summed
+  over backward calls, like ``.grad``) and ``opt.step()`` applies it.
+
+Biases are ordinary torch parameters (optimize them with a torch
+optimizer). Both modes give the same weights bit for bit: lowbit's random
+streams are keyed by (seed, step, tensor, element), not by call order.
+Gradient clipping by a global norm needs all gradients first: use
+``fused=False`` and ``max_grad_norm``, or pass your own factor as
+``grad_scale``. Import needs torch (``import lowbit.torch_nn``).
+"""
+
+import torch
+
+from .gemm import dequant_linear, dequant_linear_backward_input
+from .optimizer import Optimizer
+from .quantized import QuantizedTensor, dequantize, quantize
+
+__all__ = ["QuantizedLinear", "QuantizedWeightOptimizer"]
+
+
+class _QuantizedLinearFunction(torch.autograd.Function):
+    """y = x W^T + b with W quantized; backward: dx = dy W (same packed W),
+    dW = dy^T x in float32 (handed to the layer), db = sum of dy."""
+
+    @staticmethod
+    def forward(ctx, x, bias, layer):
+        ctx.layer = layer
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x)
+        return dequant_linear(x.contiguous(), layer.weight_q, bias.float() if bias is not None else None)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        layer = ctx.layer
+        dy = dy.contiguous()
+        n, k = layer.out_features, layer.in_features
+        dx = dequant_linear_backward_input(dy, layer.weight_q) if ctx.needs_input_grad[0] else None
+        dy2 = dy.reshape(-1, n).float()
+        layer._receive_weight_grad(dy2.t() @ x.reshape(-1, k).float())
+        db = dy2.sum(0).to(dy.dtype) if ctx.has_bias and ctx.needs_input_grad[1] else None
+        return dx, db, None
+
+
+class QuantizedLinear(torch.nn.Module):
+    """A linear layer ``y = x W^T + b`` whose weight lives only in a lowbit
+    format (``format``: "int8" (default, QFT's), "nf4", "int4" or "fp4";
+    ``block_size`` elements per scale; ``nested`` double-quantizes the
+    scales). ``weight_q`` is the :class:`~lowbit.QuantizedTensor` (torch
+    buffers on the layer's device); ``weight_grad`` the float32 gradient
+    after a backward when no fused optimizer consumed it. Build one from a
+    ``torch.nn.Linear`` with :meth:`from_linear`."""
+
+    def __init__(self, in_features, out_features, bias=True, format="int8", block_size=256, nested=False,
+                 device=None, dtype=torch.float32):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        init = torch.empty(self.out_features, self.in_features, device=device)
+        torch.nn.init.kaiming_uniform_(init, a=5 ** 0.5)  # torch.nn.Linear's initialization
+        self.weight_q = quantize(init, format, block_size=block_size, nested=nested)
+        self.bias = torch.nn.Parameter(torch.zeros(self.out_features, device=device, dtype=dtype)) if bias else None
+        self.weight_grad = None
+        self._sink = None  # the fused optimizer's callback
+
+    @classmethod
+    def from_linear(cls, linear, format="int8", block_size=256, nested=False):
+        """The layer of ``linear`` (a torch.nn.Linear) with its weight quantized."""
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, format=format,
+                    block_size=block_size, nested=nested, device=linear.weight.device,
+                    dtype=linear.weight.dtype)
+        layer.weight_q = quantize(linear.weight.detach().float().contiguous(), format, block_size=block_size,
+                                  nested=nested)
+        if linear.bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(linear.bias)
+        return layer
+
+    def dequantized_weight(self, dtype=torch.float32):
+        """The weight as a dense (out, in) tensor (a new one)."""
+        return dequantize(self.weight_q, dtype=dtype)
+
+    def forward(self, x):
+        if x.shape[-1] != self.in_features:
+            raise ValueError("QuantizedLinear: input's last dimension is %d, expected %d"
+                             % (x.shape[-1], self.in_features))
+        return _QuantizedLinearFunction.apply(x, self.bias, self)
+
+    def _receive_weight_grad(self, dw):
+        if self._sink is not None:
+            self._sink(self, dw)
+        elif self.weight_grad is None:
+            self.weight_grad = dw
+        else:
+            self.weight_grad += dw
+
+    def extra_repr(self):
+        q = self.weight_q
+        return "in_features=%d, out_features=%d, bias=%s, format=%s, block_size=%d, nested=%s" % (
+            self.in_features, self.out_features, self.bias is not None, q.format, q.block_size, q.nested)
+
+
+def quantized_linears(module):
+    """The QuantizedLinear layers of a module tree, in module order."""
+    return [m for m in module.modules() if isinstance(m, QuantizedLinear)]
+
+
+class QuantizedWeightOptimizer:
+    """Updates the quantized weights of QuantizedLinear layers in place
+    (lowbit's :class:`~lowbit.Optimizer` with the layers' format as its
+    weight policy and stochastic rounding; Lion with 8-bit momentum by
+    default: QFT). ``layers`` is a module (its QuantizedLinear layers are
+    taken) or a list of layers, all of one format. Other keyword arguments
+    go to :class:`~lowbit.Optimizer` (``lr``, ``betas``, ``weight_decay``,
+    ``seed``, ``stable_weight_scales``, ...). See the module docstring for
+    ``fused``."""
+
+    def __init__(self, layers, rule="lion", states="int8", fused=True, stable_weight_scales=True, **kwargs):
+        if isinstance(layers, torch.nn.Module):
+            layers = quantized_linears(layers)
+        layers = list(layers)
+        if not layers:
+            raise ValueError("QuantizedWeightOptimizer: no QuantizedLinear layers given")
+        formats = {layer.weight_q.format for layer in layers}
+        if len(formats) != 1:
+            raise ValueError("QuantizedWeightOptimizer: layers of several formats %s; use one optimizer per format"
+                             % sorted(formats))
+        memory = "device" if layers[0].weight_q.codes.device.type == "cuda" else "host"
+        self._opt = Optimizer(rule, states=states, weights=formats.pop(), memory=memory,
+                              stable_weight_scales=stable_weight_scales, **kwargs)
+        self.layers = layers
+        self._index = {}
+        for i, layer in enumerate(layers):
+            self._index[id(layer)] = self._opt.add_param(layer.weight_q, name="layer%d.weight" % i)
+        self.fused = bool(fused)
+        self._in_step = False
+        self.grad_scale = 1.0
+        if self.fused:
+            for layer in layers:
+                layer._sink = self._step_now
+
+    @property
+    def optimizer(self):
+        """The underlying :class:`lowbit.Optimizer` (hyperparameters, memory, save / load)."""
+        return self._opt
+
+    def _stream(self):
+        if self._opt.composition.endswith("/device"):
+            self._opt.set_stream(torch.cuda.current_stream(self.layers[0].weight_q.codes.device))
+
+    def _step_now(self, layer, dw):
+        if not self._in_step:
+            self._stream()
+            self._opt.begin_step()
+            self._in_step = True
+        self._opt.step_param(self._index[id(layer)], dw, grad_scale=self.grad_scale)
+
+    def step(self):
+        """Fused: closes the step the backward began (returns its
+        StepReport; None if no gradient arrived). Unfused: steps every layer
+        that has a ``weight_grad`` and clears it."""
+        if self.fused:
+            if not self._in_step:
+                return None
+            self._in_step = False
+            return self._opt.end_step()
+        self._stream()
+        self._opt.begin_step()
+        try:
+            for layer in self.layers:
+                if layer.weight_grad is not None:
+                    self._opt.step_param(self._index[id(layer)], layer.weight_grad, grad_scale=self.grad_scale)
+                    layer.weight_grad = None
+        finally:
+            report = self._opt.end_step()
+        return report
+
+    def zero_grad(self):
+        """Drop gradients kept by unfused layers."""
+        for layer in self.layers:
+            layer.weight_grad = None
