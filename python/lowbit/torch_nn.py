@@ -40,7 +40,7 @@ class _QuantizedLinearFunction(torch.autograd.Function):
     dW = dy^T x in float32 (handed to the layer), db = sum of dy."""
 
     @staticmethod
-    def forward(ctx, x, bias, layer):
+    def forward(ctx, x, bias, anchor, layer):
         ctx.layer = layer
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x)
@@ -56,7 +56,7 @@ class _QuantizedLinearFunction(torch.autograd.Function):
         dy2 = dy.reshape(-1, n).float()
         layer._receive_weight_grad(dy2.t() @ x.reshape(-1, k).float())
         db = dy2.sum(0).to(dy.dtype) if ctx.has_bias and ctx.needs_input_grad[1] else None
-        return dx, db, None
+        return dx, db, None, None
 
 
 class QuantizedLinear(torch.nn.Module):
@@ -78,6 +78,11 @@ class QuantizedLinear(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.zeros(self.out_features, device=device, dtype=dtype)) if bias else None
         self.weight_grad = None
         self._sink = None  # the fused optimizer's callback
+        # A 0-element tensor that requires grad, standing for the quantized
+        # weight in the autograd graph: without it a layer whose input and
+        # bias need no gradient (the first layer of a model with no float
+        # parameters) would record no backward, and its weight no gradient.
+        self._anchor = torch.empty(0, requires_grad=True)
 
     @classmethod
     def from_linear(cls, linear, format="int8", block_size=256, nested=False):
@@ -100,7 +105,7 @@ class QuantizedLinear(torch.nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError("QuantizedLinear: input's last dimension is %d, expected %d"
                              % (x.shape[-1], self.in_features))
-        return _QuantizedLinearFunction.apply(x, self.bias, self)
+        return _QuantizedLinearFunction.apply(x, self.bias, self._anchor, self)
 
     def _receive_weight_grad(self, dw):
         if self._sink is not None:

@@ -359,6 +359,22 @@ def _():
     return "weights equal bit for bit; loss %.4f -> %.4f (int8 weights, Lion 8-bit, 150 steps)" % losses[0]
 
 
+@check("e3 QuantizedLinear without float parameters still records its backward")
+def _():
+    from lowbit.torch_nn import QuantizedLinear, QuantizedWeightOptimizer
+    torch.manual_seed(7)
+    q = torch.nn.Sequential(QuantizedLinear(32, 64, bias=False), torch.nn.ReLU(), QuantizedLinear(64, 8, bias=False))
+    assert not any(p.requires_grad for p in q.parameters())
+    before = [raw(m.weight_q.codes) for m in (q[0], q[2])]
+    opt = QuantizedWeightOptimizer(q, lr=1e-2, seed=3)
+    q(torch.randn(16, 32)).square().mean().backward()
+    report = opt.step()
+    assert report is not None and report.skipped == 0, report
+    changed = [raw(m.weight_q.codes) != b for m, b in zip((q[0], q[2]), before)]
+    assert all(changed), "weights unchanged: %s" % changed
+    return "both layers stepped (step %d)" % report.step
+
+
 def main():
     width = max(len(n) for n, _, _ in RESULTS)
     print()
