@@ -153,6 +153,13 @@ inline int64_t simd_decode4_prefix(const uint8_t* codes, int64_t count, float sc
   simd_detail::decode_chunks(codes, chunks, scale, table, out);
   return 32 * chunks;
 }
+#else
+// Without those instruction sets it decodes nothing (declared all the same,
+// so that callers' `if constexpr (simd_decode4_available)` branches compile).
+template <class T>
+inline int64_t simd_decode4_prefix(const uint8_t*, int64_t, float, const float*, T*) {
+  return 0;
+}
 #endif
 
 }  // namespace cpu
