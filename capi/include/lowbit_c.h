@@ -42,7 +42,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of this header. */
-#define LOWBIT_C_ABI_VERSION 2
+#define LOWBIT_C_ABI_VERSION 3
 
 typedef enum lowbit_c_status {
   LOWBIT_C_OK = 0,
@@ -228,6 +228,17 @@ LOWBIT_C_API int lowbit_c_optimizer_memory(const lowbit_c_optimizer* opt, lowbit
  * changing anything. */
 LOWBIT_C_API int lowbit_c_optimizer_save(const lowbit_c_optimizer* opt, const char* path);
 LOWBIT_C_API int lowbit_c_optimizer_load(lowbit_c_optimizer* opt, const char* path);
+/* The same safetensors image in memory (for frameworks that keep optimizer
+ * state in their own checkpoints). save_to_memory sets *size to the image's
+ * size and, when buffer is not NULL and capacity >= *size, writes the image
+ * there; buffer NULL is a size query. A smaller buffer gives
+ * LOWBIT_C_INVALID_ARGUMENT and is left untouched (*size says what is
+ * needed). Each call builds the image anew (memory "device" states are copied
+ * to the host), so query and write between the same two steps.
+ * load_from_memory checks the image as load checks a file. */
+LOWBIT_C_API int lowbit_c_optimizer_save_to_memory(const lowbit_c_optimizer* opt, void* buffer, uint64_t capacity,
+                                                   uint64_t* size);
+LOWBIT_C_API int lowbit_c_optimizer_load_from_memory(lowbit_c_optimizer* opt, const void* data, uint64_t size);
 
 #ifdef __cplusplus
 }

@@ -47,6 +47,10 @@ class erased_optimizer {
   virtual lowbit::optim::memory_report memory() const = 0;
   virtual void save(const std::string& path) const = 0;
   virtual void load(const std::string& path) = 0;
+  // save()'s file image: written into `buffer` when `capacity` holds it
+  // (buffer may be null for a size query); returns its size either way.
+  virtual std::size_t save_to_memory(void* buffer, std::size_t capacity) const = 0;
+  virtual void load_from_memory(const void* data, std::size_t size) = 0;
 };
 
 // lowbit_c_hparams <-> Rule::hparams: copies the fields Rule has (the two
@@ -149,6 +153,16 @@ class erased final : public erased_optimizer {
   lowbit::optim::memory_report memory() const override { return opt_.memory(); }
   void save(const std::string& path) const override { lowbit::save_optimizer_state(opt_, path); }
   void load(const std::string& path) override { lowbit::load_optimizer_state(opt_, path); }
+  std::size_t save_to_memory(void* buffer, std::size_t capacity) const override {
+    lowbit::safetensors_writer w;
+    lowbit::save_optimizer_state(opt_, w);
+    const std::size_t size = w.file_size();
+    if (buffer && capacity >= size) w.write_to(buffer, capacity);
+    return size;
+  }
+  void load_from_memory(const void* data, std::size_t size) override {
+    lowbit::load_optimizer_state(opt_, lowbit::safetensors_reader::parse(data, size, "optimizer state image"));
+  }
 
  private:
   Opt opt_;

@@ -277,4 +277,26 @@ int lowbit_c_optimizer_load(lowbit_c_optimizer* opt, const char* path) {
   });
 }
 
+int lowbit_c_optimizer_save_to_memory(const lowbit_c_optimizer* opt, void* buffer, uint64_t capacity,
+                                      uint64_t* size) {
+  return guarded([&] {
+    const erased_optimizer& o = impl_of(opt);
+    require_pointer(size, "save_to_memory: size");
+    const std::size_t need = o.save_to_memory(buffer, std::size_t(capacity));
+    *size = uint64_t(need);
+    if (buffer && capacity < need)
+      throw lowbit::error(lowbit::errc::invalid_argument,
+                          "save_to_memory: buffer of " + std::to_string(capacity) + " bytes, the state image needs " +
+                              std::to_string(need) + " (nothing written)");
+  });
+}
+
+int lowbit_c_optimizer_load_from_memory(lowbit_c_optimizer* opt, const void* data, uint64_t size) {
+  return guarded([&] {
+    erased_optimizer& o = impl_of(opt);
+    require_pointer(data, "load_from_memory: data");
+    o.load_from_memory(data, std::size_t(size));
+  });
+}
+
 }  // extern "C"

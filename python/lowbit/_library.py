@@ -8,7 +8,7 @@ The library is looked up, on first use, at
 and otherwise :class:`LibraryNotFound` (an ImportError) says how to build
 it. Every function of the header gets its argtypes/restype here, and the
 ctypes Structures below mirror the header's structs field for field.
-The library must report ``lowbit_c_abi_version() == 1``.
+The library must report ``lowbit_c_abi_version() == ABI_VERSION``.
 """
 
 import ctypes
@@ -32,7 +32,7 @@ __all__ = [
     "CParamInfo",
 ]
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 ENV_VAR = "LOWBIT_C_LIBRARY"
 _LIB_NAME = "liblowbit_c.so"
 
@@ -169,6 +169,9 @@ _PROTOTYPES = {
     "lowbit_c_optimizer_memory": (_int, [_opt, ctypes.POINTER(CMemoryReport)]),
     "lowbit_c_optimizer_save": (_int, [_opt, ctypes.c_char_p]),
     "lowbit_c_optimizer_load": (_int, [_opt, ctypes.c_char_p]),
+    "lowbit_c_optimizer_save_to_memory": (_int, [_opt, ctypes.c_void_p, ctypes.c_uint64,
+                                                 ctypes.POINTER(ctypes.c_uint64)]),
+    "lowbit_c_optimizer_load_from_memory": (_int, [_opt, ctypes.c_void_p, ctypes.c_uint64]),
 }
 
 _lock = threading.Lock()

@@ -182,6 +182,7 @@ class Optimizer:
         check(lib().lowbit_c_optimizer_create(ctypes.byref(config), ctypes.byref(handle)))
         self._handle = handle
         self._lib = lib()
+        self._group_count = 1
 
     # ---- lifetime --------------------------------------------------------
 
@@ -236,6 +237,7 @@ class Optimizer:
         _fill_hparams(self.rule, c, hparams)
         index = ctypes.c_int32()
         check(self._lib.lowbit_c_optimizer_add_group(self._h(), ctypes.byref(c), ctypes.byref(index)))
+        self._group_count += 1
         return index.value
 
     def _get(self, group):
@@ -366,6 +368,70 @@ class Optimizer:
         nothing changes unless the whole file is valid."""
         check(self._lib.lowbit_c_optimizer_load(self._h(), os.fsencode(path)))
 
+    def state_image(self):
+        """The bytes save() would write (a safetensors image), as a bytearray.
+        Memory "device" states are copied to the host."""
+        size = ctypes.c_uint64()
+        check(self._lib.lowbit_c_optimizer_save_to_memory(self._h(), None, 0, ctypes.byref(size)))
+        image = bytearray(size.value)
+        buffer = (ctypes.c_char * len(image)).from_buffer(image)
+        check(self._lib.lowbit_c_optimizer_save_to_memory(self._h(), buffer, len(image), ctypes.byref(size)))
+        return image
+
+    def load_state_image(self, image):
+        """Restore states from an image made by state_image() (or read from
+        a file save() wrote); nothing changes unless the whole image is
+        valid."""
+        if isinstance(image, bytearray):
+            data = (ctypes.c_char * len(image)).from_buffer(image) if image else None
+        elif isinstance(image, (bytes, memoryview)):
+            image = bytes(image)
+            data = image
+        else:
+            raise InvalidArgument("image: expected bytes, bytearray or memoryview, got %s" % type(image).__name__)
+        check(self._lib.lowbit_c_optimizer_load_from_memory(self._h(), data, len(image)))
+
+    def _groups(self):
+        members = [[] for _ in range(self._group_count)]
+        for i in range(len(self._params)):
+            members[self.param_info(i).group].append(i)
+        return [dict(self.hparams(g), params=members[g]) for g in range(self._group_count)]
+
+    def state_dict(self):
+        """The states as a dict in torch's and bitsandbytes' state_dict
+        layout, with numpy arrays (bfloat16 states as uint16 bit patterns);
+        see :meth:`load_state_dict` and the lowbit._state_dict module."""
+        from ._state_dict import NumpyKit, image_to_state_dict
+
+        return image_to_state_dict(self.state_image(), NumpyKit(), self._groups(), self.composition)
+
+    def load_state_dict(self, state_dict):
+        """Restore states and group hyperparameters from a dict made by
+        state_dict() (or by bitsandbytes' 8-bit optimizers, or
+        LowbitOptimizer.state_dict()): same parameters in the same order;
+        every tensor is checked, and nothing changes unless all fit."""
+        from ._state_dict import NumpyKit, state_dict_to_image
+
+        saved = _saved_groups(state_dict, [len(g["params"]) for g in self._groups()])
+        wanted = []
+        for g, values in enumerate(saved):
+            values = {k: v for k, v in values.items() if k in RULE_DEFAULTS[self.rule]}
+            try:
+                _fill_hparams(self.rule, CHparams(), values)
+            except (TypeError, ValueError) as e:
+                raise InvalidArgument("state_dict: param group %d has unusable hyperparameters (%s)" % (g, e)) from None
+            wanted.append(values)
+        image = state_dict_to_image(state_dict, self.state_image(), NumpyKit())
+        before = [self.hparams(g) for g in range(self._group_count)]
+        try:
+            for g, values in enumerate(wanted):
+                self.set_hparams(g, **values)
+            self.load_state_image(image)
+        except BaseException:
+            for g, values in enumerate(before):
+                self.set_hparams(g, **values)
+            raise
+
     def __repr__(self):
         if self._handle is None:
             return "Optimizer(closed)"
@@ -373,3 +439,21 @@ class Optimizer:
             return "Optimizer(%r, %d params)" % (self.composition, len(self._params))
         except LowbitError:
             return "Optimizer(?)"
+
+
+def _saved_groups(state_dict, sizes):
+    """state_dict's param_groups, checked against this optimizer's group
+    sizes (as torch checks them)."""
+    if not isinstance(state_dict, dict):
+        raise InvalidArgument("state_dict: expected a dict, got %s" % type(state_dict).__name__)
+    groups = state_dict.get("param_groups")
+    if not isinstance(groups, (list, tuple)) or not all(isinstance(g, dict) for g in groups):
+        raise InvalidArgument("state_dict: expected 'param_groups', a list of dicts")
+    if len(groups) != len(sizes):
+        raise InvalidArgument("state_dict: %d parameter groups, this optimizer has %d" % (len(groups), len(sizes)))
+    for g, (saved, size) in enumerate(zip(groups, sizes)):
+        n = len(saved.get("params", ()))
+        if n != size:
+            raise InvalidArgument("state_dict: parameter group %d has %d parameters, this optimizer's has %d"
+                                  % (g, n, size))
+    return groups

@@ -11,10 +11,14 @@ parameters that have a ``.grad`` one tensor at a time. The named classes
 ``AdamW8bit``, ``Adam8bit``, ``Lion8bit``, ``AdamW4bit`` and ``Lion``
 (float32 states) follow bitsandbytes' names.
 
-``state_dict()`` / ``load_state_dict()`` raise NotImplementedError: save
-and restore the optimizer's states with :meth:`LowbitOptimizer.save` /
-:meth:`LowbitOptimizer.load` (a safetensors file), and the parameters with
-the model's own state_dict.
+``state_dict()`` / ``load_state_dict()`` work as torch's do (so
+``torch.save(opt.state_dict())``, trainers' checkpoints and schedulers keep
+working), in the layout bitsandbytes 0.50 uses for its 8-bit optimizers:
+``AdamW8bit`` / ``Lion8bit`` can continue from a bitsandbytes
+``AdamW8bit`` / ``Lion8bit`` state_dict and the other way round (see
+lowbit._state_dict). The tensors are CPU copies. :meth:`LowbitOptimizer.save`
+/ :meth:`LowbitOptimizer.load` write and read the same states as a
+safetensors file.
 
 This module imports torch; ``import lowbit`` does not.
 """
@@ -22,7 +26,8 @@ This module imports torch; ``import lowbit`` does not.
 import torch
 
 from ._errors import InvalidArgument, LowbitError
-from .optimizer import RULE_DEFAULTS, Optimizer
+from ._state_dict import NumpyKit, image_to_state_dict, state_dict_to_image
+from .optimizer import RULE_DEFAULTS, Optimizer, _saved_groups
 
 __all__ = ["LowbitOptimizer", "AdamW8bit", "Adam8bit", "Lion8bit", "AdamW4bit", "Lion"]
 
@@ -179,10 +184,38 @@ class LowbitOptimizer(torch.optim.Optimizer):
         self._lowbit.load(path)
 
     def state_dict(self):
-        raise NotImplementedError("lowbit optimizers keep their states in C; use save(path) / load(path)")
+        """The optimizer's states and param_groups as a dict of CPU tensors,
+        in torch's layout (state keyed by parameter index) with
+        bitsandbytes' per-parameter names (lowbit._state_dict)."""
+        groups, first = [], 0
+        for group in self.param_groups:
+            saved = {k: v for k, v in group.items() if k != "params"}
+            saved["params"] = list(range(first, first + len(group["params"])))
+            first += len(group["params"])
+            groups.append(saved)
+        return image_to_state_dict(self._lowbit.state_image(), _TorchKit(), groups, self._lowbit.composition)
 
     def load_state_dict(self, state_dict):
-        raise NotImplementedError("lowbit optimizers keep their states in C; use save(path) / load(path)")
+        """Restore states and group hyperparameters from state_dict() of a
+        lowbit optimizer of the same composition, or of a bitsandbytes 8-bit
+        optimizer of the same rule and states, over the same parameters in
+        the same order. Every tensor is checked; nothing changes unless all
+        fit."""
+        saved = _saved_groups(state_dict, [len(g["params"]) for g in self.param_groups])
+        merged = []
+        for group, values in zip(self.param_groups, saved):
+            new = dict(group)
+            new.update({k: v for k, v in values.items() if k != "params"})
+            try:
+                self._group_hparams(new)
+            except (KeyError, TypeError, ValueError) as e:
+                raise InvalidArgument("state_dict: param group %d has unusable hyperparameters (%s)"
+                                      % (len(merged), e)) from None
+            merged.append(new)
+        image = state_dict_to_image(state_dict, self._lowbit.state_image(), _TorchKit())
+        self._lowbit.load_state_image(image)
+        for group, new in zip(self.param_groups, merged):
+            group.update(new)  # pushed to the C side by the next step()
 
 
 class AdamW8bit(LowbitOptimizer):
@@ -223,3 +256,25 @@ class Lion(LowbitOptimizer):
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, **kwargs):
         super().__init__(params, rule="lion", states="fp32", lr=lr, betas=betas, weight_decay=weight_decay,
                          **kwargs)
+
+
+class _TorchKit:
+    """torch tensors for lowbit._state_dict (CPU copies)."""
+
+    dtypes = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "U8": torch.uint8,
+              "I64": torch.int64}
+
+    def make(self, dtype, shape, data):
+        if len(data) == 0:
+            return torch.empty(tuple(shape), dtype=self.dtypes[dtype])
+        return torch.frombuffer(bytearray(data), dtype=self.dtypes[dtype]).reshape(tuple(shape))
+
+    def read(self, value, dtype, numel, where):
+        if not isinstance(value, torch.Tensor):
+            return NumpyKit().read(value, dtype, numel, where)
+        if value.dtype != self.dtypes[dtype]:
+            raise InvalidArgument("%s: dtype %s, this optimizer stores %s" % (where, value.dtype, self.dtypes[dtype]))
+        if value.numel() != numel:
+            raise InvalidArgument("%s: %d elements, this optimizer stores %d" % (where, value.numel(), numel))
+        flat = value.detach().to("cpu").contiguous().reshape(-1)
+        return flat.view(torch.uint8).numpy().tobytes()

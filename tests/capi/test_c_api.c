@@ -5,7 +5,9 @@
  * dequantize within their error bounds; typed errors with a message naming
  * the argument, leaving the caller's buffers untouched; SGD and AdamW steps
  * against float64 recurrences; a non-finite gradient skipped with the
- * weights unchanged; an unknown composition refused. Exits 1 on the first
+ * weights unchanged; an unknown composition refused; the optimizer state
+ * as a safetensors image in memory (equal to the saved file, loaded and
+ * continued bit for bit, bad images refused). Exits 1 on the first
  * failure, printing what failed. */
 #include <math.h>
 #include <stdio.h>
@@ -252,6 +254,145 @@ static void test_optimizer_steps(void) {
   lowbit_c_optimizer_destroy(adam);
 }
 
+/* The optimizer's state as a safetensors image in memory: the size query,
+ * a too-small buffer refused and left untouched, the image equal to the
+ * file save() writes, a load into a fresh optimizer continuing bit for bit,
+ * and corrupted or mismatched images refused without changing anything. */
+static lowbit_c_optimizer* adamw8_over(DLTensor* weight) {
+  lowbit_c_optimizer_config c;
+  memset(&c, 0, sizeof c);
+  c.rule = "adamw";
+  c.states = "int8";
+  c.weights = "fp32";
+  c.hparams.lr = 1e-2f;
+  c.hparams.beta1 = 0.9f;
+  c.hparams.beta2 = 0.999f;
+  c.hparams.eps = 1e-8f;
+  c.check_gradients = 1;
+  lowbit_c_optimizer* opt = NULL;
+  int32_t index = -1;
+  CHECK(lowbit_c_optimizer_create(&c, &opt) == LOWBIT_C_OK, "%s", lowbit_c_last_error());
+  if (opt) CHECK(lowbit_c_optimizer_add_param(opt, weight, 0, "w", &index) == LOWBIT_C_OK, "%s", lowbit_c_last_error());
+  return opt;
+}
+
+static uint8_t* image_of(const lowbit_c_optimizer* opt, uint64_t* size) {
+  *size = 0;
+  CHECK(lowbit_c_optimizer_save_to_memory(opt, NULL, 0, size) == LOWBIT_C_OK, "%s", lowbit_c_last_error());
+  uint8_t* image = (uint8_t*)malloc(*size ? *size : 1);
+  uint64_t written = 0;
+  CHECK(lowbit_c_optimizer_save_to_memory(opt, image, *size, &written) == LOWBIT_C_OK && written == *size,
+        "%s (written %llu of %llu)", lowbit_c_last_error(), (unsigned long long)written, (unsigned long long)*size);
+  return image;
+}
+
+static void test_state_image(void) {
+  enum { n = 5000 }; /* over 4096 elements: blockwise 8-bit states */
+  static float w[n], w2[n], g[n];
+  for (int i = 0; i < n; ++i) w[i] = (float)uniform();
+  int64_t sn = n;
+  DLTensor tw = tensor_1d(w, kDLFloat, 32, &sn), tw2 = tensor_1d(w2, kDLFloat, 32, &sn);
+  DLTensor tg = tensor_1d(g, kDLFloat, 32, &sn);
+  const DLTensor* grads[1] = {&tg};
+  lowbit_c_optimizer* opt = adamw8_over(&tw);
+  if (!opt) return;
+  for (int t = 0; t < 3; ++t) {
+    for (int i = 0; i < n; ++i) g[i] = (float)(uniform() * 0.1);
+    CHECK(lowbit_c_optimizer_step(opt, grads, 1, NULL) == LOWBIT_C_OK, "%s", lowbit_c_last_error());
+  }
+
+  uint64_t size = 0;
+  uint8_t* image = image_of(opt, &size);
+  /* codes (n bytes) and scales per state, plus a header: more than 2 n */
+  CHECK(size > 2 * (uint64_t)n, "image of %llu bytes", (unsigned long long)size);
+
+  /* a buffer one byte short: refused, untouched, the size still reported */
+  uint8_t* small = (uint8_t*)malloc(size);
+  memset(small, 0xab, size);
+  uint64_t reported = 0;
+  CHECK(lowbit_c_optimizer_save_to_memory(opt, small, size - 1, &reported) == LOWBIT_C_INVALID_ARGUMENT,
+        "a short buffer was accepted");
+  CHECK(reported == size, "reported %llu, needs %llu", (unsigned long long)reported, (unsigned long long)size);
+  CHECK(strstr(lowbit_c_last_error(), "buffer") != NULL, "message: %s", lowbit_c_last_error());
+  int untouched = 1;
+  for (uint64_t i = 0; i < size; ++i) untouched &= small[i] == 0xab;
+  CHECK(untouched, "a refused save_to_memory wrote into the buffer");
+  free(small);
+
+  /* the same bytes as the file save() writes */
+  const char* path = "test_c_api_state.safetensors"; /* in the test's working directory */
+  {
+    CHECK(lowbit_c_optimizer_save(opt, path) == LOWBIT_C_OK, "%s", lowbit_c_last_error());
+    FILE* f = fopen(path, "rb");
+    uint8_t* file = (uint8_t*)malloc(size + 1);
+    const size_t got = f ? fread(file, 1, size + 1, f) : 0;
+    if (f) fclose(f);
+    CHECK(got == size && memcmp(file, image, size) == 0, "file of %zu bytes differs from the image", got);
+    free(file);
+    remove(path);
+  }
+
+  /* loaded into a fresh optimizer over a copy of the weights: the two
+   * continue identically */
+  memcpy(w2, w, sizeof w);
+  lowbit_c_optimizer* again = adamw8_over(&tw2);
+  if (again) {
+    CHECK(lowbit_c_optimizer_load_from_memory(again, image, size) == LOWBIT_C_OK, "%s", lowbit_c_last_error());
+    lowbit_c_param_info info;
+    CHECK(lowbit_c_optimizer_param_info(again, 0, &info) == LOWBIT_C_OK && info.steps == 3, "steps %lld",
+          (long long)info.steps);
+    const DLTensor* grads2[1] = {&tg};
+    for (int t = 0; t < 2; ++t) {
+      for (int i = 0; i < n; ++i) g[i] = (float)(uniform() * 0.1);
+      CHECK(lowbit_c_optimizer_step(opt, grads, 1, NULL) == LOWBIT_C_OK, "%s", lowbit_c_last_error());
+      CHECK(lowbit_c_optimizer_step(again, grads2, 1, NULL) == LOWBIT_C_OK, "%s", lowbit_c_last_error());
+    }
+    CHECK(memcmp(w, w2, sizeof w) == 0, "the loaded optimizer continued differently");
+
+    /* a corrupted header and a truncated image: refused, the state kept */
+    uint64_t before_size = 0;
+    uint8_t* before = image_of(again, &before_size);
+    uint8_t* bad = (uint8_t*)malloc(size);
+    memcpy(bad, image, size);
+    bad[8] = '[';
+    CHECK(lowbit_c_optimizer_load_from_memory(again, bad, size) == LOWBIT_C_MALFORMED_FILE, "%s",
+          "a corrupted header was accepted");
+    CHECK(lowbit_c_optimizer_load_from_memory(again, image, size / 2) == LOWBIT_C_MALFORMED_FILE, "%s",
+          "a truncated image was accepted");
+    CHECK(lowbit_c_optimizer_load_from_memory(again, NULL, size) == LOWBIT_C_INVALID_ARGUMENT, "%s",
+          "a NULL image was accepted");
+    uint64_t after_size = 0;
+    uint8_t* after = image_of(again, &after_size);
+    CHECK(after_size == before_size && memcmp(before, after, before_size) == 0, "a refused load changed the state");
+    free(bad);
+    free(before);
+    free(after);
+    lowbit_c_optimizer_destroy(again);
+  }
+
+  /* another composition's image: refused, naming what differs */
+  lowbit_c_optimizer_config c;
+  memset(&c, 0, sizeof c);
+  c.rule = "lion";
+  c.states = "int8";
+  c.weights = "fp32";
+  c.hparams.lr = 1e-4f;
+  c.hparams.beta1 = 0.9f;
+  c.hparams.beta2 = 0.99f;
+  lowbit_c_optimizer* lion = NULL;
+  int32_t index = -1;
+  CHECK(lowbit_c_optimizer_create(&c, &lion) == LOWBIT_C_OK, "%s", lowbit_c_last_error());
+  if (lion) {
+    CHECK(lowbit_c_optimizer_add_param(lion, &tw2, 0, "w", &index) == LOWBIT_C_OK, "%s", lowbit_c_last_error());
+    CHECK(lowbit_c_optimizer_load_from_memory(lion, image, size) == LOWBIT_C_INVALID_ARGUMENT, "%s",
+          "an adamw image loaded into lion");
+    CHECK(strstr(lowbit_c_last_error(), "rule adamw in file") != NULL, "message: %s", lowbit_c_last_error());
+    lowbit_c_optimizer_destroy(lion);
+  }
+  free(image);
+  lowbit_c_optimizer_destroy(opt);
+}
+
 int main(void) {
   CHECK(lowbit_c_abi_version() == LOWBIT_C_ABI_VERSION, "ABI %d", lowbit_c_abi_version());
   CHECK(strstr(lowbit_c_optimizer_compositions(), "lion/int8/int8/host") != NULL, "%s", lowbit_c_optimizer_compositions());
@@ -260,6 +401,7 @@ int main(void) {
   test_nf4_roundtrip();
   test_errors();
   test_optimizer_steps();
+  test_state_image();
   if (failures) {
     fprintf(stderr, "%d check(s) failed\n", failures);
     return 1;

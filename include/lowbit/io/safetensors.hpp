@@ -521,16 +521,35 @@ class safetensors_writer {
 
   // The whole file image in memory (tests, fuzz seeds, small files).
   std::vector<uint8_t> to_bytes() const {
-    const std::string h = header();
-    std::vector<uint8_t> out(8 + h.size());
-    put_length(out.data(), h.size());
-    std::memcpy(out.data() + 8, h.data(), h.size());
-    for (const entry& e : entries_) {
-      const std::size_t at = out.size();
-      out.resize(at + e.nbytes);
-      emit(e, [&](const uint8_t* p, std::size_t n) { std::memcpy(out.data() + at, p, n); });
-    }
+    std::vector<uint8_t> out(file_size());
+    write_to(out.data(), out.size());
     return out;
+  }
+
+  // Writes the file image into the caller's buffer, which must hold
+  // file_size() bytes (errc::invalid_argument otherwise, nothing written);
+  // returns the bytes written.
+  std::size_t write_to(void* buffer, std::size_t capacity) const {
+    const std::string h = header();
+    std::size_t need = 8 + h.size();
+    for (const entry& e : entries_) need += e.nbytes;
+    require(buffer != nullptr || need == 0, errc::invalid_argument, "safetensors image: null buffer");
+    require(capacity >= need, errc::invalid_argument,
+            "safetensors image: buffer of " + std::to_string(capacity) + " bytes, the image needs " +
+                std::to_string(need));
+    uint8_t* out = static_cast<uint8_t*>(buffer);
+    put_length(out, h.size());
+    std::memcpy(out + 8, h.data(), h.size());
+    std::size_t at = 8 + h.size();
+    for (const entry& e : entries_) {
+      std::size_t filled = 0;
+      emit(e, [&](const uint8_t* p, std::size_t n) {
+        std::memcpy(out + at + filled, p, n);
+        filled += n;
+      });
+      at += e.nbytes;
+    }
+    return need;
   }
 
   // Writes the file atomically: to `path.tmp-<pid>`, fsync, rename over
