@@ -191,6 +191,8 @@ class LowbitOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             saved = {k: v for k, v in group.items() if k != "params"}
             saved["params"] = list(range(first, first + len(group["params"])))
+            if self._rule == "lion":
+                saved.setdefault("eps", 0.0)  # bitsandbytes' Lion reads an eps (0, unused) from every group
             first += len(group["params"])
             groups.append(saved)
         return image_to_state_dict(self._lowbit.state_image(), _TorchKit(), groups, self._lowbit.composition)
