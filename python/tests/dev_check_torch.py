@@ -461,13 +461,12 @@ def _handover(make_from, make_to, steps=30, pairs=None):
     return worst, equal, size
 
 
-@check("f2 bitsandbytes AdamW8bit -> lowbit AdamW8bit (state_dict) and back")
-def _():
-    import bitsandbytes as bnb_pkg
+def _both_ways(bnb_class, lowbit_class, lr):
+    """_handover from bitsandbytes to lowbit and back, each asserted."""
     out = []
     for name, make_from, make_to in (
-            ("bnb->lowbit", lambda p: bnb_pkg.optim.AdamW8bit(p, lr=3e-3), lambda p: lowbit.AdamW8bit(p, lr=3e-3)),
-            ("lowbit->bnb", lambda p: lowbit.AdamW8bit(p, lr=3e-3), lambda p: bnb_pkg.optim.AdamW8bit(p, lr=3e-3))):
+            ("bnb->lowbit", lambda p: bnb_class(p, lr=lr), lambda p: lowbit_class(p, lr=lr)),
+            ("lowbit->bnb", lambda p: lowbit_class(p, lr=lr), lambda p: bnb_class(p, lr=lr))):
         worst, equal, size = _handover(make_from, make_to)
         assert equal, name + ": states differ after loading"
         assert worst <= 0.05, "%s: next steps differ by %.3g lr" % (name, worst)
@@ -475,18 +474,16 @@ def _():
     return "; ".join(out)
 
 
+@check("f2 bitsandbytes AdamW8bit -> lowbit AdamW8bit (state_dict) and back")
+def _():
+    import bitsandbytes as bnb_pkg
+    return _both_ways(bnb_pkg.optim.AdamW8bit, lowbit.AdamW8bit, 3e-3)
+
+
 @check("f3 bitsandbytes Lion8bit <-> lowbit Lion8bit (state_dict)")
 def _():
     import bitsandbytes as bnb_pkg
-    out = []
-    for name, make_from, make_to in (
-            ("bnb->lowbit", lambda p: bnb_pkg.optim.Lion8bit(p, lr=1e-3), lambda p: lowbit.Lion8bit(p, lr=1e-3)),
-            ("lowbit->bnb", lambda p: lowbit.Lion8bit(p, lr=1e-3), lambda p: bnb_pkg.optim.Lion8bit(p, lr=1e-3))):
-        worst, equal, size = _handover(make_from, make_to)
-        assert equal, name + ": states differ after loading"
-        assert worst <= 0.05, "%s: next steps differ by %.3g lr" % (name, worst)
-        out.append("%s: states equal, next step within %.2g lr" % (name, worst))
-    return "; ".join(out)
+    return _both_ways(bnb_pkg.optim.Lion8bit, lowbit.Lion8bit, 1e-3)
 
 
 def main():

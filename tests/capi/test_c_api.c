@@ -258,15 +258,15 @@ static void test_optimizer_steps(void) {
  * a too-small buffer refused and left untouched, the image equal to the
  * file save() writes, a load into a fresh optimizer continuing bit for bit,
  * and corrupted or mismatched images refused without changing anything. */
-static lowbit_c_optimizer* adamw8_over(DLTensor* weight) {
+static lowbit_c_optimizer* int8_states_over(const char* rule, float lr, float beta2, DLTensor* weight) {
   lowbit_c_optimizer_config c;
   memset(&c, 0, sizeof c);
-  c.rule = "adamw";
+  c.rule = rule;
   c.states = "int8";
   c.weights = "fp32";
-  c.hparams.lr = 1e-2f;
+  c.hparams.lr = lr;
   c.hparams.beta1 = 0.9f;
-  c.hparams.beta2 = 0.999f;
+  c.hparams.beta2 = beta2;
   c.hparams.eps = 1e-8f;
   c.check_gradients = 1;
   lowbit_c_optimizer* opt = NULL;
@@ -275,6 +275,8 @@ static lowbit_c_optimizer* adamw8_over(DLTensor* weight) {
   if (opt) CHECK(lowbit_c_optimizer_add_param(opt, weight, 0, "w", &index) == LOWBIT_C_OK, "%s", lowbit_c_last_error());
   return opt;
 }
+
+static lowbit_c_optimizer* adamw8_over(DLTensor* weight) { return int8_states_over("adamw", 1e-2f, 0.999f, weight); }
 
 static uint8_t* image_of(const lowbit_c_optimizer* opt, uint64_t* size) {
   *size = 0;
@@ -371,19 +373,8 @@ static void test_state_image(void) {
   }
 
   /* another composition's image: refused, naming what differs */
-  lowbit_c_optimizer_config c;
-  memset(&c, 0, sizeof c);
-  c.rule = "lion";
-  c.states = "int8";
-  c.weights = "fp32";
-  c.hparams.lr = 1e-4f;
-  c.hparams.beta1 = 0.9f;
-  c.hparams.beta2 = 0.99f;
-  lowbit_c_optimizer* lion = NULL;
-  int32_t index = -1;
-  CHECK(lowbit_c_optimizer_create(&c, &lion) == LOWBIT_C_OK, "%s", lowbit_c_last_error());
+  lowbit_c_optimizer* lion = int8_states_over("lion", 1e-4f, 0.99f, &tw2);
   if (lion) {
-    CHECK(lowbit_c_optimizer_add_param(lion, &tw2, 0, "w", &index) == LOWBIT_C_OK, "%s", lowbit_c_last_error());
     CHECK(lowbit_c_optimizer_load_from_memory(lion, image, size) == LOWBIT_C_INVALID_ARGUMENT, "%s",
           "an adamw image loaded into lion");
     CHECK(strstr(lowbit_c_last_error(), "rule adamw in file") != NULL, "message: %s", lowbit_c_last_error());
