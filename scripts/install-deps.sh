@@ -4,7 +4,7 @@
 # sudo) only when something is missing. The CUDA toolkit is not installed
 # here: it is expected in /usr/local/cuda and is optional.
 set -euo pipefail
-pkgs=(cmake make g++ pkg-config doctest-dev libbenchmark-dev libdlpack-dev nlohmann-json3-dev clang libclang-rt-14-dev libsentencepiece-dev python3 python3-numpy)
+pkgs=(cmake make g++ pkg-config doctest-dev libbenchmark-dev libdlpack-dev nlohmann-json3-dev clang libclang-rt-14-dev libsentencepiece-dev python3 python3-numpy python3-venv python3-pip python3-setuptools python3-wheel)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
