@@ -397,15 +397,15 @@ class Optimizer:
             members[self.param_info(i).group].append(i)
         return [dict(self.hparams(g), params=members[g]) for g in range(self._group_count)]
 
-    def state_dict(self):
+    def state_dict(self, _kit=None):
         """The states as a dict in torch's and bitsandbytes' state_dict
         layout, with numpy arrays (bfloat16 states as uint16 bit patterns);
         see :meth:`load_state_dict` and the lowbit._state_dict module."""
         from ._state_dict import NumpyKit, image_to_state_dict
 
-        return image_to_state_dict(self.state_image(), NumpyKit(), self._groups(), self.composition)
+        return image_to_state_dict(self.state_image(), _kit or NumpyKit(), self._groups(), self.composition)
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict, _kit=None):
         """Restore states and group hyperparameters from a dict made by
         state_dict() (or by bitsandbytes' 8-bit optimizers, or
         LowbitOptimizer.state_dict()): same parameters in the same order;
@@ -421,7 +421,7 @@ class Optimizer:
             except (TypeError, ValueError) as e:
                 raise InvalidArgument("state_dict: param group %d has unusable hyperparameters (%s)" % (g, e)) from None
             wanted.append(values)
-        image = state_dict_to_image(state_dict, self.state_image(), NumpyKit())
+        image = state_dict_to_image(state_dict, self.state_image(), _kit or NumpyKit())
         before = [self.hparams(g) for g in range(self._group_count)]
         try:
             for g, values in enumerate(wanted):

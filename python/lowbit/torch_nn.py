@@ -26,13 +26,15 @@ Gradient clipping by a global norm needs all gradients first: use
 ``grad_scale``. Import needs torch (``import lowbit.torch_nn``).
 """
 
+import copy
+
 import torch
 
 from .gemm import dequant_linear, dequant_linear_backward_input
 from .optimizer import Optimizer
 from .quantized import QuantizedTensor, dequantize, quantize
 
-__all__ = ["QuantizedLinear", "QuantizedWeightOptimizer"]
+__all__ = ["QuantizedLinear", "QuantizedWeightOptimizer", "quantize_linears_", "quantized_linears"]
 
 
 class _QuantizedLinearFunction(torch.autograd.Function):
@@ -69,12 +71,18 @@ class QuantizedLinear(torch.nn.Module):
     ``torch.nn.Linear`` with :meth:`from_linear`."""
 
     def __init__(self, in_features, out_features, bias=True, format="int8", block_size=256, nested=False,
-                 device=None, dtype=torch.float32):
+                 device=None, dtype=torch.float32, weight_q=None):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
-        init = torch.empty(self.out_features, self.in_features, device=device)
-        torch.nn.init.kaiming_uniform_(init, a=5 ** 0.5)  # torch.nn.Linear's initialization
-        self.weight_q = quantize(init, format, block_size=block_size, nested=nested)
+        if weight_q is None:
+            init = torch.empty(self.out_features, self.in_features, device=device)
+            torch.nn.init.kaiming_uniform_(init, a=5 ** 0.5)  # torch.nn.Linear's initialization
+            weight_q = quantize(init, format, block_size=block_size, nested=nested)
+        elif weight_q.numel != self.out_features * self.in_features:
+            raise ValueError("QuantizedLinear: weight_q holds %d elements, (out, in) = (%d, %d) needs %d"
+                             % (weight_q.numel, self.out_features, self.in_features,
+                                self.out_features * self.in_features))
+        self.weight_q = weight_q
         self.bias = torch.nn.Parameter(torch.zeros(self.out_features, device=device, dtype=dtype)) if bias else None
         self.weight_grad = None
         self._sink = None  # the fused optimizer's callback
@@ -87,11 +95,10 @@ class QuantizedLinear(torch.nn.Module):
     @classmethod
     def from_linear(cls, linear, format="int8", block_size=256, nested=False):
         """The layer of ``linear`` (a torch.nn.Linear) with its weight quantized."""
-        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, format=format,
-                    block_size=block_size, nested=nested, device=linear.weight.device,
-                    dtype=linear.weight.dtype)
-        layer.weight_q = quantize(linear.weight.detach().float().contiguous(), format, block_size=block_size,
-                                  nested=nested)
+        weight_q = quantize(linear.weight.detach().float().contiguous(), format, block_size=block_size,
+                            nested=nested)
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                    device=linear.weight.device, dtype=linear.weight.dtype, weight_q=weight_q)
         if linear.bias is not None:
             with torch.no_grad():
                 layer.bias.copy_(linear.bias)
@@ -115,6 +122,16 @@ class QuantizedLinear(torch.nn.Module):
         else:
             self.weight_grad += dw
 
+    def __deepcopy__(self, memo):
+        # A copy owns copies of the codes and scales and is not attached to
+        # the fused optimizer that steps this layer (its callback holds the C
+        # optimizer, which cannot be copied).
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = None if key == "_sink" else copy.deepcopy(value, memo)
+        return new
+
     def extra_repr(self):
         q = self.weight_q
         return "in_features=%d, out_features=%d, bias=%s, format=%s, block_size=%d, nested=%s" % (
@@ -124,6 +141,34 @@ class QuantizedLinear(torch.nn.Module):
 def quantized_linears(module):
     """The QuantizedLinear layers of a module tree, in module order."""
     return [m for m in module.modules() if isinstance(m, QuantizedLinear)]
+
+
+def quantize_linears_(module, format="int8", block_size=256, nested=False, skip=()):
+    """Replace, in place, every ``torch.nn.Linear`` of a module tree by a
+    :class:`QuantizedLinear` holding its weight in ``format`` (its float
+    weight is dropped); returns the replaced modules' names. ``skip``: names
+    (e.g. ``["lm_head"]``) or a function ``(name, linear) -> bool`` for
+    layers to keep in float. Only modules of exactly torch.nn.Linear's type
+    are replaced: subclasses (e.g. the out_proj of torch's
+    MultiheadAttention, whose weight the parent reads directly) are left
+    alone, as is any parent that reads ``.weight`` instead of calling the
+    layer; those parents would fail or be wrong with a quantized layer.
+    Typical QFT setup::
+
+        quantize_linears_(model, "int8", skip=["lm_head"])
+        qopt = QuantizedWeightOptimizer(model, lr=1e-4)            # the quantized weights
+        fopt = lowbit.Lion8bit([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    """
+    keep = skip if callable(skip) else (lambda name, _layer, names=frozenset(skip): name in names)
+    replaced = []
+    for parent_name, parent in list(module.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            name = parent_name + "." + child_name if parent_name else child_name
+            if type(child) is not torch.nn.Linear or keep(name, child):
+                continue
+            setattr(parent, child_name, QuantizedLinear.from_linear(child, format, block_size, nested))
+            replaced.append(name)
+    return replaced
 
 
 class QuantizedWeightOptimizer:
@@ -138,8 +183,10 @@ class QuantizedWeightOptimizer:
 
     def __init__(self, layers, rule="lion", states="int8", fused=True, stable_weight_scales=True, **kwargs):
         if isinstance(layers, torch.nn.Module):
-            layers = quantized_linears(layers)
-        layers = list(layers)
+            named = [(name + ".weight", m) for name, m in layers.named_modules() if isinstance(m, QuantizedLinear)]
+        else:
+            named = [("layer%d.weight" % i, m) for i, m in enumerate(layers)]
+        layers = [m for _, m in named]
         if not layers:
             raise ValueError("QuantizedWeightOptimizer: no QuantizedLinear layers given")
         formats = {layer.weight_q.format for layer in layers}
@@ -151,8 +198,8 @@ class QuantizedWeightOptimizer:
                               stable_weight_scales=stable_weight_scales, **kwargs)
         self.layers = layers
         self._index = {}
-        for i, layer in enumerate(layers):
-            self._index[id(layer)] = self._opt.add_param(layer.weight_q, name="layer%d.weight" % i)
+        for name, layer in named:  # the names key saved states
+            self._index[id(layer)] = self._opt.add_param(layer.weight_q, name=name)
         self.fused = bool(fused)
         self._in_step = False
         self.grad_scale = 1.0
@@ -195,6 +242,20 @@ class QuantizedWeightOptimizer:
         finally:
             report = self._opt.end_step()
         return report
+
+    def state_dict(self):
+        """The optimizer's states as a dict of CPU tensors (the layout of
+        lowbit's torch.optim classes, keyed by layer order)."""
+        from .torch_optim import _TorchKit
+
+        return self._opt.state_dict(_kit=_TorchKit())
+
+    def load_state_dict(self, state_dict):
+        """Restore states made by state_dict() for the same layers; nothing
+        changes unless every tensor fits."""
+        from .torch_optim import _TorchKit
+
+        self._opt.load_state_dict(state_dict, _kit=_TorchKit())
 
     def zero_grad(self):
         """Drop gradients kept by unfused layers."""
