@@ -8,6 +8,7 @@
 
 #include <lowbit/io/safetensors.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 
@@ -348,6 +349,26 @@ TEST_CASE("safetensors writer: owned and generated tensors") {
   CHECK(r.at("o").data[2] == 3);
   CHECK(r.at("g").nbytes == 8);
   CHECK(r.at("g").data[7] == 17);
+}
+
+TEST_CASE("safetensors writer: write_to fills a caller's buffer, or refuses a short one untouched") {
+  safetensors_writer w;
+  const std::vector<uint8_t> payload = random_bytes(37, 5);
+  w.add("a", dtype::u8, {37}, payload.data());
+  w.add_owned("b", dtype::i64, {1}, std::vector<uint8_t>(8, 7));
+  w.set_metadata("k", "v");
+  const std::vector<uint8_t> image = w.to_bytes();
+  REQUIRE(image.size() == w.file_size());
+  std::vector<uint8_t> buffer(image.size() + 5, 0xee);
+  CHECK(w.write_to(buffer.data(), buffer.size()) == image.size());
+  CHECK(std::equal(image.begin(), image.end(), buffer.begin()));
+  CHECK(buffer.back() == 0xee);  // nothing past the image
+  std::vector<uint8_t> small(image.size() - 1, 0xee);
+  const io_test::thrown t = catch_error([&] { w.write_to(small.data(), small.size()); });
+  CHECK((t.threw && t.lowbit));
+  CHECK(t.code == errc::invalid_argument);
+  CHECK(contains(t.message, std::to_string(image.size())));
+  CHECK(std::all_of(small.begin(), small.end(), [](uint8_t b) { return b == 0xee; }));
 }
 
 TEST_CASE("safetensors writer: writes are atomic") {
