@@ -104,6 +104,43 @@ class QuantizedLinear(torch.nn.Module):
                 layer.bias.copy_(linear.bias)
         return layer
 
+    @classmethod
+    def from_bnb(cls, linear4bit):
+        """The layer of a bitsandbytes ``Linear4bit`` (NF4 or FP4, float32 or
+        nested scales), taking copies of its packed codes and scales as they
+        are (the formats are byte compatible, docs/FORMATS.md): no
+        dequantize / requantize round trip. The bitsandbytes module is left
+        unchanged. Its weight must have been quantized (moved to a device)."""
+        weight = getattr(linear4bit, "weight", None)
+        state = getattr(weight, "quant_state", None)
+        if state is None:
+            raise ValueError("QuantizedLinear.from_bnb: expected a bitsandbytes Linear4bit whose weight is "
+                             "quantized (weight.quant_state missing; move the module to a device first)")
+        fmt = str(state.quant_type)
+        if fmt not in ("nf4", "fp4"):
+            raise ValueError("QuantizedLinear.from_bnb: quant_type %r (lowbit reads nf4 and fp4)" % fmt)
+        out_features, in_features = (int(d) for d in state.shape)
+        codes = weight.data.detach().reshape(-1).clone()
+        if state.nested:
+            if int(state.state2.blocksize) != 256:
+                raise ValueError("QuantizedLinear.from_bnb: nested scales in blocks of %d (lowbit's are 256)"
+                                 % int(state.state2.blocksize))
+            scales = dict(absmax_codes=state.absmax.detach().reshape(-1).clone(),
+                          nested_absmax=state.state2.absmax.detach().float().reshape(-1).clone(),
+                          nested_offset=torch.as_tensor(state.offset, dtype=torch.float32,
+                                                        device=codes.device).reshape(1).clone())
+        else:
+            scales = dict(absmax=state.absmax.detach().float().reshape(-1).clone())
+        weight_q = QuantizedTensor(fmt, (out_features, in_features), int(state.blocksize), bool(state.nested),
+                                   codes, **scales)
+        bias = linear4bit.bias
+        layer = cls(in_features, out_features, bias=bias is not None, device=codes.device,
+                    dtype=bias.dtype if bias is not None else torch.float32, weight_q=weight_q)
+        if bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(bias)
+        return layer
+
     def dequantized_weight(self, dtype=torch.float32):
         """The weight as a dense (out, in) tensor (a new one)."""
         return dequantize(self.weight_q, dtype=dtype)

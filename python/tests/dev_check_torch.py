@@ -33,6 +33,10 @@ Checks (CPU tensors):
      parameters) on tinyshakespeare bytes: held-out loss against torch
      AdamW fp32 on the same batches (reported), states through torch.save
      resume bit for bit;
+  h) QuantizedLinear.from_bnb on bitsandbytes Linear4bit (nf4 / fp4,
+     nested or not): lowbit's decode of bnb's bytes within 2^-20 of
+     bnb's dequantize_4bit, the forward within 1e-5 of float64, and the
+     layer trains with QuantizedWeightOptimizer;
   f) state_dict: through torch.save / torch.load(weights_only=True) into a
      fresh AdamW8bit, 20 more steps bit for bit; bitsandbytes AdamW8bit /
      Lion8bit state_dicts load into lowbit's and lowbit's into
@@ -52,6 +56,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import lowbit  # noqa: E402
+import lowbit.torch_nn  # noqa: E402,F401
 
 RESULTS = []
 
@@ -604,6 +609,47 @@ def _():
     return ("%d layers quantized; logits drift %.2g; loss %.3f -> held-out %.3f (torch AdamW fp32: %.3f, %+.1f%%); "
             "resumed from state_dicts bit for bit; quantized layers %.2f B/param"
             % (len(names), drift, first, val_q, val_ref, 100 * (val_q / val_ref - 1), mem.bytes_per_param))
+
+
+@check("h1 QuantizedLinear.from_bnb: bitsandbytes Linear4bit's codes and scales taken as they are")
+def _():
+    import bitsandbytes as bnb_pkg
+    F = bnb()
+    out = []
+    for fmt, nested in (("nf4", False), ("nf4", True), ("fp4", False), ("fp4", True)):
+        torch.manual_seed(4)
+        lin = torch.nn.Linear(192, 48)
+        b4 = bnb_pkg.nn.Linear4bit(192, 48, compress_statistics=nested, quant_type=fmt,
+                                   compute_dtype=torch.float32)
+        b4.load_state_dict(lin.state_dict())
+        b4 = b4.to("cpu")
+        layer = lowbit.torch_nn.QuantizedLinear.from_bnb(b4)
+        # the same weight: lowbit's decode of bnb's bytes against bnb's own dequantize_4bit
+        ref = F.dequantize_4bit(b4.weight.data, b4.weight.quant_state).float()
+        got = layer.dequantized_weight()
+        err = float((got - ref).abs().max() / ref.abs().max())
+        assert err <= 2.0 ** -20, "%s nested=%s: weights differ by %.3g" % (fmt, nested, err)
+        x = torch.randn(8, 192)
+        y_ref = x.double() @ ref.double().t() + lin.bias.double()
+        y = layer(x).double()
+        yerr = float((y - y_ref).abs().max() / y_ref.abs().max())
+        assert yerr <= 1e-5, "%s nested=%s: forward differs by %.3g" % (fmt, nested, yerr)
+        assert torch.equal(b4.weight.data.reshape(-1), layer.weight_q.codes)  # bnb's module untouched, bytes copied
+        out.append("%s%s %.1g/%.1g" % (fmt, "+nested" if nested else "", err, yerr))
+    # and such a layer trains (QFT-NF4: Lion 8-bit, stochastic rounding)
+    layer_q = lowbit.torch_nn.QuantizedLinear.from_bnb(b4)
+    opt = lowbit.torch_nn.QuantizedWeightOptimizer(layer_q, lr=1e-3)
+    target = torch.randn(48, 192) * 0.05
+    xs = torch.randn(64, 192)
+    losses = []
+    for _ in range(100):
+        loss = (layer_q(xs) - xs @ target.t()).square().mean()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0] * 0.5, (losses[0], losses[-1])
+    return ("weight / forward rel. error vs bnb dequantize_4bit: %s; fp4+nested layer trained %.3g -> %.3g"
+            % (", ".join(out), losses[0], losses[-1]))
 
 
 def main():
