@@ -497,113 +497,59 @@ def _():
     return _both_ways(bnb_pkg.optim.Lion8bit, lowbit.Lion8bit, 1e-3)
 
 
-class _TinyLlama(torch.nn.Module):
-    """A LLaMA-shaped byte model: RMSNorm, causal attention through q / k /
-    v / o projections, SwiGLU MLP, untied head (every projection a
-    torch.nn.Linear, called as a module, as in transformers' LLaMA)."""
-
-    def __init__(self, dim=64, layers=2, heads=4, hidden=176, vocab=256):
-        super().__init__()
-        self.heads = heads
-        self.embed = torch.nn.Embedding(vocab, dim)
-        self.blocks = torch.nn.ModuleList()
-        for _ in range(layers):
-            b = torch.nn.Module()
-            b.norm1, b.norm2 = torch.nn.RMSNorm(dim), torch.nn.RMSNorm(dim)
-            b.q, b.k, b.v, b.o = (torch.nn.Linear(dim, dim, bias=False) for _ in range(4))
-            b.gate, b.up = torch.nn.Linear(dim, hidden, bias=False), torch.nn.Linear(dim, hidden, bias=False)
-            b.down = torch.nn.Linear(hidden, dim, bias=False)
-            self.blocks.append(b)
-        self.norm = torch.nn.RMSNorm(dim)
-        self.lm_head = torch.nn.Linear(dim, vocab, bias=False)
-
-    def forward(self, tokens):
-        x = self.embed(tokens)
-        bsz, t, d = x.shape
-        for b in self.blocks:
-            h = b.norm1(x)
-            q, k, v = (p(h).view(bsz, t, self.heads, -1).transpose(1, 2) for p in (b.q, b.k, b.v))
-            a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-            x = x + b.o(a.transpose(1, 2).reshape(bsz, t, d))
-            h = b.norm2(x)
-            x = x + b.down(torch.nn.functional.silu(b.gate(h)) * b.up(h))
-        return self.lm_head(self.norm(x))
-
-
-def _byte_batches(n, batch=16, seq=64, seed=5):
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                        "examples", "llama", "data", "tinyshakespeare.txt")
-    with open(path, "rb") as f:
-        data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8).long()
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        at = torch.randint(0, len(data) - seq - 1, (batch,), generator=gen)
-        chunk = torch.stack([data[i:i + seq + 1] for i in at.tolist()])
-        out.append((chunk[:, :-1], chunk[:, 1:]))
-    return out
-
-
-def _lm_loss(model, batch):
-    x, y = batch
-    return torch.nn.functional.cross_entropy(model(x).reshape(-1, 256), y.reshape(-1))
+def _example():
+    """examples/python/qft_tiny_llama.py as a module (its model, data and QFT setup)."""
+    import importlib.util
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("qft_tiny_llama",
+                                                  os.path.join(root, "examples", "python", "qft_tiny_llama.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @check("g1 quantize_linears_: a LLaMA-shaped torch model trained by QFT (int8 weights, Lion 8-bit)")
 def _():
     import copy
     import io
-    from lowbit.torch_nn import QuantizedWeightOptimizer, quantize_linears_
+    ex = _example()
     torch.manual_seed(11)
-    base = _TinyLlama()
-    batches = _byte_batches(301)
-    held_out = _byte_batches(8, seed=99)
+    base = ex.TinyLlama()
+    batches, held_out = ex.byte_batches(300), ex.byte_batches(8, seed=99)
     # float baseline: torch AdamW on every parameter
     ref = copy.deepcopy(base)
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=3e-3, weight_decay=0.0)
-    for batch in batches[:300]:
+    for batch in batches:
         ref_opt.zero_grad()
-        _lm_loss(ref, batch).backward()
+        ex.lm_loss(ref, batch).backward()
         ref_opt.step()
     # QFT: every Linear but the head in int8, stepped inside the backward
     model = copy.deepcopy(base)
-    names = quantize_linears_(model, "int8", skip=["lm_head"])
+    names, qopt, fopt = ex.make_qft(model)
     assert len(names) == 14 and "lm_head" not in names and "blocks.0.q" in names, names
     with torch.no_grad():
         probe = held_out[0][0]
         drift = float((model(probe) - base(probe)).abs().max() / base(probe).abs().max())
     assert drift < 0.05, "int8 weights moved the logits by %.3g of their size" % drift
-    qopt = QuantizedWeightOptimizer(model, lr=1e-3, betas=(0.9, 0.95), seed=1)
-    fopt = lowbit.Lion8bit([p for p in model.parameters() if p.requires_grad], lr=1e-3, betas=(0.9, 0.95))
     first = None
-    for step, batch in enumerate(batches[:300]):
-        fopt.zero_grad()
-        loss = _lm_loss(model, batch)
-        first = float(loss) if first is None else first
-        loss.backward()
-        qopt.step()
-        fopt.step()
+    for step, batch in enumerate(batches):
+        loss = ex.qft_step(model, qopt, fopt, batch)
+        first = loss if first is None else first
         if step == 149:  # the optimizers' states through torch.save, resumed in a twin
             buf = io.BytesIO()
             torch.save({"q": qopt.state_dict(), "f": fopt.state_dict()}, buf)
             twin = copy.deepcopy(model)
-            twin_q = QuantizedWeightOptimizer(twin, lr=1e-3, betas=(0.9, 0.95), seed=1)
-            twin_f = lowbit.Lion8bit([p for p in twin.parameters() if p.requires_grad], lr=1e-3)
+            _, twin_q, twin_f = ex.make_qft(twin, lr=0.5, betas=(0.5, 0.5))  # the dicts bring the hyperparameters
             saved = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
             twin_q.load_state_dict(saved["q"])
             twin_f.load_state_dict(saved["f"])
-    for batch in batches[150:300]:
-        twin_f.zero_grad()
-        _lm_loss(twin, batch).backward()
-        twin_q.step()
-        twin_f.step()
+    for batch in batches[150:]:
+        ex.qft_step(twin, twin_q, twin_f, batch)
     same = all(torch.equal(a.weight_q.codes, b.weight_q.codes) for a, b in
                zip(qopt.layers, twin_q.layers)) and all(
         torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
     assert same, "the run resumed from state_dicts differs"
-    with torch.no_grad():
-        val_q = sum(float(_lm_loss(model, b)) for b in held_out) / len(held_out)
-        val_ref = sum(float(_lm_loss(ref, b)) for b in held_out) / len(held_out)
+    val_q, val_ref = ex.held_out_loss(model, held_out), ex.held_out_loss(ref, held_out)
     assert val_q < first * 0.6, (first, val_q)
     mem = qopt.optimizer.memory()
     return ("%d layers quantized; logits drift %.2g; loss %.3f -> held-out %.3f (torch AdamW fp32: %.3f, %+.1f%%); "
