@@ -16,7 +16,8 @@ from lowbit import _library
 
 source = sys.argv[1]
 where = os.path.dirname(os.path.abspath(lowbit.__file__))
-assert not where.startswith(os.path.abspath(source)), "imported the checkout's package at %s" % where
+assert where.startswith(os.path.abspath(sys.prefix) + os.sep), "imported %s, not the venv's package" % where
+assert where != os.path.join(os.path.abspath(source), "python", "lowbit")
 assert "LOWBIT_C_LIBRARY" not in os.environ
 lowbit.quantize(np.zeros(64, np.float32), "int8", block_size=64)  # loads the library
 path = _library.library_path()
