@@ -140,11 +140,18 @@ def image_to_state_dict(image, kit, groups, composition):
     }
 
 
-def state_dict_to_image(state_dict, template, kit):
-    """An image for the optimizer whose current image is ``template``,
-    holding the states of ``state_dict`` (lowbit's or bitsandbytes')."""
+def state_dict_to_image(state_dict, template, kit, composition):
+    """An image for the optimizer (of ``composition``) whose current image
+    is ``template``, holding the states of ``state_dict`` (lowbit's or
+    bitsandbytes')."""
     if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict):
         raise InvalidArgument("state_dict: expected a dict with a 'state' dict (optimizer.state_dict()'s layout)")
+    lowbit_entry = state_dict.get("lowbit")
+    theirs = lowbit_entry.get("composition") if isinstance(lowbit_entry, dict) else None
+    if isinstance(theirs, str) and theirs.split("/")[:3] != composition.split("/")[:3]:
+        # the memory part may differ: states move between host and device
+        raise InvalidArgument("state_dict: made by a %s optimizer, this one is %s (rule, states and weights must "
+                              "match)" % (theirs, composition))
     metadata, entries = parse_image(template)
     params = _params_of(metadata)
     by_name = {p["name"]: i for i, p in enumerate(params)}
@@ -202,9 +209,8 @@ def state_dict_to_image(state_dict, template, kit):
         if len(value) != len(data):
             raise InvalidArgument("%s['%s']: %d bytes, this optimizer's needs %d" % (where, key, len(value), len(data)))
         out.append([name, dtype, shape, value])
-    lowbit = state_dict.get("lowbit")
-    if isinstance(lowbit, dict) and "step_count" in lowbit:
-        step_count = _count(lowbit["step_count"], "state_dict['lowbit']['step_count']")
+    if isinstance(lowbit_entry, dict) and "step_count" in lowbit_entry:
+        step_count = _count(lowbit_entry["step_count"], "state_dict['lowbit']['step_count']")
     else:
         step_count = max(steps, default=0)  # bitsandbytes' dictionaries have per-parameter steps only
     for e in out:

@@ -421,7 +421,7 @@ class Optimizer:
             except (TypeError, ValueError) as e:
                 raise InvalidArgument("state_dict: param group %d has unusable hyperparameters (%s)" % (g, e)) from None
             wanted.append(values)
-        image = state_dict_to_image(state_dict, self.state_image(), _kit or NumpyKit())
+        image = state_dict_to_image(state_dict, self.state_image(), _kit or NumpyKit(), self.composition)
         before = [self.hparams(g) for g in range(self._group_count)]
         try:
             for g, values in enumerate(wanted):

@@ -214,7 +214,7 @@ class LowbitOptimizer(torch.optim.Optimizer):
                 raise InvalidArgument("state_dict: param group %d has unusable hyperparameters (%s)"
                                       % (len(merged), e)) from None
             merged.append(new)
-        image = state_dict_to_image(state_dict, self._lowbit.state_image(), _TorchKit())
+        image = state_dict_to_image(state_dict, self._lowbit.state_image(), _TorchKit(), self._lowbit.composition)
         self._lowbit.load_state_image(image)
         for group, new in zip(self.param_groups, merged):
             group.update(new)  # pushed to the C side by the next step()

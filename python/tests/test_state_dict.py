@@ -240,6 +240,9 @@ class StateDictTest(unittest.TestCase):
         refused(set_quant(0, "qmap1", np.linspace(-1, 1, 256, dtype=np.float32)), r"qmap1' differs")
         # a negative block scale
         refused(set_quant(0, "absmax2", -np.ones(32, np.float32)), r"absmax2' block 0", lowbit.MalformedFile)
+        # another composition's dictionary
+        refused(lambda d: d["lowbit"].__setitem__("composition", "adamw/int4/fp32/host"),
+                r"made by a adamw/int4/fp32/host optimizer, this one is adamw/int8/fp32/host")
         # a dict of another rule's hyperparameters that this rule cannot take
         refused(lambda d: d["param_groups"][0].__setitem__("lr", "fast"), r"param group 0 has unusable hyperparameters")
 
