@@ -189,7 +189,11 @@ def quantize_linears_(module, format="int8", block_size=256, nested=False, skip=
     are replaced: subclasses (e.g. the out_proj of torch's
     MultiheadAttention, whose weight the parent reads directly) are left
     alone, as is any parent that reads ``.weight`` instead of calling the
-    layer; those parents would fail or be wrong with a quantized layer.
+    layer; those parents would fail or be wrong with a quantized layer. A
+    Linear whose weight is tied to another parameter (a head sharing the
+    embedding's weight) is refused with a ValueError naming it, since
+    quantizing it would untie them (skip it); a Linear used in several
+    places becomes one QuantizedLinear used in the same places.
     Typical QFT setup::
 
         quantize_linears_(model, "int8", skip=["lm_head"])
@@ -197,13 +201,27 @@ def quantize_linears_(module, format="int8", block_size=256, nested=False, skip=
         fopt = lowbit.Lion8bit([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     """
     keep = skip if callable(skip) else (lambda name, _layer, names=frozenset(skip): name in names)
+    owners = {}  # id(parameter) -> every name it has in the tree (tied weights have several)
+    for name, param in module.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), []).append(name)
+    paths = {}  # id(module) -> every name it has in the tree
+    for name, sub in module.named_modules(remove_duplicate=False):
+        paths.setdefault(id(sub), []).append(name)
+    done = {}  # id(Linear) -> its QuantizedLinear: a layer used in two places stays one layer
     replaced = []
-    for parent_name, parent in list(module.named_modules()):
-        for child_name, child in list(parent.named_children()):
+    for parent_name, parent in list(module.named_modules(remove_duplicate=False)):
+        for child_name, child in list(parent._modules.items()):  # named_children() hides repeated children
             name = parent_name + "." + child_name if parent_name else child_name
             if type(child) is not torch.nn.Linear or keep(name, child):
                 continue
-            setattr(parent, child_name, QuantizedLinear.from_linear(child, format, block_size, nested))
+            if id(child) not in done:
+                own = tuple(p + "." for p in paths[id(child)])
+                tied = [n for n in owners.get(id(child.weight), []) if not n.startswith(own)]
+                if tied:
+                    raise ValueError("quantize_linears_: the weight of '%s' is also %s (tied); quantizing it would "
+                                     "untie them: pass skip=[%r]" % (name, ", ".join(repr(n) for n in tied), name))
+                done[id(child)] = QuantizedLinear.from_linear(child, format, block_size, nested)
+            setattr(parent, child_name, done[id(child)])
             replaced.append(name)
     return replaced
 

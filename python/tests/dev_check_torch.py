@@ -512,6 +512,7 @@ def _example():
 def _():
     import copy
     import io
+    from lowbit.torch_nn import quantize_linears_
     ex = _example()
     torch.manual_seed(11)
     base = ex.TinyLlama()
@@ -527,6 +528,17 @@ def _():
     model = copy.deepcopy(base)
     names, qopt, fopt = ex.make_qft(model)
     assert len(names) == 14 and "lm_head" not in names and "blocks.0.q" in names, names
+    # a tied head is refused by name; a layer used in two places stays one layer
+    tied = ex.TinyLlama()
+    tied.lm_head.weight = tied.embed.weight
+    try:
+        quantize_linears_(tied)
+        raise AssertionError("a tied head was quantized")
+    except ValueError as e:
+        assert "'lm_head'" in str(e) and "embed.weight" in str(e), e
+    shared = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU())
+    shared.append(shared[0])
+    assert quantize_linears_(shared) == ["0", "2"] and shared[0] is shared[2]
     with torch.no_grad():
         probe = held_out[0][0]
         drift = float((model(probe) - base(probe)).abs().max() / base(probe).abs().max())
