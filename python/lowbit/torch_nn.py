@@ -82,7 +82,9 @@ class QuantizedLinear(torch.nn.Module):
             raise ValueError("QuantizedLinear: weight_q holds %d elements, (out, in) = (%d, %d) needs %d"
                              % (weight_q.numel, self.out_features, self.in_features,
                                 self.out_features * self.in_features))
-        self.weight_q = weight_q
+        self._format = (weight_q.format, weight_q.block_size, weight_q.nested)
+        for name, buf in weight_q.buffers().items():  # module buffers: state_dict, load_state_dict, .to()
+            self.register_buffer("weight_" + name, buf)
         self.bias = torch.nn.Parameter(torch.zeros(self.out_features, device=device, dtype=dtype)) if bias else None
         self.weight_grad = None
         self._sink = None  # the fused optimizer's callback
@@ -140,6 +142,43 @@ class QuantizedLinear(torch.nn.Module):
             with torch.no_grad():
                 layer.bias.copy_(bias)
         return layer
+
+    @property
+    def weight_q(self):
+        """The weight as a :class:`~lowbit.QuantizedTensor` over this
+        module's buffers (``weight_codes``, ``weight_absmax`` or, nested,
+        ``weight_absmax_codes`` / ``weight_nested_absmax`` /
+        ``weight_nested_offset``). An optimizer holds on to these buffers:
+        create it after moving the module (``.to()`` replaces buffers);
+        ``load_state_dict`` copies into them in place."""
+        fmt, block_size, nested = self._format
+        names = ("codes", "absmax", "absmax_codes", "nested_absmax", "nested_offset")
+        return QuantizedTensor(fmt, (self.out_features, self.in_features), block_size, nested,
+                               *(self._buffers.get("weight_" + n) for n in names))
+
+    def get_extra_state(self):
+        # the format travels with the buffers in state_dict(), and is checked on load
+        fmt, block_size, nested = self._format
+        return {"format": fmt, "block_size": block_size, "nested": nested,
+                "shape": [self.out_features, self.in_features]}
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # Check the format before torch copies any buffer: an int8 weight of
+        # another block size has codes of the same shape, which torch would
+        # copy before set_extra_state could object.
+        theirs = state_dict.get(prefix + "_extra_state")
+        if theirs is not None and theirs != self.get_extra_state():
+            error_msgs.append("%s: state_dict holds a %r weight, this QuantizedLinear is %r (nothing of it loaded)"
+                              % (prefix.rstrip(".") or "QuantizedLinear", theirs, self.get_extra_state()))
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def set_extra_state(self, state):
+        mine = self.get_extra_state()
+        if state != mine:
+            raise ValueError("QuantizedLinear: state_dict holds a %r weight, this layer is %r" % (state, mine))
 
     def dequantized_weight(self, dtype=torch.float32):
         """The weight as a dense (out, in) tensor (a new one)."""

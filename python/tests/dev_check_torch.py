@@ -32,7 +32,9 @@ Checks (CPU tensors):
      of QFT (QuantizedWeightOptimizer fused + Lion8bit for the float
      parameters) on tinyshakespeare bytes: held-out loss against torch
      AdamW fp32 on the same batches (reported), states through torch.save
-     resume bit for bit;
+     resume bit for bit, model.state_dict() (quantized buffers included)
+     reloads into a fresh quantized model with identical outputs and is
+     refused, untouched, by layers of another block size;
   h) QuantizedLinear.from_bnb on bitsandbytes Linear4bit (nf4 / fp4,
      nested or not): lowbit's decode of bnb's bytes within 2^-20 of
      bnb's dequantize_4bit, the forward within 1e-5 of float64, and the
@@ -561,11 +563,31 @@ def _():
                zip(qopt.layers, twin_q.layers)) and all(
         torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
     assert same, "the run resumed from state_dicts differs"
+    # the trained model (quantized weights included) through torch.save into a fresh quantized model
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    fresh = ex.TinyLlama()
+    quantize_linears_(fresh, "int8", skip=["lm_head"])
+    fresh.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    probe = held_out[1][0]
+    with torch.no_grad():
+        assert torch.equal(fresh(probe), model(probe)), "the model reloaded from its state_dict differs"
+    # another block size (codes of the same shape): refused, the layers keep their bytes
+    other = ex.TinyLlama()
+    quantize_linears_(other, "int8", block_size=128, skip=["lm_head"])
+    kept = [b.clone() for b in other.buffers()]
+    try:
+        other.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+        raise AssertionError("an int8 / 256 state_dict loaded into int8 / 128 layers")
+    except RuntimeError as e:
+        assert "'block_size': 256" in str(e) and "nothing of it loaded" in str(e), e
+    assert all(torch.equal(a, b) for a, b in zip(kept, other.buffers())), "a refused load changed the layers"
     val_q, val_ref = ex.held_out_loss(model, held_out), ex.held_out_loss(ref, held_out)
     assert val_q < first * 0.6, (first, val_q)
     mem = qopt.optimizer.memory()
     return ("%d layers quantized; logits drift %.2g; loss %.3f -> held-out %.3f (torch AdamW fp32: %.3f, %+.1f%%); "
-            "resumed from state_dicts bit for bit; quantized layers %.2f B/param"
+            "resumed from state_dicts bit for bit; model.state_dict() reloads identically; quantized layers "
+            "%.2f B/param"
             % (len(names), drift, first, val_q, val_ref, 100 * (val_q / val_ref - 1), mem.bytes_per_param))
 
 
