@@ -9,6 +9,15 @@ minus its resident memory right before the model was built (Python, torch
 and the libraries loaded), so it counts weights, optimizer states,
 gradients, activations and the allocator's slack.
 
+glibc's malloc adapts its mmap threshold to the largest block freed, so
+whether freed multi-MiB blocks (the float weight each layer is quantized
+from, gradients, activations) return to the system or stay in the heap
+depends on the order of events, and peaks of the same run varied by a
+factor of two (lowbit-qft: 244 to 515 MiB). The subprocesses therefore run
+with MALLOC_MMAP_THRESHOLD_=1048576 (blocks of 1 MiB and more always
+mmapped, returned when freed): the same for every configuration, and
+repeatable to 0.1 %. --glibc-default measures with glibc's default instead.
+
 Development-only (torch, bitsandbytes: never dependencies of lowbit). Run
     PYTHONPATH=python LOWBIT_C_LIBRARY=build/capi/liblowbit_c.so \\
         /tmp/venv/bin/python bench/qft_torch_memory.py --layers 24 --width 2048
@@ -72,17 +81,23 @@ def main():
     ap.add_argument("--width", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--glibc-default", action="store_true",
+                    help="leave glibc's adaptive mmap threshold on (peaks vary from run to run)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args.layers, args.width, args.batch, args.steps)))
         return
-    print("%d layers of %d x %d (%.1f M parameters), batch %d, %d steps" % (
-        args.layers, args.width, args.width, args.layers * args.width ** 2 / 1e6, args.batch, args.steps))
+    env = dict(os.environ)
+    if not args.glibc_default:
+        env["MALLOC_MMAP_THRESHOLD_"] = "1048576"
+    print("%d layers of %d x %d (%.1f M parameters), batch %d, %d steps, %s" % (
+        args.layers, args.width, args.width, args.layers * args.width ** 2 / 1e6, args.batch, args.steps,
+        "glibc's default malloc" if args.glibc_default else "MALLOC_MMAP_THRESHOLD_=1048576"))
     for mode in ("torch-adamw", "bnb-adamw8", "lowbit-qft"):
         out = subprocess.run([sys.executable, __file__, "--one", mode, "--layers", str(args.layers), "--width",
                               str(args.width), "--batch", str(args.batch), "--steps", str(args.steps)],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, env=env)
         line = [l for l in out.stdout.splitlines() if l.startswith("{")]
         if out.returncode or not line:
             print("%-12s failed: %s" % (mode, (out.stderr.strip().splitlines() or ["?"])[-1]))
