@@ -44,7 +44,7 @@ Checks (CPU tensors):
      Lion8bit state_dicts load into lowbit's and lowbit's into
      bitsandbytes' (both directions): the loaded states equal the source's,
      and one more step of each from that state agrees within 0.05 lr per
-     element.
+     element; bfloat16 states and float32 masters resume bit for bit.
 Prints a PASS/FAIL table; exits non-zero on any failure.
 """
 
@@ -472,6 +472,30 @@ def _handover(make_from, make_to, steps=30, pairs=None):
     worst = max(float((a - b).abs().max()) for a, b in zip(d_src, d_dst)) / lr
     size = max(float(a.abs().max()) for a in d_src) / lr
     return worst, equal, size
+
+
+@check("f4 state_dict with bfloat16 states and float32 masters (bf16 parameters) resumes bit for bit")
+def _():
+    import copy
+    batches = _mlp_batches(30)
+    out = []
+    for states, weights in (("bf16", "bf16"), ("int8", "fp32_master_bf16")):
+        model = _mlp().to(torch.bfloat16)
+        make = lambda params: lowbit.LowbitOptimizer(params, rule="adamw", states=states, weights=weights,  # noqa: E731
+                                                     lr=3e-3, seed=2)
+        opt = make(model.parameters())
+        bf = [(x.to(torch.bfloat16), y.to(torch.bfloat16)) for x, y in batches]
+        _train(model, opt, bf[:15])
+        sd = opt.state_dict()
+        kinds = sorted({str(t.dtype) for s in sd["state"].values() for t in s["__bnb_optimizer_quant_state__"].values()})
+        twin = copy.deepcopy(model)
+        twin_opt = make(twin.parameters())
+        twin_opt.load_state_dict(sd)
+        _train(model, opt, bf[15:])
+        _train(twin, twin_opt, bf[15:])
+        assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters())), states + weights
+        out.append("%s/%s: %s" % (states, weights, ", ".join(kinds)))
+    return "; ".join(out)
 
 
 def _both_ways(bnb_class, lowbit_class, lr):
