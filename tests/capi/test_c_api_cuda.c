@@ -14,7 +14,8 @@
  *   - a device optimizer (memory "device") and a host one of the same
  *     composition and seed end with the same bytes after several steps
  *     (QFT's lion/int8/int8 and adamw/int8/fp32), including a skipped
- *     non-finite gradient, and device states saved then loaded into a host
+ *     non-finite gradient, device states as an in-memory image equal to the
+ *     saved file and loaded back, and device states saved then loaded into a host
  *     optimizer continue identically;
  *   - tensors of one call on two sides are refused, naming the argument. */
 #include <math.h>
@@ -333,6 +334,24 @@ static void test_optimizer_device_equals_host(int quantized_weights) {
    * the host weights: one more step of each equal */
   const char* path = quantized_weights ? "test_c_api_cuda_lion.safetensors" : "test_c_api_cuda_adamw.safetensors";
   CHECK(lowbit_c_optimizer_save(dev, path) == LOWBIT_C_OK, "%s", lowbit_c_last_error());
+  /* the device states as an image in memory: the file's bytes; loaded back
+   * into the device optimizer, they give the same image again */
+  uint64_t size = 0;
+  CHECK(lowbit_c_optimizer_save_to_memory(dev, NULL, 0, &size) == LOWBIT_C_OK, "%s", lowbit_c_last_error());
+  uint8_t* image = (uint8_t*)malloc(size + 1);
+  uint8_t* again = (uint8_t*)malloc(size + 1);
+  CHECK(lowbit_c_optimizer_save_to_memory(dev, image, size, &size) == LOWBIT_C_OK, "%s", lowbit_c_last_error());
+  FILE* f = fopen(path, "rb");
+  const size_t got = f ? fread(again, 1, size + 1, f) : 0;
+  if (f) fclose(f);
+  CHECK(got == size && memcmp(again, image, size) == 0, "device state image differs from the saved file");
+  CHECK(lowbit_c_optimizer_load_from_memory(dev, image, size) == LOWBIT_C_OK, "%s", lowbit_c_last_error());
+  uint64_t size2 = 0;
+  CHECK(lowbit_c_optimizer_save_to_memory(dev, again, size, &size2) == LOWBIT_C_OK && size2 == size &&
+            memcmp(again, image, size) == 0,
+        "device states loaded from memory do not save back the same");
+  free(image);
+  free(again);
   lowbit_c_optimizer* reloaded = make_optimizer(rule, "int8", weights, "host");
   if (!quantized_weights && reloaded) {
     static float w2[n];
