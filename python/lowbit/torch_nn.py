@@ -32,6 +32,7 @@ import torch
 
 from .gemm import dequant_linear, dequant_linear_backward_input
 from .optimizer import Optimizer
+from .quantized import _BUFFERS as QUANTIZED_BUFFERS
 from .quantized import QuantizedTensor, dequantize, quantize
 
 __all__ = ["QuantizedLinear", "QuantizedWeightOptimizer", "quantize_linears_", "quantized_linears"]
@@ -99,12 +100,7 @@ class QuantizedLinear(torch.nn.Module):
         """The layer of ``linear`` (a torch.nn.Linear) with its weight quantized."""
         weight_q = quantize(linear.weight.detach().float().contiguous(), format, block_size=block_size,
                             nested=nested)
-        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                    device=linear.weight.device, dtype=linear.weight.dtype, weight_q=weight_q)
-        if linear.bias is not None:
-            with torch.no_grad():
-                layer.bias.copy_(linear.bias)
-        return layer
+        return cls._around(weight_q, linear.bias, linear.weight.device, linear.weight.dtype)
 
     @classmethod
     def from_bnb(cls, linear4bit):
@@ -136,8 +132,15 @@ class QuantizedLinear(torch.nn.Module):
         weight_q = QuantizedTensor(fmt, (out_features, in_features), int(state.blocksize), bool(state.nested),
                                    codes, **scales)
         bias = linear4bit.bias
-        layer = cls(in_features, out_features, bias=bias is not None, device=codes.device,
-                    dtype=bias.dtype if bias is not None else torch.float32, weight_q=weight_q)
+        return cls._around(weight_q, bias, codes.device, bias.dtype if bias is not None else torch.float32)
+
+    @classmethod
+    def _around(cls, weight_q, bias, device, dtype):
+        """A layer over an existing quantized (out, in) weight, with a copy of
+        ``bias`` (a tensor or None) as a ``dtype`` parameter."""
+        out_features, in_features = weight_q.shape
+        layer = cls(in_features, out_features, bias=bias is not None, device=device, dtype=dtype,
+                    weight_q=weight_q)
         if bias is not None:
             with torch.no_grad():
                 layer.bias.copy_(bias)
@@ -152,9 +155,8 @@ class QuantizedLinear(torch.nn.Module):
         create it after moving the module (``.to()`` replaces buffers);
         ``load_state_dict`` copies into them in place."""
         fmt, block_size, nested = self._format
-        names = ("codes", "absmax", "absmax_codes", "nested_absmax", "nested_offset")
         return QuantizedTensor(fmt, (self.out_features, self.in_features), block_size, nested,
-                               *(self._buffers.get("weight_" + n) for n in names))
+                               *(self._buffers.get("weight_" + n) for n in QUANTIZED_BUFFERS))
 
     def get_extra_state(self):
         # the format travels with the buffers in state_dict(), and is checked on load
@@ -176,9 +178,7 @@ class QuantizedLinear(torch.nn.Module):
                                       error_msgs)
 
     def set_extra_state(self, state):
-        mine = self.get_extra_state()
-        if state != mine:
-            raise ValueError("QuantizedLinear: state_dict holds a %r weight, this layer is %r" % (state, mine))
+        pass  # _load_from_state_dict has checked it against this layer's format
 
     def dequantized_weight(self, dtype=torch.float32):
         """The weight as a dense (out, in) tensor (a new one)."""
