@@ -9,7 +9,9 @@
 // gradient_plan gives it and calls on_ready(indices) as soon as gradients
 // are complete and their weights used for the last time (the head, then
 // each layer's tensors one by one from the last layer, then the embedding),
-// which is where a fused backward-update steps the optimizer.
+// which is where a fused backward-update steps the optimizer. With
+// set_accumulate_gradients(true), backward() adds every gradient to what
+// the buffer holds instead (gradient accumulation over micro-batches).
 #pragma once
 
 #include <algorithm>
@@ -92,19 +94,26 @@ class llama_model {
 
   const T* logits() const { return logits_.data(); }
 
+  // Whether backward() adds each parameter's gradient to the buffer's
+  // current value (true: the second and later micro-batches of a step with
+  // gradient accumulation) or overwrites it (false, the default).
+  void set_accumulate_gradients(bool on) { accumulate_ = on; }
+
   // Gradients of the last forward's loss. grads: plan.size elements.
   template <class Ready>
   void backward(T* grads, const gradient_plan& plan, Ready&& on_ready) {
     const int64_t M = B_ * S_, D = cfg_.dim, V = cfg_.vocab_size;
+    lowbit::require(!(accumulate_ && plan.fused), lowbit::errc::invalid_argument,
+                    "backward: gradient accumulation needs every tensor's own place (the two-pass gradient plan)");
     auto g = [&](int p) { return grads + plan.offset[size_t(p)]; };
     // Output head and final norm. logits_ holds dloss/dlogits.
     phase_scope ph(rec_, phase::head_backward);
     const matrix_ref head = w_.matrix(L_.head);
-    linear_weight_grad(logits_.data(), xn_f_.data(), M, V, D, g(L_.head), false);
+    linear_weight_grad(logits_.data(), xn_f_.data(), M, V, D, g(L_.head), accumulate_);
     linear_backward_input(logits_.data(), M, head, dxn_.data());
     std::fill(dx_.begin(), dx_.begin() + M * D, T(0));
     ops::rmsnorm_backward(dxn_.data(), xs_.back().data(), w_.vector(L_.final_norm), rstd_f_.data(), dx_.data(),
-                          g(L_.final_norm), M, D);
+                          g(L_.final_norm), M, D, accumulate_);
     if (cfg_.tied_embeddings) on_ready(std::vector<int>{L_.final_norm});
     else on_ready(std::vector<int>{L_.head, L_.final_norm});
     for (int l = cfg_.n_layers - 1; l >= 0; --l) {
@@ -123,9 +132,10 @@ class llama_model {
     }
     ph.to(phase::embedding_backward);
     // Token embedding: scatter-add each row's gradient (onto the head's
-    // gradient when tied). Columns in parallel, rows in order.
+    // gradient when tied, or onto the earlier micro-batches' when
+    // accumulating). Columns in parallel, rows in order.
     T* ge = g(L_.embed);
-    if (!cfg_.tied_embeddings) std::fill(ge, ge + int64_t(V) * D, T(0));
+    if (!cfg_.tied_embeddings && !accumulate_) std::fill(ge, ge + int64_t(V) * D, T(0));
     lowbit::cpu::parallel_for(D, std::max<int64_t>(1, D / 2), [&](int64_t j0, int64_t j1) {
       for (int64_t m = 0; m < M; ++m) {
         T* row = ge + int64_t(tokens_[m]) * D;
@@ -224,23 +234,23 @@ class llama_model {
     auto g = [&](int p) { return grads + plan.offset[size_t(p)]; };
     const T* x = xs_[size_t(l)].data();
     // MLP: out = x_mid + down(silu(gate(xn2)) * up(xn2))
-    linear_weight_grad(dx_.data(), a.h.data(), M, D, F, g(P.w_down), false);
+    linear_weight_grad(dx_.data(), a.h.data(), M, D, F, g(P.w_down), accumulate_);
     linear_backward_input(dx_.data(), M, w_.matrix(P.w_down), dh_.data());
     on_ready(std::vector<int>{P.w_down});
     ops::swiglu_backward(dh_.data(), a.gate.data(), a.up.data(), dgate_.data(), dup_.data(), M * F);
-    linear_weight_grad(dgate_.data(), a.xn2.data(), M, F, D, g(P.w_gate), false);
+    linear_weight_grad(dgate_.data(), a.xn2.data(), M, F, D, g(P.w_gate), accumulate_);
     linear_backward_input(dgate_.data(), M, w_.matrix(P.w_gate), dxn_.data());
     on_ready(std::vector<int>{P.w_gate});
-    linear_weight_grad(dup_.data(), a.xn2.data(), M, F, D, g(P.w_up), false);
+    linear_weight_grad(dup_.data(), a.xn2.data(), M, F, D, g(P.w_up), accumulate_);
     linear_backward_input(dup_.data(), M, w_.matrix(P.w_up), tmp_dim_.data());
     on_ready(std::vector<int>{P.w_up});
     add_into(dxn_.data(), tmp_dim_.data(), M * D);
     std::copy(dx_.begin(), dx_.begin() + M * D, dmid_.begin());
     ops::rmsnorm_backward(dxn_.data(), a.x_mid.data(), w_.vector(P.mlp_norm), a.rstd2.data(), dmid_.data(),
-                          g(P.mlp_norm), M, D);
+                          g(P.mlp_norm), M, D, accumulate_);
     on_ready(std::vector<int>{P.mlp_norm});
     // Attention: x_mid = x + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1)))
-    linear_weight_grad(dmid_.data(), a.attn.data(), M, D, QW, g(P.wo), false);
+    linear_weight_grad(dmid_.data(), a.attn.data(), M, D, QW, g(P.wo), accumulate_);
     linear_backward_input(dmid_.data(), M, w_.matrix(P.wo), dattn_.data());
     on_ready(std::vector<int>{P.wo});
     phase_scope attention(rec_, phase::attention_backward);  // with its inverse rotary embedding
@@ -249,19 +259,20 @@ class llama_model {
     ops::rope_apply(dq_.data(), M, S_, cfg_.n_heads, rope_, true);
     ops::rope_apply(dk_.data(), M, S_, cfg_.n_kv_heads, rope_, true);
     attention.close();
-    linear_weight_grad(dq_.data(), a.xn1.data(), M, QW, D, g(P.wq), false);
+    linear_weight_grad(dq_.data(), a.xn1.data(), M, QW, D, g(P.wq), accumulate_);
     linear_backward_input(dq_.data(), M, w_.matrix(P.wq), dxn_.data());
     on_ready(std::vector<int>{P.wq});
-    linear_weight_grad(dk_.data(), a.xn1.data(), M, KW, D, g(P.wk), false);
+    linear_weight_grad(dk_.data(), a.xn1.data(), M, KW, D, g(P.wk), accumulate_);
     linear_backward_input(dk_.data(), M, w_.matrix(P.wk), tmp_dim_.data());
     on_ready(std::vector<int>{P.wk});
     add_into(dxn_.data(), tmp_dim_.data(), M * D);
-    linear_weight_grad(dv_.data(), a.xn1.data(), M, KW, D, g(P.wv), false);
+    linear_weight_grad(dv_.data(), a.xn1.data(), M, KW, D, g(P.wv), accumulate_);
     linear_backward_input(dv_.data(), M, w_.matrix(P.wv), tmp_dim_.data());
     on_ready(std::vector<int>{P.wv});
     add_into(dxn_.data(), tmp_dim_.data(), M * D);
     std::copy(dmid_.begin(), dmid_.begin() + M * D, dx_.begin());
-    ops::rmsnorm_backward(dxn_.data(), x, w_.vector(P.attn_norm), a.rstd1.data(), dx_.data(), g(P.attn_norm), M, D);
+    ops::rmsnorm_backward(dxn_.data(), x, w_.vector(P.attn_norm), a.rstd1.data(), dx_.data(), g(P.attn_norm), M, D,
+                          accumulate_);
     on_ready(std::vector<int>{P.attn_norm});
   }
 
@@ -276,6 +287,7 @@ class llama_model {
   weight_store<T>& w_;
   int64_t max_batch_, max_seq_;
   bool checkpointing_;
+  bool accumulate_ = false;    // backward() adds to the gradient buffer (set_accumulate_gradients)
   layer_recompute recompute_;  // which layers the backward recomputes
   phase_recorder* rec_ = nullptr;  // --profile: where each step's time goes
   ops::rope_table<T> rope_;

@@ -40,9 +40,11 @@ void rmsnorm_forward(const T* x, const T* w, T* y, T* rstd, int64_t M, int64_t D
   });
 }
 
-// dx += d(rmsnorm)/dx . dy ; dw = sum over rows of dy * x * rstd (written).
+// dx += d(rmsnorm)/dx . dy ; dw = sum over rows of dy * x * rstd, written,
+// or added to dw's value with accumulate (gradient accumulation).
 template <class T>
-void rmsnorm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx, T* dw, int64_t M, int64_t D) {
+void rmsnorm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx, T* dw, int64_t M, int64_t D,
+                      bool accumulate = false) {
   parallel_for(M, row_grain(D), [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
       const T* xr = x + m * D;
@@ -60,7 +62,7 @@ void rmsnorm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx,
     for (int64_t j = j0; j < j1; ++j) {
       T s = 0;
       for (int64_t m = 0; m < M; ++m) s += dy[m * D + j] * (x[m * D + j] * rstd[m]);
-      dw[j] = s;
+      dw[j] = accumulate ? dw[j] + s : s;
     }
   });
 }

@@ -26,6 +26,13 @@ namespace llama {
 
 struct session_options {
   int64_t batch = 16, seq = 128;
+  // Gradient accumulation (--grad-accum): a step runs this many
+  // micro-batches of [batch, seq] one after another, adds their gradients
+  // in the one gradient buffer and updates once with their mean (as one
+  // batch of grad_accum * batch sequences would, up to float rounding);
+  // activations are sized for one micro-batch. Needs the two-pass update
+  // (the fused backward-update keeps no whole gradient to add to).
+  int64_t grad_accum = 1;
   bool checkpointing = false;
   bool fused_update = false;  // no full gradient buffer; no global-norm clipping
   // Element type of the gradient buffer: float32, or bfloat16 (CUDA path
@@ -54,6 +61,18 @@ inline optimizer_hparams optimizer_hparams_for(const session_options& o) {
   return h;
 }
 
+// Refuses session options no session can run: gradient accumulation below
+// one micro-batch, or with the fused backward-update.
+inline void check_session_options(const session_options& o) {
+  lowbit::require(o.grad_accum >= 1, lowbit::errc::invalid_argument,
+                  "--grad-accum must be >= 1 (micro-batches per optimizer step), got " + std::to_string(o.grad_accum));
+  lowbit::require(!(o.fused_update && o.grad_accum > 1), lowbit::errc::invalid_argument,
+                  "--grad-accum " + std::to_string(o.grad_accum) +
+                      " needs a whole gradient buffer to add the micro-batches' gradients in, which the fused "
+                      "backward-update does not keep (it updates each tensor as soon as its gradient is ready): "
+                      "drop --fused-update, or use one micro-batch");
+}
+
 // "f32" / "bf16" (the command line's --grad-dtype) as a dtype.
 inline lowbit::dtype parse_grad_dtype(const std::string& s) {
   if (s == "f32") return lowbit::dtype::f32;
@@ -72,15 +91,22 @@ struct step_result {
 // the update (the step count still moves, and with it the data order);
 // otherwise every parameter is stepped with its gradient (grads + its
 // offset, in the optimizer's memory), scaled so the global L2 norm is at
-// most clip when clip > 0. grads: plan.size elements of dtype grad_type.
+// most clip when clip > 0. grads: plan.size elements of dtype grad_type,
+// the sum of `micro_batches` micro-batches' gradients (gradient
+// accumulation), whose mean is stepped: the norm is the mean's and the
+// optimizer's gradient scale carries the 1 / micro_batches (for one micro-
+// batch the scale is the plain clipping factor, bit for bit).
 inline void two_pass_update(trainer_optimizer& opt, const lowbit::optim::grad_stats& gs, const void* grads,
-                            lowbit::dtype grad_type, const gradient_plan& plan, float clip, step_result& r) {
+                            lowbit::dtype grad_type, const gradient_plan& plan, float clip, step_result& r,
+                            int64_t micro_batches = 1) {
   opt.begin_step();
   if (!gs.finite || !std::isfinite(r.loss)) {
     r.skipped = true;
   } else {
-    r.grad_norm = std::sqrt(gs.sumsq);
-    const float scale = (clip > 0.0f && r.grad_norm > double(clip)) ? float(double(clip) / (r.grad_norm + 1e-6)) : 1.0f;
+    const double k = double(micro_batches);
+    r.grad_norm = std::sqrt(gs.sumsq) / k;
+    const double clip_factor = (clip > 0.0f && r.grad_norm > double(clip)) ? double(clip) / (r.grad_norm + 1e-6) : 1.0;
+    const float scale = float(clip_factor / k);
     const char* base = static_cast<const char*>(grads);
     const int64_t esize = int64_t(lowbit::dtype_size(grad_type));
     for (size_t p = 0; p < plan.offset.size(); ++p)
@@ -104,13 +130,17 @@ class session_base {
   virtual weight_store<float>& weights() = 0;
   virtual void weights_changed() {}
   virtual trainer_optimizer& optimizer() = 0;
+  // One optimizer step. x and y hold the step's grad_accum micro-batches of
+  // [batch, seq] tokens one after another (batch * seq * grad_accum each).
   virtual step_result step(const int32_t* x, const int32_t* y, float lr, float clip) = 0;
   // Mean loss of one [batch, seq] batch (the session's shape), no update.
   virtual double loss(const int32_t* x, const int32_t* y) = 0;
-  // Loss of one batch and every parameter's gradient, no update: out gets
-  // the gradients in parameter order, each parameter's numel floats after
-  // the previous one's (the two-pass gradient plan; refused with the fused
-  // plan, in which the tensors share one region). For tests and diagnostics.
+  // Loss and every parameter's gradient of one step's grad_accum
+  // micro-batches (laid out as step() takes them; their means), no update:
+  // out gets the gradients in parameter order, each parameter's numel
+  // floats after the previous one's (the two-pass gradient plan; refused
+  // with the fused plan, in which the tensors share one region). For tests
+  // and diagnostics.
   virtual double gradients(const int32_t* x, const int32_t* y, std::vector<float>& out) = 0;
   // Logits of the last position of tokens[0 .. len) (one sequence) into out[vocab].
   virtual void last_logits(const int32_t* tokens, int64_t len, float* out) = 0;
@@ -132,12 +162,16 @@ class session_base {
   // steps mark their phases on it between its begin_step and end_step.
   virtual phase_recorder& phase_profile() = 0;
 
-  // Mean loss over `batches` fixed validation batches.
+  // Mean loss over `batches` fixed validation batches of a step's size
+  // (batch * grad_accum sequences each, run one micro-batch at a time), so
+  // that --batch 16 and --batch 8 --grad-accum 2 are measured on the same
+  // windows.
   template <class Data>
   double evaluate(const Data& data, int64_t batches) {
     const session_options& o = options();
     std::vector<int32_t> x(static_cast<size_t>(o.batch * o.seq)), y(x.size());
     double total = 0;
+    batches *= o.grad_accum;
     for (int64_t b = 0; b < batches; ++b) {
       for (int64_t r = 0; r < o.batch; ++r)
         data.val_window(b * o.batch + r, o.seq, x.data() + r * o.seq, y.data() + r * o.seq);
@@ -159,6 +193,7 @@ class training_session final : public session_base {
                     std::string("--grad-dtype ") + (o.grad_dtype == lowbit::dtype::bf16 ? "bf16" : "other than f32") +
                         " needs the CUDA backend (--device cuda, in a build with CUDA on a machine with a GPU): the "
                         "CPU trainer keeps float32 gradients");
+    check_session_options(o);
     optimizer_ = make_optimizer(mode, weights_, optimizer_hparams_for(o));
     model_ = std::make_unique<llama_model<float>>(cfg, layout_, weights_, o.batch, o.seq, o.checkpointing);
     grads_.assign(size_t(plan_.size), 0.0f);
@@ -191,9 +226,12 @@ class training_session final : public session_base {
   double gradients(const int32_t* x, const int32_t* y, std::vector<float>& out) override {
     lowbit::require(!opts_.fused_update, lowbit::errc::invalid_argument,
                     "gradients(): the fused backward-update keeps no full gradient buffer");
-    const double loss = model_->forward(x, y, opts_.batch, opts_.seq);
-    model_->backward(grads_.data(), plan_, [](const std::vector<int>&) {});
+    const double loss = forward_backward_micro_batches(x, y);
     out = grads_;
+    if (opts_.grad_accum > 1) {
+      const float mean = float(1.0 / double(opts_.grad_accum));
+      for (float& v : out) v *= mean;
+    }
     return loss;
   }
   void last_logits(const int32_t* tokens, int64_t len, float* out) override {
@@ -209,8 +247,8 @@ class training_session final : public session_base {
                     "global-norm clipping is unavailable with the fused backward-update");
     step_result r;
     optimizer_->set_lr(lr);
-    r.loss = model_->forward(x, y, opts_.batch, opts_.seq);
     if (opts_.fused_update) {
+      r.loss = model_->forward(x, y, opts_.batch, opts_.seq);
       optimizer_->begin_step();
       model_->backward(grads_.data(), plan_, [&](const std::vector<int>& ready) {
         phase_scope ph(profile_.get(), phase::optimizer);
@@ -220,11 +258,11 @@ class training_session final : public session_base {
       r.skipped = optimizer_->end_step().skipped > 0;
       return r;
     }
-    model_->backward(grads_.data(), plan_, [](const std::vector<int>&) {});
+    r.loss = forward_backward_micro_batches(x, y);
     phase_scope ph(profile_.get(), phase::gradient_check);
     const lowbit::optim::grad_stats gs = lowbit::optim::cpu_grad_stats(grads_.data(), lowbit::dtype::f32, plan_.size);
     ph.to(phase::optimizer);
-    two_pass_update(*optimizer_, gs, grads_.data(), lowbit::dtype::f32, plan_, clip, r);
+    two_pass_update(*optimizer_, gs, grads_.data(), lowbit::dtype::f32, plan_, clip, r, opts_.grad_accum);
     return r;
   }
 
@@ -236,6 +274,21 @@ class training_session final : public session_base {
   }
 
  private:
+  // Forward and backward of the step's micro-batches in turn, the first
+  // writing the gradient buffer and the others adding to it; returns the
+  // mean of their losses (the loss itself for one micro-batch).
+  double forward_backward_micro_batches(const int32_t* x, const int32_t* y) {
+    const int64_t n = opts_.batch * opts_.seq;
+    double sum = 0;
+    for (int64_t i = 0; i < opts_.grad_accum; ++i) {
+      sum += model_->forward(x + i * n, y + i * n, opts_.batch, opts_.seq);
+      model_->set_accumulate_gradients(i > 0);
+      model_->backward(grads_.data(), plan_, [](const std::vector<int>&) {});
+    }
+    model_->set_accumulate_gradients(false);
+    return sum / double(opts_.grad_accum);
+  }
+
   llama_config cfg_;
   mode_info mode_;
   session_options opts_;

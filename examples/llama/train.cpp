@@ -48,7 +48,7 @@ struct options {
   std::string config_path, init_dir, resume_path, save_path, log_path;
   std::string data = LLAMA_DEFAULT_DATA, data_format = "text", tokenizer_spec = "byte";
   std::string device = "auto", gpu_activations = "auto", grad_dtype = "f32";
-  int64_t steps = 600, batch = 16, seq = 128;
+  int64_t steps = 600, batch = 16, seq = 128, grad_accum = 1;
   float lr = -1.0f, min_lr_ratio = 0.1f, weight_decay = 0.0f, clip = 1.0f, beta1 = 0.9f, beta2 = 0.95f;
   int64_t warmup = 30, eval_every = 100, eval_batches = 8, log_every = 10, save_every = 0, stop_after = -1;
   uint64_t seed = 1337;
@@ -91,6 +91,10 @@ void print_help() {
       "  --mode NAME           training mode (default fp32-adamw); see --list-modes\n"
       "  --steps N             optimizer steps (default 600)\n"
       "  --batch N, --seq N    sequences per step and their length (default 16 x 128)\n"
+      "  --grad-accum K        gradient accumulation: each step runs K micro-batches of --batch\n"
+      "                        sequences and updates once with their mean gradient (default 1): the\n"
+      "                        data and update of --batch K*N at the activation memory of --batch N;\n"
+      "                        needs the two-pass update (not --fused-update)\n"
       "  --lr X                peak learning rate (default per mode: AdamW 2e-3, Lion 1e-3)\n"
       "  --warmup N            linear warmup steps (default 30), then cosine to --min-lr-ratio (0.1)\n"
       "  --weight-decay X      decoupled weight decay on matrices (default 0)\n"
@@ -111,7 +115,8 @@ void print_help() {
       "output:\n"
       "  --log FILE            JSONL log of every step and evaluation\n"
       "  --log-every N         progress line every N steps (default 10)\n"
-      "  --eval-every N        validation loss every N steps (default 100), --eval-batches N (8)\n"
+      "  --eval-every N        validation loss every N steps (default 100), over --eval-batches N (8)\n"
+      "                        fixed held-out batches of a step's size (--batch x --grad-accum)\n"
       "  --save FILE           checkpoint at the end (and every --save-every N steps)\n"
       "  --resume FILE         continue from a checkpoint (same mode and model)\n"
       "  --stop-after N        stop after step N (as if interrupted; for resume tests)\n"
@@ -185,6 +190,7 @@ bool parse_args(int argc, char** argv, options& o) {
     else if (a == "--steps") o.steps = to_int(a, need(i));
     else if (a == "--batch") o.batch = to_int(a, need(i));
     else if (a == "--seq") o.seq = to_int(a, need(i));
+    else if (a == "--grad-accum") o.grad_accum = to_int(a, need(i));
     else if (a == "--warmup") o.warmup = to_int(a, need(i));
     else if (a == "--eval-every") o.eval_every = to_int(a, need(i));
     else if (a == "--eval-batches") o.eval_batches = to_int(a, need(i));
@@ -218,6 +224,7 @@ bool parse_args(int argc, char** argv, options& o) {
   positive(o.steps, "--steps");
   positive(o.batch, "--batch");
   positive(o.seq, "--seq");
+  positive(o.grad_accum, "--grad-accum");
   positive(o.eval_batches, "--eval-batches");
   positive(o.log_every, "--log-every");
   lowbit::require(o.warmup >= 0 && o.eval_every >= 0 && o.save_every >= 0 && o.sample_tokens >= 0,
@@ -231,6 +238,10 @@ bool parse_args(int argc, char** argv, options& o) {
   lowbit::require(!(o.fused_update && o.clip > 0.0f), lowbit::errc::invalid_argument,
                   "--fused-update updates each layer before the global gradient norm is known, so global-norm "
                   "clipping is unavailable; pass --clip 0 with it");
+  session_options session_checks;  // what the sessions refuse, refused before any setup
+  session_checks.fused_update = o.fused_update;
+  session_checks.grad_accum = o.grad_accum;
+  check_session_options(session_checks);
   lowbit::require(o.config_path.empty() || o.init_dir.empty(), lowbit::errc::invalid_argument,
                   "--config and --init both give the model config; use one");
   parse_grad_dtype(o.grad_dtype);  // f32 or bf16, else a clear error
@@ -274,10 +285,10 @@ void print_memory_table(const mode_info& m, int64_t P, int64_t weight_bytes, int
   row(grad_row.c_str(), grad_bytes, std_g);
   const int64_t ours_states = weight_bytes + state_bytes + grad_bytes, std_states = std_w + std_s + std_g;
   row("model states", ours_states, std_states);
-  std::printf("  %-22s %8s         %10.1f MiB  | %6s         %10.1f MiB   (batch %lld x seq %lld%s)\n",
+  std::printf("  %-22s %8s         %10.1f MiB  | %6s         %10.1f MiB   (batch %lld x seq %lld%s%s)\n",
               "activations", "", double(act_bytes) / mib, "", double(act_bytes) / mib,
               static_cast<long long>(o.batch), static_cast<long long>(o.seq),
-              o.checkpointing ? ", checkpointing" : "");
+              o.grad_accum > 1 ? ", per micro-batch" : "", o.checkpointing ? ", checkpointing" : "");
   std::printf("  %-22s %8s         %10.1f MiB  | %6s         %10.1f MiB   ratio %.3f (model states %.3f)\n",
               "total", "", double(ours_states + act_bytes) / mib, "", double(std_states + act_bytes) / mib,
               double(ours_states + act_bytes) / double(std_states + act_bytes),
@@ -330,6 +341,7 @@ int main(int argc, char** argv) {
     session_options so;
     so.batch = o.batch;
     so.seq = o.seq;
+    so.grad_accum = o.grad_accum;
     so.checkpointing = o.checkpointing;
     so.fused_update = o.fused_update;
     so.grad_dtype = parse_grad_dtype(o.grad_dtype);
@@ -377,9 +389,10 @@ int main(int argc, char** argv) {
       std::printf("device: %s\n", run.device_description().c_str());
       print_memory_table(mode, P, run.weight_bytes(), run.optimizer().state_bytes(), run.gradient_bytes(),
                          run.activation_bytes(), o);
-      std::printf("steps %lld, batch %lld x seq %lld, lr %.3g (warmup %lld, cosine to %.2gx), betas %.3g %.3g, clip %.3g, "
+      std::printf("steps %lld, batch %lld x seq %lld%s, lr %.3g (warmup %lld, cosine to %.2gx), betas %.3g %.3g, clip %.3g, "
                   "seed %llu%s%s\n",
                   static_cast<long long>(o.steps), static_cast<long long>(o.batch), static_cast<long long>(o.seq),
+                  o.grad_accum > 1 ? (" x " + std::to_string(o.grad_accum) + " micro-batches per step").c_str() : "",
                   double(peak_lr), static_cast<long long>(o.warmup), double(o.min_lr_ratio), double(so.hparams.beta1),
                   double(so.hparams.beta2), double(o.clip), static_cast<unsigned long long>(o.seed),
                   so.hparams.seed != o.seed ? (", rounding seed " + std::to_string(so.hparams.seed)).c_str() : "",
@@ -392,8 +405,13 @@ int main(int argc, char** argv) {
       log.open(o.log_path, st.step ? std::ios::app : std::ios::trunc);
       lowbit::require(bool(log), lowbit::errc::io, "cannot write log '" + o.log_path + "'");
     }
-    const int64_t M = o.batch * o.seq;
+    const int64_t M = o.batch * o.seq * o.grad_accum;  // tokens per optimizer step
     std::vector<int32_t> x(static_cast<size_t>(M)), y(static_cast<size_t>(M));
+    if (st.step > 0 && st.tokens != st.step * M)
+      std::fprintf(stderr,
+                   "llama_train: note: the checkpoint took %lld tokens in %lld steps, not %lld per step as this run "
+                   "does (another --batch, --seq or --grad-accum); batches are still drawn by step\n",
+                   static_cast<long long>(st.tokens), static_cast<long long>(st.step), static_cast<long long>(M));
 
     auto evaluate = [&]() { return run.evaluate(data, o.eval_batches); };
     auto log_eval = [&](int64_t step, double v) {
@@ -423,7 +441,7 @@ int main(int argc, char** argv) {
       const int64_t step = st.step;
       const auto t_step = std::chrono::steady_clock::now();
       const float lr = lr_at(o, peak_lr, step);
-      data.train_batch(o.seed, step, o.batch, o.seq, x.data(), y.data());
+      data.train_batch(o.seed, step, o.batch * o.grad_accum, o.seq, x.data(), y.data());
       if (profile) profile->begin_step();
       const step_result r = run.step(x.data(), y.data(), lr, o.clip);
       if (profile) profile->end_step(steps_run >= o.timing_warmup);
@@ -527,6 +545,7 @@ int main(int argc, char** argv) {
       const int64_t states = run.weight_bytes() + run.optimizer().state_bytes() + run.gradient_bytes();
       log << "{\"summary\":true,\"mode\":\"" << mode.name << "\",\"device\":\"" << run.device_description()
           << "\",\"params\":" << P << ",\"batch\":" << o.batch << ",\"seq\":" << o.seq
+          << ",\"grad_accum\":" << o.grad_accum
           << ",\"checkpointing\":" << (o.checkpointing ? "true" : "false")
           << ",\"fused_update\":" << (o.fused_update ? "true" : "false") << ",\"grad_dtype\":\"" << o.grad_dtype
           << "\",\"steps\":" << steps_run

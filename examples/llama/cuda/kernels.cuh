@@ -125,12 +125,12 @@ __global__ void rmsnorm_backward_dw_partial_kernel(const A* dy, const A* x, cons
   }
 }
 template <class G>
-__global__ void sum_chunks_kernel(const float* partial, int64_t chunks, G* out, int64_t D) {
+__global__ void sum_chunks_kernel(const float* partial, int64_t chunks, G* out, int64_t D, bool accumulate) {
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= D) return;
   float s = 0.0f;
   for (int64_t c = 0; c < chunks; ++c) s += partial[c * D + j];
-  st(out, j, s);  // bf16: the float32 sum rounded once
+  st(out, j, accumulate ? ld(out, j) + s : s);  // bf16: the float32 sum rounded once
 }
 
 inline int64_t rmsnorm_dw_scratch(int64_t M, int64_t D) {
@@ -138,10 +138,11 @@ inline int64_t rmsnorm_dw_scratch(int64_t M, int64_t D) {
 }
 
 // dx += d(rmsnorm)/dx . dy ; dw written (G: float32, or bfloat16 rounded
-// once from the float32 sum). scratch: rmsnorm_dw_scratch(M, D) floats.
+// once from the float32 sum), or with accumulate added to dw's value
+// (gradient accumulation). scratch: rmsnorm_dw_scratch(M, D) floats.
 template <class A, class G>
 void rmsnorm_backward(const A* dy, const A* x, const float* w, const float* rstd, A* dx, G* dw, float* scratch,
-                      int64_t M, int64_t D, cudaStream_t s) {
+                      int64_t M, int64_t D, cudaStream_t s, bool accumulate = false) {
   if (M == 0) return;
   LLAMA_LAUNCH(rmsnorm_backward_dx_kernel<A>, unsigned(M), row_threads, s)(dy, x, w, rstd, dx, D);
   LLAMA_CHECK_LAUNCH();
@@ -149,7 +150,7 @@ void rmsnorm_backward(const A* dy, const A* x, const float* w, const float* rstd
   const dim3 dw_grid(blocks_for(D, 128), unsigned(chunks < 65535 ? chunks : 65535));
   LLAMA_LAUNCH(rmsnorm_backward_dw_partial_kernel<A>, dw_grid, 128, s)(dy, x, rstd, scratch, M, D, chunks);
   LLAMA_CHECK_LAUNCH();
-  LLAMA_LAUNCH(sum_chunks_kernel<G>, blocks_for(D, 128), 128, s)(scratch, chunks, dw, D);
+  LLAMA_LAUNCH(sum_chunks_kernel<G>, blocks_for(D, 128), 128, s)(scratch, chunks, dw, D, accumulate);
   LLAMA_CHECK_LAUNCH();
 }
 

@@ -239,6 +239,8 @@ class cuda_model {
     const bool tied_in_chunks = plan.offset[size_t(L_.embed)] < 0;
     lowbit::require(!tied_in_chunks || cfg_.tied_embeddings, lowbit::errc::invalid_argument,
                     "backward: only a tied head's gradient can be made in chunks");
+    lowbit::require(!(accumulate_ && plan.fused), lowbit::errc::invalid_argument,
+                    "backward: gradient accumulation needs every tensor's own place (the two-pass gradient plan)");
     phase_scope ph(rec_, phase::head_backward);
     if (tied_in_chunks) {
       mark_chunks_with_tokens(M);
@@ -248,7 +250,7 @@ class cuda_model {
     }
     dx_.zero(s_);
     rmsnorm_backward<A>(dxn_.data(), xs_.back().data(), w_.vector(L_.final_norm), rstd_f_.data(), dx_.data(),
-                        g(L_.final_norm), norm_scratch_.data(), M, D, s_);
+                        g(L_.final_norm), norm_scratch_.data(), M, D, s_, accumulate_);
     if (cfg_.tied_embeddings) on_ready(std::vector<int>{L_.final_norm});
     else on_ready(std::vector<int>{L_.head, L_.final_norm});
     for (int l = cfg_.n_layers - 1; l >= 0; --l) {
@@ -282,11 +284,17 @@ class cuda_model {
     }
     ph.to(phase::embedding_backward);
     G* ge = g(L_.embed);
-    if (!cfg_.tied_embeddings) LOWBIT_CUDA_CHECK(cudaMemsetAsync(ge, 0, size_t(V) * size_t(D) * sizeof(G), s_));
+    if (!cfg_.tied_embeddings && !accumulate_) LOWBIT_CUDA_CHECK(cudaMemsetAsync(ge, 0, size_t(V) * size_t(D) * sizeof(G), s_));
     const int64_t n_ids = upload_scatter_plan(M);
     embed_scatter<A>(dx_.data(), scatter_ids_.data(), scatter_start_.data(), scatter_rows_.data(), n_ids, ge, D, s_);
     on_ready(std::vector<int>{L_.embed});
   }
+
+  // Whether backward() adds each parameter's gradient to the buffer's
+  // current value (the second and later micro-batches of a step with
+  // gradient accumulation) or overwrites it (the default). With bfloat16
+  // gradients every addition is rounded to bfloat16.
+  void set_accumulate_gradients(bool on) { accumulate_ = on; }
 
   // Layers whose intermediates backward() recomputed (checkpointing), since
   // construction: n_layers - 1 per backward after a forward.
@@ -392,7 +400,8 @@ class cuda_model {
       if (c0 != last || !last_chunk_ready_) chunk_logits(M, c0, vc);
       ce_gradient(logits_.data(), c0, vc, targets_.data(), r, dlogits_.data(), vc, M, s_);
       if (gw)
-        linear_weight_grad(cublas_, dlogits_.data(), xn_f_.data(), act_dtype, M, vc, D, gw + c0 * D, gt, false, s_);
+        linear_weight_grad(cublas_, dlogits_.data(), xn_f_.data(), act_dtype, M, vc, D, gw + c0 * D, gt, accumulate_,
+                           s_);
       if (one) {
         linear_backward_input(cublas_, dlogits_.data(), act_dtype, M, head, dxn_.data(), s_);
       } else {
@@ -557,7 +566,7 @@ class cuda_model {
     auto g = [&](int p) { return grads + plan.offset[size_t(p)]; };
     const A* x = xs_[size_t(l)].data();
     // MLP: out = x_mid + down(silu(gate(xn2)) * up(xn2))
-    linear_weight_grad(cublas_, dx_.data(), a.h.data(), t, M, D, F, g(P.w_down), gt, false, s_);
+    linear_weight_grad(cublas_, dx_.data(), a.h.data(), t, M, D, F, g(P.w_down), gt, accumulate_, s_);
     // The layer's [M, F] activations are dead once read here, so their
     // gradients overwrite them (three [M, F] buffers less: 96 MiB for the 1B
     // shape at 2048 tokens): dh over h (after w_down's gradient read h),
@@ -568,19 +577,19 @@ class cuda_model {
     linear_backward_input(cublas_, dx_.data(), t, M, w_.matrix(P.w_down), dh, s_);
     on_ready(std::vector<int>{P.w_down});
     swiglu_backward<A>(dh, a.gate.data(), a.up.data(), dgate, dup, M * F, s_);
-    linear_weight_grad(cublas_, dgate, a.xn2.data(), t, M, F, D, g(P.w_gate), gt, false, s_);
+    linear_weight_grad(cublas_, dgate, a.xn2.data(), t, M, F, D, g(P.w_gate), gt, accumulate_, s_);
     linear_backward_input(cublas_, dgate, t, M, w_.matrix(P.w_gate), dxn_.data(), s_);
     on_ready(std::vector<int>{P.w_gate});
-    linear_weight_grad(cublas_, dup, a.xn2.data(), t, M, F, D, g(P.w_up), gt, false, s_);
+    linear_weight_grad(cublas_, dup, a.xn2.data(), t, M, F, D, g(P.w_up), gt, accumulate_, s_);
     linear_backward_input(cublas_, dup, t, M, w_.matrix(P.w_up), tmp_dim_.data(), s_);
     on_ready(std::vector<int>{P.w_up});
     add_into<A>(dxn_.data(), tmp_dim_.data(), M * D, s_);
     LOWBIT_CUDA_CHECK(cudaMemcpyAsync(dmid_.data(), dx_.data(), size_t(M * D) * sizeof(A), cudaMemcpyDeviceToDevice, s_));
     rmsnorm_backward<A>(dxn_.data(), a.x_mid.data(), w_.vector(P.mlp_norm), a.rstd2.data(), dmid_.data(),
-                        g(P.mlp_norm), norm_scratch_.data(), M, D, s_);
+                        g(P.mlp_norm), norm_scratch_.data(), M, D, s_, accumulate_);
     on_ready(std::vector<int>{P.mlp_norm});
     // Attention: x_mid = x + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1)))
-    linear_weight_grad(cublas_, dmid_.data(), a.attn.data(), t, M, D, QW, g(P.wo), gt, false, s_);
+    linear_weight_grad(cublas_, dmid_.data(), a.attn.data(), t, M, D, QW, g(P.wo), gt, accumulate_, s_);
     linear_backward_input(cublas_, dmid_.data(), t, M, w_.matrix(P.wo), dattn_.data(), s_);
     on_ready(std::vector<int>{P.wo});
     phase_scope attention(rec_, phase::attention_backward);  // with its permutes and inverse rotary
@@ -596,20 +605,20 @@ class cuda_model {
     permute_heads<A>(dvh_.data(), dv_raw_.data(), cos_.data(), sin_.data(), B_, S_, cfg_.n_kv_heads, hd, false, false,
                      false, s_);
     attention.close();
-    linear_weight_grad(cublas_, dq_raw_.data(), a.xn1.data(), t, M, QW, D, g(P.wq), gt, false, s_);
+    linear_weight_grad(cublas_, dq_raw_.data(), a.xn1.data(), t, M, QW, D, g(P.wq), gt, accumulate_, s_);
     linear_backward_input(cublas_, dq_raw_.data(), t, M, w_.matrix(P.wq), dxn_.data(), s_);
     on_ready(std::vector<int>{P.wq});
-    linear_weight_grad(cublas_, dk_raw_.data(), a.xn1.data(), t, M, KW, D, g(P.wk), gt, false, s_);
+    linear_weight_grad(cublas_, dk_raw_.data(), a.xn1.data(), t, M, KW, D, g(P.wk), gt, accumulate_, s_);
     linear_backward_input(cublas_, dk_raw_.data(), t, M, w_.matrix(P.wk), tmp_dim_.data(), s_);
     on_ready(std::vector<int>{P.wk});
     add_into<A>(dxn_.data(), tmp_dim_.data(), M * D, s_);
-    linear_weight_grad(cublas_, dv_raw_.data(), a.xn1.data(), t, M, KW, D, g(P.wv), gt, false, s_);
+    linear_weight_grad(cublas_, dv_raw_.data(), a.xn1.data(), t, M, KW, D, g(P.wv), gt, accumulate_, s_);
     linear_backward_input(cublas_, dv_raw_.data(), t, M, w_.matrix(P.wv), tmp_dim_.data(), s_);
     on_ready(std::vector<int>{P.wv});
     add_into<A>(dxn_.data(), tmp_dim_.data(), M * D, s_);
     LOWBIT_CUDA_CHECK(cudaMemcpyAsync(dx_.data(), dmid_.data(), size_t(M * D) * sizeof(A), cudaMemcpyDeviceToDevice, s_));
     rmsnorm_backward<A>(dxn_.data(), x, w_.vector(P.attn_norm), a.rstd1.data(), dx_.data(), g(P.attn_norm),
-                        norm_scratch_.data(), M, D, s_);
+                        norm_scratch_.data(), M, D, s_, accumulate_);
     on_ready(std::vector<int>{P.attn_norm});
   }
 
@@ -618,6 +627,7 @@ class cuda_model {
   device_weights& w_;
   int64_t max_batch_, max_seq_;
   bool checkpointing_;
+  bool accumulate_ = false;    // backward() adds to the gradient buffer (set_accumulate_gradients)
   layer_recompute recompute_;  // which layers the backward recomputes
   cudaStream_t s_;
   cublasHandle_t cublas_ = nullptr;

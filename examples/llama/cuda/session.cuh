@@ -96,6 +96,7 @@ class cuda_session final : public session_base {
         plan_(layout_, o.fused_update) {
     lowbit::require(o.grad_dtype == lowbit::dtype::f32 || o.grad_dtype == lowbit::dtype::bf16,
                     lowbit::errc::invalid_argument, "--grad-dtype must be f32 or bf16");
+    check_session_options(o);
     lowbit::require(o.grad_dtype == lowbit::dtype::f32 || std::is_same<A, lowbit::bf16>::value,
                     lowbit::errc::unsupported,
                     "--grad-dtype bf16 needs bfloat16 activations (--gpu-activations bf16 with quantized weights, or "
@@ -162,10 +163,8 @@ class cuda_session final : public session_base {
                     "global-norm clipping is unavailable with the fused backward-update");
     step_result r;
     optimizer_->set_lr(lr);
-    r.loss = model_->forward(x, y, opts_.batch, opts_.seq);
-    sample_memory();
-    if (bf16_grads()) backward_and_update(grads16_.data(), clip, r);
-    else backward_and_update(grads32_.data(), clip, r);
+    if (bf16_grads()) backward_and_update(grads16_.data(), x, y, clip, r);
+    else backward_and_update(grads32_.data(), x, y, clip, r);
     return r;
   }
 
@@ -183,18 +182,22 @@ class cuda_session final : public session_base {
   double gradients(const int32_t* x, const int32_t* y, std::vector<float>& out) override {
     lowbit::require(!opts_.fused_update, lowbit::errc::invalid_argument,
                     "gradients(): the fused backward-update keeps no full gradient buffer");
-    const double loss = model_->forward(x, y, opts_.batch, opts_.seq);
     out.resize(size_t(plan_.size));
+    double loss = 0;
     if (bf16_grads()) {  // widened to float32 on the host (exact)
-      model_->backward(grads16_.data(), plan_, [](const std::vector<int>&) {});
+      loss = forward_backward_micro_batches(grads16_.data(), x, y);
       LOWBIT_CUDA_CHECK(cudaStreamSynchronize(model_->stream()));
       std::vector<lowbit::bf16> g16(static_cast<size_t>(plan_.size));
       grads16_.download(g16.data(), plan_.size);
       for (size_t i = 0; i < g16.size(); ++i) out[i] = lowbit::to_float(g16[i]);
     } else {
-      model_->backward(grads32_.data(), plan_, [](const std::vector<int>&) {});
+      loss = forward_backward_micro_batches(grads32_.data(), x, y);
       LOWBIT_CUDA_CHECK(cudaStreamSynchronize(model_->stream()));
       grads32_.download(out.data(), plan_.size);
+    }
+    if (opts_.grad_accum > 1) {  // the micro-batches' mean, as the CPU session gives it
+      const float mean = float(1.0 / double(opts_.grad_accum));
+      for (float& v : out) v *= mean;
     }
     return loss;
   }
@@ -220,13 +223,33 @@ class cuda_session final : public session_base {
  private:
   bool bf16_grads() const { return opts_.grad_dtype == lowbit::dtype::bf16; }
 
-  // The backward into the gradient buffer g (float or bfloat16) and the
-  // update: per tensor as its gradient completes (fused), or after the
-  // whole backward with the gradients' statistics (two-pass).
+  // Forward and backward of the step's micro-batches in turn into the
+  // gradient buffer g, the first writing it and the others adding to it;
+  // returns the mean of their losses (the loss itself for one).
   template <class G>
-  void backward_and_update(G* g, float clip, step_result& r) {
+  double forward_backward_micro_batches(G* g, const int32_t* x, const int32_t* y) {
+    const int64_t n = opts_.batch * opts_.seq;
+    double sum = 0;
+    for (int64_t i = 0; i < opts_.grad_accum; ++i) {
+      sum += model_->forward(x + i * n, y + i * n, opts_.batch, opts_.seq);
+      sample_memory();
+      model_->set_accumulate_gradients(i > 0);
+      model_->backward(g, plan_, [&](const std::vector<int>&) { sample_memory(); });
+    }
+    model_->set_accumulate_gradients(false);
+    return sum / double(opts_.grad_accum);
+  }
+
+  // The forward, the backward into the gradient buffer g (float or
+  // bfloat16) and the update: per tensor as its gradient completes
+  // (fused), or after the whole backward of every micro-batch with the
+  // gradients' statistics (two-pass).
+  template <class G>
+  void backward_and_update(G* g, const int32_t* x, const int32_t* y, float clip, step_result& r) {
     const lowbit::dtype gt = lowbit::dtype_of<G>::value;
     if (opts_.fused_update) {
+      r.loss = model_->forward(x, y, opts_.batch, opts_.seq);
+      sample_memory();
       optimizer_->begin_step();
       model_->backward(
           g, plan_,
@@ -245,11 +268,11 @@ class cuda_session final : public session_base {
       sample_memory();
       return;
     }
-    model_->backward(g, plan_, [&](const std::vector<int>&) { sample_memory(); });
+    r.loss = forward_backward_micro_batches(g, x, y);
     phase_scope ph(profile_.get(), phase::gradient_check);
     const lowbit::optim::grad_stats gs = lowbit::optim::cuda_grad_stats(g, gt, plan_.size, model_->stream());
     ph.to(phase::optimizer);
-    two_pass_update(*optimizer_, gs, g, gt, plan_, clip, r);
+    two_pass_update(*optimizer_, gs, g, gt, plan_, clip, r, opts_.grad_accum);
     sample_memory();
   }
 
