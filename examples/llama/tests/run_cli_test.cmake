@@ -1,7 +1,8 @@
 # End-to-end test of the llama_train command line (run with cmake -P):
 # --help, a short run with a JSONL log and a checkpoint, an interrupted run
-# resumed to the same step (the checkpoints must be byte-identical), a start
-# from a Hugging Face checkpoint, and clear errors for bad input.
+# resumed to the same step (the checkpoints must be byte-identical),
+# gradient accumulation, a start from a Hugging Face checkpoint, and clear
+# errors for bad input.
 cmake_minimum_required(VERSION 3.24)
 file(REMOVE_RECURSE ${WORK_DIR})
 file(MAKE_DIRECTORY ${WORK_DIR})
@@ -16,6 +17,7 @@ function(run_ok name)
     message(FATAL_ERROR "${name}: exit ${rc}\n${out}\n${err}")
   endif()
   set(OUT "${out}" PARENT_SCOPE)
+  set(ERR "${err}" PARENT_SCOPE)
 endfunction()
 
 function(run_fails name expect)
@@ -42,7 +44,7 @@ function(require_contains what text)
 endfunction()
 
 run_ok(help --help)
-require_contains("--help" "${OUT}" "--fused-update" "--grad-dtype" "--attention-chunk-mib" "--profile")
+require_contains("--help" "${OUT}" "--fused-update" "--grad-dtype" "--attention-chunk-mib" "--profile" "--grad-accum")
 
 # Uninterrupted: 10 steps, log and checkpoint.
 run_ok(full --mode qft --steps 10 ${SMALL} --log full.jsonl --save full.safetensors)
@@ -73,6 +75,26 @@ if(NOT same EQUAL 0)
   message(FATAL_ERROR "the resumed run's checkpoint differs from the uninterrupted run's")
 endif()
 
+# Gradient accumulation: 2 micro-batches of 2 sequences per step, the
+# tokens of --batch 4 (128 per step); resuming the --batch 4 checkpoint
+# with it takes as many tokens per step (no note), with --batch 2 alone
+# half as many (a note on stderr).
+run_ok(grad_accum --mode qft --steps 3 ${SMALL} --batch 2 --grad-accum 2 --log accum.jsonl)
+require_contains("--grad-accum output" "${OUT}" "batch 2 x seq 32 x 2 micro-batches per step" "per micro-batch")
+file(STRINGS ${WORK_DIR}/accum.jsonl accum_lines REGEX "\"step\":3,\"loss\"")
+require_contains("--grad-accum log" "${accum_lines}" "\"tokens\":384,")
+file(STRINGS ${WORK_DIR}/accum.jsonl accum_summary REGEX "\"summary\":true")
+require_contains("--grad-accum summary record" "${accum_summary}" "\"batch\":2," "\"grad_accum\":2,")
+run_ok(accum_resume --mode qft --steps 12 ${SMALL} --batch 2 --grad-accum 2 --resume full.safetensors --eval-every 0
+       --sample-tokens 0)
+string(FIND "${ERR}" "note: the checkpoint took" note_pos)
+if(NOT note_pos EQUAL -1)
+  message(FATAL_ERROR "resuming with the same tokens per step printed a note:\n${ERR}")
+endif()
+run_ok(batch_resume --mode qft --steps 12 ${SMALL} --batch 2 --resume full.safetensors --eval-every 0 --sample-tokens 0)
+require_contains("resume with another batch (stderr)" "${ERR}"
+                 "note: the checkpoint took 1280 tokens in 10 steps, not 64 per step")
+
 # Start from a Hugging Face checkpoint (bf16, sharded), fused update.
 run_ok(hf_init --mode nf4 --steps 3 --init ${DATA_DIR}/tiny_gqa_bf16_sharded --batch 4 --seq 32 --eval-every 0
        --sample-tokens 0 --fused-update --clip 0)
@@ -84,6 +106,8 @@ run_fails(fused_clip "pass --clip 0" --fused-update)
 run_fails(gpu_mode "runs on the trainer's CUDA path only" --device cpu --mode paged-adamw8)
 run_fails(bad_device "--device must be auto, cpu or cuda" --device tpu)
 run_fails(bad_attention_chunk "--attention-chunk-mib must be between 1 and 1048576, got 0" --attention-chunk-mib 0)
+run_fails(zero_grad_accum "--grad-accum must be" --grad-accum 0)
+run_fails(fused_grad_accum "--grad-accum 2 needs a whole gradient buffer" --fused-update --clip 0 --grad-accum 2)
 run_fails(bad_grad_dtype "--grad-dtype must be f32 or bf16, got 'f16'" --grad-dtype f16)
 run_fails(cpu_bf16_grads "--grad-dtype bf16 needs the CUDA backend" --device cpu --mode qft --grad-dtype bf16 ${SMALL})
 run_fails(mode_mismatch "trained in mode 'qft', this run uses mode 'fp32-adamw'" --mode fp32-adamw --steps 10 ${SMALL}

@@ -16,6 +16,8 @@
 //  - the logits made in vocabulary chunks give the loss and gradients of
 //    the whole vocabulary at once, and one row's logits (sampling) match the
 //    CPU's;
+//  - gradient accumulation (--grad-accum) gives the CPU trainer's loss and
+//    gradients of the whole batch, and the whole batch's training losses;
 //  - bfloat16 gradients (--grad-dtype bf16) are the float32 ones rounded
 //    once (a tied head's rows of the batch's tokens twice), the loss falls
 //    with them, the fused update equals the two-pass step, and the
@@ -299,14 +301,75 @@ void check_attention_chunks(const llama_config& c, const std::string& mode) {
                 << ", worst gradient relative L2 " << worst);
 }
 
-void train(session_base& s, int64_t from, int64_t to, float clip) {
+// (A step takes batch * grad_accum sequences.) Returns the steps' losses.
+std::vector<double> train(session_base& s, int64_t from, int64_t to, float clip) {
   const session_options& o = s.options();
-  std::vector<int32_t> x(size_t(o.batch * o.seq)), y(x.size());
+  const int64_t sequences = o.batch * o.grad_accum;
+  std::vector<int32_t> x(size_t(sequences * o.seq)), y(x.size());
+  std::vector<double> losses;
   for (int64_t step = from; step < to; ++step) {
-    corpus().train_batch(99, step, o.batch, o.seq, x.data(), y.data());
+    corpus().train_batch(99, step, sequences, o.seq, x.data(), y.data());
     const step_result r = s.step(x.data(), y.data(), s.optimizer().step_count() < 5 ? 2e-4f : 1e-3f, clip);
     REQUIRE(!r.skipped);
+    losses.push_back(r.loss);
   }
+  return losses;
+}
+
+// Gradient accumulation on the GPU (--grad-accum 2, micro-batches of 2
+// sequences) against the CPU trainer's one batch of the same 4 sequences:
+// loss and gradients within check_gradients' tolerances for the
+// activation dtype (the CPU trainer's own accumulation equals its whole
+// batch within 1e-5, test_training.cpp; a micro-batch's gradient written
+// instead of added, or the mean's 1/2 missing, gives errors of order 1).
+// With bfloat16 gradients each micro-batch's addition is rounded to bf16
+// (relative 2^-9 each), far inside the bf16-activation tolerance. Then
+// three steps: the accumulated GPU run against the whole-batch GPU run,
+// training losses within 1e-3 relative.
+void check_accumulation(const llama_config& c, const std::string& mode, const std::string& act,
+                        lowbit::dtype grad_dtype) {
+  CAPTURE(mode);
+  CAPTURE(act);
+  const std::string gradients = lowbit::dtype_name(grad_dtype);
+  CAPTURE(gradients);
+  const mode_info& m = find_mode(mode);
+  session_options whole = options_for(m, 4, 32);
+  whole.grad_dtype = grad_dtype;
+  session_options micro = whole;
+  micro.batch = 2;
+  micro.grad_accum = 2;
+  session_options on_cpu = whole;
+  on_cpu.grad_dtype = lowbit::dtype::f32;
+  std::unique_ptr<session_base> cpu = make_session(c, m, on_cpu, "cpu");
+  std::unique_ptr<session_base> gpu_micro = make_session(c, m, micro, "cuda", act);
+  std::unique_ptr<session_base> gpu_whole = make_session(c, m, whole, "cuda", act);
+  for (session_base* s : {cpu.get(), gpu_micro.get(), gpu_whole.get()}) {
+    init_random(s->weights(), c, 7);
+    s->weights_changed();
+  }
+  std::vector<int32_t> x(size_t(4 * 32)), y(x.size());
+  corpus().train_batch(99, 3, 4, 32, x.data(), y.data());
+  std::vector<float> gc, gg;
+  const double lc = cpu->gradients(x.data(), y.data(), gc);
+  const double lg = gpu_micro->gradients(x.data(), y.data(), gg);
+  const bool f32 = act == "f32" || (act == "auto" && m.storage == matrix_storage::f32);
+  const double loss_tol = f32 ? 1e-5 : 2e-2, grad_tol = f32 ? 2e-3 : 0.1;
+  CHECK(std::abs(lg - lc) <= loss_tol * lc);
+  REQUIRE(gc.size() == gg.size());
+  int64_t off = 0;
+  double worst = 0;
+  for (const param_info& p : cpu->layout().params) {
+    CAPTURE(p.name);
+    const double e = rel_l2(gg.data() + off, gc.data() + off, p.numel);
+    CHECK(e <= grad_tol);
+    worst = std::max(worst, e);
+    off += p.numel;
+  }
+  const std::vector<double> tm = train(*gpu_micro, 0, 3, 1.0f), tw = train(*gpu_whole, 0, 3, 1.0f);
+  for (size_t i = 0; i < tm.size(); ++i) CHECK(std::abs(tm[i] - tw[i]) <= 1e-3 * tw[i]);
+  MESSAGE(mode << " " << act << " " << gradients << " gradients, 2 micro-batches: loss cpu " << lc << " gpu " << lg
+                << ", worst gradient relative L2 " << worst << "; 3rd step loss " << tm.back()
+                << " (whole batch " << tw.back() << ")");
 }
 
 // The weights (downloaded through a checkpoint save) as bytes.
@@ -564,6 +627,19 @@ TEST_CASE("GPU: with bfloat16 gradients the loss falls, fused equals two-pass, t
   CHECK(weight_bytes(*r.a, "gpu_bf16g_a.safetensors") == weight_bytes(*r.b, "gpu_bf16g_b.safetensors"));
   CHECK(r.b->gradient_bytes() == fused_plan.bytes(lowbit::dtype::bf16));
   CHECK(r.b->gradient_bytes() < r.a->gradient_bytes());
+}
+
+TEST_CASE("GPU: gradient accumulation gives the whole batch's loss, gradients and steps") {
+  check_accumulation(small_config(false, 2), "fp32-adamw", "auto", lowbit::dtype::f32);
+  check_accumulation(small_config(true, 1), "qft", "f32", lowbit::dtype::f32);
+  check_accumulation(small_config(false, 2), "qft", "bf16", lowbit::dtype::bf16);
+  check_accumulation(small_config(true, 1), "bf16-adamw8", "auto", lowbit::dtype::bf16);
+  // refused with the fused update, as on the CPU
+  session_options fused = options_for(find_mode("qft"), 2, 32);
+  fused.grad_accum = 2;
+  fused.fused_update = true;
+  CHECK_THROWS_WITH_AS(make_session(small_config(false, 2), find_mode("qft"), fused, "cuda"),
+                       doctest::Contains("needs a whole gradient buffer"), lowbit::error);
 }
 
 TEST_CASE("GPU: logits in vocabulary chunks equal the whole vocabulary's (loss, gradients, sampling)") {

@@ -7,9 +7,13 @@
 // CPU trainer, and the gradient buffer's bytes follow its dtype; qft keeps
 // its int8 block scales stable (none shrinks) while qft-reencode does not;
 // the rounding seed changes only stochastically rounded modes, and a
-// checkpoint resumes only with the rounding seed it was trained with.
+// checkpoint resumes only with the rounding seed it was trained with;
+// gradient accumulation over micro-batches gives the loss, gradients and
+// training steps of one larger batch, and is refused with the fused update.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -38,14 +42,29 @@ session_options small_options(const mode_info& m) {
   return o;
 }
 
-// Runs steps [from, to) of the schedule used by these tests.
-void train(training_session& s, int64_t from, int64_t to, float clip) {
-  std::vector<int32_t> x(8 * 64), y(8 * 64);
+// Runs steps [from, to) of the schedule used by these tests (a step's
+// batch * grad_accum sequences of 64 tokens); returns their losses.
+std::vector<double> train(training_session& s, int64_t from, int64_t to, float clip) {
+  const int64_t sequences = s.options().batch * s.options().grad_accum;
+  std::vector<int32_t> x(size_t(sequences * 64)), y(x.size());
+  std::vector<double> losses;
   for (int64_t step = from; step < to; ++step) {
-    corpus().train_batch(99, step, 8, 64, x.data(), y.data());
+    corpus().train_batch(99, step, sequences, 64, x.data(), y.data());
     const step_result r = s.step(x.data(), y.data(), s.optimizer().step_count() < 5 ? 2e-4f : 1e-3f, clip);
     REQUIRE(!r.skipped);
+    losses.push_back(r.loss);
   }
+  return losses;
+}
+
+// max |a - b| over max |b|, over elements [off, off + n).
+double max_rel_diff(const std::vector<float>& a, const std::vector<float>& b, int64_t off, int64_t n) {
+  double diff = 0, scale = 0;
+  for (int64_t i = off; i < off + n; ++i) {
+    diff = std::max(diff, std::abs(double(a[size_t(i)]) - double(b[size_t(i)])));
+    scale = std::max(scale, std::abs(double(b[size_t(i)])));
+  }
+  return diff / std::max(scale, 1e-30);
 }
 
 std::string file_bytes(const std::string& path) {
@@ -125,6 +144,67 @@ TEST_CASE("the fused backward-update equals the two-pass step") {
     CHECK(b.gradient_bytes() < a.gradient_bytes());
     CHECK_THROWS_AS(train(b, 6, 7, 1.0f), lowbit::error);  // clipping needs the full gradient
   }
+}
+
+// Gradient accumulation (--grad-accum K): K micro-batches of B sequences
+// make one step on the data of a K*B batch. The loss is the mean of the
+// micro-batches' means, the gradient the sum of theirs times 1/K; both
+// equal the large batch's up to float32 summation order. Tolerances: the
+// loss 1e-6 relative (a mean of 8 x 64 terms regrouped); each gradient
+// tensor 1e-5 of its largest element (each element a float32 sum of 512
+// products regrouped into 4 sums of 128 or 2 of 256, a few ulps of the
+// sum of magnitudes); a missing 1/K gives a relative difference of K - 1,
+// a micro-batch written instead of added one of order 1. Stepped from the
+// same weights, the two runs stay together: training losses within 1e-3
+// relative over 8 steps (fp32-adamw has no random draws; qft's stochastic
+// rounding draws the same bits, and the tiny gradient differences move a
+// few roundings only).
+TEST_CASE("gradient accumulation: micro-batches give one larger batch's loss, gradients and steps") {
+  for (const bool tied : {false, true}) {
+    for (const char* name : {"fp32-adamw", "qft"}) {
+      llama_config c = small_config();
+      c.tied_embeddings = tied;  // tied: the embedding's scatter adds onto the head's accumulated gradient
+      CAPTURE(tied);
+      CAPTURE(name);
+      const mode_info& m = find_mode(name);
+      const session_options whole = small_options(m);  // 8 sequences at once
+      for (const int64_t k : {2, 4}) {
+        CAPTURE(k);
+        session_options micro = whole;
+        micro.batch = whole.batch / k;
+        micro.grad_accum = k;
+        micro.checkpointing = k == 4;  // the recompute path accumulates too
+        training_session a(c, m, whole), b(c, m, micro);
+        init_random(a.weights(), c, 5);
+        init_random(b.weights(), c, 5);
+        std::vector<int32_t> x(8 * 64), y(8 * 64);
+        corpus().train_batch(99, 3, 8, 64, x.data(), y.data());
+        std::vector<float> ga, gb;
+        const double la = a.gradients(x.data(), y.data(), ga), lb = b.gradients(x.data(), y.data(), gb);
+        CHECK(std::abs(lb - la) <= 1e-6 * la);
+        REQUIRE(ga.size() == gb.size());
+        int64_t off = 0;
+        for (const param_info& p : a.layout().params) {
+          CAPTURE(p.name);
+          CHECK(max_rel_diff(gb, ga, off, p.numel) <= 1e-5);
+          off += p.numel;
+        }
+        CHECK(b.activation_bytes() * k <= a.activation_bytes());  // activations of one micro-batch
+        const std::vector<double> ta = train(a, 0, 8, 1.0f), tb = train(b, 0, 8, 1.0f);
+        for (size_t i = 0; i < ta.size(); ++i) CHECK(std::abs(tb[i] - ta[i]) <= 1e-3 * ta[i]);
+        CHECK(std::abs(b.evaluate(corpus(), 1) - a.evaluate(corpus(), 1)) <= 1e-3 * a.evaluate(corpus(), 1));
+      }
+    }
+  }
+  // refused: no micro-batch, or accumulation with the fused update
+  const mode_info& m = find_mode("qft");
+  session_options none = small_options(m), fused = small_options(m);
+  none.grad_accum = 0;
+  fused.grad_accum = 2;
+  fused.fused_update = true;
+  auto make = [&](const session_options& o) { training_session s(small_config(), m, o); };
+  CHECK_THROWS_WITH_AS(make(none), doctest::Contains("--grad-accum must be >= 1"), lowbit::error);
+  CHECK_THROWS_WITH_AS(make(fused), doctest::Contains("--grad-accum 2 needs a whole gradient buffer"), lowbit::error);
 }
 
 TEST_CASE("--grad-dtype: f32 or bf16, bf16 on the CUDA path only; gradient bytes by dtype") {
