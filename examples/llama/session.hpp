@@ -129,6 +129,9 @@ class session_base {
   virtual const param_layout& layout() const = 0;
   virtual weight_store<float>& weights() = 0;
   virtual void weights_changed() {}
+  // Makes weights() hold the trained weights (a CUDA session copies them
+  // back from the device; the CPU session's are always there).
+  virtual void weights_to_host() {}
   virtual trainer_optimizer& optimizer() = 0;
   // One optimizer step. x and y hold the step's grad_accum micro-batches of
   // [batch, seq] tokens one after another (batch * seq * grad_accum each).

@@ -28,6 +28,7 @@
 #include "config.hpp"
 #include "dataset.hpp"
 #include "hf_checkpoint.hpp"
+#include "hf_export.hpp"
 #include "init.hpp"
 #include "model.hpp"
 #include "modes.hpp"
@@ -46,6 +47,7 @@ struct options {
   std::string mode = "fp32-adamw";
   std::string preset = "tiny";
   std::string config_path, init_dir, resume_path, save_path, log_path;
+  std::string export_dir, export_dtype = "bf16";  // --export-hf, --export-dtype
   std::string data = LLAMA_DEFAULT_DATA, data_format = "text", tokenizer_spec = "byte";
   std::string device = "auto", gpu_activations = "auto", grad_dtype = "f32";
   int64_t steps = 600, batch = 16, seq = 128, grad_accum = 1;
@@ -119,6 +121,9 @@ void print_help() {
       "                        fixed held-out batches of a step's size (--batch x --grad-accum)\n"
       "  --save FILE           checkpoint at the end (and every --save-every N steps)\n"
       "  --resume FILE         continue from a checkpoint (same mode and model)\n"
+      "  --export-hf DIR       at the end, write the model as a Hugging Face checkpoint (config.json +\n"
+      "                        model.safetensors, quantized weights decoded) that transformers and\n"
+      "                        --init load; --export-dtype bf16 (default), f16 or f32\n"
       "  --stop-after N        stop after step N (as if interrupted; for resume tests)\n"
       "  --sample-tokens N     tokens generated at the end (default 200), --prompt TEXT, --temperature X\n"
       "  --quiet               only the final summary\n"
@@ -182,6 +187,8 @@ bool parse_args(int argc, char** argv, options& o) {
     else if (a == "--init") o.init_dir = need(i);
     else if (a == "--resume") o.resume_path = need(i);
     else if (a == "--save") o.save_path = need(i);
+    else if (a == "--export-hf") o.export_dir = need(i);
+    else if (a == "--export-dtype") o.export_dtype = need(i);
     else if (a == "--log") o.log_path = need(i);
     else if (a == "--data") o.data = need(i);
     else if (a == "--data-format") o.data_format = need(i);
@@ -238,6 +245,7 @@ bool parse_args(int argc, char** argv, options& o) {
   lowbit::require(!(o.fused_update && o.clip > 0.0f), lowbit::errc::invalid_argument,
                   "--fused-update updates each layer before the global gradient norm is known, so global-norm "
                   "clipping is unavailable; pass --clip 0 with it");
+  parse_export_dtype(o.export_dtype);  // refused before any setup
   session_options session_checks;  // what the sessions refuse, refused before any setup
   session_checks.fused_update = o.fused_update;
   session_checks.grad_accum = o.grad_accum;
@@ -485,6 +493,15 @@ int main(int argc, char** argv) {
     }
     if (log) log.flush();
     if (!o.save_path.empty()) save();
+    if (!o.export_dir.empty()) {
+      run.weights_to_host();
+      const bool sentencepiece = o.tokenizer_spec != "byte";
+      export_hf(o.export_dir, cfg, run.weights(), parse_export_dtype(o.export_dtype),
+                sentencepiece ? o.tokenizer_spec : "");
+      if (!o.quiet)
+        std::printf("exported the model to %s (config.json, model.safetensors in %s%s)\n", o.export_dir.c_str(),
+                    o.export_dtype.c_str(), sentencepiece ? ", tokenizer.model" : "");
+    }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     if (std::isnan(last_val) && o.eval_every > 0) last_val = evaluate();
 

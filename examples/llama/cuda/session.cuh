@@ -140,6 +140,10 @@ class cuda_session final : public session_base {
   const param_layout& layout() const override { return layout_; }
   weight_store<float>& weights() override { return host_; }
   void weights_changed() override { dev_->upload(host_); }
+  void weights_to_host() override {
+    LOWBIT_CUDA_CHECK(cudaDeviceSynchronize());
+    dev_->download(host_);
+  }
   trainer_optimizer& optimizer() override { return *optimizer_; }
   int64_t weight_bytes() const override { return dev_->bytes(); }
   int64_t gradient_bytes() const override { return grads32_.bytes() + grads16_.bytes() + chunk_grad_bytes_; }
@@ -208,8 +212,7 @@ class cuda_session final : public session_base {
   }
 
   void save(const std::string& path, const train_state& st) override {
-    LOWBIT_CUDA_CHECK(cudaDeviceSynchronize());
-    dev_->download(host_);
+    weights_to_host();
     save_checkpoint(path, cfg_, mode_, host_, *optimizer_, st);
   }
   train_state load(const std::string& path) override {

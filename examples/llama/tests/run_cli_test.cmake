@@ -1,8 +1,9 @@
 # End-to-end test of the llama_train command line (run with cmake -P):
 # --help, a short run with a JSONL log and a checkpoint, an interrupted run
 # resumed to the same step (the checkpoints must be byte-identical),
-# gradient accumulation, a start from a Hugging Face checkpoint, and clear
-# errors for bad input.
+# gradient accumulation, an export as a Hugging Face checkpoint and a start
+# from it, a start from a Hugging Face checkpoint, and clear errors for bad
+# input.
 cmake_minimum_required(VERSION 3.24)
 file(REMOVE_RECURSE ${WORK_DIR})
 file(MAKE_DIRECTORY ${WORK_DIR})
@@ -95,6 +96,20 @@ run_ok(batch_resume --mode qft --steps 12 ${SMALL} --batch 2 --resume full.safet
 require_contains("resume with another batch (stderr)" "${ERR}"
                  "note: the checkpoint took 1280 tokens in 10 steps, not 64 per step")
 
+# Export the trained model as a Hugging Face checkpoint (resuming at the
+# last step: no step runs) and start a run from it.
+run_ok(export --mode qft --steps 10 ${SMALL} --resume full.safetensors --export-hf exported --export-dtype f32
+       --eval-every 0 --sample-tokens 0)
+require_contains("--export-hf output" "${OUT}" "exported the model to exported (config.json, model.safetensors in f32)")
+foreach(f config.json model.safetensors)
+  if(NOT EXISTS ${WORK_DIR}/exported/${f})
+    message(FATAL_ERROR "--export-hf wrote no ${f}")
+  endif()
+endforeach()
+file(READ ${WORK_DIR}/exported/config.json exported_config)
+require_contains("exported config.json" "${exported_config}" "\"torch_dtype\": \"float32\"" "LlamaForCausalLM")
+run_ok(init_from_export --mode fp32-adamw --steps 2 --init exported --batch 4 --seq 32 --eval-every 0 --sample-tokens 0)
+
 # Start from a Hugging Face checkpoint (bf16, sharded), fused update.
 run_ok(hf_init --mode nf4 --steps 3 --init ${DATA_DIR}/tiny_gqa_bf16_sharded --batch 4 --seq 32 --eval-every 0
        --sample-tokens 0 --fused-update --clip 0)
@@ -108,6 +123,7 @@ run_fails(bad_device "--device must be auto, cpu or cuda" --device tpu)
 run_fails(bad_attention_chunk "--attention-chunk-mib must be between 1 and 1048576, got 0" --attention-chunk-mib 0)
 run_fails(zero_grad_accum "--grad-accum must be" --grad-accum 0)
 run_fails(fused_grad_accum "--grad-accum 2 needs a whole gradient buffer" --fused-update --clip 0 --grad-accum 2)
+run_fails(bad_export_dtype "--export-dtype must be f32, bf16 or f16, got 'f8'" --export-dtype f8)
 run_fails(bad_grad_dtype "--grad-dtype must be f32 or bf16, got 'f16'" --grad-dtype f16)
 run_fails(cpu_bf16_grads "--grad-dtype bf16 needs the CUDA backend" --device cpu --mode qft --grad-dtype bf16 ${SMALL})
 run_fails(mode_mismatch "trained in mode 'qft', this run uses mode 'fp32-adamw'" --mode fp32-adamw --steps 10 ${SMALL}
