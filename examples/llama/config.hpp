@@ -7,6 +7,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -58,6 +60,17 @@ struct llama_config {
   }
 
   // Hugging Face LlamaConfig fields.
+  // The shortest decimal that reads back as v (1e-05 rather than float
+  // 1e-5f widened, 9.999999747378752e-06), so config.json reads as written.
+  static double shortest_decimal(float v) {
+    char buf[32];
+    for (int digits = 1; digits <= 9; ++digits) {
+      std::snprintf(buf, sizeof buf, "%.*g", digits, double(v));
+      if (std::strtof(buf, nullptr) == v) return std::strtod(buf, nullptr);
+    }
+    return double(v);
+  }
+
   nlohmann::json to_hf_json() const {
     nlohmann::json j;
     j["architectures"] = {"LlamaForCausalLM"};
@@ -69,8 +82,8 @@ struct llama_config {
     j["num_key_value_heads"] = n_kv_heads;
     j["intermediate_size"] = hidden_dim;
     j["max_position_embeddings"] = max_seq_len;
-    j["rms_norm_eps"] = norm_eps;
-    j["rope_theta"] = rope_theta;
+    j["rms_norm_eps"] = shortest_decimal(norm_eps);
+    j["rope_theta"] = shortest_decimal(rope_theta);
     j["tie_word_embeddings"] = tied_embeddings;
     j["hidden_act"] = "silu";
     j["attention_bias"] = false;
