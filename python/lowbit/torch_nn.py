@@ -23,7 +23,10 @@ optimizer). Both modes give the same weights bit for bit: lowbit's random
 streams are keyed by (seed, step, tensor, element), not by call order.
 Gradient clipping by a global norm needs all gradients first: use
 ``fused=False`` and ``max_grad_norm``, or pass your own factor as
-``grad_scale``. Import needs torch (``import lowbit.torch_nn``).
+``grad_scale``. :func:`quantize_linears_` turns a model's Linears into
+QuantizedLinears and :func:`dequantize_linears_` turns them back (to save
+the trained model as plain float weights). Import needs torch (``import
+lowbit.torch_nn``).
 """
 
 import copy
@@ -184,6 +187,22 @@ class QuantizedLinear(torch.nn.Module):
         """The weight as a dense (out, in) tensor (a new one)."""
         return dequantize(self.weight_q, dtype=dtype)
 
+    def to_linear(self, dtype=None):
+        """This layer as a plain ``torch.nn.Linear`` on the same device: the
+        weight decoded into ``dtype`` (default the bias's dtype, float32
+        without a bias; decoded to float32, then rounded by torch to nearest
+        even), the bias copied. For handing a QFT-trained model to code that
+        expects float weights, e.g. transformers' ``save_pretrained``."""
+        if dtype is None:
+            dtype = self.bias.dtype if self.bias is not None else torch.float32
+        linear = torch.nn.utils.skip_init(torch.nn.Linear, self.in_features, self.out_features,
+                                          bias=self.bias is not None, device=self.weight_q.codes.device, dtype=dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.dequantized_weight(torch.float32))
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
     def forward(self, x):
         if x.shape[-1] != self.in_features:
             raise ValueError("QuantizedLinear: input's last dimension is %d, expected %d"
@@ -262,6 +281,29 @@ def quantize_linears_(module, format="int8", block_size=256, nested=False, skip=
                 done[id(child)] = QuantizedLinear.from_linear(child, format, block_size, nested)
             setattr(parent, child_name, done[id(child)])
             replaced.append(name)
+    return replaced
+
+
+def dequantize_linears_(module, dtype=None):
+    """Replace, in place, every :class:`QuantizedLinear` of a module tree by
+    the ``torch.nn.Linear`` of :meth:`QuantizedLinear.to_linear` (``dtype``:
+    the weights' dtype, default each layer's bias dtype or float32); returns
+    the replaced modules' names. The inverse of :func:`quantize_linears_` up
+    to the quantization: after QFT, ``dequantize_linears_(model,
+    torch.bfloat16)`` then ``model.save_pretrained(dir)`` gives a checkpoint
+    any transformers installation loads. A layer used in several places
+    becomes one Linear used in the same places. Optimizers created over the
+    quantized layers keep stepping those, not the new Linears."""
+    done = {}
+    replaced = []
+    for parent_name, parent in list(module.named_modules(remove_duplicate=False)):
+        for child_name, child in list(parent._modules.items()):
+            if not isinstance(child, QuantizedLinear):
+                continue
+            if id(child) not in done:
+                done[id(child)] = child.to_linear(dtype)
+            setattr(parent, child_name, done[id(child)])
+            replaced.append(parent_name + "." + child_name if parent_name else child_name)
     return replaced
 
 

@@ -35,6 +35,10 @@ Checks (CPU tensors):
      resume bit for bit, model.state_dict() (quantized buffers included)
      reloads into a fresh quantized model with identical outputs and is
      refused, untouched, by layers of another block size;
+     g2) dequantize_linears_ on a QFT-trained transformers LlamaForCausalLM:
+     float Linears holding the decoded weights exactly, logits within
+     1e-5 of the quantized model's, save_pretrained / from_pretrained
+     reload them bit for bit, shared layers stay shared;
   h) QuantizedLinear.from_bnb on bitsandbytes Linear4bit (nf4 / fp4,
      nested or not): lowbit's decode of bnb's bytes within 2^-20 of
      bnb's dequantize_4bit, the forward within 1e-5 of float64, and the
@@ -613,6 +617,63 @@ def _():
             "resumed from state_dicts bit for bit; model.state_dict() reloads identically; quantized layers "
             "%.2f B/param"
             % (len(names), drift, first, val_q, val_ref, 100 * (val_q / val_ref - 1), mem.bytes_per_param))
+
+
+@check("g2 dequantize_linears_: a QFT-trained transformers LLaMA saved with save_pretrained and reloaded")
+def _():
+    import copy
+    import tempfile
+    from lowbit.torch_nn import dequantize_linears_, quantize_linears_
+    try:
+        import transformers
+    except ImportError:
+        return "transformers not installed: not checked"
+    torch.manual_seed(5)
+    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(cfg).float()
+    names = quantize_linears_(model, "int8", skip=["lm_head"])
+    qopt = lowbit.torch_nn.QuantizedWeightOptimizer(model, lr=1e-3)
+    fopt = lowbit.Lion8bit([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    ids = torch.randint(0, 256, (4, 33), generator=torch.Generator().manual_seed(1))
+    losses = []
+    for _ in range(20):
+        out = model(input_ids=ids[:, :-1], labels=ids[:, :-1])
+        out.loss.backward()
+        qopt.step()
+        fopt.step()
+        fopt.zero_grad()
+        losses.append(float(out.loss))
+    assert losses[-1] < losses[0], losses
+    quantized = copy.deepcopy(model)
+    decoded = {n: m.dequantized_weight() for n, m in model.named_modules()
+               if isinstance(m, lowbit.torch_nn.QuantizedLinear)}
+    assert dequantize_linears_(model) == names
+    assert not lowbit.torch_nn.quantized_linears(model)
+    for n, m in model.named_modules():
+        if n in decoded:
+            assert type(m) is torch.nn.Linear and torch.equal(m.weight, decoded[n]), n
+    probe = ids[:2, :-1]
+    with torch.no_grad():
+        want = quantized(input_ids=probe).logits
+        got = model(input_ids=probe).logits
+    drift = float((got - want).abs().max() / want.abs().max())
+    assert drift <= 1e-5, "float layers differ from the quantized ones by %.3g" % drift
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        back = transformers.LlamaForCausalLM.from_pretrained(d, torch_dtype=torch.float32)
+        with torch.no_grad():
+            again = back(input_ids=probe).logits
+    assert torch.equal(again, got), "save_pretrained / from_pretrained changed the logits"
+    with torch.no_grad():  # to bfloat16: each weight the float32 decode rounded to nearest even by torch
+        shared = torch.nn.Sequential(lowbit.torch_nn.QuantizedLinear(8, 8), torch.nn.ReLU())
+        shared.append(shared[0])
+        assert dequantize_linears_(shared, torch.bfloat16) == ["0", "2"] and shared[0] is shared[2]
+        assert shared[0].weight.dtype == torch.bfloat16
+    return ("%d layers: QFT loss %.3f -> %.3f in 20 steps; float layers' logits within %.1g of the quantized "
+            "model's; save_pretrained + from_pretrained (transformers %s) give them bit for bit"
+            % (len(names), losses[0], losses[-1], drift, transformers.__version__))
 
 
 @check("h1 QuantizedLinear.from_bnb: bitsandbytes Linear4bit's codes and scales taken as they are")
