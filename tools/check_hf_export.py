@@ -3,7 +3,9 @@
 transformers (a development check: transformers and torch are never
 dependencies of lowbit, its tests or its main job).
 
-Loads DIR with transformers' LlamaForCausalLM in float32 and computes the
+Loads DIR with transformers' LlamaForCausalLM in float32 (an export with
+--export-4bit: its 4-bit layers through bitsandbytes, which computes in
+the config's bnb_4bit_compute_dtype, on the CPU) and computes the
 validation loss the trainer reports for a byte-level run on a text corpus:
 the mean next-byte cross-entropy over `--windows` windows of `--seq` bytes
 taken back to back from the start of the held-out last tenth of the corpus
@@ -16,6 +18,7 @@ usage: check_hf_export.py DIR [--data FILE] [--seq 128] [--windows 128]
                               [--expect LOSS] [--tolerance 1e-4]
 """
 import argparse
+import json
 import pathlib
 import sys
 
@@ -38,7 +41,11 @@ def main() -> int:
     n_val = int(len(ids) * 0.1)  # llama_train holds out the last tenth
     val = ids[len(ids) - n_val:]
     n_windows = (len(val) - 1) // a.seq
-    model = transformers.LlamaForCausalLM.from_pretrained(a.dir, torch_dtype=torch.float32)
+    config = json.loads((pathlib.Path(a.dir) / "config.json").read_text())
+    if "quantization_config" in config:  # --export-4bit: bitsandbytes 4-bit layers (needs bitsandbytes, accelerate)
+        model = transformers.LlamaForCausalLM.from_pretrained(a.dir, device_map="cpu")
+    else:
+        model = transformers.LlamaForCausalLM.from_pretrained(a.dir, torch_dtype=torch.float32)
     model.eval()
     total = 0.0
     with torch.no_grad():

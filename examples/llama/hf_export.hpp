@@ -11,6 +11,12 @@
 // to a temporary name and renamed; a float16 export refuses a weight
 // beyond float16's range, naming it, before model.safetensors is replaced.
 // A SentencePiece tokenizer.model given to the run is copied alongside.
+// With keep_4bit (--export-4bit; modes with NF4 / FP4 weights), the
+// layers' projections keep their packed codes and scales as they are, in
+// bitsandbytes' 4-bit keys, and config.json gets the quantization_config
+// with which transformers (with bitsandbytes) loads them as a 4-bit model;
+// the embedding, the head and the norm gains, which transformers keeps in
+// float, are written in the dtype.
 #pragma once
 
 #include <cmath>
@@ -108,14 +114,24 @@ inline void write_text_atomically(const std::string& path, const std::string& te
 
 // Writes dir/config.json and dir/model.safetensors (dir is created if
 // needed) from the weights w of a model with config cfg, in dtype t;
-// sentencepiece_model: a tokenizer.model to copy alongside ("" for none).
+// sentencepiece_model: a tokenizer.model to copy alongside ("" for none);
+// keep_4bit: the layers' NF4 / FP4 matrices as they are (see above).
 // Refuses a directory that holds a sharded checkpoint's index (whose
 // shards a loader would read instead of the new file).
 inline void export_hf(const std::string& dir, const llama_config& cfg, const weight_store<float>& w, lowbit::dtype t,
-                      const std::string& sentencepiece_model = "") {
+                      const std::string& sentencepiece_model = "", bool keep_4bit = false) {
   namespace fs = std::filesystem;
   lowbit::require(t == lowbit::dtype::f32 || t == lowbit::dtype::bf16 || t == lowbit::dtype::f16,
                   lowbit::errc::invalid_argument, "export: the dtype must be float32, bfloat16 or float16");
+  const bool four_bit_weights = w.kind == matrix_storage::quantized && lowbit::is_4bit(w.qspec.fmt) &&
+                                (w.qspec.fmt == lowbit::format::nf4 || w.qspec.fmt == lowbit::format::fp4);
+  lowbit::require(!keep_4bit || four_bit_weights, lowbit::errc::invalid_argument,
+                  std::string("export: --export-4bit keeps NF4 / FP4 weights in bitsandbytes' 4-bit layout; this "
+                              "model's weights are ") +
+                      (w.kind == matrix_storage::quantized ? lowbit::format_name(w.qspec.fmt)
+                                                           : (w.kind == matrix_storage::bf16 ? "bfloat16" : "float32")) +
+                      ", which transformers has no matching bitsandbytes layout for: export them as float "
+                      "(--export-dtype)");
   std::error_code ec;
   fs::create_directories(dir, ec);
   lowbit::require(!ec && fs::is_directory(dir), lowbit::errc::io,
@@ -127,6 +143,10 @@ inline void export_hf(const std::string& dir, const llama_config& cfg, const wei
   lowbit::safetensors_writer out;
   for (size_t p = 0; p < L.params.size(); ++p) {
     const param_info& info = L.params[p];
+    if (keep_4bit && info.matrix && info.layer >= 0) {  // a layer's projection: transformers' Linear4bit
+      lowbit::save_quantized(out, info.name, w.mq[size_t(info.slot)], t);
+      continue;
+    }
     out.add_generated(info.name, t, info.shape, [&w, p, t, &info](uint8_t* dst, size_t nbytes) {
       std::vector<float> values;
       export_detail::decode_param(w, int(p), values);
@@ -139,7 +159,19 @@ inline void export_hf(const std::string& dir, const llama_config& cfg, const wei
   out.write((fs::path(dir) / "model.safetensors").string());
 
   nlohmann::json config = cfg.to_hf_json();
-  config["torch_dtype"] = t == lowbit::dtype::f32 ? "float32" : (t == lowbit::dtype::bf16 ? "bfloat16" : "float16");
+  const std::string dtype_name =
+      t == lowbit::dtype::f32 ? "float32" : (t == lowbit::dtype::bf16 ? "bfloat16" : "float16");
+  config["torch_dtype"] = dtype_name;
+  if (keep_4bit) {  // the fields of transformers' BitsAndBytesConfig for a pre-quantized 4-bit model
+    config["quantization_config"] = {{"quant_method", "bitsandbytes"},
+                                     {"load_in_4bit", true},
+                                     {"load_in_8bit", false},
+                                     {"bnb_4bit_quant_type", lowbit::format_name(w.qspec.fmt)},
+                                     {"bnb_4bit_use_double_quant", w.qspec.nested},
+                                     {"bnb_4bit_compute_dtype", dtype_name},
+                                     {"bnb_4bit_quant_storage", "uint8"},
+                                     {"llm_int8_skip_modules", {"lm_head"}}};
+  }
   export_detail::write_text_atomically((fs::path(dir) / "config.json").string(), config.dump(2) + "\n");
 
   if (!sentencepiece_model.empty()) {

@@ -48,6 +48,7 @@ struct options {
   std::string preset = "tiny";
   std::string config_path, init_dir, resume_path, save_path, log_path;
   std::string export_dir, export_dtype = "bf16";  // --export-hf, --export-dtype
+  bool export_4bit = false;                       // --export-4bit
   std::string data = LLAMA_DEFAULT_DATA, data_format = "text", tokenizer_spec = "byte";
   std::string device = "auto", gpu_activations = "auto", grad_dtype = "f32";
   int64_t steps = 600, batch = 16, seq = 128, grad_accum = 1;
@@ -123,7 +124,9 @@ void print_help() {
       "  --resume FILE         continue from a checkpoint (same mode and model)\n"
       "  --export-hf DIR       at the end, write the model as a Hugging Face checkpoint (config.json +\n"
       "                        model.safetensors, quantized weights decoded) that transformers and\n"
-      "                        --init load; --export-dtype bf16 (default), f16 or f32\n"
+      "                        --init load; --export-dtype bf16 (default), f16 or f32; --export-4bit\n"
+      "                        (nf4 modes): the layers' NF4 weights as they are, in bitsandbytes' 4-bit\n"
+      "                        keys, for transformers with bitsandbytes\n"
       "  --stop-after N        stop after step N (as if interrupted; for resume tests)\n"
       "  --sample-tokens N     tokens generated at the end (default 200), --prompt TEXT, --temperature X\n"
       "  --quiet               only the final summary\n"
@@ -189,6 +192,7 @@ bool parse_args(int argc, char** argv, options& o) {
     else if (a == "--save") o.save_path = need(i);
     else if (a == "--export-hf") o.export_dir = need(i);
     else if (a == "--export-dtype") o.export_dtype = need(i);
+    else if (a == "--export-4bit") o.export_4bit = true;
     else if (a == "--log") o.log_path = need(i);
     else if (a == "--data") o.data = need(i);
     else if (a == "--data-format") o.data_format = need(i);
@@ -246,6 +250,8 @@ bool parse_args(int argc, char** argv, options& o) {
                   "--fused-update updates each layer before the global gradient norm is known, so global-norm "
                   "clipping is unavailable; pass --clip 0 with it");
   parse_export_dtype(o.export_dtype);  // refused before any setup
+  lowbit::require(!o.export_4bit || !o.export_dir.empty(), lowbit::errc::invalid_argument,
+                  "--export-4bit applies to --export-hf DIR, which is missing");
   session_options session_checks;  // what the sessions refuse, refused before any setup
   session_checks.fused_update = o.fused_update;
   session_checks.grad_accum = o.grad_accum;
@@ -326,6 +332,11 @@ int main(int argc, char** argv) {
   try {
     if (!parse_args(argc, argv, o)) return 0;
     const mode_info& mode = find_mode(o.mode);
+    lowbit::require(!o.export_4bit || (mode.storage == matrix_storage::quantized &&
+                                       (mode.qspec.fmt == lowbit::format::nf4 || mode.qspec.fmt == lowbit::format::fp4)),
+                    lowbit::errc::invalid_argument,
+                    "--export-4bit keeps NF4 / FP4 weights in bitsandbytes' 4-bit layout; mode '" + mode.name +
+                        "' has none (export its weights as float with --export-dtype)");
     const float peak_lr = o.lr > 0.0f ? o.lr : mode.default_lr;
 
     // Model config: checkpoint > HF dir > config.json > preset.
@@ -497,10 +508,11 @@ int main(int argc, char** argv) {
       run.weights_to_host();
       const bool sentencepiece = o.tokenizer_spec != "byte";
       export_hf(o.export_dir, cfg, run.weights(), parse_export_dtype(o.export_dtype),
-                sentencepiece ? o.tokenizer_spec : "");
+                sentencepiece ? o.tokenizer_spec : "", o.export_4bit);
       if (!o.quiet)
-        std::printf("exported the model to %s (config.json, model.safetensors in %s%s)\n", o.export_dir.c_str(),
-                    o.export_dtype.c_str(), sentencepiece ? ", tokenizer.model" : "");
+        std::printf("exported the model to %s (config.json, model.safetensors in %s%s%s)\n", o.export_dir.c_str(),
+                    o.export_dtype.c_str(), o.export_4bit ? " with the layers' weights in bitsandbytes 4-bit" : "",
+                    sentencepiece ? ", tokenizer.model" : "");
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     if (std::isnan(last_val) && o.eval_every > 0) last_val = evaluate();

@@ -109,6 +109,12 @@ endforeach()
 file(READ ${WORK_DIR}/exported/config.json exported_config)
 require_contains("exported config.json" "${exported_config}" "\"torch_dtype\": \"float32\"" "LlamaForCausalLM")
 run_ok(init_from_export --mode fp32-adamw --steps 2 --init exported --batch 4 --seq 32 --eval-every 0 --sample-tokens 0)
+# NF4 layers kept as bitsandbytes 4-bit, and a start from them
+run_ok(export_4bit --mode nf4 --steps 2 ${SMALL} --export-hf exported4 --export-4bit --eval-every 0 --sample-tokens 0)
+require_contains("--export-4bit output" "${OUT}" "with the layers' weights in bitsandbytes 4-bit")
+file(READ ${WORK_DIR}/exported4/config.json exported4_config)
+require_contains("--export-4bit config.json" "${exported4_config}" "\"quantization_config\"" "\"load_in_4bit\": true")
+run_ok(init_from_export4 --mode nf4 --steps 2 --init exported4 --batch 4 --seq 32 --eval-every 0 --sample-tokens 0)
 
 # Start from a Hugging Face checkpoint (bf16, sharded), fused update.
 run_ok(hf_init --mode nf4 --steps 3 --init ${DATA_DIR}/tiny_gqa_bf16_sharded --batch 4 --seq 32 --eval-every 0
@@ -123,6 +129,7 @@ run_fails(bad_device "--device must be auto, cpu or cuda" --device tpu)
 run_fails(bad_attention_chunk "--attention-chunk-mib must be between 1 and 1048576, got 0" --attention-chunk-mib 0)
 run_fails(zero_grad_accum "--grad-accum must be" --grad-accum 0)
 run_fails(fused_grad_accum "--grad-accum 2 needs a whole gradient buffer" --fused-update --clip 0 --grad-accum 2)
+run_fails(export_4bit_int8 "mode 'qft' has none" --mode qft --export-hf unused --export-4bit)
 run_fails(bad_export_dtype "--export-dtype must be f32, bf16 or f16, got 'f8'" --export-dtype f8)
 run_fails(bad_grad_dtype "--grad-dtype must be f32 or bf16, got 'f16'" --grad-dtype f16)
 run_fails(cpu_bf16_grads "--grad-dtype bf16 needs the CUDA backend" --device cpu --mode qft --grad-dtype bf16 ${SMALL})

@@ -6,12 +6,15 @@
 // back as the same model; loaded back with --init's loader, a float32
 // export gives the source model's loss. A float16 export of an
 // out-of-range weight is refused with its name and leaves the previous
-// export in place; a directory holding a sharded index is refused.
+// export in place; a directory holding a sharded index is refused. With
+// --export-4bit the NF4 layers are written byte for byte in bitsandbytes'
+// 4-bit keys with transformers' quantization_config.
 // (tools/check_hf_export.py checks an export with transformers itself.)
 #include <doctest/doctest.h>
 
 #include <cfenv>
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -169,6 +172,64 @@ TEST_CASE("--export-hf: every weight by its Hugging Face name, exactly decoded o
       std::filesystem::remove_all(dir);
     }
   }
+}
+
+// --export-4bit: the layers' NF4 matrices leave as they are stored (the
+// same code and scale bytes, in bitsandbytes' keys, which lowbit's loader
+// and transformers with bitsandbytes read), the embedding, head and norms
+// in the float dtype, and config.json carries the quantization_config.
+// Read back by --init's loader into float32 weights (f32 export of the
+// rest): the source model's loss within 1e-5 relative, as above. Refused
+// for weights that are not NF4 / FP4.
+TEST_CASE("--export-hf with --export-4bit: NF4 layers byte for byte in bitsandbytes' keys, the rest in float") {
+  for (const bool tied : {false, true}) {
+    CAPTURE(tied);
+    llama_config c = small_test_config();
+    c.tied_embeddings = tied;
+    const std::unique_ptr<training_session> s = trained(c, find_mode("nf4"));
+    const std::string dir = "export_test_4bit";
+    std::filesystem::remove_all(dir);
+    export_hf(dir, c, s->weights(), lowbit::dtype::f32, "", true);
+    const lowbit::safetensors_reader r = lowbit::safetensors_reader::open(dir + "/model.safetensors");
+    const param_layout& L = s->layout();
+    int quantized = 0;
+    for (size_t p = 0; p < L.params.size(); ++p) {
+      const param_info& i = L.params[p];
+      CAPTURE(i.name);
+      if (i.matrix && i.layer >= 0) {
+        const lowbit::quantized_tensor& q = s->weights().mq[size_t(i.slot)];
+        const lowbit::safetensors_tensor& codes = r.at(i.name);
+        CHECK(codes.type == lowbit::dtype::u8);
+        CHECK(std::memcmp(codes.data, q.codes.data(), q.codes.size()) == 0);
+        CHECK(codes.nbytes == q.codes.size());
+        const lowbit::safetensors_tensor& scale_codes = r.at(i.name + ".absmax");
+        CHECK(std::memcmp(scale_codes.data, q.absmax_codes.data(), q.absmax_codes.size()) == 0);
+        CHECK(r.contains(i.name + ".quant_state.bitsandbytes__nf4"));
+        ++quantized;
+      } else {
+        CHECK(r.at(i.name).type == lowbit::dtype::f32);  // transformers keeps these in float
+      }
+    }
+    CHECK(quantized == 7 * c.n_layers);
+    const nlohmann::json j = nlohmann::json::parse(file_bytes(dir + "/config.json"));
+    CHECK(j["quantization_config"]["quant_method"] == "bitsandbytes");
+    CHECK(j["quantization_config"]["load_in_4bit"] == true);
+    CHECK(j["quantization_config"]["bnb_4bit_quant_type"] == "nf4");
+    CHECK(j["quantization_config"]["bnb_4bit_use_double_quant"] == true);
+    training_session back(c, find_mode("fp32-adamw"), s->options());
+    CHECK(load_hf_weights(dir, back.weights()) == 0);
+    back.weights_changed();
+    std::vector<int32_t> x(4 * 32), y(4 * 32);
+    test_corpus().train_batch(3, 9, 4, 32, x.data(), y.data());
+    const double want = s->loss(x.data(), y.data()), got = back.loss(x.data(), y.data());
+    CHECK(std::abs(got - want) <= 1e-5 * want);
+    std::filesystem::remove_all(dir);
+  }
+  const std::unique_ptr<training_session> q8 = trained(small_test_config(), find_mode("qft"));
+  CHECK_THROWS_WITH_AS(export_hf("export_test_4bit_int8", small_test_config(), q8->weights(), lowbit::dtype::bf16, "",
+                                 true),
+                       doctest::Contains("this model's weights are int8"), lowbit::error);
+  CHECK(!std::filesystem::exists("export_test_4bit_int8"));
 }
 
 TEST_CASE("--export-hf refuses a float16 overflow (naming the tensor, the old export kept) and a sharded directory") {
