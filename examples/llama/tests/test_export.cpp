@@ -84,6 +84,20 @@ std::unique_ptr<training_session> trained(const llama_config& c, const mode_info
   return s;
 }
 
+// The export in dir, loaded back by --init's loader into float32 weights,
+// is the model of `source`: the loss of one batch differs only by the
+// products' float32 summation order (dense against dequant-GEMM), within
+// 1e-5 relative.
+void check_loads_back(const std::string& dir, const llama_config& c, training_session& source) {
+  training_session back(c, find_mode("fp32-adamw"), source.options());
+  CHECK(load_hf_weights(dir, back.weights()) == 0);
+  back.weights_changed();
+  std::vector<int32_t> x(4 * 32), y(4 * 32);
+  test_corpus().train_batch(3, 9, 4, 32, x.data(), y.data());
+  const double want = source.loss(x.data(), y.data()), got = back.loss(x.data(), y.data());
+  CHECK(std::abs(got - want) <= 1e-5 * want);
+}
+
 }  // namespace
 
 TEST_CASE("--export-hf: every weight by its Hugging Face name, exactly decoded or rounded to nearest even; "
@@ -134,18 +148,7 @@ TEST_CASE("--export-hf: every weight by its Hugging Face name, exactly decoded o
           decoded.push_back(std::move(want));
         }
       }
-      // loaded back (--init's loader) into float32 weights: the same model.
-      // The loss differs only by the products' float32 summation order
-      // (dense against dequant-GEMM): within 1e-5 relative.
-      {
-        training_session back(c, find_mode("fp32-adamw"), s->options());
-        CHECK(load_hf_weights(dir, back.weights()) == 0);
-        back.weights_changed();
-        std::vector<int32_t> x(4 * 32), y(4 * 32);
-        test_corpus().train_batch(3, 9, 4, 32, x.data(), y.data());
-        const double want = s->loss(x.data(), y.data()), got = back.loss(x.data(), y.data());
-        CHECK(std::abs(got - want) <= 1e-5 * want);
-      }
+      check_loads_back(dir, c, *s);
       // bfloat16 and float16: each value the float32 one rounded to nearest even
       for (const lowbit::dtype t : {lowbit::dtype::bf16, lowbit::dtype::f16}) {
         const std::string dtype = lowbit::dtype_name(t);
@@ -216,13 +219,7 @@ TEST_CASE("--export-hf with --export-4bit: NF4 layers byte for byte in bitsandby
     CHECK(j["quantization_config"]["load_in_4bit"] == true);
     CHECK(j["quantization_config"]["bnb_4bit_quant_type"] == "nf4");
     CHECK(j["quantization_config"]["bnb_4bit_use_double_quant"] == true);
-    training_session back(c, find_mode("fp32-adamw"), s->options());
-    CHECK(load_hf_weights(dir, back.weights()) == 0);
-    back.weights_changed();
-    std::vector<int32_t> x(4 * 32), y(4 * 32);
-    test_corpus().train_batch(3, 9, 4, 32, x.data(), y.data());
-    const double want = s->loss(x.data(), y.data()), got = back.loss(x.data(), y.data());
-    CHECK(std::abs(got - want) <= 1e-5 * want);
+    check_loads_back(dir, c, *s);
     std::filesystem::remove_all(dir);
   }
   const std::unique_ptr<training_session> q8 = trained(small_test_config(), find_mode("qft"));
