@@ -653,7 +653,7 @@ TEST_CASE("GPU: gradient accumulation gives the whole batch's loss, gradients an
 // initial weights' loss differs by far more after two steps at lr 1e-3.
 TEST_CASE("GPU: --export-hf writes the weights trained on the device") {
   const llama_config c = small_config(false, 2);
-  for (const char* mode : {"fp32-adamw", "qft"}) {
+  for (const std::string mode : {"fp32-adamw", "qft"}) {
     CAPTURE(mode);
     const mode_info& m = find_mode(mode);
     const session_options o = options_for(m, 4, 32);
@@ -665,7 +665,7 @@ TEST_CASE("GPU: --export-hf writes the weights trained on the device") {
     const double initial = gpu->loss(x.data(), y.data());
     train(*gpu, 0, 2, 1.0f);
     const double trained = gpu->loss(x.data(), y.data());
-    const std::string dir = std::string("gpu_export_") + mode;
+    const std::string dir = "gpu_export_" + mode;
     gpu->weights_to_host();
     export_hf(dir, c, gpu->weights(), lowbit::dtype::f32);
     std::unique_ptr<session_base> cpu = make_session(c, find_mode("fp32-adamw"), o, "cpu");
