@@ -6,7 +6,8 @@
 // back as the same model; loaded back with --init's loader, a float32
 // export gives the source model's loss. A float16 export of an
 // out-of-range weight is refused with its name and leaves the previous
-// export in place; a directory holding a sharded index is refused. With
+// export in place; a directory holding a sharded index is refused; a
+// SentencePiece model is copied alongside. With
 // --export-4bit the NF4 layers are written byte for byte in bitsandbytes'
 // 4-bit keys with transformers' quantization_config.
 // (tools/check_hf_export.py checks an export with transformers itself.)
@@ -229,7 +230,8 @@ TEST_CASE("--export-hf with --export-4bit: NF4 layers byte for byte in bitsandby
   CHECK(!std::filesystem::exists("export_test_4bit_int8"));
 }
 
-TEST_CASE("--export-hf refuses a float16 overflow (naming the tensor, the old export kept) and a sharded directory") {
+TEST_CASE("--export-hf refuses a float16 overflow (naming the tensor, the old export kept) and a sharded directory; "
+          "copies a tokenizer") {
   const llama_config c = small_test_config();
   const mode_info& m = find_mode("fp32-adamw");
   const std::unique_ptr<training_session> s = trained(c, m);
@@ -246,6 +248,18 @@ TEST_CASE("--export-hf refuses a float16 overflow (naming the tensor, the old ex
   CHECK(file_bytes(dir + "/config.json") == config_before);
   export_hf(dir, c, s->weights(), lowbit::dtype::bf16);  // bfloat16 holds it
   CHECK(file_bytes(dir + "/model.safetensors") != before);
+
+  // a SentencePiece model given to the run is copied alongside (any file's bytes), also over an
+  // older copy, and exporting into the directory it was read from leaves it as it is
+  std::ofstream("export_test_tokenizer.model", std::ios::binary) << std::string("\x0a\x05piece\x00\xff", 9);
+  export_hf(dir, c, s->weights(), lowbit::dtype::bf16, "export_test_tokenizer.model");
+  CHECK(file_bytes(dir + "/tokenizer.model") == file_bytes("export_test_tokenizer.model"));
+  std::ofstream("export_test_tokenizer.model", std::ios::binary) << "another model";
+  export_hf(dir, c, s->weights(), lowbit::dtype::bf16, "export_test_tokenizer.model");
+  CHECK(file_bytes(dir + "/tokenizer.model") == "another model");
+  export_hf(dir, c, s->weights(), lowbit::dtype::bf16, dir + "/tokenizer.model");
+  CHECK(file_bytes(dir + "/tokenizer.model") == "another model");
+  std::remove("export_test_tokenizer.model");
 
   std::ofstream(dir + "/model.safetensors.index.json") << "{\"weight_map\": {}}";
   CHECK_THROWS_WITH_AS(export_hf(dir, c, s->weights(), lowbit::dtype::bf16),
