@@ -14,6 +14,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -40,7 +41,15 @@
 // unrolled i/j body into the intended broadcast-multiply-add on whole
 // registers with the accumulators held in registers. Clang does the latter
 // by itself.
-#if defined(__GNUC__) && !defined(__clang__)
+//
+// With AVX-512, g++ still prefers 256-bit vectors on most Intel targets
+// (-mtune's prefer-vector-width=256), so without the target attribute the
+// 16-float rows of the tile became two ymm halves: half the flops per FMA
+// (measured on an Intel Xeon VM, docs/PERFORMANCE.md, 2026-11-28 night).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
+#define LOWBIT_GEMM_KERNEL_ATTR \
+  __attribute__((optimize("no-tree-loop-vectorize"), target("prefer-vector-width=512")))
+#elif defined(__GNUC__) && !defined(__clang__)
 #define LOWBIT_GEMM_KERNEL_ATTR __attribute__((optimize("no-tree-loop-vectorize")))
 #else
 #define LOWBIT_GEMM_KERNEL_ATTR
@@ -87,6 +96,23 @@ constexpr int64_t rc = 256;  // reduction chunk: one packed panel (rc x nr float
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// One step of an output's sum: a * b + c, fused (one rounding) where the
+// target has FMA instructions. lowbit's builds turn off the compiler's own
+// contraction (-ffp-contract=off) so that the element math of quantizers and
+// optimizers equals the GPU's bit for bit; a product's sum order is its own
+// (the GPU kernels sum in other orders anyway), and there the fused form
+// doubles the work an Intel core does per cycle, whose FMA ports also run
+// the separate multiplies and adds. Sums then differ in the last bits
+// between builds with and without FMA (e.g. -march=native and the default
+// x86-64 target), never between thread counts or tile shapes of one build.
+#if defined(__FMA__)
+inline float product_add(float a, float b, float c) { return std::fma(a, b, c); }
+constexpr bool fused_product_add = true;
+#else
+inline float product_add(float a, float b, float c) { return a * b + c; }
+constexpr bool fused_product_add = false;
+#endif
+
 // c[MR][nr] (row stride ldc) = (load ? c : 0) + a[MR][0:rlen] (row stride lda)
 // * b[rlen][nr]. Constant trip counts on the i/j loops let g++ unroll them and
 // keep acc in registers; the j loop is the vectorized one.
@@ -104,7 +130,7 @@ LOWBIT_UNROLL(16)
     for (int i = 0; i < MR; ++i) {
       const float av = a[i * lda + r];
 LOWBIT_UNROLL(16)
-      for (int j = 0; j < nr; ++j) acc[i][j] += av * br[j];
+      for (int j = 0; j < nr; ++j) acc[i][j] = product_add(av, br[j], acc[i][j]);
     }
   }
 LOWBIT_UNROLL(16)
