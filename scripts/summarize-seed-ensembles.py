@@ -14,8 +14,10 @@ combined).
 Usage: summarize-seed-ensembles.py SEED -- MODE... [-- REFERENCE...]
 Run logs: docs/results/rounding-seeds/<mode>-seed<SEED>-round<R>.jsonl and
 docs/results/lr-perturbed/<mode>-seed<SEED>-lrpert<K>.jsonl; each
-ensemble also holds the mode's logged run (docs/results/<mode>.jsonl for
-seed 1337, docs/results/seeds/<mode>-seed<SEED>.jsonl otherwise).
+ensemble also holds the mode's logged run (for seed 1337 the run of the
+same arithmetic, docs/results/2026-11-28-no-fma/<mode>.jsonl: the
+ensembles predate the CPU products' fused multiply-adds;
+docs/results/seeds/<mode>-seed<SEED>.jsonl otherwise).
 References default to fp32-adamw and fp32-lion. A log without its summary
 line (a run still going) is left out."""
 import glob
@@ -48,7 +50,7 @@ def final_val(path, require_summary):
 
 def logged_run(mode):
     # The main table's logs from before summary lines existed are complete.
-    path = os.path.join(results, f"{mode}.jsonl") if seed == "1337" else os.path.join(results, "seeds", f"{mode}-seed{seed}.jsonl")
+    path = os.path.join(results, "2026-11-28-no-fma", f"{mode}.jsonl") if seed == "1337" else os.path.join(results, "seeds", f"{mode}-seed{seed}.jsonl")
     return final_val(path, False) if os.path.exists(path) else None
 
 

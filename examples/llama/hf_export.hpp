@@ -123,7 +123,7 @@ inline void export_hf(const std::string& dir, const llama_config& cfg, const wei
   namespace fs = std::filesystem;
   lowbit::require(t == lowbit::dtype::f32 || t == lowbit::dtype::bf16 || t == lowbit::dtype::f16,
                   lowbit::errc::invalid_argument, "export: the dtype must be float32, bfloat16 or float16");
-  const bool four_bit_weights = w.kind == matrix_storage::quantized && lowbit::is_4bit(w.qspec.fmt) &&
+  const bool four_bit_weights = w.kind == matrix_storage::quantized &&
                                 (w.qspec.fmt == lowbit::format::nf4 || w.qspec.fmt == lowbit::format::fp4);
   lowbit::require(!keep_4bit || four_bit_weights, lowbit::errc::invalid_argument,
                   std::string("export: --export-4bit keeps NF4 / FP4 weights in bitsandbytes' 4-bit layout; this "

@@ -115,6 +115,36 @@ inline void two_pass_update(trainer_optimizer& opt, const lowbit::optim::grad_st
   opt.end_step();
 }
 
+// Forward and backward of a step's micro-batches in turn (CPU and CUDA
+// models alike): x and y hold o.grad_accum micro-batches of [o.batch,
+// o.seq] tokens one after another; the first backward writes the gradient
+// buffer grads and the others add to it. after_pass() runs after each
+// forward and whenever the backward hands over gradients (a CUDA session
+// samples its memory there). Returns the mean of the micro-batches' losses
+// (the loss itself for one).
+template <class Model, class Grad, class AfterPass>
+double forward_backward_micro_batches(Model& model, const session_options& o, Grad* grads, const gradient_plan& plan,
+                                      const int32_t* x, const int32_t* y, AfterPass&& after_pass) {
+  const int64_t n = o.batch * o.seq;
+  double sum = 0;
+  for (int64_t i = 0; i < o.grad_accum; ++i) {
+    sum += model.forward(x + i * n, y + i * n, o.batch, o.seq);
+    after_pass();
+    model.set_accumulate_gradients(i > 0);
+    model.backward(grads, plan, [&](const std::vector<int>&) { after_pass(); });
+  }
+  model.set_accumulate_gradients(false);
+  return sum / double(o.grad_accum);
+}
+
+// The summed gradients of `micro_batches` micro-batches, made their mean in
+// place (what gradients() returns; nothing changes for one micro-batch).
+inline void divide_by_micro_batches(std::vector<float>& grads, int64_t micro_batches) {
+  if (micro_batches <= 1) return;
+  const float mean = float(1.0 / double(micro_batches));
+  for (float& v : grads) v *= mean;
+}
+
 // What the command line needs from a run, on the CPU (training_session
 // below) or on CUDA (gpu::cuda_session, cuda/session.cuh). The host
 // weight_store is where initialisation, Hugging Face loading and
@@ -229,12 +259,9 @@ class training_session final : public session_base {
   double gradients(const int32_t* x, const int32_t* y, std::vector<float>& out) override {
     lowbit::require(!opts_.fused_update, lowbit::errc::invalid_argument,
                     "gradients(): the fused backward-update keeps no full gradient buffer");
-    const double loss = forward_backward_micro_batches(x, y);
+    const double loss = forward_backward_micro_batches(*model_, opts_, grads_.data(), plan_, x, y, [] {});
     out = grads_;
-    if (opts_.grad_accum > 1) {
-      const float mean = float(1.0 / double(opts_.grad_accum));
-      for (float& v : out) v *= mean;
-    }
+    divide_by_micro_batches(out, opts_.grad_accum);
     return loss;
   }
   void last_logits(const int32_t* tokens, int64_t len, float* out) override {
@@ -261,7 +288,7 @@ class training_session final : public session_base {
       r.skipped = optimizer_->end_step().skipped > 0;
       return r;
     }
-    r.loss = forward_backward_micro_batches(x, y);
+    r.loss = forward_backward_micro_batches(*model_, opts_, grads_.data(), plan_, x, y, [] {});
     phase_scope ph(profile_.get(), phase::gradient_check);
     const lowbit::optim::grad_stats gs = lowbit::optim::cpu_grad_stats(grads_.data(), lowbit::dtype::f32, plan_.size);
     ph.to(phase::optimizer);
@@ -277,21 +304,6 @@ class training_session final : public session_base {
   }
 
  private:
-  // Forward and backward of the step's micro-batches in turn, the first
-  // writing the gradient buffer and the others adding to it; returns the
-  // mean of their losses (the loss itself for one micro-batch).
-  double forward_backward_micro_batches(const int32_t* x, const int32_t* y) {
-    const int64_t n = opts_.batch * opts_.seq;
-    double sum = 0;
-    for (int64_t i = 0; i < opts_.grad_accum; ++i) {
-      sum += model_->forward(x + i * n, y + i * n, opts_.batch, opts_.seq);
-      model_->set_accumulate_gradients(i > 0);
-      model_->backward(grads_.data(), plan_, [](const std::vector<int>&) {});
-    }
-    model_->set_accumulate_gradients(false);
-    return sum / double(opts_.grad_accum);
-  }
-
   llama_config cfg_;
   mode_info mode_;
   session_options opts_;

@@ -199,10 +199,7 @@ class cuda_session final : public session_base {
       LOWBIT_CUDA_CHECK(cudaStreamSynchronize(model_->stream()));
       grads32_.download(out.data(), plan_.size);
     }
-    if (opts_.grad_accum > 1) {  // the micro-batches' mean, as the CPU session gives it
-      const float mean = float(1.0 / double(opts_.grad_accum));
-      for (float& v : out) v *= mean;
-    }
+    divide_by_micro_batches(out, opts_.grad_accum);  // the mean, as the CPU session gives it
     return loss;
   }
 
@@ -226,21 +223,11 @@ class cuda_session final : public session_base {
  private:
   bool bf16_grads() const { return opts_.grad_dtype == lowbit::dtype::bf16; }
 
-  // Forward and backward of the step's micro-batches in turn into the
-  // gradient buffer g, the first writing it and the others adding to it;
-  // returns the mean of their losses (the loss itself for one).
+  // The step's micro-batches into the gradient buffer g (session.hpp's
+  // forward_backward_micro_batches), sampling device memory as they run.
   template <class G>
   double forward_backward_micro_batches(G* g, const int32_t* x, const int32_t* y) {
-    const int64_t n = opts_.batch * opts_.seq;
-    double sum = 0;
-    for (int64_t i = 0; i < opts_.grad_accum; ++i) {
-      sum += model_->forward(x + i * n, y + i * n, opts_.batch, opts_.seq);
-      sample_memory();
-      model_->set_accumulate_gradients(i > 0);
-      model_->backward(g, plan_, [&](const std::vector<int>&) { sample_memory(); });
-    }
-    model_->set_accumulate_gradients(false);
-    return sum / double(opts_.grad_accum);
+    return llama::forward_backward_micro_batches(*model_, opts_, g, plan_, x, y, [&] { sample_memory(); });
   }
 
   // The forward, the backward into the gradient buffer g (float or

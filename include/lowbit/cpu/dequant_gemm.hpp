@@ -41,18 +41,25 @@
 // unrolled i/j body into the intended broadcast-multiply-add on whole
 // registers with the accumulators held in registers. Clang does the latter
 // by itself.
-//
-// With AVX-512, g++ still prefers 256-bit vectors on most Intel targets
-// (-mtune's prefer-vector-width=256), so without the target attribute the
-// 16-float rows of the tile became two ymm halves: half the flops per FMA
-// (measured on an Intel Xeon VM, docs/PERFORMANCE.md, 2026-11-28 night).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
-#define LOWBIT_GEMM_KERNEL_ATTR \
-  __attribute__((optimize("no-tree-loop-vectorize"), target("prefer-vector-width=512")))
-#elif defined(__GNUC__) && !defined(__clang__)
+#if defined(__GNUC__) && !defined(__clang__)
 #define LOWBIT_GEMM_KERNEL_ATTR __attribute__((optimize("no-tree-loop-vectorize")))
+#define LOWBIT_GEMM_BODY_ATTR __attribute__((always_inline, optimize("no-tree-loop-vectorize")))
 #else
 #define LOWBIT_GEMM_KERNEL_ATTR
+#define LOWBIT_GEMM_BODY_ATTR
+#endif
+// With AVX-512, g++ still prefers 256-bit vectors on most Intel targets
+// (-mtune's prefer-vector-width=256), so the 16-float rows of a tile became
+// two ymm halves: half the flops per FMA (measured on an Intel Xeon VM,
+// docs/PERFORMANCE.md, 2026-11-28 night). Tiles of several rows are
+// therefore compiled for whole zmm rows. A one-row tile (M = 1) is one
+// latency-bound chain either way, and there the 512-bit form was 10 to 15 %
+// slower on that VM, so it keeps the target's preference.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
+#define LOWBIT_GEMM_WIDE_KERNEL_ATTR \
+  __attribute__((optimize("no-tree-loop-vectorize"), target("prefer-vector-width=512")))
+#else
+#define LOWBIT_GEMM_WIDE_KERNEL_ATTR LOWBIT_GEMM_KERNEL_ATTR
 #endif
 
 // Loop unrolling hints for g++ only (nvcc's front end, which also reads this
@@ -107,17 +114,15 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // x86-64 target), never between thread counts or tile shapes of one build.
 #if defined(__FMA__)
 inline float product_add(float a, float b, float c) { return std::fma(a, b, c); }
-constexpr bool fused_product_add = true;
 #else
 inline float product_add(float a, float b, float c) { return a * b + c; }
-constexpr bool fused_product_add = false;
 #endif
 
 // c[MR][nr] (row stride ldc) = (load ? c : 0) + a[MR][0:rlen] (row stride lda)
 // * b[rlen][nr]. Constant trip counts on the i/j loops let g++ unroll them and
 // keep acc in registers; the j loop is the vectorized one.
 template <int MR>
-LOWBIT_GEMM_KERNEL_ATTR inline void micro_kernel(const float* LOWBIT_RESTRICT a, int64_t lda, const float* LOWBIT_RESTRICT b, int64_t rlen,
+LOWBIT_GEMM_BODY_ATTR inline void micro_kernel_body(const float* LOWBIT_RESTRICT a, int64_t lda, const float* LOWBIT_RESTRICT b, int64_t rlen,
                          float* LOWBIT_RESTRICT c, int64_t ldc, bool load) {
   float acc[MR][nr];
 LOWBIT_UNROLL(16)
@@ -137,6 +142,22 @@ LOWBIT_UNROLL(16)
   for (int i = 0; i < MR; ++i)
 LOWBIT_UNROLL(16)
     for (int j = 0; j < nr; ++j) c[i * ldc + j] = acc[i][j];
+}
+
+template <int MR>
+LOWBIT_GEMM_WIDE_KERNEL_ATTR void micro_kernel_wide(const float* a, int64_t lda, const float* b, int64_t rlen, float* c,
+                                                 int64_t ldc, bool load) {
+  micro_kernel_body<MR>(a, lda, b, rlen, c, ldc, load);
+}
+template <int MR>
+LOWBIT_GEMM_KERNEL_ATTR void micro_kernel_narrow(const float* a, int64_t lda, const float* b, int64_t rlen, float* c,
+                                                 int64_t ldc, bool load) {
+  micro_kernel_body<MR>(a, lda, b, rlen, c, ldc, load);
+}
+template <int MR>
+inline void micro_kernel(const float* a, int64_t lda, const float* b, int64_t rlen, float* c, int64_t ldc, bool load) {
+  if constexpr (MR == 1) micro_kernel_narrow<MR>(a, lda, b, rlen, c, ldc, load);
+  else micro_kernel_wide<MR>(a, lda, b, rlen, c, ldc, load);
 }
 
 // A full micro-tile of mr rows, or one of the 1 .. mr-1 rows left at the
