@@ -33,6 +33,9 @@ Configurations (--configs, comma-separated; default all):
                      8-bit states through QuantizedWeightOptimizer; the other parameters
                      (embedding, norms) in float32 with lowbit.AdamW8bit
   lowbit-qft         the same with Lion and 8-bit momentum (QFT's recipe, peak lr --lion-lr)
+  lowbit-qft-adamw8-torchmm, lowbit-qft-torchmm
+                     the same two with QuantizedLinear.products = "torch": each product
+                     decodes the layer's weight and runs torch's matmul
 In the int8 configurations the embedding and the RMSNorm gains stay float32
 (neither library quantizes them from PyTorch); the lm_head is a Linear and is
 quantized. A configuration whose library is missing says so.
@@ -50,7 +53,8 @@ import sys
 import time
 
 CONFIGS = ["torch-adamw", "bnb-adamw8", "torchao-adamw8", "lowbit-adamw8", "torchao-adamw4", "lowbit-adamw4",
-           "torchao-bf16", "lowbit-bf16", "torchao-int8qt", "lowbit-qft-adamw8", "lowbit-qft"]
+           "torchao-bf16", "lowbit-bf16", "torchao-int8qt", "lowbit-qft-adamw8", "lowbit-qft",
+           "lowbit-qft-adamw8-torchmm", "lowbit-qft-torchmm"]
 
 
 def parse_args():
@@ -149,7 +153,7 @@ class Run:
         self.name, self.args, self.torch = name, args, torch
         self.model = make_model(torch, transformers)
         self.model.load_state_dict(init_state)
-        self.peak_lr = args.lion_lr if name == "lowbit-qft" else args.lr
+        self.peak_lr = args.lion_lr if name.startswith("lowbit-qft") and "adamw" not in name else args.lr
         self.qopt = None  # lowbit QuantizedWeightOptimizer (QFT configurations)
         self.opts = []  # torch-style optimizers
         betas = (0.9, 0.95)
@@ -183,12 +187,13 @@ class Run:
             from torchao.prototype.quantized_training import int8_weight_only_quantized_training
             quantize_(self.model, int8_weight_only_quantized_training())
             self.opts = [tao.AdamW8bit(list(self.model.parameters()), lr=args.lr, betas=betas, weight_decay=0.0)]
-        elif name in ("lowbit-qft-adamw8", "lowbit-qft"):
+        elif name.startswith("lowbit-qft"):
             import lowbit
             from lowbit.torch_nn import QuantizedWeightOptimizer, quantize_linears_
-            quantize_linears_(self.model, "int8", block_size=256)
+            quantize_linears_(self.model, "int8", block_size=256,
+                              products="torch" if name.endswith("-torchmm") else "lowbit")
             rest = [p for p in self.model.parameters() if p.requires_grad]
-            if name == "lowbit-qft":
+            if "adamw" not in name:
                 self.qopt = QuantizedWeightOptimizer(self.model, rule="lion", states="int8", fused=False,
                                                      lr=args.lion_lr, betas=betas, weight_decay=0.0, seed=args.seed)
                 self.opts = [lowbit.Lion8bit(rest, lr=args.lion_lr, betas=betas, weight_decay=0.0, seed=args.seed)]

@@ -50,6 +50,10 @@ class _QuantizedLinearFunction(torch.autograd.Function):
         ctx.layer = layer
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x)
+        if layer._torch_products(x):
+            y = torch.nn.functional.linear(x.float(), layer.dequantized_weight(torch.float32),
+                                           bias.float() if bias is not None else None)
+            return y.to(x.dtype)
         return dequant_linear(x.contiguous(), layer.weight_q, bias.float() if bias is not None else None)
 
     @staticmethod
@@ -58,7 +62,12 @@ class _QuantizedLinearFunction(torch.autograd.Function):
         layer = ctx.layer
         dy = dy.contiguous()
         n, k = layer.out_features, layer.in_features
-        dx = dequant_linear_backward_input(dy, layer.weight_q) if ctx.needs_input_grad[0] else None
+        dx = None
+        if ctx.needs_input_grad[0]:
+            if layer._torch_products(dy):  # decoded anew, not kept from the forward: one layer's copy at a time
+                dx = (dy.float() @ layer.dequantized_weight(torch.float32)).to(dy.dtype)
+            else:
+                dx = dequant_linear_backward_input(dy, layer.weight_q)
         dy2 = dy.reshape(-1, n).float()
         layer._receive_weight_grad(dy2.t() @ x.reshape(-1, k).float())
         db = dy2.sum(0).to(dy.dtype) if ctx.has_bias and ctx.needs_input_grad[1] else None
@@ -72,7 +81,21 @@ class QuantizedLinear(torch.nn.Module):
     scales). ``weight_q`` is the :class:`~lowbit.QuantizedTensor` (torch
     buffers on the layer's device); ``weight_grad`` the float32 gradient
     after a backward when no fused optimizer consumed it. Build one from a
-    ``torch.nn.Linear`` with :meth:`from_linear`."""
+    ``torch.nn.Linear`` with :meth:`from_linear`.
+
+    ``products`` chooses how the forward and the input gradient run on CPU
+    tensors: "lowbit" (default) through lowbit's dequant-GEMM, which never
+    holds W in float; "torch" decodes W into a float32 tensor (lowbit's
+    dequantize) and multiplies with torch's matmul, holding that one copy
+    of this layer's weight while the product runs (decoded anew in the
+    backward). From PyTorch on a CPU "torch" is the faster: torch's matmul
+    is its fastest CPU kernel, and lowbit's threads then do not share the
+    cores with torch's (measured: docs/RESULTS.md, "Side by side from
+    PyTorch"). CUDA tensors always use lowbit's kernels. Either way the
+    weight gradient is torch's ``dy^T x`` in float32 and the weight stays
+    quantized."""
+
+    PRODUCTS = ("lowbit", "torch")
 
     def __init__(self, in_features, out_features, bias=True, format="int8", block_size=256, nested=False,
                  device=None, dtype=torch.float32, weight_q=None):
@@ -91,6 +114,7 @@ class QuantizedLinear(torch.nn.Module):
             self.register_buffer("weight_" + name, buf)
         self.bias = torch.nn.Parameter(torch.zeros(self.out_features, device=device, dtype=dtype)) if bias else None
         self.weight_grad = None
+        self.products = "lowbit"
         self._sink = None  # the fused optimizer's callback
         # A 0-element tensor that requires grad, standing for the quantized
         # weight in the autograd graph: without it a layer whose input and
@@ -209,6 +233,21 @@ class QuantizedLinear(torch.nn.Module):
                              % (x.shape[-1], self.in_features))
         return _QuantizedLinearFunction.apply(x, self.bias, self._anchor, self)
 
+    @property
+    def products(self):
+        """ "lowbit" or "torch": see the class docstring."""
+        return self._products
+
+    @products.setter
+    def products(self, value):
+        if value not in self.PRODUCTS:
+            raise ValueError("QuantizedLinear.products: expected one of %s, got %r"
+                             % (", ".join(self.PRODUCTS), value))
+        self._products = value
+
+    def _torch_products(self, t):
+        return self._products == "torch" and t.device.type == "cpu"
+
     def _receive_weight_grad(self, dw):
         if self._sink is not None:
             self._sink(self, dw)
@@ -238,7 +277,7 @@ def quantized_linears(module):
     return [m for m in module.modules() if isinstance(m, QuantizedLinear)]
 
 
-def quantize_linears_(module, format="int8", block_size=256, nested=False, skip=()):
+def quantize_linears_(module, format="int8", block_size=256, nested=False, skip=(), products="lowbit"):
     """Replace, in place, every ``torch.nn.Linear`` of a module tree by a
     :class:`QuantizedLinear` holding its weight in ``format`` (its float
     weight is dropped); returns the replaced modules' names. ``skip``: names
@@ -252,12 +291,16 @@ def quantize_linears_(module, format="int8", block_size=256, nested=False, skip=
     embedding's weight) is refused with a ValueError naming it, since
     quantizing it would untie them (skip it); a Linear used in several
     places becomes one QuantizedLinear used in the same places.
+    ``products`` sets each new layer's :attr:`QuantizedLinear.products`.
     Typical QFT setup::
 
         quantize_linears_(model, "int8", skip=["lm_head"])
         qopt = QuantizedWeightOptimizer(model, lr=1e-4)            # the quantized weights
         fopt = lowbit.Lion8bit([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     """
+    if products not in QuantizedLinear.PRODUCTS:  # before anything is replaced
+        raise ValueError("quantize_linears_: products must be one of %s, got %r"
+                         % (", ".join(QuantizedLinear.PRODUCTS), products))
     keep = skip if callable(skip) else (lambda name, _layer, names=frozenset(skip): name in names)
     owners = {}  # id(parameter) -> every name it has in the tree (tied weights have several)
     for name, param in module.named_parameters(remove_duplicate=False):
@@ -279,6 +322,7 @@ def quantize_linears_(module, format="int8", block_size=256, nested=False, skip=
                     raise ValueError("quantize_linears_: the weight of '%s' is also %s (tied); quantizing it would "
                                      "untie them: pass skip=[%r]" % (name, ", ".join(repr(n) for n in tied), name))
                 done[id(child)] = QuantizedLinear.from_linear(child, format, block_size, nested)
+                done[id(child)].products = products
             setattr(parent, child_name, done[id(child)])
             replaced.append(name)
     return replaced

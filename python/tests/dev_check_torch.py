@@ -25,8 +25,8 @@ Checks (CPU tensors):
   d) torch buffers: quantize returns torch tensors, bfloat16 dequantize and
      dequant_linear with bfloat16 activations agree with torch math;
   e) QuantizedLinear / QuantizedWeightOptimizer (QFT from PyTorch): y, dx,
-     dW, db against float64, fused and unfused updates equal, a model
-     without float parameters still steps;
+     dW, db against float64 (also with products="torch"), fused and
+     unfused updates equal, a model without float parameters still steps;
   g) quantize_linears_ on a LLaMA-shaped torch model: the 14 projections
      in int8 (head kept), logits within 5% of the float model's, 300 steps
      of QFT (QuantizedWeightOptimizer fused + Lion8bit for the float
@@ -341,6 +341,51 @@ def _():
         assert torch.all(err <= bound), "out of bound: %g > %g" % (float(err.max()), float(bound.max()))
         worst.append(float((err / bound).max()))
     return "max err / bound: y %.2f, dx %.2f, dW %.2f, db %.2f" % tuple(worst)
+
+
+@check("e1b QuantizedLinear products='torch': y, dx, dW, db against float64; bad value refused")
+def _():
+    from lowbit.torch_nn import QuantizedLinear, quantize_linears_
+    torch.manual_seed(4)
+    lin = torch.nn.Linear(300, 70)
+    layer = QuantizedLinear.from_linear(lin, format="nf4", block_size=64, nested=True)
+    layer.products = "torch"
+    w = layer.dequantized_weight().double()
+    x = torch.randn(3, 5, 300, requires_grad=True)
+    y = layer(x)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    xd, dyd = x.detach().double(), dy.double()
+    worst = []
+    # float32 sums of <= 300 products (dx: 70; dW: 15) in any order: (L + 2) 2^-24 of the magnitudes
+    for got, ref, m, terms in ((y, xd @ w.T + layer.bias.detach().double(),
+                                xd.abs() @ w.abs().T + layer.bias.detach().double().abs(), 302),
+                               (x.grad, dyd @ w, dyd.abs() @ w.abs(), 72),
+                               (layer.weight_grad, dyd.reshape(-1, 70).T @ xd.reshape(-1, 300),
+                                dyd.reshape(-1, 70).abs().T @ xd.reshape(-1, 300).abs(), 17)):
+        err = (got.detach().double() - ref).abs()
+        bound = terms * 2.0 ** -24 * m + 1e-30
+        assert torch.all(err <= bound), "out of bound: %g > %g" % (float(err.max()), float(bound.max()))
+        worst.append(float((err / bound).max()))
+    assert y.dtype == torch.float32 and x.grad.dtype == torch.float32
+    xb = torch.randn(4, 300, dtype=torch.bfloat16)
+    assert layer(xb).dtype == torch.bfloat16  # output in the input's dtype, as with lowbit's products
+    for bad in ("cublas", None):
+        try:
+            layer.products = bad
+            raise AssertionError("products=%r accepted" % (bad,))
+        except ValueError:
+            pass
+    assert layer.products == "torch"
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    try:
+        quantize_linears_(model, products="fast")
+        raise AssertionError("quantize_linears_(products='fast') accepted")
+    except ValueError:
+        assert type(model[0]) is torch.nn.Linear  # nothing replaced
+    quantize_linears_(model, products="torch")
+    assert model[0].products == "torch"
+    return "max err / bound: y %.2f, dx %.2f, dW %.2f" % tuple(worst)
 
 
 @check("e2 QFT from PyTorch: fused and unfused QuantizedWeightOptimizer, same bits; loss falls")
