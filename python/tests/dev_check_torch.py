@@ -316,30 +316,46 @@ def _():
     return "ok"
 
 
+def _float32_sum_bounds(cases):
+    """cases: (got, float64 reference, float64 sum of magnitudes, terms L);
+    asserts |got - ref| <= (L + 2) 2^-24 x magnitudes (terms given as L + 2)
+    elementwise, the bound of a float32 sum of L products in any order;
+    returns each case's largest error / bound."""
+    worst = []
+    for got, ref, m, terms in cases:
+        err = (got.detach().double() - ref).abs()
+        bound = terms * 2.0 ** -24 * m + 1e-30
+        assert torch.all(err <= bound), "out of bound: %g > %g" % (float(err.max()), float(bound.max()))
+        worst.append(float((err / bound).max()))
+    return worst
+
+
+def _layer_forward_backward(layer, lead_shape):
+    """One forward and backward of a QuantizedLinear on random input of
+    lead_shape + (in,) and a random output gradient; returns the decoded
+    weight, x, y, dy and x, dy in float64."""
+    w = layer.dequantized_weight().double()
+    x = torch.randn(*lead_shape, layer.in_features, requires_grad=True)
+    y = layer(x)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    return w, x, y, dy, x.detach().double(), dy.double()
+
+
 @check("e1 QuantizedLinear: y, dx, dW, db against float64 with the dequantized W")
 def _():
     from lowbit.torch_nn import QuantizedLinear
     torch.manual_seed(3)
     lin = torch.nn.Linear(96, 40)
     layer = QuantizedLinear.from_linear(lin, format="int8", block_size=256)
-    w = layer.dequantized_weight().double()
-    x = torch.randn(2, 7, 96, requires_grad=True)
-    y = layer(x)
-    dy = torch.randn_like(y)
-    y.backward(dy)
-    xd, dyd = x.detach().double(), dy.double()
+    w, x, y, dy, xd, dyd = _layer_forward_backward(layer, (2, 7))
     y_ref = xd @ w.T + layer.bias.detach().double()
     mag = xd.abs() @ w.abs().T + layer.bias.detach().double().abs()
-    worst = []
     # float32 sums of <= 96 (forward, dx: 40; dW: 14) products: (L + 2) 2^-24 of the magnitudes
-    for got, ref, m, terms in ((y, y_ref, mag, 98), (x.grad, dyd @ w, dyd.abs() @ w.abs(), 42),
-                               (layer.weight_grad, dyd.reshape(-1, 40).T @ xd.reshape(-1, 96),
-                                dyd.reshape(-1, 40).abs().T @ xd.reshape(-1, 96).abs(), 16),
-                               (layer.bias.grad, dyd.reshape(-1, 40).sum(0), dyd.reshape(-1, 40).abs().sum(0), 16)):
-        err = (got.detach().double() - ref).abs()
-        bound = terms * 2.0 ** -24 * m + 1e-30
-        assert torch.all(err <= bound), "out of bound: %g > %g" % (float(err.max()), float(bound.max()))
-        worst.append(float((err / bound).max()))
+    worst = _float32_sum_bounds(((y, y_ref, mag, 98), (x.grad, dyd @ w, dyd.abs() @ w.abs(), 42),
+                                 (layer.weight_grad, dyd.reshape(-1, 40).T @ xd.reshape(-1, 96),
+                                  dyd.reshape(-1, 40).abs().T @ xd.reshape(-1, 96).abs(), 16),
+                                 (layer.bias.grad, dyd.reshape(-1, 40).sum(0), dyd.reshape(-1, 40).abs().sum(0), 16)))
     return "max err / bound: y %.2f, dx %.2f, dW %.2f, db %.2f" % tuple(worst)
 
 
@@ -350,23 +366,13 @@ def _():
     lin = torch.nn.Linear(300, 70)
     layer = QuantizedLinear.from_linear(lin, format="nf4", block_size=64, nested=True)
     layer.products = "torch"
-    w = layer.dequantized_weight().double()
-    x = torch.randn(3, 5, 300, requires_grad=True)
-    y = layer(x)
-    dy = torch.randn_like(y)
-    y.backward(dy)
-    xd, dyd = x.detach().double(), dy.double()
-    worst = []
+    w, x, y, dy, xd, dyd = _layer_forward_backward(layer, (3, 5))
     # float32 sums of <= 300 products (dx: 70; dW: 15) in any order: (L + 2) 2^-24 of the magnitudes
-    for got, ref, m, terms in ((y, xd @ w.T + layer.bias.detach().double(),
-                                xd.abs() @ w.abs().T + layer.bias.detach().double().abs(), 302),
-                               (x.grad, dyd @ w, dyd.abs() @ w.abs(), 72),
-                               (layer.weight_grad, dyd.reshape(-1, 70).T @ xd.reshape(-1, 300),
-                                dyd.reshape(-1, 70).abs().T @ xd.reshape(-1, 300).abs(), 17)):
-        err = (got.detach().double() - ref).abs()
-        bound = terms * 2.0 ** -24 * m + 1e-30
-        assert torch.all(err <= bound), "out of bound: %g > %g" % (float(err.max()), float(bound.max()))
-        worst.append(float((err / bound).max()))
+    worst = _float32_sum_bounds(((y, xd @ w.T + layer.bias.detach().double(),
+                                  xd.abs() @ w.abs().T + layer.bias.detach().double().abs(), 302),
+                                 (x.grad, dyd @ w, dyd.abs() @ w.abs(), 72),
+                                 (layer.weight_grad, dyd.reshape(-1, 70).T @ xd.reshape(-1, 300),
+                                  dyd.reshape(-1, 70).abs().T @ xd.reshape(-1, 300).abs(), 17)))
     assert y.dtype == torch.float32 and x.grad.dtype == torch.float32
     xb = torch.randn(4, 300, dtype=torch.bfloat16)
     assert layer(xb).dtype == torch.bfloat16  # output in the input's dtype, as with lowbit's products
