@@ -80,7 +80,8 @@ namespace gemm_detail {
 // accumulators. nr is one or two vector registers wide per row so that the
 // mr*nr accumulators fit the register file (8 of 16 xmm with SSE, 8 of 16
 // ymm with AVX) next to the B row and the broadcast A value. With AVX-512
-// (32 registers; g++ then holds a row's 16 floats in one zmm) 12 rows give
+// (32 registers; micro_kernel_wide below makes g++ hold a row's 16 floats in
+// one zmm) 12 rows give
 // 12 independent accumulator chains, enough to keep two FMA pipes busy
 // through the FMA latency: 2048 x 352 x 128 products went from 95 to 338
 // GFLOP/s on a 2-core AMD EPYC with AVX-512 (4 rows: 95; 8: 154; 16: 294;
