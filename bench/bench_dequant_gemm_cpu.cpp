@@ -5,7 +5,10 @@
 // scales, float32 activations, M in {1, 16, 64} (and 2048, a training
 // step's rows, for int8), beside the dense float32 products a trainer runs
 // on the same kernel (cpu::gemm_forward, and cpu::gemm_weight_grad: dW =
-// dY^T X, M the reduction). Each row reports GFLOPs
+// dY^T X, M the reduction), and those three dense products on the default
+// trainer's shapes (tiny_*: M = 2048 tokens, N x K = 128 x 128, 352 x 128
+// and 128 x 352, the attention, gate/up and down projections of
+// examples/llama's tiny preset). Each row reports GFLOPs
 // (2 M N K flops over wall time) and GBps: the least traffic the call must
 // make (the quantized weight's layout.total_bytes() plus X and Y once) over
 // wall time; at M = 1 the call is a GEMV bound by reading W. Runs on
@@ -83,6 +86,37 @@ void dense(benchmark::State& state, bool weight_grad) {
       benchmark::Counter(4.0 * double(w.size() + x.size() + y.size()) * iters / 1e9, benchmark::Counter::kIsRate);
 }
 
+// The trainer's dense products at M = 2048: which 0 = forward (Y = X W^T),
+// 1 = input gradient (dX = dY W), 2 = weight gradient (dW = dY^T X).
+// GBps counts W, X and Y once.
+void tiny(benchmark::State& state, int which) {
+  const int64_t M = 2048, n = state.range(0), k = state.range(1);
+  std::vector<float> w(size_t(n * k), 0.25f), x(size_t(M * k), 0.5f), y(size_t(M * n), 0.75f);
+  for (auto _ : state) {
+    if (which == 0)
+      lowbit::cpu::gemm_forward(lowbit::make_view(x.data(), {M, k}), lowbit::make_view(w.data(), {n, k}), nullptr,
+                                lowbit::make_view(y.data(), {M, n}));
+    else if (which == 1)
+      lowbit::cpu::gemm_backward_input(lowbit::make_view(y.data(), {M, n}), lowbit::make_view(w.data(), {n, k}),
+                                       lowbit::make_view(x.data(), {M, k}));
+    else
+      lowbit::cpu::gemm_weight_grad(lowbit::make_view(y.data(), {M, n}), lowbit::make_view(x.data(), {M, k}),
+                                    lowbit::make_view(w.data(), {n, k}), false);
+    benchmark::DoNotOptimize(x.data());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::DoNotOptimize(w.data());
+    benchmark::ClobberMemory();
+  }
+  const double iters = double(state.iterations());
+  state.counters["GFLOPs"] =
+      benchmark::Counter(2.0 * double(M) * n * k * iters / 1e9, benchmark::Counter::kIsRate);
+  state.counters["GBps"] =
+      benchmark::Counter(4.0 * double(w.size() + x.size() + y.size()) * iters / 1e9, benchmark::Counter::kIsRate);
+}
+void tiny_fwd_f32(benchmark::State& s) { tiny(s, 0); }
+void tiny_bwd_f32(benchmark::State& s) { tiny(s, 1); }
+void tiny_wgrad_f32(benchmark::State& s) { tiny(s, 2); }
+
 void fwd_f32_dense(benchmark::State& s) { dense(s, false); }
 void wgrad_f32_dense(benchmark::State& s) { dense(s, true); }
 
@@ -99,4 +133,8 @@ BENCHMARK(bwd_nf4_nested)->Arg(1)->Arg(16)->Arg(64)->UseRealTime()->Unit(benchma
 BENCHMARK(bwd_int8)->Arg(1)->Arg(16)->Arg(64)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(fwd_f32_dense)->Arg(64)->Arg(2048)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(wgrad_f32_dense)->Arg(2048)->UseRealTime()->Unit(benchmark::kMillisecond);
+#define LOWBIT_TINY_SHAPES ->Args({128, 128})->Args({352, 128})->Args({128, 352})->UseRealTime()->Unit(benchmark::kMicrosecond)
+BENCHMARK(tiny_fwd_f32) LOWBIT_TINY_SHAPES;
+BENCHMARK(tiny_bwd_f32) LOWBIT_TINY_SHAPES;
+BENCHMARK(tiny_wgrad_f32) LOWBIT_TINY_SHAPES;
 BENCHMARK_MAIN();

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../core/dtype.hpp"
@@ -25,166 +26,70 @@
 #include "../formats/codebooks.hpp"
 #include "../formats/gemm_checks.hpp"
 #include "../formats/quantized_view.hpp"
+#include "gemm_micro_kernel.hpp"
 #include "parallel.hpp"
 #include "quantize.hpp"
 #include "simd_decode4.hpp"
-
-#if defined(__GNUC__) || defined(__clang__)
-#define LOWBIT_RESTRICT __restrict__
-#else
-#define LOWBIT_RESTRICT
-#endif
-
-// g++'s loop vectorizer otherwise vectorizes the micro-kernel's reduction
-// loop over r (products in vectors, then an in-order scalar fold with
-// shuffles, about 3x slower); with it off, the SLP vectorizer turns the
-// unrolled i/j body into the intended broadcast-multiply-add on whole
-// registers with the accumulators held in registers. Clang does the latter
-// by itself.
-#if defined(__GNUC__) && !defined(__clang__)
-#define LOWBIT_GEMM_KERNEL_ATTR __attribute__((optimize("no-tree-loop-vectorize")))
-#define LOWBIT_GEMM_BODY_ATTR __attribute__((always_inline, optimize("no-tree-loop-vectorize")))
-#else
-#define LOWBIT_GEMM_KERNEL_ATTR
-#define LOWBIT_GEMM_BODY_ATTR
-#endif
-// With AVX-512, g++ still prefers 256-bit vectors on most Intel targets
-// (-mtune's prefer-vector-width=256), so the 16-float rows of a tile became
-// two ymm halves: half the flops per FMA (measured on an Intel Xeon VM,
-// docs/PERFORMANCE.md, 2026-11-28 night). Tiles of several rows are
-// therefore compiled for whole zmm rows. A one-row tile (M = 1) is one
-// latency-bound chain either way, and there the 512-bit form was 10 to 15 %
-// slower on that VM, so it keeps the target's preference.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
-#define LOWBIT_GEMM_WIDE_KERNEL_ATTR \
-  __attribute__((optimize("no-tree-loop-vectorize"), target("prefer-vector-width=512")))
-#else
-#define LOWBIT_GEMM_WIDE_KERNEL_ATTR LOWBIT_GEMM_KERNEL_ATTR
-#endif
-
-// Loop unrolling hints for g++ only (nvcc's front end, which also reads this
-// header in CUDA translation units, does not know the GCC pragma).
-#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
-#define LOWBIT_PRAGMA(x) _Pragma(#x)
-#define LOWBIT_UNROLL(n) LOWBIT_PRAGMA(GCC unroll n)
-#else
-#define LOWBIT_UNROLL(n)
-#endif
 
 namespace lowbit {
 namespace cpu {
 
 namespace gemm_detail {
 
-// Micro-tile: mr rows of the output times nr columns, held in mr*nr float
-// accumulators. nr is one or two vector registers wide per row so that the
-// mr*nr accumulators fit the register file (8 of 16 xmm with SSE, 8 of 16
-// ymm with AVX) next to the B row and the broadcast A value. With AVX-512
-// (32 registers; micro_kernel_wide below makes g++ hold a row's 16 floats in
-// one zmm) 12 rows give
-// 12 independent accumulator chains, enough to keep two FMA pipes busy
-// through the FMA latency: 2048 x 352 x 128 products went from 95 to 338
-// GFLOP/s on a 2-core AMD EPYC with AVX-512 (4 rows: 95; 8: 154; 16: 294;
-// docs/PERFORMANCE.md, 2026-11-28). With AVX2 (16 registers) 6 rows were
-// slower than 4 (121 against 158 GFLOP/s), as with SSE2 (66 against 75).
-// The tile's shape changes no result: every output is still one float
-// accumulator summed over k in order.
-#if defined(__AVX__)
-constexpr int nr = 16;
-#else
-constexpr int nr = 8;
-#endif
-#if defined(__AVX512F__)
-constexpr int mr = 12;
-#else
-constexpr int mr = 4;
-#endif
 constexpr int64_t pc = 64;   // output columns per task: a W tile of pc x rc floats (64 KiB) stays in L2
 constexpr int64_t rc = 256;  // reduction chunk: one packed panel (rc x nr floats) stays in L1
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// One step of an output's sum: a * b + c, fused (one rounding) where the
-// target has FMA instructions. lowbit's builds turn off the compiler's own
-// contraction (-ffp-contract=off) so that the element math of quantizers and
-// optimizers equals the GPU's bit for bit; a product's sum order is its own
-// (the GPU kernels sum in other orders anyway), and there the fused form
-// doubles the work an Intel core does per cycle, whose FMA ports also run
-// the separate multiplies and adds. Sums then differ in the last bits
-// between builds with and without FMA (e.g. -march=native and the default
-// x86-64 target), never between thread counts or tile shapes of one build.
-#if defined(__FMA__)
-inline float product_add(float a, float b, float c) { return std::fma(a, b, c); }
-#else
-inline float product_add(float a, float b, float c) { return a * b + c; }
-#endif
+// The A operand of blocked_gemm, in one of two forms:
+// - dense_a: a float matrix in memory, row-major with row stride ld; the
+//   micro-kernel reads it where it lies (the forward's X, dY for dX).
+// - a packing callable pack_a(m0, rows, out) that writes rows m0 .. m0+rows-1
+//   of A as one block, out[r * rows + i] = A[m0 + i][r] for r = 0 .. R-1
+//   (blocked_gemm asks for blocks of MR rows and a last, shorter one). The
+//   whole of A is packed once, in parallel, before the products; each step
+//   r of the micro-kernel then reads one contiguous run. gemm_weight_grad
+//   uses it to read dY^T straight out of dY.
+struct dense_a {
+  const float* data;
+  int64_t ld;
+};
 
-// c[MR][nr] (row stride ldc) = (load ? c : 0) + a[MR][0:rlen] (row stride lda)
-// * b[rlen][nr]. Constant trip counts on the i/j loops let g++ unroll them and
-// keep acc in registers; the j loop is the vectorized one.
-template <int MR>
-LOWBIT_GEMM_BODY_ATTR inline void micro_kernel_body(const float* LOWBIT_RESTRICT a, int64_t lda, const float* LOWBIT_RESTRICT b, int64_t rlen,
-                         float* LOWBIT_RESTRICT c, int64_t ldc, bool load) {
-  float acc[MR][nr];
-LOWBIT_UNROLL(16)
-  for (int i = 0; i < MR; ++i)
-LOWBIT_UNROLL(16)
-    for (int j = 0; j < nr; ++j) acc[i][j] = load ? c[i * ldc + j] : 0.0f;
-  for (int64_t r = 0; r < rlen; ++r) {
-    const float* LOWBIT_RESTRICT br = b + r * nr;
-LOWBIT_UNROLL(16)
-    for (int i = 0; i < MR; ++i) {
-      const float av = a[i * lda + r];
-LOWBIT_UNROLL(16)
-      for (int j = 0; j < nr; ++j) acc[i][j] = product_add(av, br[j], acc[i][j]);
-    }
-  }
-LOWBIT_UNROLL(16)
-  for (int i = 0; i < MR; ++i)
-LOWBIT_UNROLL(16)
-    for (int j = 0; j < nr; ++j) c[i * ldc + j] = acc[i][j];
-}
-
-template <int MR>
-LOWBIT_GEMM_WIDE_KERNEL_ATTR void micro_kernel_wide(const float* a, int64_t lda, const float* b, int64_t rlen, float* c,
-                                                 int64_t ldc, bool load) {
-  micro_kernel_body<MR>(a, lda, b, rlen, c, ldc, load);
-}
-template <int MR>
-LOWBIT_GEMM_KERNEL_ATTR void micro_kernel_narrow(const float* a, int64_t lda, const float* b, int64_t rlen, float* c,
-                                                 int64_t ldc, bool load) {
-  micro_kernel_body<MR>(a, lda, b, rlen, c, ldc, load);
-}
-template <int MR>
-inline void micro_kernel(const float* a, int64_t lda, const float* b, int64_t rlen, float* c, int64_t ldc, bool load) {
-  if constexpr (MR == 1) micro_kernel_narrow<MR>(a, lda, b, rlen, c, ldc, load);
-  else micro_kernel_wide<MR>(a, lda, b, rlen, c, ldc, load);
-}
-
-// A full micro-tile of mr rows, or one of the 1 .. mr-1 rows left at the
-// end of a row tile.
-template <int MR = mr>
-inline void micro_dispatch(int rows, const float* a, int64_t lda, const float* b, int64_t rlen, float* c, int64_t ldc,
-                           bool load) {
-  if constexpr (MR > 1) {
-    if (rows < MR) return micro_dispatch<MR - 1>(rows, a, lda, b, rlen, c, ldc, load);
-  }
-  micro_kernel<MR>(a, lda, b, rlen, c, ldc, load);
-}
-
-// C[M, P] = A[M, R] B[R, P] in fp32 with A a dense float matrix (row stride
-// lda). B is never materialized: pack_b(r0, rlen, p0, plen, buf) writes
-// B[r0:r0+rlen, p0:p0+plen] as ceil(plen/nr) panels of [rlen][nr] floats
-// (panel-major, columns past plen zero). store(m0, mlen, p0, plen, c, ldc)
-// receives finished output rows m0.. (c row stride ldc, plen valid columns).
-// Tasks are (column tile, row tile) pairs; row tiles exist only when there are
-// too few column tiles to occupy the threads (small N or N = K tiny), at the
-// price of decoding a W tile once per row tile. MR (default mr, the
-// target's micro-tile height) is a parameter so that tests can run every
-// target's tile shape on any machine: results do not depend on it.
-template <int MR = mr, class PackB, class Store>
-void blocked_gemm(int64_t M, int64_t P, int64_t R, const float* A, int64_t lda, PackB&& pack_b, Store&& store) {
+// C[M, P] = A[M, R] B[R, P] in fp32, A as above. B is never materialized:
+// pack_b(r0, rlen, p0, plen, buf) writes B[r0:r0+rlen, p0:p0+plen] as
+// ceil(plen/nr) panels of [rlen][nr] floats (panel-major, columns past plen
+// zero). store(m0, mlen, p0, plen, c, ldc) receives finished output rows
+// m0.. (c row stride ldc, plen valid columns), one micro-tile's rows at a
+// time while they are still in L1. Tasks are (column tile, row tile) pairs;
+// row tiles exist only when there are too few column tiles to occupy the
+// threads (small N or N = K tiny), at the price of decoding a W tile once
+// per row tile. MR (default mr, the target's micro-tile height) is a
+// parameter so that tests can run every tile height on any machine: results
+// do not depend on it.
+template <int MR = mr, class ASource, class PackB, class Store>
+void blocked_gemm(int64_t M, int64_t P, int64_t R, const ASource& a_source, PackB&& pack_b, Store&& store) {
   if (M <= 0 || P <= 0) return;
+  constexpr bool packed = !std::is_same<ASource, dense_a>::value;
+  const float* a_data = nullptr;
+  int64_t lda = 0;
+  std::vector<float> a_packed;
+  if constexpr (packed) {
+    // Block b (rows b*MR ..) starts at float b*MR*R: every block before it
+    // is full.
+    a_packed.resize(size_t(M * R));
+    float* out = a_packed.data();
+    parallel_for(ceil_div(M, MR), std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, MR * R)),
+                 [&](int64_t b0, int64_t b1) {
+                   for (int64_t b = b0; b < b1; ++b) {
+                     const int64_t m0 = b * MR;
+                     a_source(m0, std::min<int64_t>(MR, M - m0), out + m0 * R);
+                   }
+                 });
+    a_data = a_packed.data();
+  } else {
+    a_data = a_source.data;
+    lda = a_source.ld;
+  }
   const int64_t p_tiles = ceil_div(P, pc);
   const int64_t threads = thread_count();
   int64_t m_tiles = 1;
@@ -203,21 +108,26 @@ void blocked_gemm(int64_t M, int64_t P, int64_t R, const float* A, int64_t lda, 
       const int64_t panels = ceil_div(plen, nr), ldc = panels * nr;
       // The first reduction chunk writes every element (load = false), so
       // only R == 0 needs zeros (a memset of up to M x pc floats per task).
-      if (R == 0) cbuf.assign(size_t(mlen * ldc), 0.0f);
-      else cbuf.resize(size_t(mlen * ldc));
+      if (R == 0) {
+        cbuf.assign(size_t(mlen * ldc), 0.0f);
+        store(m0, mlen, p0, plen, static_cast<const float*>(cbuf.data()), ldc);
+        continue;
+      }
+      cbuf.resize(size_t(mlen * ldc));
       for (int64_t r0 = 0; r0 < R; r0 += rc) {
         const int64_t rlen = std::min(rc, R - r0);
+        const bool last_chunk = r0 + rlen == R;
         pack_b(r0, rlen, p0, plen, bbuf.data());
         // The MR x rlen slice of A stays in L1 while it meets every panel.
         for (int64_t m = 0; m < mlen; m += MR) {
           const int rows = int(std::min<int64_t>(MR, mlen - m));
-          const float* a = A + (m0 + m) * lda + r0;
+          const float* a = packed ? a_data + (m0 + m) * R + r0 * rows : a_data + (m0 + m) * lda + r0;
+          float* c = cbuf.data() + m * ldc;
           for (int64_t jp = 0; jp < panels; ++jp)
-            micro_dispatch<MR>(rows, a, lda, bbuf.data() + jp * rlen * nr, rlen, cbuf.data() + m * ldc + jp * nr, ldc,
-                           r0 > 0);
+            micro_dispatch<MR, packed>(rows, a, lda, bbuf.data() + jp * rlen * nr, rlen, c + jp * nr, ldc, r0 > 0);
+          if (last_chunk) store(m0 + m, rows, p0, plen, static_cast<const float*>(c), ldc);
         }
       }
-      store(m0, mlen, p0, plen, static_cast<const float*>(cbuf.data()), ldc);
     }
   });
 }
@@ -383,7 +293,7 @@ inline void dequant_gemm_forward(const tensor_view& x, const quantized_view& w, 
         }
         zero_pad(buf, rlen, plen);
       };
-      blocked_gemm(M, n, k, xf, k, pack, store);
+      blocked_gemm(M, n, k, dense_a{xf, k}, pack, store);
     };
     if (is_4bit(w.layout.fmt)) run(std::true_type{});
     else run(std::false_type{});
@@ -423,7 +333,7 @@ inline void dequant_gemm_backward_input(const tensor_view& dy, const quantized_v
         }
         zero_pad(buf, rlen, plen);
       };
-      blocked_gemm(M, k, n, dyf, n, pack, store);
+      blocked_gemm(M, k, n, dense_a{dyf, n}, pack, store);
     };
     if (is_4bit(w.layout.fmt)) run(std::true_type{});
     else run(std::false_type{});
@@ -441,35 +351,21 @@ inline void gemm_weight_grad(const tensor_view& dy, const tensor_view& x, const 
   const gemm_checks::weight_grad_dims d = gemm_checks::check_weight_grad(dy, x, dw, fn, gemm_checks::side::host);
   const int64_t M = d.M, N = d.N, K = d.K;
   if (N == 0 || K == 0) return;
-  // A = dY^T as a dense [N][M] float matrix (activations-sized, cheap next
-  // to the N*M*K products); B = X read straight from its float copy. The
-  // micro-kernel reads mr rows of A at once: with a row stride that is a
-  // multiple of 1 KiB (M a multiple of 256, as a trainer's tokens per step
-  // often are) they would all fall into the same few L1 sets and evict each
-  // other, so such rows get 16 floats of padding (the values are the same).
-  // The transpose goes in 16 x 16 tiles so that both sides stay in cache.
-  // With the panel-wise packing below, dW of a 128 x 128 weight at M = 2048
-  // went from 0.65 to 0.35 ms on a 2-core AVX-512 VM (docs/PERFORMANCE.md).
-  const int64_t ldt = M % 256 == 0 ? M + 16 : M;
-  std::vector<float> x_storage, dyt(size_t(N * ldt));
+  // A = dY^T, packed by blocked_gemm a block of rows of dW (columns of dY)
+  // at a time: a block's step m is `rows` consecutive elements of row m of
+  // dY, so the packing is a strided copy in dY's order (converted to float
+  // on the way). An explicit transpose of dY into a [N][M] matrix cost a
+  // fifth of a 2048 x 352 x 128 weight gradient on the Intel Xeon VM.
+  std::vector<float> x_storage;
   const float* xf = as_float(x, x_storage);
-  dispatch_float_dtype(dy.type, "gemm_weight_grad: dy", [&](auto t) {
-    using T = decltype(t);
-    const T* in = static_cast<const T*>(dy.data);
-    float* out = dyt.data();
-    constexpr int64_t tile = 16;
-    parallel_for(ceil_div(N, tile), std::max<int64_t>(1, (int64_t(1) << 12) / std::max<int64_t>(M, 1)),
-                 [&](int64_t b, int64_t e) {
-      for (int64_t j0 = b * tile; j0 < std::min(N, e * tile); j0 += tile) {
-        const int64_t j1 = std::min(N, j0 + tile);
-        for (int64_t m0 = 0; m0 < M; m0 += tile) {
-          const int64_t m1 = std::min(M, m0 + tile);
-          for (int64_t j = j0; j < j1; ++j)
-            for (int64_t m = m0; m < m1; ++m) out[j * ldt + m] = to_float(in[m * N + j]);
-        }
-      }
+  auto pack_a = [&](int64_t n0, int64_t rows, float* out) {
+    dispatch_float_dtype(dy.type, "gemm_weight_grad: dy", [&](auto t) {
+      using T = decltype(t);
+      const T* in = static_cast<const T*>(dy.data) + n0;
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t i = 0; i < rows; ++i) out[m * rows + i] = to_float(in[m * N + i]);
     });
-  });
+  };
   // Whole panels of nr consecutive floats of a row of X at a time (a plain
   // copy the compiler vectorizes; with few rows of dW this packing is a
   // large part of the call), then the last, partial panel.
@@ -500,7 +396,7 @@ inline void gemm_weight_grad(const tensor_view& dy, const tensor_view& x, const 
         }
       }
     };
-    blocked_gemm(N, K, M, dyt.data(), ldt, pack, store);
+    blocked_gemm(N, K, M, pack_a, pack, store);
   };
   if (dw.type == dtype::f32) run(float{});
   else run(bf16{});

@@ -59,7 +59,7 @@ inline void gemm_forward(const tensor_view& x, const tensor_view& w, const tenso
     };
     dispatch_float_dtype(y.type, "gemm_forward: y", [&](auto yt) {
       using TY = decltype(yt);
-      blocked_gemm(M, n, k, xf, k, pack, forward_store(static_cast<TY*>(y.data), n, bptr));
+      blocked_gemm(M, n, k, dense_a{xf, k}, pack, forward_store(static_cast<TY*>(y.data), n, bptr));
     });
   });
 }
@@ -93,7 +93,7 @@ inline void gemm_backward_input(const tensor_view& dy, const tensor_view& w, con
     };
     dispatch_float_dtype(dx.type, "gemm_backward_input: dx", [&](auto xt) {
       using TX = decltype(xt);
-      blocked_gemm(M, k, n, dyf, n, pack, matrix_store(static_cast<TX*>(dx.data), k));
+      blocked_gemm(M, k, n, dense_a{dyf, n}, pack, matrix_store(static_cast<TX*>(dx.data), k));
     });
   });
 }
