@@ -15,6 +15,7 @@
 
 #include <cmath>
 #include <array>
+#include <atomic>
 #include <limits>
 #include <random>
 #include <type_traits>
@@ -178,7 +179,7 @@ TEST_CASE("blocked_gemm: every micro-tile height gives the same bits") {
           for (int64_t r = 0; r < R; ++r)
             for (int64_t i = 0; i < rows; ++i) out[r * rows + i] = a[size_t((m0 + i) * R + r)];
         };
-        int64_t stored = 0;
+        std::atomic<int64_t> stored{0};  // store runs on several threads
         auto run_with = [&](auto height, const auto& a_source) {
           std::vector<float> c(size_t(M * P), std::numeric_limits<float>::quiet_NaN());
           stored = 0;
@@ -188,7 +189,7 @@ TEST_CASE("blocked_gemm: every micro-tile height gives the same bits") {
                 for (int64_t i = 0; i < mlen; ++i)
                   for (int64_t j = 0; j < plen; ++j) c[size_t((m0 + i) * P + p0 + j)] = t[i * ldc + j];
               });
-          CHECK(stored == M * P);  // every output element stored exactly once
+          CHECK(stored.load() == M * P);  // every output element stored exactly once
           return c;
         };
         auto run = [&](auto height) { return run_with(height, dense_a{a.data(), R}); };
