@@ -1,17 +1,32 @@
 // lowbit/cpu/parallel.hpp
 // The CPU kernels' only threading primitive: parallel_for over an index range
-// split into equal contiguous chunks, one per hardware thread, run on
-// std::threads (the calling thread takes the first chunk). Work below `grain`
-// items per thread runs inline. Results never depend on the thread count
-// because every kernel's items are independent.
+// split into equal contiguous chunks, one per hardware thread (the calling
+// thread takes the first chunk). Work below `grain` items per thread runs
+// inline. Results never depend on the thread count because every kernel's
+// items are independent. The other chunks run on a pool of long-lived
+// worker threads, started on the first parallel call and kept for the
+// process; a call the pool cannot take (another thread is using it, or a
+// parallel_for nested inside a chunk) falls back to threads of its own, or
+// runs inline when nested, with the same chunks.
 #pragma once
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
+#include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace lowbit {
 namespace cpu {
@@ -29,36 +44,166 @@ inline int thread_count() {
   return n;
 }
 
+namespace parallel_detail {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// True while this thread runs a chunk of a parallel_for: a nested call then
+// runs inline rather than oversubscribing the cores.
+inline bool& inside_chunk() {
+  static thread_local bool inside = false;
+  return inside;
+}
+
+// Why a pool: a std::thread started per call costs 20 to 40 microseconds to
+// start and join, and on a 2-vCPU VM the new thread was placed on the
+// caller's CPU in half of the calls, so a parallel_for of two 200-microsecond
+// chunks took 665 microseconds against 411 on one thread (measured,
+// docs/PERFORMANCE.md, 2026-11-28 late). Long-lived workers stay on their
+// own CPUs. They spin briefly after each job (a trainer issues hundreds of
+// parallel_for calls per step, back to back) and then sleep on a condition
+// variable, so an idle process does not hold the cores.
+class thread_pool {
+ public:
+  explicit thread_pool(int workers) : boxes_(size_t(std::max(workers, 0))) {
+    for (int w = 0; w < workers; ++w) std::thread([this, w] { work(w); }).detach();
+  }
+
+  int workers() const { return int(boxes_.size()); }
+
+  // Runs job(0) on the caller and job(1 .. jobs-1) on workers 0 .. jobs-2
+  // (jobs - 1 <= workers()); false (nothing run) when another thread holds
+  // the pool.
+  bool try_run(int jobs, const std::function<void(int)>& job) {
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (!busy.owns_lock()) return false;
+    pending_.store(jobs - 1, std::memory_order_relaxed);
+    // Each worker has a mailbox of its own: a worker only ever sees the job
+    // posted to it, and the next one is posted after it has finished.
+    for (int w = 0; w < jobs - 1; ++w) {
+      boxes_[size_t(w)].job = &job;
+      boxes_[size_t(w)].ticket.fetch_add(1, std::memory_order_release);
+    }
+    { std::lock_guard<std::mutex> lock(mutex_); }  // a worker about to sleep has checked its ticket
+    wake_.notify_all();
+    job(0);
+    for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
+      if (spin < spin_limit) {
+        cpu_relax();
+        continue;
+      }
+      std::unique_lock<std::mutex> lock(mutex_);
+      done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+    }
+    return true;
+  }
+
+ private:
+  // About 100 microseconds of pause instructions before blocking.
+  static constexpr int spin_limit = 20000;
+
+  struct alignas(64) mailbox {
+    std::atomic<uint64_t> ticket{0};
+    const std::function<void(int)>* job = nullptr;
+  };
+
+  void work(int w) {
+    inside_chunk() = true;
+    mailbox& box = boxes_[size_t(w)];
+    uint64_t seen = 0;
+    for (;;) {
+      uint64_t now = box.ticket.load(std::memory_order_acquire);
+      for (int spin = 0; now == seen && spin < spin_limit; ++spin) {
+        cpu_relax();
+        now = box.ticket.load(std::memory_order_acquire);
+      }
+      if (now == seen) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return box.ticket.load(std::memory_order_acquire) != seen; });
+        now = box.ticket.load(std::memory_order_acquire);
+      }
+      seen = now;
+      (*box.job)(w + 1);
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        done_.notify_one();
+      }
+    }
+  }
+
+  std::vector<mailbox> boxes_;
+  std::mutex busy_;   // held by the one caller using the pool
+  std::mutex mutex_;  // guards the sleeps and wake-ups
+  std::condition_variable wake_, done_;
+  std::atomic<int> pending_{0};
+};
+
+// The process's pool, made on first use with thread_count() - 1 workers and
+// never destroyed (its threads are detached, so nothing waits for them at
+// exit). A child made by fork() has none of its parent's threads: it gets a
+// pool of its own (the parent's object is abandoned there).
+inline thread_pool& pool() {
+  static thread_pool* current = nullptr;
+  static long owner = 0;
+  static std::mutex made;
+  std::lock_guard<std::mutex> lock(made);
+#if defined(__unix__) || defined(__APPLE__)
+  const long pid = long(getpid());
+#else
+  const long pid = 0;
+#endif
+  if (!current || owner != pid) {
+    current = new thread_pool(thread_count() - 1);
+    owner = pid;
+  }
+  return *current;
+}
+
+}  // namespace parallel_detail
+
 // Calls body(begin, end) on disjoint sub-ranges covering [0, n).
 template <class Body>
 void parallel_for(int64_t n, int64_t grain, Body&& body) {
   if (n <= 0) return;
   const int64_t max_threads = std::max<int64_t>(1, n / std::max<int64_t>(1, grain));
   const int threads = int(std::min<int64_t>(thread_count(), max_threads));
-  if (threads <= 1) {
+  bool& inside = parallel_detail::inside_chunk();
+  if (threads <= 1 || inside) {
     body(int64_t(0), n);
     return;
   }
   const int64_t chunk = (n + threads - 1) / threads;
-  std::vector<std::thread> pool;
   std::vector<std::exception_ptr> errors(static_cast<size_t>(threads));
-  pool.reserve(size_t(threads - 1));
-  for (int t = 1; t < threads; ++t) {
+  auto run_chunk = [&](int t) {
     const int64_t b = std::min(n, t * chunk), e = std::min(n, b + chunk);
-    pool.emplace_back([&, t, b, e] {
-      try {
-        if (b < e) body(b, e);
-      } catch (...) {
-        errors[size_t(t)] = std::current_exception();
-      }
-    });
+    try {
+      if (b < e) body(b, e);
+    } catch (...) {
+      errors[size_t(t)] = std::current_exception();
+    }
+  };
+  const std::function<void(int)> job = [&](int t) { run_chunk(t); };
+  inside = true;
+  const bool pooled = parallel_detail::pool().try_run(threads, job);
+  if (!pooled) {
+    // The pool is busy with another caller's work: threads of our own.
+    std::vector<std::thread> own;
+    own.reserve(size_t(threads - 1));
+    for (int t = 1; t < threads; ++t)
+      own.emplace_back([&, t] {
+        parallel_detail::inside_chunk() = true;
+        run_chunk(t);
+      });
+    run_chunk(0);
+    for (auto& th : own) th.join();
   }
-  try {
-    body(int64_t(0), std::min(n, chunk));
-  } catch (...) {
-    errors[0] = std::current_exception();
-  }
-  for (auto& th : pool) th.join();
+  inside = false;
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
 }
