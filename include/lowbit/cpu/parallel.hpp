@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
@@ -54,6 +55,21 @@ inline void cpu_relax() {
 #endif
 }
 
+// Polls ready() for up to `spin` (a pause instruction between polls; a
+// pause lasts from about 10 to 140 cycles depending on the core, hence a
+// clock rather than a count); returns whether it became true.
+template <class Ready>
+bool spin_until(Ready&& ready, std::chrono::microseconds spin) {
+  const auto end = std::chrono::steady_clock::now() + spin;
+  do {
+    for (int i = 0; i < 32; ++i) {
+      if (ready()) return true;
+      cpu_relax();
+    }
+  } while (std::chrono::steady_clock::now() < end);
+  return ready();
+}
+
 // True while this thread runs a chunk of a parallel_for: a nested call then
 // runs inline rather than oversubscribing the cores.
 inline bool& inside_chunk() {
@@ -66,9 +82,9 @@ inline bool& inside_chunk() {
 // caller's CPU in half of the calls, so a parallel_for of two 200-microsecond
 // chunks took 665 microseconds against 411 on one thread (measured,
 // docs/PERFORMANCE.md, 2026-11-28 late). Long-lived workers stay on their
-// own CPUs. They spin briefly after each job (a trainer issues hundreds of
-// parallel_for calls per step, back to back) and then sleep on a condition
-// variable, so an idle process does not hold the cores.
+// own CPUs. They poll for 50 microseconds after each job (a trainer issues
+// hundreds of parallel_for calls per step, back to back) and then sleep on
+// a condition variable, so an idle process does not hold the cores.
 class thread_pool {
  public:
   explicit thread_pool(int workers) : boxes_(size_t(std::max(workers, 0))) {
@@ -93,20 +109,20 @@ class thread_pool {
     { std::lock_guard<std::mutex> lock(mutex_); }  // a worker about to sleep has checked its ticket
     wake_.notify_all();
     job(0);
-    for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
-      if (spin < spin_limit) {
-        cpu_relax();
-        continue;
-      }
+    auto done = [&] { return pending_.load(std::memory_order_acquire) == 0; };
+    if (!spin_until(done, spin_time)) {
       std::unique_lock<std::mutex> lock(mutex_);
-      done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+      done_.wait(lock, done);
     }
     return true;
   }
 
  private:
-  // About 100 microseconds of pause instructions before blocking.
-  static constexpr int spin_limit = 20000;
+  // How long a worker polls for its next job, and the caller for the
+  // workers' ends, before sleeping: longer than the gaps between a
+  // trainer's back-to-back calls, short enough that an idle pool soon
+  // leaves the cores to others (e.g. PyTorch's own threads).
+  static constexpr std::chrono::microseconds spin_time{50};
 
   struct alignas(64) mailbox {
     std::atomic<uint64_t> ticket{0};
@@ -118,17 +134,12 @@ class thread_pool {
     mailbox& box = boxes_[size_t(w)];
     uint64_t seen = 0;
     for (;;) {
-      uint64_t now = box.ticket.load(std::memory_order_acquire);
-      for (int spin = 0; now == seen && spin < spin_limit; ++spin) {
-        cpu_relax();
-        now = box.ticket.load(std::memory_order_acquire);
-      }
-      if (now == seen) {
+      auto posted = [&] { return box.ticket.load(std::memory_order_acquire) != seen; };
+      if (!spin_until(posted, spin_time)) {
         std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return box.ticket.load(std::memory_order_acquire) != seen; });
-        now = box.ticket.load(std::memory_order_acquire);
+        wake_.wait(lock, posted);
       }
-      seen = now;
+      seen = box.ticket.load(std::memory_order_acquire);
       (*box.job)(w + 1);
       if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
         std::lock_guard<std::mutex> lock(mutex_);
