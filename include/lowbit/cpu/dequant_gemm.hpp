@@ -6,11 +6,12 @@
 // decodes one small tile of it (with the same code table and block scales as
 // cpu::dequantize, so the weights used are bit-identical to dequantize's
 // float32 output) into a packed float buffer that a cache-blocked fp32
-// micro-kernel (cpu/gemm_micro_kernel.hpp) consumes. Both W products read the same packed codes; the
-// backward pass only changes which way the tile is packed. Work is split over
-// output columns (and rows of X when there are few columns) with
-// cpu::parallel_for; every output element is summed in one fixed order
-// (k = 0, 1, ..., K-1 in fp32), so results do not depend on the thread count.
+// micro-kernel (cpu/gemm_micro_kernel.hpp) consumes. Both W products read
+// the same packed codes; the backward pass only changes which way the tile
+// is packed. Work is split over output columns (and rows of X when there
+// are few columns) with cpu::parallel_for; every output element is summed
+// in one fixed order (k = 0, 1, ..., K-1 in fp32), so results do not depend
+// on the thread count.
 #pragma once
 
 #include <algorithm>
