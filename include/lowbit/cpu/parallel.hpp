@@ -200,7 +200,11 @@ void parallel_for(int64_t n, int64_t grain, Body&& body) {
     }
   };
   const std::function<void(int)> job = [&](int t) { run_chunk(t); };
-  inside = true;
+  struct inside_scope {  // reset even if the pool cannot start its threads
+    bool& flag;
+    explicit inside_scope(bool& f) : flag(f) { flag = true; }
+    ~inside_scope() { flag = false; }
+  } scope(inside);
   const bool pooled = parallel_detail::pool().try_run(threads, job);
   if (!pooled) {
     // The pool is busy with another caller's work: threads of our own.
@@ -214,7 +218,6 @@ void parallel_for(int64_t n, int64_t grain, Body&& body) {
     run_chunk(0);
     for (auto& th : own) th.join();
   }
-  inside = false;
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
 }
