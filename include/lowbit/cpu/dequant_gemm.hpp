@@ -99,7 +99,8 @@ void blocked_gemm(int64_t M, int64_t P, int64_t R, const ASource& a_source, Pack
   const int64_t m_step = ceil_div(ceil_div(M, m_tiles), MR) * MR;
   m_tiles = ceil_div(M, m_step);
   const int64_t tasks = p_tiles * m_tiles;
-  // Spawning threads costs tens of microseconds; tiny products run inline.
+  // Handing chunks to the pool's workers costs microseconds (a sleeping
+  // worker's wake-up more); tiny products run inline.
   const int64_t grain = (M * P * std::max<int64_t>(R, 1) < (int64_t(1) << 18)) ? tasks : 1;
   parallel_for(tasks, grain, [&](int64_t t0, int64_t t1) {
     const std::unique_ptr<float[]> bbuf(new float[size_t(pc * rc)]);  // pack_b writes what is read
