@@ -1,10 +1,11 @@
 // tests/cpu/test_parallel.cpp
 // cpu::parallel_for on its worker pool: every index is visited exactly once
-// whatever the size and grain, chunks run on distinct threads at the same
-// time, an exception in any chunk reaches the caller (and the pool keeps
-// working afterwards), nested calls run inline, and several user threads
+// whatever the size and grain, pieces run on distinct threads at the same
+// time, an exception in any piece reaches the caller (and the pool keeps
+// working afterwards), nested calls run inline, several user threads
 // calling at once all get complete, correct results (one of them has the
-// pool, the others fall back to threads of their own).
+// pool, the others fall back to threads of their own), and a stalled
+// thread's share is run by the others.
 #include <doctest/doctest.h>
 
 #include <lowbit/cpu/parallel.hpp>
@@ -13,6 +14,7 @@
 #include <chrono>
 #include <cstdint>
 #include <mutex>
+#include <map>
 #include <set>
 #include <stdexcept>
 #include <thread>
@@ -23,7 +25,7 @@ using namespace lowbit;
 namespace {
 
 // Visits [0, n) with the given grain; returns how often each index was seen
-// (an empty or out-of-range chunk, which must never be passed, adds 100 to
+// (an empty or out-of-range piece, which must never be passed, adds 100 to
 // index 0). Safe to call from any thread: no doctest assertion inside.
 std::vector<int> visit_counts(int64_t n, int64_t grain) {
   std::vector<std::atomic<int>> seen(static_cast<size_t>(n));
@@ -57,7 +59,7 @@ TEST_CASE("parallel_for: every index exactly once, repeatedly") {
   CHECK(calls == 0);
 }
 
-TEST_CASE("parallel_for: chunks run on distinct threads at the same time") {
+TEST_CASE("parallel_for: pieces run on distinct threads at the same time") {
   const int threads = cpu::thread_count();
   if (threads < 2) {
     MESSAGE("one hardware thread (or LOWBIT_NUM_THREADS=1): the whole range runs inline");
@@ -70,7 +72,7 @@ TEST_CASE("parallel_for: chunks run on distinct threads at the same time") {
     CHECK(calls == 1);
     return;
   }
-  // Each chunk waits until every chunk has started: this can only finish if
+  // Each piece waits until every piece has started: this can only finish if
   // they all run at once (a pool that ran them one after another would
   // time out and fail).
   std::atomic<int> started{0};
@@ -95,17 +97,17 @@ TEST_CASE("parallel_for: chunks run on distinct threads at the same time") {
   });
   CHECK(all_started);
   CHECK(int(ids.size()) == threads);
-  CHECK(ids.count(std::this_thread::get_id()) == 1);  // the caller takes a chunk
+  CHECK(ids.count(std::this_thread::get_id()) == 1);  // the caller takes a piece
 }
 
-TEST_CASE("parallel_for: an exception in a chunk reaches the caller; the pool goes on") {
+TEST_CASE("parallel_for: an exception in a piece reaches the caller; the pool goes on") {
   for (const int64_t bad : {int64_t(0), int64_t(99)}) {
     CAPTURE(bad);
     CHECK_THROWS_WITH_AS(cpu::parallel_for(100, 1,
                                            [&](int64_t b, int64_t e) {
-                                             if (b <= bad && bad < e) throw std::runtime_error("chunk failed");
+                                             if (b <= bad && bad < e) throw std::runtime_error("piece failed");
                                            }),
-                         "chunk failed", std::runtime_error);
+                         "piece failed", std::runtime_error);
     const std::vector<int> counts = visit_counts(1000, 1);
     for (int c : counts) REQUIRE(c == 1);
   }
@@ -125,7 +127,7 @@ TEST_CASE("parallel_for: a nested call runs inline and completes") {
       });
     }
   });
-  CHECK(elsewhere.load() == 0);       // inline on the chunk's thread
+  CHECK(elsewhere.load() == 0);       // inline on the piece's thread
   CHECK(inner_calls.load() == outer);  // one whole-range call per outer index
   for (auto& s : seen) REQUIRE(s.load() == 1);
 }
@@ -145,4 +147,54 @@ TEST_CASE("parallel_for: user threads calling at once all get their full range")
     });
   for (auto& t : callers) t.join();
   CHECK(wrong.load() == 0);
+}
+
+TEST_CASE("parallel_for: the other threads take over a stalled thread's share") {
+  const int threads = cpu::thread_count();
+  if (threads < 2) {
+    MESSAGE("one hardware thread (or LOWBIT_NUM_THREADS=1): nothing to take over");
+    return;
+  }
+  // n = pieces_per_thread pieces per thread, one index each. The first
+  // piece a worker runs stalls for half a second (as a thread sharing its
+  // core with a busy one would); the caller's first piece waits until that
+  // stall has begun, so a worker surely takes part. With equal chunks the
+  // stalled thread would own pieces_per_thread indices; with claimed pieces
+  // it runs its one and the others run the rest meanwhile.
+  const int64_t n = int64_t(threads) * cpu::pieces_per_thread;
+  const std::thread::id caller = std::this_thread::get_id();
+  std::atomic<bool> stall_begun{false};
+  std::mutex m;
+  std::map<std::thread::id, int64_t> ran;
+  std::thread::id stalled;
+  bool waited_too_long = false;
+  cpu::parallel_for(n, 1, [&](int64_t b, int64_t e) {
+    const std::thread::id me = std::this_thread::get_id();
+    {
+      std::lock_guard<std::mutex> lock(m);
+      ran[me] += e - b;
+    }
+    if (me != caller && !stall_begun.exchange(true)) {
+      {
+        std::lock_guard<std::mutex> lock(m);
+        stalled = me;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    } else if (me == caller && b == 0) {
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+      while (!stall_begun.load()) {
+        if (std::chrono::steady_clock::now() > deadline) {
+          waited_too_long = true;
+          break;
+        }
+        std::this_thread::yield();
+      }
+    }
+  });
+  REQUIRE_FALSE(waited_too_long);
+  int64_t total = 0;
+  for (const auto& kv : ran) total += kv.second;
+  CHECK(total == n);
+  CHECK(ran[stalled] == 1);
+  if (threads == 2) CHECK(ran[caller] == n - 1);
 }

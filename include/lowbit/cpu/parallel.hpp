@@ -1,13 +1,15 @@
 // lowbit/cpu/parallel.hpp
 // The CPU kernels' only threading primitive: parallel_for over an index range
-// split into equal contiguous chunks, one per hardware thread (the calling
-// thread takes the first chunk). Work below `grain` items per thread runs
-// inline. Results never depend on the thread count because every kernel's
-// items are independent. The other chunks run on a pool of long-lived
-// worker threads, started on the first parallel call and kept for the
+// cut into equal contiguous pieces, up to a few per hardware thread, that
+// the calling thread and the pool's workers claim in order from a shared
+// counter until none is left (so a thread slowed by another process on its
+// core does less of the work). Work below `grain` items per thread runs
+// inline. Results never depend on the thread count or on which thread ran
+// which piece because every kernel's items are independent. The workers
+// are long-lived, started on the first parallel call and kept for the
 // process; a call the pool cannot take (another thread is using it, or a
-// parallel_for nested inside a chunk) falls back to threads of its own, or
-// runs inline when nested, with the same chunks.
+// parallel_for nested inside a piece) falls back to threads of its own, or
+// runs inline when nested.
 #pragma once
 
 #include <algorithm>
@@ -70,7 +72,7 @@ bool spin_until(Ready&& ready, std::chrono::microseconds spin) {
   return ready();
 }
 
-// True while this thread runs a chunk of a parallel_for: a nested call then
+// True while this thread runs a piece of a parallel_for: a nested call then
 // runs inline rather than oversubscribing the cores.
 inline bool& inside_chunk() {
   static thread_local bool inside = false;
@@ -93,23 +95,30 @@ class thread_pool {
 
   int workers() const { return int(boxes_.size()); }
 
-  // Runs job(0) on the caller and job(1 .. jobs-1) on workers 0 .. jobs-2
-  // (jobs - 1 <= workers()); false (nothing run) when another thread holds
-  // the pool.
-  bool try_run(int jobs, const std::function<void(int)>& job) {
+  // Runs job() on the caller and on `helpers` workers (helpers <=
+  // workers()); false (nothing run) when another thread holds the pool.
+  // job must be safe to run any number of times, concurrently, and must
+  // finish the work whoever runs it (parallel_for's job claims pieces until
+  // none is left): the caller returns once its own job() has returned and
+  // no worker is still inside one. A worker that wakes after that finds
+  // the job closed and leaves it alone, so a worker that the system has not
+  // yet scheduled never delays the caller.
+  bool try_run(int helpers, const std::function<void()>& job) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
     if (!busy.owns_lock()) return false;
-    pending_.store(jobs - 1, std::memory_order_relaxed);
-    // Each worker has a mailbox of its own: a worker only ever sees the job
-    // posted to it, and the next one is posted after it has finished.
-    for (int w = 0; w < jobs - 1; ++w) {
-      boxes_[size_t(w)].job = &job;
-      boxes_[size_t(w)].ticket.fetch_add(1, std::memory_order_release);
-    }
+    const uint64_t id = ++last_id_;
+    job_.store(&job, std::memory_order_relaxed);
+    open_.store(id, std::memory_order_seq_cst);
+    for (int w = 0; w < helpers; ++w) boxes_[size_t(w)].ticket.store(id, std::memory_order_release);
     { std::lock_guard<std::mutex> lock(mutex_); }  // a worker about to sleep has checked its ticket
     wake_.notify_all();
-    job(0);
-    auto done = [&] { return pending_.load(std::memory_order_acquire) == 0; };
+    job();
+    // Close, then wait for the workers inside. A worker announces itself
+    // (active_ + 1) before it checks that the job is open, and both sides
+    // use sequentially consistent operations: either the caller sees it
+    // active and waits, or it sees the job closed and never touches it.
+    open_.store(0, std::memory_order_seq_cst);
+    auto done = [&] { return active_.load(std::memory_order_seq_cst) == 0; };
     if (!spin_until(done, spin_time)) {
       std::unique_lock<std::mutex> lock(mutex_);
       done_.wait(lock, done);
@@ -125,8 +134,7 @@ class thread_pool {
   static constexpr std::chrono::microseconds spin_time{50};
 
   struct alignas(64) mailbox {
-    std::atomic<uint64_t> ticket{0};
-    const std::function<void(int)>* job = nullptr;
+    std::atomic<uint64_t> ticket{0};  // id of the last job posted to this worker
   };
 
   void work(int w) {
@@ -140,8 +148,9 @@ class thread_pool {
         wake_.wait(lock, posted);
       }
       seen = box.ticket.load(std::memory_order_acquire);
-      (*box.job)(w + 1);
-      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      active_.fetch_add(1, std::memory_order_seq_cst);
+      if (open_.load(std::memory_order_seq_cst) == seen) (*job_.load(std::memory_order_relaxed))();
+      if (active_.fetch_sub(1, std::memory_order_seq_cst) == 1) {
         std::lock_guard<std::mutex> lock(mutex_);
         done_.notify_one();
       }
@@ -152,7 +161,10 @@ class thread_pool {
   std::mutex busy_;   // held by the one caller using the pool
   std::mutex mutex_;  // guards the sleeps and wake-ups
   std::condition_variable wake_, done_;
-  std::atomic<int> pending_{0};
+  uint64_t last_id_ = 0;                   // under busy_
+  std::atomic<uint64_t> open_{0};          // id of the job workers may join; 0: none
+  std::atomic<const std::function<void()>*> job_{nullptr};
+  std::atomic<int> active_{0};             // workers inside a job (or checking whether to enter)
 };
 
 // The process's pool, made on first use with thread_count() - 1 workers and
@@ -178,44 +190,61 @@ inline thread_pool& pool() {
 
 }  // namespace parallel_detail
 
-// Calls body(begin, end) on disjoint sub-ranges covering [0, n).
+// Pieces per thread. Why more than one: a thread that shares its core with
+// another busy thread runs at half speed, and with one equal chunk per
+// thread the call waits for it. That is the usual case under PyTorch, whose
+// OpenMP workers spin for a while after each of its operations: a lowbit
+// product called between two torch operations took twice its time alone
+// (docs/PERFORMANCE.md, 2026-11-29). With several pieces each, the other
+// threads take over the slow one's share; four keeps the per-piece cost
+// (a claim, a kernel's setup) small.
+constexpr int64_t pieces_per_thread = 4;
+
+// Calls body(begin, end) on disjoint, non-empty sub-ranges covering [0, n),
+// each at least `grain` long except when n itself is shorter.
 template <class Body>
 void parallel_for(int64_t n, int64_t grain, Body&& body) {
   if (n <= 0) return;
-  const int64_t max_threads = std::max<int64_t>(1, n / std::max<int64_t>(1, grain));
-  const int threads = int(std::min<int64_t>(thread_count(), max_threads));
+  const int64_t max_pieces = std::max<int64_t>(1, n / std::max<int64_t>(1, grain));
+  const int threads = int(std::min<int64_t>(thread_count(), max_pieces));
   bool& inside = parallel_detail::inside_chunk();
   if (threads <= 1 || inside) {
     body(int64_t(0), n);
     return;
   }
-  const int64_t chunk = (n + threads - 1) / threads;
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(threads));
-  auto run_chunk = [&](int t) {
-    const int64_t b = std::min(n, t * chunk), e = std::min(n, b + chunk);
-    try {
-      if (b < e) body(b, e);
-    } catch (...) {
-      errors[size_t(t)] = std::current_exception();
+  const int64_t wanted = std::min<int64_t>(max_pieces, threads * pieces_per_thread);
+  const int64_t piece = (n + wanted - 1) / wanted;
+  const int64_t pieces = (n + piece - 1) / piece;  // every piece non-empty
+  std::atomic<int64_t> next{0};
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(pieces));
+  auto run_pieces = [&] {
+    for (int64_t p = next.fetch_add(1, std::memory_order_relaxed); p < pieces;
+         p = next.fetch_add(1, std::memory_order_relaxed)) {
+      const int64_t b = p * piece, e = std::min(n, b + piece);
+      try {
+        body(b, e);
+      } catch (...) {
+        errors[size_t(p)] = std::current_exception();
+      }
     }
   };
-  const std::function<void(int)> job = [&](int t) { run_chunk(t); };
+  const std::function<void()> job = run_pieces;
   struct inside_scope {  // reset even if the pool cannot start its threads
     bool& flag;
     explicit inside_scope(bool& f) : flag(f) { flag = true; }
     ~inside_scope() { flag = false; }
   } scope(inside);
-  const bool pooled = parallel_detail::pool().try_run(threads, job);
+  const bool pooled = parallel_detail::pool().try_run(threads - 1, job);
   if (!pooled) {
     // The pool is busy with another caller's work: threads of our own.
     std::vector<std::thread> own;
     own.reserve(size_t(threads - 1));
     for (int t = 1; t < threads; ++t)
-      own.emplace_back([&, t] {
+      own.emplace_back([&] {
         parallel_detail::inside_chunk() = true;
-        run_chunk(t);
+        run_pieces();
       });
-    run_chunk(0);
+    run_pieces();
     for (auto& th : own) th.join();
   }
   for (auto& e : errors)
