@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include <lowbit/cpu/parallel.hpp>
@@ -152,15 +153,75 @@ void dot_keys(const T* x, const T* t, int64_t ld, int64_t hd, int64_t n, T* out)
   }
 }
 
+// Weighted sums of rows, two at a time: for s = 1, 2 and d < hd,
+//   acc_s[d] = acc_s[d] + c_s[t * cs] * x_s[t * xs + d]   for t = 0, 1, ..., n-1,
+// each product rounded, then each add, in that order: the scalar loop's
+// arithmetic exactly. What it buys is speed: the accumulators stay in
+// registers over t (the scalar loop stored them back at every t, and the
+// compiler had to allow for acc aliasing x), and the two sums are
+// independent chains, so the adds' latency overlaps. Attention uses it for
+// every sum over keys or queries (out = P V, dq = dS K, dk = dS^T Q,
+// dv = P^T dO).
+template <class T>
+void weighted_rows2(const T* c1, const T* c2, int64_t cs, const T* x1, const T* x2, int64_t xs, int64_t n,
+                    int64_t hd, T* acc1, T* acc2) {
+  int64_t d0 = 0;
+#if defined(__GNUC__)
+  if constexpr (std::is_same<T, float>::value) {
+    // 32 columns per pass: 4 vectors of 8 per sum (GCC / Clang vector
+    // extensions; plain SSE pairs where AVX is not enabled)
+    typedef float vec8 __attribute__((vector_size(32)));
+    auto load = [](const float* p) {
+      vec8 v;
+      __builtin_memcpy(&v, p, sizeof v);
+      return v;
+    };
+    for (; d0 + 32 <= hd; d0 += 32) {
+      vec8 a[4], b[4];
+      for (int u = 0; u < 4; ++u) a[u] = load(acc1 + d0 + 8 * u), b[u] = load(acc2 + d0 + 8 * u);
+      for (int64_t t = 0; t < n; ++t) {
+        const float k1 = c1[t * cs], k2 = c2[t * cs];
+        const float* r1 = x1 + t * xs + d0;
+        const float* r2 = x2 + t * xs + d0;
+        for (int u = 0; u < 4; ++u) {
+          a[u] = a[u] + k1 * load(r1 + 8 * u);
+          b[u] = b[u] + k2 * load(r2 + 8 * u);
+        }
+      }
+      for (int u = 0; u < 4; ++u) {
+        __builtin_memcpy(acc1 + d0 + 8 * u, &a[u], sizeof a[u]);
+        __builtin_memcpy(acc2 + d0 + 8 * u, &b[u], sizeof b[u]);
+      }
+    }
+  }
+#endif
+  for (; d0 < hd; ++d0) {
+    T a = acc1[d0], b = acc2[d0];
+    for (int64_t t = 0; t < n; ++t) {
+      a += c1[t * cs] * x1[t * xs + d0];
+      b += c2[t * cs] * x2[t * xs + d0];
+    }
+    acc1[d0] = a, acc2[d0] = b;
+  }
+}
+
+// acc[d] += c * x[d] for d < hd (one term of a weighted sum).
+template <class T>
+void weighted_row(T c, const T* x, int64_t hd, T* acc) {
+  for (int64_t d = 0; d < hd; ++d) acc[d] += c * x[d];
+}
+
 // Causal attention. q [M, H*hd], k and v [M, KV*hd] (query head h reads kv
 // head h / (H / KV)); probs [B, H, S, S] keeps the softmax for the backward
-// (upper triangle zero); out [M, H*hd].
+// (upper triangle zero); out [M, H*hd]. Output row i is summed over keys j
+// = 0 .. i in order; rows are taken in pairs (i, i+1) that share the keys
+// 0 .. i, and row i+1 then adds key i+1.
 template <class T>
 void attention_forward(const T* q, const T* k, const T* v, T* probs, T* out, const attention_shape& a) {
   const int64_t S = a.seq, hd = a.head_dim, qw = a.q_width(), kw = a.kv_width(), group = a.heads / a.kv_heads;
   const T scale = T(1) / std::sqrt(T(hd));
   parallel_for(a.batch * a.heads, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<T> kt(size_t(hd * padded_keys(S)));
+    std::vector<T> kt(size_t(hd * padded_keys(S))), spare(static_cast<size_t>(hd));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / a.heads, h = t % a.heads, kvh = h / group;
       T* P = probs + t * S * S;
@@ -182,12 +243,15 @@ void attention_forward(const T* q, const T* k, const T* v, T* probs, T* out, con
         const T inv = T(1) / sum;
         for (int64_t j = 0; j <= i; ++j) p[j] *= inv;
         for (int64_t j = i + 1; j < S; ++j) p[j] = 0;
-        T* o = out + (b * S + i) * qw + h * hd;
-        for (int64_t d = 0; d < hd; ++d) o[d] = 0;
-        for (int64_t j = 0; j <= i; ++j) {
-          const T* vj = v + (b * S + j) * kw + kvh * hd;
-          for (int64_t d = 0; d < hd; ++d) o[d] += p[j] * vj[d];
-        }
+      }
+      const T* vb = v + b * S * kw + kvh * hd;  // row j at vb + j * kw
+      for (int64_t i = 0; i < S; i += 2) {
+        const bool pair = i + 1 < S;
+        T* o1 = out + (b * S + i) * qw + h * hd;
+        T* o2 = pair ? o1 + qw : spare.data();
+        for (int64_t d = 0; d < hd; ++d) o1[d] = o2[d] = 0;
+        weighted_rows2(P + i * S, P + (pair ? i + 1 : i) * S, 1, vb, vb, kw, i + 1, hd, o1, o2);
+        if (pair) weighted_row(P[(i + 1) * S + i + 1], vb + (i + 1) * kw, hd, o2);
       }
     }
   });
@@ -195,49 +259,53 @@ void attention_forward(const T* q, const T* k, const T* v, T* probs, T* out, con
 
 // Gradients of attention_forward: dq written, dk and dv written (summed over
 // the query heads sharing a kv head; one task owns each (batch, kv head), so
-// the sums have a fixed order).
+// the sums have a fixed order). Per query head: dP = dO V^T row by row, then
+// dS = P (dP - rowsum(P dP)) * scale kept in a [S, S] buffer; dq_i sums dS_ij
+// k_j over j = 0 .. i (rows in pairs, as in the forward); dk_j and dv_j add
+// dS_ij q_i and P_ij dO_i over i = j .. S-1 to what the earlier heads left,
+// which is the order of the scalar loops that updated them query by query.
 template <class T>
 void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* probs, T* dq, T* dk, T* dv,
                         const attention_shape& a) {
   const int64_t S = a.seq, hd = a.head_dim, qw = a.q_width(), kw = a.kv_width(), group = a.heads / a.kv_heads;
   const T scale = T(1) / std::sqrt(T(hd));
   parallel_for(a.batch * a.kv_heads, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<T> dp(static_cast<size_t>(S)), vt(size_t(hd * padded_keys(S)));
+    std::vector<T> ds(size_t(S * S)), vt(size_t(hd * padded_keys(S))), spare(static_cast<size_t>(hd));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / a.kv_heads, kvh = t % a.kv_heads;
       transpose_head(v + b * S * kw + kvh * hd, kw, S, hd, vt.data());
+      const T* kb = k + b * S * kw + kvh * hd;  // row j at kb + j * kw
+      T* dkb = dk + b * S * kw + kvh * hd;
+      T* dvb = dv + b * S * kw + kvh * hd;
       for (int64_t j = 0; j < S; ++j)
-        for (int64_t d = 0; d < hd; ++d) {
-          dk[(b * S + j) * kw + kvh * hd + d] = 0;
-          dv[(b * S + j) * kw + kvh * hd + d] = 0;
-        }
+        for (int64_t d = 0; d < hd; ++d) dkb[j * kw + d] = dvb[j * kw + d] = 0;
       for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
         const T* P = probs + (b * a.heads + h) * S * S;
+        const T* dob = dout + b * S * qw + h * hd;  // row i at dob + i * qw
+        const T* qb = q + b * S * qw + h * hd;
+        T* dqb = dq + b * S * qw + h * hd;
         for (int64_t i = 0; i < S; ++i) {
           const T* p = P + i * S;
-          const T* doi = dout + (b * S + i) * qw + h * hd;
-          // dP_j = dout_i . v_j ; dv_j += p_j dout_i
-          dot_keys(doi, vt.data(), padded_keys(S), hd, i + 1, dp.data());
+          T* dsi = ds.data() + i * S;
+          // dP_ij = dout_i . v_j
+          dot_keys(dob + i * qw, vt.data(), padded_keys(S), hd, i + 1, dsi);
           T dot = 0;
-          for (int64_t j = 0; j <= i; ++j) {
-            T* dvj = dv + (b * S + j) * kw + kvh * hd;
-            for (int64_t d = 0; d < hd; ++d) dvj[d] += p[j] * doi[d];
-            dot += p[j] * dp[size_t(j)];
-          }
-          // dS_j = p_j (dP_j - sum_l p_l dP_l); scores were scaled q.k
-          const T* qi = q + (b * S + i) * qw + h * hd;
-          T* dqi = dq + (b * S + i) * qw + h * hd;
-          for (int64_t d = 0; d < hd; ++d) dqi[d] = 0;
-          for (int64_t j = 0; j <= i; ++j) {
-            const T ds = p[j] * (dp[size_t(j)] - dot) * scale;
-            const T* kj = k + (b * S + j) * kw + kvh * hd;
-            T* dkj = dk + (b * S + j) * kw + kvh * hd;
-            for (int64_t d = 0; d < hd; ++d) {
-              dqi[d] += ds * kj[d];
-              dkj[d] += ds * qi[d];
-            }
-          }
+          for (int64_t j = 0; j <= i; ++j) dot += p[j] * dsi[j];
+          // dS_ij = p_ij (dP_ij - sum_l p_il dP_il); scores were scaled q.k
+          for (int64_t j = 0; j <= i; ++j) dsi[j] = p[j] * (dsi[j] - dot) * scale;
         }
+        for (int64_t i = 0; i < S; i += 2) {
+          const bool pair = i + 1 < S;
+          T* dq1 = dqb + i * qw;
+          T* dq2 = pair ? dq1 + qw : spare.data();
+          for (int64_t d = 0; d < hd; ++d) dq1[d] = dq2[d] = 0;
+          const T* ds2 = ds.data() + (pair ? i + 1 : i) * S;
+          weighted_rows2(ds.data() + i * S, ds2, 1, kb, kb, kw, i + 1, hd, dq1, dq2);
+          if (pair) weighted_row(ds2[i + 1], kb + (i + 1) * kw, hd, dq2);
+        }
+        for (int64_t j = 0; j < S; ++j)
+          weighted_rows2(ds.data() + j * S + j, P + j * S + j, S, qb + j * qw, dob + j * qw, qw, S - j, hd,
+                         dkb + j * kw, dvb + j * kw);
       }
     }
   });

@@ -1,12 +1,15 @@
 // examples/llama/tests/test_attention_lanes.cpp
 // ops::attention_forward / attention_backward compute their dot products
-// over the head dimension with the keys as vector lanes (dot_keys); every
-// value must equal the one-key-at-a-time scalar form bit for bit, so that
-// the CPU trainer's results (docs/RESULTS.md) do not move. The scalar form
-// is written out below as the reference: each dot product summed over d in
-// order, the softmax and the rest in the order ops.hpp uses. Shapes: seq
-// lengths below, at and past the 16 lanes, grouped-query heads, float and
-// double.
+// over the head dimension with the keys as vector lanes (dot_keys) and
+// their sums over keys or queries two rows at a time with the accumulators
+// in registers (weighted_rows2); every value must equal the scalar form bit
+// for bit, so that the CPU trainer's results (docs/RESULTS.md) do not move.
+// The scalar form is written out below as the reference: each dot product
+// summed over d in order, dk and dv updated query by query, the softmax and
+// the rest in the order ops.hpp uses. Shapes: seq lengths below, at and
+// past the 16 lanes, odd and even (rows go in pairs), head dimensions below,
+// at, between and past multiples of the 32-column pass, grouped-query
+// heads, float and double.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -137,9 +140,9 @@ void check_shape(const ops::attention_shape& a) {
 
 }  // namespace
 
-TEST_CASE("attention with keys as vector lanes equals the scalar dot products, bit for bit") {
-  for (const int64_t seq : {1, 5, 15, 16, 17, 40}) {
-    for (const int64_t hd : {1, 8, 32}) {
+TEST_CASE("attention with keys as vector lanes and paired weighted sums equals the scalar loops, bit for bit") {
+  for (const int64_t seq : {1, 2, 5, 15, 16, 17, 40}) {
+    for (const int64_t hd : {1, 8, 32, 40, 64}) {
       CAPTURE(seq);
       CAPTURE(hd);
       check_shape<float>({2, seq, 4, 2, hd});
