@@ -169,29 +169,28 @@ void weighted_rows2(const T* c1, const T* c2, int64_t cs, const T* x1, const T* 
 #if defined(__GNUC__)
   if constexpr (std::is_same<T, float>::value) {
     // 32 columns per pass: 4 vectors of 8 per sum (GCC / Clang vector
-    // extensions; plain SSE pairs where AVX is not enabled)
+    // extensions; SSE pairs where AVX is not enabled). Vectors move by
+    // memcpy, never as a function's value (returning a 32-byte vector
+    // changes the ABI without AVX), and live in named variables (g++ kept
+    // arrays of them on the stack, storing all eight at every t).
     typedef float vec8 __attribute__((vector_size(32)));
-    auto load = [](const float* p) {
-      vec8 v;
-      __builtin_memcpy(&v, p, sizeof v);
-      return v;
-    };
+    auto get = [](vec8& v, const float* p) { __builtin_memcpy(&v, p, sizeof v); };
+    auto put = [](float* p, const vec8& v) { __builtin_memcpy(p, &v, sizeof v); };
     for (; d0 + 32 <= hd; d0 += 32) {
-      vec8 a[4], b[4];
-      for (int u = 0; u < 4; ++u) a[u] = load(acc1 + d0 + 8 * u), b[u] = load(acc2 + d0 + 8 * u);
+      vec8 a0, a1, a2, a3, b0, b1, b2, b3, r0, r1, r2, r3;
+      get(a0, acc1 + d0), get(a1, acc1 + d0 + 8), get(a2, acc1 + d0 + 16), get(a3, acc1 + d0 + 24);
+      get(b0, acc2 + d0), get(b1, acc2 + d0 + 8), get(b2, acc2 + d0 + 16), get(b3, acc2 + d0 + 24);
       for (int64_t t = 0; t < n; ++t) {
         const float k1 = c1[t * cs], k2 = c2[t * cs];
-        const float* r1 = x1 + t * xs + d0;
-        const float* r2 = x2 + t * xs + d0;
-        for (int u = 0; u < 4; ++u) {
-          a[u] = a[u] + k1 * load(r1 + 8 * u);
-          b[u] = b[u] + k2 * load(r2 + 8 * u);
-        }
+        const float* p1 = x1 + t * xs + d0;
+        const float* p2 = x2 + t * xs + d0;
+        get(r0, p1), get(r1, p1 + 8), get(r2, p1 + 16), get(r3, p1 + 24);
+        a0 = a0 + k1 * r0, a1 = a1 + k1 * r1, a2 = a2 + k1 * r2, a3 = a3 + k1 * r3;
+        get(r0, p2), get(r1, p2 + 8), get(r2, p2 + 16), get(r3, p2 + 24);
+        b0 = b0 + k2 * r0, b1 = b1 + k2 * r1, b2 = b2 + k2 * r2, b3 = b3 + k2 * r3;
       }
-      for (int u = 0; u < 4; ++u) {
-        __builtin_memcpy(acc1 + d0 + 8 * u, &a[u], sizeof a[u]);
-        __builtin_memcpy(acc2 + d0 + 8 * u, &b[u], sizeof b[u]);
-      }
+      put(acc1 + d0, a0), put(acc1 + d0 + 8, a1), put(acc1 + d0 + 16, a2), put(acc1 + d0 + 24, a3);
+      put(acc2 + d0, b0), put(acc2 + d0 + 8, b1), put(acc2 + d0 + 16, b2), put(acc2 + d0 + 24, b3);
     }
   }
 #endif
