@@ -203,7 +203,7 @@ constexpr int64_t pieces_per_thread = 4;
 // Calls body(begin, end) on disjoint, non-empty sub-ranges covering [0, n):
 // equal pieces of at least `grain` items (the last may be shorter), at most
 // pieces_per_thread per thread, or the whole range at once when n is below
-// two grains or the call is nested in another's piece.
+// two grains, with one thread, or nested in another call's piece.
 template <class Body>
 void parallel_for(int64_t n, int64_t grain, Body&& body) {
   if (n <= 0) return;
