@@ -259,7 +259,8 @@ void attention_forward(const T* q, const T* k, const T* v, T* probs, T* out, con
 // Gradients of attention_forward: dq written, dk and dv written (summed over
 // the query heads sharing a kv head; one task owns each (batch, kv head), so
 // the sums have a fixed order). Per query head: dP = dO V^T row by row, then
-// dS = P (dP - rowsum(P dP)) * scale kept in a [S, S] buffer; dq_i sums dS_ij
+// dS = P (dP - rowsum(P dP)) * scale kept in an [S, S] buffer (per thread:
+// 64 KiB at the tiny default's S = 128, small beside probs); dq_i sums dS_ij
 // k_j over j = 0 .. i (rows in pairs, as in the forward); dk_j and dv_j add
 // dS_ij q_i and P_ij dO_i over i = j .. S-1 to what the earlier heads left,
 // which is the order of the scalar loops that updated them query by query.
