@@ -156,13 +156,14 @@ TEST_CASE("dequantize_range equals the same slice of dequantize, for every forma
 // The micro-tile height mr differs by target (12 rows with AVX-512, 4
 // otherwise); blocked_gemm takes it as a parameter so this test runs every
 // height on any machine. Each output is one fp32 sum over r in order
-// whatever the tile, so every height, and A read in place or packed, must
-// give the same bits, tails of fewer rows than a tile included, and meet
+// whatever the tile, so every height, A read by rows, by columns or packed,
+// and B packed or read in place must give the same bits, tails of fewer
+// rows than a tile (and of fewer columns than a panel) included, and meet
 // the fp32 bound.
 TEST_CASE("blocked_gemm: every micro-tile height gives the same bits") {
   using namespace cpu::gemm_detail;
   for (const int64_t M : {1, 5, 12, 13, 25, 37, 100}) {
-    for (const int64_t P : {1, 17, 64, 100}) {
+    for (const int64_t P : {1, 17, 64, 100, 300}) {  // 300: several column tiles, the last partial
       for (const int64_t R : {1, 255, 300}) {
         CAPTURE(M);
         CAPTURE(P);
@@ -174,17 +175,21 @@ TEST_CASE("blocked_gemm: every micro-tile height gives the same bits") {
             for (int64_t j = 0; j < plen; ++j) buf[(j / nr) * rlen * nr + r * nr + (j % nr)] = b[size_t((r0 + r) * P + p0 + j)];
           zero_pad(buf, rlen, plen);
         };
-        // A dense where it lies, or packed block by block (out[r * rows + i]).
+        // A dense where it lies, packed block by block (out[r * rows + i]),
+        // or read by columns from its transpose; B packed or in place.
         auto pack_a = [&](int64_t m0, int64_t rows, float* out) {
           for (int64_t r = 0; r < R; ++r)
             for (int64_t i = 0; i < rows; ++i) out[r * rows + i] = a[size_t((m0 + i) * R + r)];
         };
+        std::vector<float> a_t(size_t(M * R));  // A^T [R][M]
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t r = 0; r < R; ++r) a_t[size_t(r * M + m)] = a[size_t(m * R + r)];
         std::atomic<int64_t> stored{0};  // store runs on several threads
-        auto run_with = [&](auto height, const auto& a_source) {
+        auto run_with = [&](auto height, const auto& a_source, const auto& b_source) {
           std::vector<float> c(size_t(M * P), std::numeric_limits<float>::quiet_NaN());
           stored = 0;
           blocked_gemm<decltype(height)::value>(
-              M, P, R, a_source, pack, [&](int64_t m0, int64_t mlen, int64_t p0, int64_t plen, const float* t, int64_t ldc) {
+              M, P, R, a_source, b_source, [&](int64_t m0, int64_t mlen, int64_t p0, int64_t plen, const float* t, int64_t ldc) {
                 stored += mlen * plen;
                 for (int64_t i = 0; i < mlen; ++i)
                   for (int64_t j = 0; j < plen; ++j) c[size_t((m0 + i) * P + p0 + j)] = t[i * ldc + j];
@@ -192,8 +197,12 @@ TEST_CASE("blocked_gemm: every micro-tile height gives the same bits") {
           CHECK(stored.load() == M * P);  // every output element stored exactly once
           return c;
         };
-        auto run = [&](auto height) { return run_with(height, dense_a{a.data(), R}); };
-        auto run_packed = [&](auto height) { return run_with(height, pack_a); };
+        auto run = [&](auto height) { return run_with(height, dense_a{a.data(), R}, pack); };
+        auto run_packed = [&](auto height) { return run_with(height, pack_a, pack); };
+        auto run_columns = [&](auto height) { return run_with(height, columns_a{a_t.data(), M}, pack); };
+        auto run_b_in_place = [&](auto height, const auto& a_source) {
+          return run_with(height, a_source, dense_b{b.data(), P});
+        };
         const std::vector<float> ref4 = run(std::integral_constant<int, 4>{});
         for (int64_t m = 0; m < M; ++m)
           for (int64_t p = 0; p < P; ++p) {
@@ -212,6 +221,11 @@ TEST_CASE("blocked_gemm: every micro-tile height gives the same bits") {
         CHECK(run_packed(std::integral_constant<int, 4>{}) == ref4);
         CHECK(run_packed(std::integral_constant<int, 5>{}) == ref4);
         CHECK(run_packed(std::integral_constant<int, mr>{}) == ref4);
+        CHECK(run_columns(std::integral_constant<int, 5>{}) == ref4);
+        CHECK(run_columns(std::integral_constant<int, mr>{}) == ref4);
+        CHECK(run_b_in_place(std::integral_constant<int, 5>{}, dense_a{a.data(), R}) == ref4);
+        CHECK(run_b_in_place(std::integral_constant<int, mr>{}, columns_a{a_t.data(), M}) == ref4);
+        CHECK(run_b_in_place(std::integral_constant<int, 3>{}, pack_a) == ref4);
       }
     }
   }

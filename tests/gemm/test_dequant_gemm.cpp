@@ -326,7 +326,11 @@ void check_weight_grad(int64_t M, int64_t N, int64_t K, bool accumulate, uint64_
 }  // namespace
 
 TEST_CASE("gemm_weight_grad matches a float64 reference, with and without accumulate") {
-  const shape gshapes[] = {{1, 33, 100, 0}, {3, 129, 300, 0}, {17, 33, 65, 0}, {255, 70, 129, 0}, {600, 5, 7, 0}};
+  // N and K up to 512 read dY and X in place, wider ones pack them
+  // (gemm_detail::in_place_max_ld): {3, 600, 40} and {20, 7, 700} take the
+  // packed path
+  const shape gshapes[] = {{1, 33, 100, 0}, {3, 129, 300, 0}, {17, 33, 65, 0}, {255, 70, 129, 0},
+                           {600, 5, 7, 0},  {3, 600, 40, 0},  {20, 7, 700, 0}};
   uint64_t seed = 900;
   for (const shape& s : gshapes)
     for (int acc = 0; acc < 2; ++acc) {

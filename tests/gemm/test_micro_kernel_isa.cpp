@@ -75,12 +75,12 @@ void check_bound(const std::vector<float>& got, const reference& ref, int64_t R)
 
 }  // namespace
 
-TEST_CASE("micro-kernel: every tile height, A in place or packed, equals one fma chain per output") {
+TEST_CASE("micro-kernel: every tile height, A and B in place or packed, equals one fma chain per output") {
   using namespace cpu::gemm_detail;
   CAPTURE(nr);
   CAPTURE(mr);
   for (const int64_t M : {1, 3, 12, 13, 29}) {
-    for (const int64_t P : {1, 31, 33, 70}) {
+    for (const int64_t P : {1, 31, 33, 70, 160}) {
       for (const int64_t R : {1, 7, 256, 300}) {
         CAPTURE(M);
         CAPTURE(P);
@@ -98,21 +98,29 @@ TEST_CASE("micro-kernel: every tile height, A in place or packed, equals one fma
           for (int64_t r = 0; r < R; ++r)
             for (int64_t i = 0; i < rows; ++i) out[r * rows + i] = a[size_t((m0 + i) * R + r)];
         };
-        auto run = [&](auto height, const auto& a_source) {
+        std::vector<float> a_t(size_t(M * R));  // A^T, read by columns
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t r = 0; r < R; ++r) a_t[size_t(r * M + m)] = a[size_t(m * R + r)];
+        auto run_with = [&](auto height, const auto& a_source, const auto& b_source) {
           std::vector<float> c(size_t(M * P), std::nanf(""));
           blocked_gemm<decltype(height)::value>(
-              M, P, R, a_source, pack_b, [&](int64_t m0, int64_t mlen, int64_t p0, int64_t plen, const float* t, int64_t ldc) {
+              M, P, R, a_source, b_source, [&](int64_t m0, int64_t mlen, int64_t p0, int64_t plen, const float* t, int64_t ldc) {
                 for (int64_t i = 0; i < mlen; ++i)
                   for (int64_t j = 0; j < plen; ++j) c[size_t((m0 + i) * P + p0 + j)] = t[i * ldc + j];
               });
           return c;
         };
+        auto run = [&](auto height, const auto& a_source) { return run_with(height, a_source, pack_b); };
         const std::vector<float> got = run(std::integral_constant<int, mr>{}, dense_a{a.data(), R});
         CHECK(got == ref.chain);
         check_bound(got, ref, R);
         CHECK(run(std::integral_constant<int, mr>{}, pack_a) == ref.chain);
         CHECK(run(std::integral_constant<int, 1>{}, dense_a{a.data(), R}) == ref.chain);
         CHECK(run(std::integral_constant<int, 5>{}, pack_a) == ref.chain);
+        CHECK(run(std::integral_constant<int, mr>{}, columns_a{a_t.data(), M}) == ref.chain);
+        CHECK(run_with(std::integral_constant<int, mr>{}, dense_a{a.data(), R}, dense_b{b.data(), P}) == ref.chain);
+        CHECK(run_with(std::integral_constant<int, 7>{}, columns_a{a_t.data(), M}, dense_b{b.data(), P}) ==
+              ref.chain);
       }
     }
   }

@@ -38,44 +38,81 @@ namespace cpu {
 
 namespace gemm_detail {
 
-constexpr int64_t pc = 64;   // output columns per task: a W tile of pc x rc floats (64 KiB) stays in L2
+// Output columns per task: a W tile of pc x rc floats (128 KiB) stays in
+// L2, and each micro-tile of A, once in L1, meets pc / nr panels. 128
+// rather than 64 columns: the trainer's 2048-row products up to 1.25x
+// faster on 2 threads (each task reads its rows of A half as often), the
+// input gradient at M = 1 1.2 to 1.3x, the rest level (docs/PERFORMANCE.md,
+// 2026-11-29, "Wider column tiles").
+constexpr int64_t pc = 128;
 constexpr int64_t rc = 256;  // reduction chunk: one packed panel (rc x nr floats) stays in L1
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The A operand of blocked_gemm, in one of two forms:
+// The A operand of blocked_gemm, in one of three forms:
 // - dense_a: a float matrix in memory, row-major with row stride ld; the
 //   micro-kernel reads it where it lies (the forward's X, dY for dX).
+// - columns_a: A given transposed, element (i, r) at data[r * ld + i]; the
+//   micro-kernel reads it where it lies, MR consecutive floats per step
+//   (gemm_weight_grad's A = dY^T is dY itself, read this way: no copy).
 // - a packing callable pack_a(m0, rows, out) that writes rows m0 .. m0+rows-1
 //   of A as one block, out[r * rows + i] = A[m0 + i][r] for r = 0 .. R-1
 //   (blocked_gemm asks for blocks of MR rows and a last, shorter one). The
-//   whole of A is packed once, in parallel, before the products; each step
-//   r of the micro-kernel then reads one contiguous run. gemm_weight_grad
-//   uses it to read dY^T straight out of dY.
+//   whole of A is packed once, in parallel, before the products, and then
+//   read as columns (lda = the block's height).
 struct dense_a {
   const float* data;
   int64_t ld;
 };
+struct columns_a {
+  const float* data;
+  int64_t ld;
+};
 
-// C[M, P] = A[M, R] B[R, P] in fp32, A as above. B is never materialized:
-// pack_b(r0, rlen, p0, plen, buf) writes B[r0:r0+rlen, p0:p0+plen] as
-// ceil(plen/nr) panels of [rlen][nr] floats (panel-major, columns past plen
-// zero). store(m0, mlen, p0, plen, c, ldc) receives finished output rows
-// m0.. (c row stride ldc, plen valid columns), one micro-tile's rows at a
-// time while they are still in L1. Tasks are (column tile, row tile) pairs;
-// row tiles exist only when there are too few column tiles to occupy the
-// threads (small N or N = K tiny), at the price of decoding a W tile once
-// per row tile. MR (default mr, the target's micro-tile height) is a
-// parameter so that tests can run every tile height on any machine: results
-// do not depend on it.
-template <int MR = mr, class ASource, class PackB, class Store>
-void blocked_gemm(int64_t M, int64_t P, int64_t R, const ASource& a_source, PackB&& pack_b, Store&& store) {
+// The B operand of blocked_gemm, in one of two forms:
+// - a packing callable pack_b(r0, rlen, p0, plen, buf) that writes
+//   B[r0:r0+rlen, p0:p0+plen] as ceil(plen/nr) panels of [rlen][nr] floats
+//   (panel-major, columns past plen zero); each task packs its own tiles,
+//   so B is never materialized (W, decoded tile by tile).
+// - dense_b: a float matrix in memory, row-major with row stride ld, whose
+//   whole panels of nr columns the micro-kernel reads where they lie; only
+//   a last, partial panel is copied (zero-padded). gemm_weight_grad's B = X
+//   was packed by every task before: up to 4 copies of X per call, 8 % of
+//   a training step of the tiny LLaMA on the Intel Xeon VM.
+struct dense_b {
+  const float* data;
+  int64_t ld;
+};
+
+// Operands read in place (columns_a, dense_b) step from row to row of their
+// matrix, ld floats apart; up to this stride that is cheaper than copying.
+// Beyond it the rows of a panel fall into few cache sets (a stride of 4096
+// floats maps them all to the same L1 sets), and the 2048 x 4096 x 4096
+// weight gradient took 1.8x as long read in place as packed (Intel Xeon VM,
+// docs/PERFORMANCE.md, 2026-11-29).
+constexpr int64_t in_place_max_ld = 512;
+
+// C[M, P] = A[M, R] B[R, P] in fp32, A and B as above. store(m0, mlen, p0,
+// plen, c, ldc) receives finished output rows m0.. (c row stride ldc, plen
+// valid columns), one micro-tile's rows at a time while they are still in
+// L1. Tasks are (column tile, row tile) pairs; row tiles exist only when
+// there are too few column tiles to occupy the threads (small N or N = K
+// tiny), at the price of packing a B tile once per row tile. MR (default
+// mr, the target's micro-tile height) is a parameter so that tests can run
+// every tile height on any machine: results do not depend on it.
+template <int MR = mr, class ASource, class BSource, class Store>
+void blocked_gemm(int64_t M, int64_t P, int64_t R, const ASource& a_source, const BSource& b_source, Store&& store) {
   if (M <= 0 || P <= 0) return;
-  constexpr bool packed = !std::is_same<ASource, dense_a>::value;
+  constexpr bool a_rows = std::is_same<ASource, dense_a>::value;
+  constexpr bool a_in_place = a_rows || std::is_same<ASource, columns_a>::value;
+  constexpr bool b_in_place = std::is_same<BSource, dense_b>::value;
   const float* a_data = nullptr;
   int64_t lda = 0;
   std::unique_ptr<float[]> a_packed;  // uninitialized: pack_a writes all of it
-  if constexpr (packed) {
+  if constexpr (a_in_place) {
+    a_data = a_source.data;
+    lda = a_source.ld;
+  } else {
     // Block b (rows b*MR ..) starts at float b*MR*R: every block before it
     // is full. Packing is a copy: threads pay off from 2^18 floats each.
     a_packed.reset(new float[size_t(M * R)]);
@@ -88,9 +125,6 @@ void blocked_gemm(int64_t M, int64_t P, int64_t R, const ASource& a_source, Pack
                    }
                  });
     a_data = a_packed.get();
-  } else {
-    a_data = a_source.data;
-    lda = a_source.ld;
   }
   const int64_t p_tiles = ceil_div(P, pc);
   const int64_t threads = thread_count();
@@ -103,7 +137,9 @@ void blocked_gemm(int64_t M, int64_t P, int64_t R, const ASource& a_source, Pack
   // worker's wake-up more); tiny products run inline.
   const int64_t grain = (M * P * std::max<int64_t>(R, 1) < (int64_t(1) << 18)) ? tasks : 1;
   parallel_for(tasks, grain, [&](int64_t t0, int64_t t1) {
-    const std::unique_ptr<float[]> bbuf(new float[size_t(pc * rc)]);  // pack_b writes what is read
+    // what the kernels read of B when it is not read in place: a whole
+    // packed tile, or (dense_b) the last, partial panel
+    const std::unique_ptr<float[]> bbuf(new float[size_t(b_in_place ? nr * rc : pc * rc)]);
     std::vector<float> cbuf;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t p0 = (t / m_tiles) * pc, plen = std::min(pc, P - p0);
@@ -120,14 +156,48 @@ void blocked_gemm(int64_t M, int64_t P, int64_t R, const ASource& a_source, Pack
       for (int64_t r0 = 0; r0 < R; r0 += rc) {
         const int64_t rlen = std::min(rc, R - r0);
         const bool last_chunk = r0 + rlen == R;
-        pack_b(r0, rlen, p0, plen, bbuf.get());
+        // panel jp of this tile: its first row and its row stride
+        const float* b_first = nullptr;
+        int64_t b_panel_step = 0, ldb = nr;
+        const float* b_tail = nullptr;  // a partial last panel, packed
+        if constexpr (b_in_place) {
+          b_first = b_source.data + r0 * b_source.ld + p0;
+          b_panel_step = nr;
+          ldb = b_source.ld;
+          const int64_t width = plen - (panels - 1) * nr;
+          if (width < nr) {
+            float* tail = bbuf.get();
+            const float* src = b_first + (panels - 1) * nr;
+            for (int64_t r = 0; r < rlen; ++r) {
+              for (int64_t j = 0; j < width; ++j) tail[r * nr + j] = src[r * ldb + j];
+              for (int64_t j = width; j < nr; ++j) tail[r * nr + j] = 0.0f;
+            }
+            b_tail = tail;
+          }
+        } else {
+          b_source(r0, rlen, p0, plen, bbuf.get());
+          b_first = bbuf.get();
+          b_panel_step = rlen * nr;
+        }
         // The MR x rlen slice of A stays in L1 while it meets every panel.
         for (int64_t m = 0; m < mlen; m += MR) {
           const int rows = int(std::min<int64_t>(MR, mlen - m));
-          const float* a = packed ? a_data + (m0 + m) * R + r0 * rows : a_data + (m0 + m) * lda + r0;
+          const float* a = nullptr;
+          int64_t a_step = lda;
+          if constexpr (a_rows) {
+            a = a_data + (m0 + m) * lda + r0;
+          } else if constexpr (a_in_place) {
+            a = a_data + r0 * lda + (m0 + m);
+          } else {
+            a = a_data + (m0 + m) * R + r0 * rows;
+            a_step = rows;
+          }
           float* c = cbuf.data() + m * ldc;
-          for (int64_t jp = 0; jp < panels; ++jp)
-            micro_dispatch<MR, packed>(rows, a, lda, bbuf.get() + jp * rlen * nr, rlen, c + jp * nr, ldc, r0 > 0);
+          for (int64_t jp = 0; jp < panels; ++jp) {
+            const bool tail = b_tail && jp == panels - 1;
+            micro_dispatch<MR, !a_rows>(rows, a, a_step, tail ? b_tail : b_first + jp * b_panel_step, tail ? nr : ldb,
+                                        rlen, c + jp * nr, ldc, r0 > 0);
+          }
           if (last_chunk) store(m0 + m, rows, p0, plen, static_cast<const float*>(c), ldc);
         }
       }
@@ -354,32 +424,31 @@ inline void gemm_weight_grad(const tensor_view& dy, const tensor_view& x, const 
   const gemm_checks::weight_grad_dims d = gemm_checks::check_weight_grad(dy, x, dw, fn, gemm_checks::side::host);
   const int64_t M = d.M, N = d.N, K = d.K;
   if (N == 0 || K == 0) return;
-  // A = dY^T, packed by blocked_gemm a block of rows of dW (columns of dY)
-  // at a time: a block's step m is `rows` consecutive elements of row m of
-  // dY, so the packing is a strided copy in dY's order (converted to float
-  // on the way). An explicit transpose of dY into a [N][M] matrix cost a
-  // fifth of a 2048 x 352 x 128 weight gradient on the Intel Xeon VM.
-  std::vector<float> x_storage;
+  // Narrow operands (N and K up to in_place_max_ld) are read where they lie:
+  // A = dY^T is dY read by columns (columns_a), B = X panel by panel
+  // (dense_b); packing them (dY^T once per call, X once per task: up to 4
+  // times) was 8 % of a tiny LLaMA training step on the Intel Xeon VM.
+  // Wider ones are packed: A whole, once, a block of rows of dW (columns of
+  // dY) at a time, a strided copy in dY's order; B (X) tile by tile.
+  std::vector<float> dy_storage, x_storage;
+  const float* dyf = as_float(dy, dy_storage);
   const float* xf = as_float(x, x_storage);
+  const bool in_place = N <= in_place_max_ld && K <= in_place_max_ld;
   auto pack_a = [&](int64_t n0, int64_t rows, float* out) {
-    dispatch_float_dtype(dy.type, "gemm_weight_grad: dy", [&](auto t) {
-      using T = decltype(t);
-      const T* in = static_cast<const T*>(dy.data) + n0;
-      // a full block's width as a constant, so that each step is one
-      // vector copy (the scalar loop was 1/4 of the packing's cost)
-      if (rows == mr) {
-        for (int64_t m = 0; m < M; ++m)
-          for (int i = 0; i < mr; ++i) out[m * mr + i] = to_float(in[m * N + i]);
-      } else {
-        for (int64_t m = 0; m < M; ++m)
-          for (int64_t i = 0; i < rows; ++i) out[m * rows + i] = to_float(in[m * N + i]);
-      }
-    });
+    const float* in = dyf + n0;
+    // a full block's width as a constant, so that each step is one vector
+    // copy (the scalar loop was 1/4 of the packing's cost)
+    if (rows == mr) {
+      for (int64_t m = 0; m < M; ++m)
+        for (int i = 0; i < mr; ++i) out[m * mr + i] = in[m * N + i];
+    } else {
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t i = 0; i < rows; ++i) out[m * rows + i] = in[m * N + i];
+    }
   };
-  // Whole panels of nr consecutive floats of a row of X at a time (a plain
-  // copy the compiler vectorizes; with few rows of dW this packing is a
-  // large part of the call), then the last, partial panel.
-  auto pack = [&](int64_t r0, int64_t rlen, int64_t p0, int64_t plen, float* buf) {
+  // whole panels of nr consecutive floats of a row of X at a time (a plain
+  // copy the compiler vectorizes), then the last, partial panel
+  auto pack_b = [&](int64_t r0, int64_t rlen, int64_t p0, int64_t plen, float* buf) {
     const int64_t full = plen / nr;
     for (int64_t r = 0; r < rlen; ++r) {
       const float* src = xf + (r0 + r) * K + p0;
@@ -406,7 +475,8 @@ inline void gemm_weight_grad(const tensor_view& dy, const tensor_view& x, const 
         }
       }
     };
-    blocked_gemm(N, K, M, pack_a, pack, store);
+    if (in_place) blocked_gemm(N, K, M, columns_a{dyf, N}, dense_b{xf, K}, store);
+    else blocked_gemm(N, K, M, pack_a, pack_b, store);
   };
   if (dw.type == dtype::f32) run(float{});
   else run(bf16{});

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "../core/dtype.hpp"
@@ -93,7 +94,12 @@ inline void gemm_backward_input(const tensor_view& dy, const tensor_view& w, con
     };
     dispatch_float_dtype(dx.type, "gemm_backward_input: dx", [&](auto xt) {
       using TX = decltype(xt);
-      blocked_gemm(M, k, n, dense_a{dyf, n}, pack, matrix_store(static_cast<TX*>(dx.data), k));
+      // a narrow float32 W is B itself, read where it lies (no tile copies)
+      const auto store = matrix_store(static_cast<TX*>(dx.data), k);
+      if constexpr (std::is_same<TW, float>::value) {
+        if (k <= in_place_max_ld) return blocked_gemm(M, k, n, dense_a{dyf, n}, dense_b{wp, k}, store);
+      }
+      blocked_gemm(M, k, n, dense_a{dyf, n}, pack, store);
     });
   });
 }

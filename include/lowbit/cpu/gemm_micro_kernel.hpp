@@ -2,9 +2,11 @@
 // The innermost loop of every CPU matrix product (cpu/dequant_gemm.hpp's
 // blocked_gemm): a micro-tile of MR output rows times nr columns held in
 // registers while the reduction runs, c += a[MR][0:rlen] * b[rlen][nr].
-// b is one packed panel (rlen rows of nr consecutive floats); a is read
-// either from a dense row-major matrix (element (i, r) at a[i * lda + r]) or
-// from a packed block (at a[r * MR + i], one contiguous run per step r).
+// b is a panel of rlen rows of nr consecutive floats, row r at b + r * ldb
+// (ldb = nr when packed, or a dense matrix's row stride when read in
+// place); a is read either by rows (element (i, r) at a[i * lda + r], a
+// row-major matrix) or by columns (at a[r * lda + i]: a packed block with
+// lda = its height, or a transposed matrix read in place).
 // There are two implementations with the same arithmetic: explicit AVX-512
 // code where the target has it (two zmm registers per row), and portable
 // C++ that the compiler vectorizes (SSE / AVX). Each output element is one
@@ -101,30 +103,32 @@ inline float product_add(float a, float b, float c) { return std::fma(a, b, c); 
 inline float product_add(float a, float b, float c) { return a * b + c; }
 #endif
 
-// Where element (i, r) of the A operand lies: a dense row-major matrix with
-// row stride lda, or a packed block of MR rows (r-major, lda unused).
-template <int MR, bool PackedA>
+// Where element (i, r) of the A operand lies: by rows, a row-major matrix
+// with row stride lda; by columns (ColumnsA), column r of the MR rows is MR
+// consecutive floats at a + r * lda.
+template <int MR, bool ColumnsA>
 inline const float& a_at(const float* a, int64_t lda, int i, int64_t r) {
-  return PackedA ? a[r * MR + i] : a[i * lda + r];
+  return ColumnsA ? a[r * lda + i] : a[i * lda + r];
 }
 
 // Portable form: c[MR][nr] (row stride ldc) = (load ? c : 0) + A[MR][0:rlen]
 // * b[rlen][nr]. Constant trip counts on the i/j loops let g++ unroll them
 // and keep acc in registers; the j loop is the vectorized one.
-template <int MR, bool PackedA>
+template <int MR, bool ColumnsA>
 LOWBIT_GEMM_BODY_ATTR inline void portable_kernel_body(const float* LOWBIT_RESTRICT a, int64_t lda,
-                                                       const float* LOWBIT_RESTRICT b, int64_t rlen,
-                                                       float* LOWBIT_RESTRICT c, int64_t ldc, bool load) {
+                                                       const float* LOWBIT_RESTRICT b, int64_t ldb,
+                                                       int64_t rlen, float* LOWBIT_RESTRICT c, int64_t ldc,
+                                                       bool load) {
   float acc[MR][nr];
 LOWBIT_UNROLL(16)
   for (int i = 0; i < MR; ++i)
 LOWBIT_UNROLL(16)
     for (int j = 0; j < nr; ++j) acc[i][j] = load ? c[i * ldc + j] : 0.0f;
   for (int64_t r = 0; r < rlen; ++r) {
-    const float* LOWBIT_RESTRICT br = b + r * nr;
+    const float* LOWBIT_RESTRICT br = b + r * ldb;
 LOWBIT_UNROLL(16)
     for (int i = 0; i < MR; ++i) {
-      const float av = a_at<MR, PackedA>(a, lda, i, r);
+      const float av = a_at<MR, ColumnsA>(a, lda, i, r);
 LOWBIT_UNROLL(16)
       for (int j = 0; j < nr; ++j) acc[i][j] = product_add(av, br[j], acc[i][j]);
     }
@@ -135,19 +139,19 @@ LOWBIT_UNROLL(16)
     for (int j = 0; j < nr; ++j) c[i * ldc + j] = acc[i][j];
 }
 
-template <int MR, bool PackedA>
-LOWBIT_GEMM_KERNEL_ATTR void portable_kernel(const float* a, int64_t lda, const float* b, int64_t rlen, float* c,
-                                             int64_t ldc, bool load) {
-  portable_kernel_body<MR, PackedA>(a, lda, b, rlen, c, ldc, load);
+template <int MR, bool ColumnsA>
+LOWBIT_GEMM_KERNEL_ATTR void portable_kernel(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t rlen,
+                                             float* c, int64_t ldc, bool load) {
+  portable_kernel_body<MR, ColumnsA>(a, lda, b, ldb, rlen, c, ldc, load);
 }
 
 #if defined(__AVX512F__)
 // AVX-512 form of the same sums: row i's 32 accumulators are lo[i] (columns
 // 0-15) and hi[i] (16-31); _mm512_fmadd_ps rounds once, as std::fma does,
 // so it gives the portable form's bits in an FMA build.
-template <int MR, bool PackedA>
-LOWBIT_GEMM_NOINLINE void avx512_kernel(const float* LOWBIT_RESTRICT a, int64_t lda, const float* LOWBIT_RESTRICT b, int64_t rlen,
-                   float* LOWBIT_RESTRICT c, int64_t ldc, bool load) {
+template <int MR, bool ColumnsA>
+LOWBIT_GEMM_NOINLINE void avx512_kernel(const float* LOWBIT_RESTRICT a, int64_t lda, const float* LOWBIT_RESTRICT b,
+                                        int64_t ldb, int64_t rlen, float* LOWBIT_RESTRICT c, int64_t ldc, bool load) {
   static_assert(nr == 32, "two zmm registers per row");
   __m512 lo[MR], hi[MR];
 LOWBIT_UNROLL(16)
@@ -156,10 +160,10 @@ LOWBIT_UNROLL(16)
     hi[i] = load ? _mm512_loadu_ps(c + i * ldc + 16) : _mm512_setzero_ps();
   }
   for (int64_t r = 0; r < rlen; ++r) {
-    const __m512 b0 = _mm512_loadu_ps(b + r * nr), b1 = _mm512_loadu_ps(b + r * nr + 16);
+    const __m512 b0 = _mm512_loadu_ps(b + r * ldb), b1 = _mm512_loadu_ps(b + r * ldb + 16);
 LOWBIT_UNROLL(16)
     for (int i = 0; i < MR; ++i) {
-      const __m512 av = _mm512_set1_ps(a_at<MR, PackedA>(a, lda, i, r));
+      const __m512 av = _mm512_set1_ps(a_at<MR, ColumnsA>(a, lda, i, r));
       lo[i] = _mm512_fmadd_ps(av, b0, lo[i]);
       hi[i] = _mm512_fmadd_ps(av, b1, hi[i]);
     }
@@ -172,24 +176,25 @@ LOWBIT_UNROLL(16)
 }
 #endif
 
-template <int MR, bool PackedA>
-inline void micro_kernel(const float* a, int64_t lda, const float* b, int64_t rlen, float* c, int64_t ldc, bool load) {
+template <int MR, bool ColumnsA>
+inline void micro_kernel(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t rlen, float* c, int64_t ldc,
+                         bool load) {
 #if defined(__AVX512F__)
-  avx512_kernel<MR, PackedA>(a, lda, b, rlen, c, ldc, load);
+  avx512_kernel<MR, ColumnsA>(a, lda, b, ldb, rlen, c, ldc, load);
 #else
-  portable_kernel<MR, PackedA>(a, lda, b, rlen, c, ldc, load);
+  portable_kernel<MR, ColumnsA>(a, lda, b, ldb, rlen, c, ldc, load);
 #endif
 }
 
 // A full micro-tile of MR rows, or one of the 1 .. MR-1 rows left at the
-// end of a row tile (a packed block of `rows` rows has step `rows`).
-template <int MR, bool PackedA>
-inline void micro_dispatch(int rows, const float* a, int64_t lda, const float* b, int64_t rlen, float* c, int64_t ldc,
-                           bool load) {
+// end of a row tile.
+template <int MR, bool ColumnsA>
+inline void micro_dispatch(int rows, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t rlen, float* c,
+                           int64_t ldc, bool load) {
   if constexpr (MR > 1) {
-    if (rows < MR) return micro_dispatch<MR - 1, PackedA>(rows, a, lda, b, rlen, c, ldc, load);
+    if (rows < MR) return micro_dispatch<MR - 1, ColumnsA>(rows, a, lda, b, ldb, rlen, c, ldc, load);
   }
-  micro_kernel<MR, PackedA>(a, lda, b, rlen, c, ldc, load);
+  micro_kernel<MR, ColumnsA>(a, lda, b, ldb, rlen, c, ldc, load);
 }
 
 }  // namespace gemm_detail
