@@ -10,6 +10,7 @@
 // sequence m / seq.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -25,18 +26,33 @@ using lowbit::cpu::parallel_for;
 // Rows per task: enough work to amortize a thread start.
 inline int64_t row_grain(int64_t row_len) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(1, row_len)); }
 
+// The rows' sums below (sum of squares, the backward's dot product) run
+// over j in order, one chain of dependent adds per row: rows_at_once rows
+// are summed side by side, each in its own accumulator, so the chains
+// overlap (the same adds in the same order per row: the same bits).
+constexpr int64_t rows_at_once = 4;
+
 // y = x / rms(x) * w per row; rstd[m] = 1 / sqrt(mean(x^2) + eps).
 template <class T>
 void rmsnorm_forward(const T* x, const T* w, T* y, T* rstd, int64_t M, int64_t D, float eps) {
   parallel_for(M, row_grain(D), [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) {
-      const T* xr = x + m * D;
-      T ss = 0;
-      for (int64_t j = 0; j < D; ++j) ss += xr[j] * xr[j];
-      const T r = T(1) / std::sqrt(ss / T(D) + T(eps));
-      rstd[m] = r;
-      T* yr = y + m * D;
-      for (int64_t j = 0; j < D; ++j) yr[j] = (xr[j] * r) * w[j];
+    for (int64_t m = m0; m < m1; m += rows_at_once) {
+      const int64_t rows = std::min(rows_at_once, m1 - m);
+      T ss[rows_at_once] = {};
+      if (rows == rows_at_once) {
+        for (int64_t j = 0; j < D; ++j)
+          for (int64_t q = 0; q < rows_at_once; ++q) ss[q] += x[(m + q) * D + j] * x[(m + q) * D + j];
+      } else {
+        for (int64_t q = 0; q < rows; ++q)
+          for (int64_t j = 0; j < D; ++j) ss[q] += x[(m + q) * D + j] * x[(m + q) * D + j];
+      }
+      for (int64_t q = 0; q < rows; ++q) {
+        const T* xr = x + (m + q) * D;
+        const T r = T(1) / std::sqrt(ss[q] / T(D) + T(eps));
+        rstd[m + q] = r;
+        T* yr = y + (m + q) * D;
+        for (int64_t j = 0; j < D; ++j) yr[j] = (xr[j] * r) * w[j];
+      }
     }
   });
 }
@@ -47,23 +63,50 @@ template <class T>
 void rmsnorm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx, T* dw, int64_t M, int64_t D,
                       bool accumulate = false) {
   parallel_for(M, row_grain(D), [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) {
-      const T* xr = x + m * D;
-      const T* dyr = dy + m * D;
-      const T r = rstd[m];
-      T dot = 0;  // sum_j (dy_j w_j) (x_j r)
-      for (int64_t j = 0; j < D; ++j) dot += (dyr[j] * w[j]) * (xr[j] * r);
-      const T c = dot / T(D);
-      T* dxr = dx + m * D;
-      for (int64_t j = 0; j < D; ++j) dxr[j] += r * (dyr[j] * w[j] - (xr[j] * r) * c);
+    for (int64_t m = m0; m < m1; m += rows_at_once) {
+      const int64_t rows = std::min(rows_at_once, m1 - m);
+      T dot[rows_at_once] = {};  // sum_j (dy_j w_j) (x_j r), per row
+      auto term = [&](int64_t q, int64_t j) {
+        return (dy[(m + q) * D + j] * w[j]) * (x[(m + q) * D + j] * rstd[m + q]);
+      };
+      if (rows == rows_at_once) {
+        for (int64_t j = 0; j < D; ++j)
+          for (int64_t q = 0; q < rows_at_once; ++q) dot[q] += term(q, j);
+      } else {
+        for (int64_t q = 0; q < rows; ++q)
+          for (int64_t j = 0; j < D; ++j) dot[q] += term(q, j);
+      }
+      for (int64_t q = 0; q < rows; ++q) {
+        const T* xr = x + (m + q) * D;
+        const T* dyr = dy + (m + q) * D;
+        const T r = rstd[m + q];
+        const T c = dot[q] / T(D);
+        T* dxr = dx + (m + q) * D;
+        for (int64_t j = 0; j < D; ++j) dxr[j] += r * (dyr[j] * w[j] - (xr[j] * r) * c);
+      }
     }
   });
-  // Columns in parallel, rows summed in order: deterministic.
-  parallel_for(D, std::max<int64_t>(1, 8192 / std::max<int64_t>(1, M)), [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      T s = 0;
-      for (int64_t m = 0; m < M; ++m) s += dy[m * D + j] * (x[m * D + j] * rstd[m]);
-      dw[j] = accumulate ? dw[j] + s : s;
+  // Columns in parallel, each summed over the rows in order (deterministic),
+  // a block of columns at a time in separate accumulators so that a row's
+  // run of the block is read once (one column at a time read each row's
+  // cache line once per column).
+  constexpr int64_t block = 32;
+  const int64_t blocks = (D + block - 1) / block;
+  parallel_for(blocks, std::max<int64_t>(1, 256 / std::max<int64_t>(1, M)), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t j0 = b * block, width = std::min(block, D - j0);
+      T s[block] = {};
+      for (int64_t m = 0; m < M; ++m) {
+        const T* dyr = dy + m * D + j0;
+        const T* xr = x + m * D + j0;
+        const T r = rstd[m];
+        if (width == block) {
+          for (int64_t j = 0; j < block; ++j) s[j] += dyr[j] * (xr[j] * r);
+        } else {
+          for (int64_t j = 0; j < width; ++j) s[j] += dyr[j] * (xr[j] * r);
+        }
+      }
+      for (int64_t j = 0; j < width; ++j) dw[j0 + j] = accumulate ? dw[j0 + j] + s[j] : s[j];
     }
   });
 }
