@@ -74,7 +74,7 @@ bool spin_until(Ready&& ready, std::chrono::microseconds spin) {
 
 // True while this thread runs a piece of a parallel_for: a nested call then
 // runs inline rather than oversubscribing the cores.
-inline bool& inside_chunk() {
+inline bool& inside_piece() {
   static thread_local bool inside = false;
   return inside;
 }
@@ -138,7 +138,7 @@ class thread_pool {
   };
 
   void work(int w) {
-    inside_chunk() = true;
+    inside_piece() = true;
     mailbox& box = boxes_[size_t(w)];
     uint64_t seen = 0;
     for (;;) {
@@ -209,7 +209,7 @@ void parallel_for(int64_t n, int64_t grain, Body&& body) {
   if (n <= 0) return;
   const int64_t max_pieces = std::max<int64_t>(1, n / std::max<int64_t>(1, grain));
   const int threads = int(std::min<int64_t>(thread_count(), max_pieces));
-  bool& inside = parallel_detail::inside_chunk();
+  bool& inside = parallel_detail::inside_piece();
   if (threads <= 1 || inside) {
     body(int64_t(0), n);
     return;
@@ -243,7 +243,7 @@ void parallel_for(int64_t n, int64_t grain, Body&& body) {
     own.reserve(size_t(threads - 1));
     for (int t = 1; t < threads; ++t)
       own.emplace_back([&] {
-        parallel_detail::inside_chunk() = true;
+        parallel_detail::inside_piece() = true;
         run_pieces();
       });
     run_pieces();
