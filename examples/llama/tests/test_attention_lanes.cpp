@@ -19,8 +19,11 @@
 #include <vector>
 
 #include "../ops.hpp"
+#include "bitwise.hpp"
 
 using namespace llama;
+using bitwise::normal;
+using bitwise::same_bits;
 
 namespace {
 
@@ -102,20 +105,6 @@ void scalar_backward(const T* dout, const T* q, const T* k, const T* v, const T*
       }
     }
   }
-}
-
-template <class T>
-std::vector<T> normal(size_t n, uint64_t seed) {
-  std::mt19937_64 g(seed);
-  std::normal_distribution<double> d(0.0, 1.0);
-  std::vector<T> v(n);
-  for (auto& x : v) x = T(d(g));
-  return v;
-}
-
-template <class T>
-bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
 }
 
 template <class T>

@@ -15,8 +15,11 @@
 #include <vector>
 
 #include "../ops.hpp"
+#include "bitwise.hpp"
 
 using namespace llama;
+using bitwise::normal;
+using bitwise::same_bits;
 
 namespace {
 
@@ -49,20 +52,6 @@ void scalar_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx, 
     for (int64_t m = 0; m < M; ++m) s += dy[m * D + j] * (x[m * D + j] * rstd[m]);
     dw[j] = accumulate ? dw[j] + s : s;
   }
-}
-
-template <class T>
-std::vector<T> normal(size_t n, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<double> dist(0.0, 1.0);
-  std::vector<T> v(n);
-  for (T& e : v) e = T(dist(gen));
-  return v;
-}
-
-template <class T>
-bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
 }
 
 template <class T>
