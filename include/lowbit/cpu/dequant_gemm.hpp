@@ -42,8 +42,10 @@ namespace gemm_detail {
 // L2, and each micro-tile of A, once in L1, meets pc / nr panels. 128
 // rather than 64 columns: the trainer's 2048-row products up to 1.25x
 // faster on 2 threads (each task reads its rows of A half as often), the
-// input gradient at M = 1 1.2 to 1.3x, the rest level (docs/PERFORMANCE.md,
-// 2026-11-29, "Wider column tiles").
+// input gradient at M = 1 1.2 to 1.3x, the rest level; but called from
+// PyTorch between torch operations, lowbit's int8 layers trained about 3 %
+// slower (cause open; docs/PERFORMANCE.md, 2026-11-29, "wider column
+// tiles").
 constexpr int64_t pc = 128;
 constexpr int64_t rc = 256;  // reduction chunk: one packed panel (rc x nr floats) stays in L1
 
