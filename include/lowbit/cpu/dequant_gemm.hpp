@@ -430,23 +430,27 @@ inline void gemm_weight_grad(const tensor_view& dy, const tensor_view& x, const 
   // A = dY^T is dY read by columns (columns_a), B = X panel by panel
   // (dense_b); packing them (dY^T once per call, X once per task: up to 4
   // times) was 8 % of a tiny LLaMA training step on the Intel Xeon VM.
-  // Wider ones are packed: A whole, once, a block of rows of dW (columns of
-  // dY) at a time, a strided copy in dY's order; B (X) tile by tile.
-  std::vector<float> dy_storage, x_storage;
-  const float* dyf = as_float(dy, dy_storage);
-  const float* xf = as_float(x, x_storage);
+  // Wider ones are packed: A a block of rows of dW (columns of dY) at a
+  // time, a strided copy in dY's order converted to float on the way (so a
+  // bfloat16 / float16 dY never gets a full float copy); B (X) tile by tile.
   const bool in_place = N <= in_place_max_ld && K <= in_place_max_ld;
+  std::vector<float> dy_storage, x_storage;
+  const float* dyf = in_place ? as_float(dy, dy_storage) : nullptr;
+  const float* xf = as_float(x, x_storage);
   auto pack_a = [&](int64_t n0, int64_t rows, float* out) {
-    const float* in = dyf + n0;
-    // a full block's width as a constant, so that each step is one vector
-    // copy (the scalar loop was 1/4 of the packing's cost)
-    if (rows == mr) {
-      for (int64_t m = 0; m < M; ++m)
-        for (int i = 0; i < mr; ++i) out[m * mr + i] = in[m * N + i];
-    } else {
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t i = 0; i < rows; ++i) out[m * rows + i] = in[m * N + i];
-    }
+    dispatch_float_dtype(dy.type, "gemm_weight_grad: dy", [&](auto t) {
+      using T = decltype(t);
+      const T* in = static_cast<const T*>(dy.data) + n0;
+      // a full block's width as a constant, so that each step is one
+      // vector copy (the scalar loop was 1/4 of the packing's cost)
+      if (rows == mr) {
+        for (int64_t m = 0; m < M; ++m)
+          for (int i = 0; i < mr; ++i) out[m * mr + i] = to_float(in[m * N + i]);
+      } else {
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t i = 0; i < rows; ++i) out[m * rows + i] = to_float(in[m * N + i]);
+      }
+    });
   };
   // whole panels of nr consecutive floats of a row of X at a time (a plain
   // copy the compiler vectorizes), then the last, partial panel
