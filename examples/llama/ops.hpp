@@ -191,8 +191,13 @@ void dot_keys(const T* x, const T* t, int64_t ld, int64_t hd, int64_t n, T* out)
       const T* row = t + d * ld + j0;
       for (int64_t l = 0; l < key_lanes; ++l) acc[l] += xd * row[l];
     }
-    const int64_t len = n - j0 < key_lanes ? n - j0 : key_lanes;
-    for (int64_t l = 0; l < len; ++l) out[j0 + l] = acc[l];
+    // a whole group through a loop of constant length: with the run-time
+    // length g++ called memcpy for every 16 keys (1 to 2 % of a step)
+    if (n - j0 >= key_lanes) {
+      for (int64_t l = 0; l < key_lanes; ++l) out[j0 + l] = acc[l];
+    } else {
+      for (int64_t l = 0; l < n - j0; ++l) out[j0 + l] = acc[l];
+    }
   }
 }
 
