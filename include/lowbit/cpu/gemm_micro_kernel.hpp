@@ -1,5 +1,5 @@
 // lowbit/cpu/gemm_micro_kernel.hpp
-// The innermost loop of every CPU matrix product (cpu/dequant_gemm.hpp's
+// The innermost loop of every CPU matrix product (cpu/blocked_gemm.hpp's
 // blocked_gemm): a micro-tile of MR output rows times nr columns held in
 // registers while the reduction runs, c += a[MR][0:rlen] * b[rlen][nr].
 // b is a panel of rlen rows of nr consecutive floats, row r at b + r * ldb
