@@ -181,24 +181,39 @@ void transpose_head(const T* x, int64_t row_stride, int64_t n, int64_t hd, T* t)
   }
 }
 
+// out[j] = sum over d = 0 .. hd-1 of x[d] * t[d * ld + j] for the G groups
+// of key_lanes keys from j0 (only j < n stored). Each lane's sum is one
+// chain of dependent adds; G groups side by side keep G chains in flight
+// (one group at a time left the core waiting on each add's latency).
+template <int G, class T>
+void dot_key_groups(const T* x, const T* t, int64_t ld, int64_t hd, int64_t j0, int64_t n, T* out) {
+  T acc[G][key_lanes] = {};
+  for (int64_t d = 0; d < hd; ++d) {
+    const T xd = x[d];
+    const T* row = t + d * ld + j0;
+    for (int g = 0; g < G; ++g)
+      for (int64_t l = 0; l < key_lanes; ++l) acc[g][l] += xd * row[g * key_lanes + l];
+  }
+  for (int g = 0; g < G; ++g) {
+    const int64_t base = j0 + g * key_lanes;
+    // a whole group through a loop of constant length: with the run-time
+    // length g++ called memcpy for every 16 keys (1 to 2 % of a step)
+    if (n - base >= key_lanes) {
+      for (int64_t l = 0; l < key_lanes; ++l) out[base + l] = acc[g][l];
+    } else {
+      for (int64_t l = 0; l < n - base; ++l) out[base + l] = acc[g][l];
+    }
+  }
+}
+
 // out[j] = sum over d = 0 .. hd-1 of x[d] * t[d * ld + j], for j < n (n <= ld).
 template <class T>
 void dot_keys(const T* x, const T* t, int64_t ld, int64_t hd, int64_t n, T* out) {
-  for (int64_t j0 = 0; j0 < n; j0 += key_lanes) {
-    T acc[key_lanes] = {};
-    for (int64_t d = 0; d < hd; ++d) {
-      const T xd = x[d];
-      const T* row = t + d * ld + j0;
-      for (int64_t l = 0; l < key_lanes; ++l) acc[l] += xd * row[l];
-    }
-    // a whole group through a loop of constant length: with the run-time
-    // length g++ called memcpy for every 16 keys (1 to 2 % of a step)
-    if (n - j0 >= key_lanes) {
-      for (int64_t l = 0; l < key_lanes; ++l) out[j0 + l] = acc[l];
-    } else {
-      for (int64_t l = 0; l < n - j0; ++l) out[j0 + l] = acc[l];
-    }
-  }
+  const int64_t groups = (n + key_lanes - 1) / key_lanes;
+  int64_t g = 0;
+  for (; g + 4 <= groups; g += 4) dot_key_groups<4>(x, t, ld, hd, g * key_lanes, n, out);
+  for (; g + 2 <= groups; g += 2) dot_key_groups<2>(x, t, ld, hd, g * key_lanes, n, out);
+  if (g < groups) dot_key_groups<1>(x, t, ld, hd, g * key_lanes, n, out);
 }
 
 // Weighted sums of rows, two at a time: for s = 1, 2 and d < hd,

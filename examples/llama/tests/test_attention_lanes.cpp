@@ -7,7 +7,8 @@
 // The scalar form is written out below as the reference: each dot product
 // summed over d in order, dk and dv updated query by query, the softmax and
 // the rest in the order ops.hpp uses. Shapes: seq lengths below, at and
-// past the 16 lanes, odd and even (rows go in pairs), head dimensions below,
+// past the 16 lanes and past 4 groups of them (dot_keys takes 4, 2, then 1
+// group at a time), odd and even (rows go in pairs), head dimensions below,
 // at, between and past multiples of the 32-column pass, grouped-query
 // heads, float and double.
 #include <doctest/doctest.h>
@@ -130,7 +131,7 @@ void check_shape(const ops::attention_shape& a) {
 }  // namespace
 
 TEST_CASE("attention with keys as vector lanes and paired weighted sums equals the scalar loops, bit for bit") {
-  for (const int64_t seq : {1, 2, 5, 15, 16, 17, 40}) {
+  for (const int64_t seq : {1, 2, 5, 15, 16, 17, 40, 70, 100}) {  // 70, 100: 4-, 2- and 1-group passes
     for (const int64_t hd : {1, 8, 32, 40, 64}) {
       CAPTURE(seq);
       CAPTURE(hd);
