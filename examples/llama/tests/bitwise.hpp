@@ -1,6 +1,7 @@
 // examples/llama/tests/bitwise.hpp
 // Helpers of the tests that hold a vectorized or reordered CPU op to its
-// scalar form bit for bit (test_attention_lanes, test_rmsnorm_rows):
+// scalar form bit for bit (test_attention_lanes, test_rmsnorm_rows,
+// test_swiglu_blocks):
 // normally distributed inputs from a fixed seed, and an exact comparison of
 // two arrays' bytes (so that -0.0 vs 0.0 or two NaN payloads also count).
 #pragma once
