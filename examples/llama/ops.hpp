@@ -273,6 +273,26 @@ void weighted_row(T c, const T* x, int64_t hd, T* acc) {
   for (int64_t d = 0; d < hd; ++d) acc[d] += c * x[d];
 }
 
+// The largest of x[0 .. n-1] (NaNs skipped; -infinity if none), kept in
+// several lanes at once: a maximum does not depend on the order it is taken
+// in, except for the sign of a zero result, which no caller can see (the
+// softmax subtracts it: x - (+0) and x - (-0) are the same number, or zeros
+// whose exp is 1 either way). One running maximum was a chain of dependent
+// compares, 4 cycles an element.
+template <class T>
+T row_max(const T* x, int64_t n) {
+  constexpr int lanes = 16;
+  T m[lanes];
+  for (int l = 0; l < lanes; ++l) m[l] = -INFINITY;
+  int64_t j = 0;
+  for (; j + lanes <= n; j += lanes)
+    for (int l = 0; l < lanes; ++l) m[l] = x[j + l] > m[l] ? x[j + l] : m[l];
+  for (int l = 0; j + l < n; ++l) m[l] = x[j + l] > m[l] ? x[j + l] : m[l];
+  T mx = -INFINITY;
+  for (int l = 0; l < lanes; ++l) mx = m[l] > mx ? m[l] : mx;
+  return mx;
+}
+
 // Causal attention. q [M, H*hd], k and v [M, KV*hd] (query head h reads kv
 // head h / (H / KV)); probs [B, H, S, S] keeps the softmax for the backward
 // (upper triangle zero); out [M, H*hd]. Output row i is summed over keys j
@@ -291,17 +311,14 @@ void attention_forward(const T* q, const T* k, const T* v, T* probs, T* out, con
       for (int64_t i = 0; i < S; ++i) {
         const T* qi = q + (b * S + i) * qw + h * hd;
         T* p = P + i * S;
-        T mx = -INFINITY;
         dot_keys(qi, kt.data(), padded_keys(S), hd, i + 1, p);
-        for (int64_t j = 0; j <= i; ++j) {
-          p[j] = p[j] * scale;
-          mx = p[j] > mx ? p[j] : mx;
-        }
+        for (int64_t j = 0; j <= i; ++j) p[j] = p[j] * scale;
+        const T mx = row_max(p, i + 1);
+        // the exps first, then their sum in order: with the sum inside the
+        // loop of libm calls it lived on the stack across every call
+        for (int64_t j = 0; j <= i; ++j) p[j] = std::exp(p[j] - mx);
         T sum = 0;
-        for (int64_t j = 0; j <= i; ++j) {
-          p[j] = std::exp(p[j] - mx);
-          sum += p[j];
-        }
+        for (int64_t j = 0; j <= i; ++j) sum += p[j];
         const T inv = T(1) / sum;
         for (int64_t j = 0; j <= i; ++j) p[j] *= inv;
         for (int64_t j = i + 1; j < S; ++j) p[j] = 0;
