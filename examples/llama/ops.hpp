@@ -400,38 +400,44 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
 // same order as the one-element form: the same bits.
 constexpr int64_t swiglu_block = 256;
 
-template <class T>
-void swiglu_forward(const T* gate, const T* up, T* h, int64_t n) {
+// The scaffolding both directions share: threads over n, blocks of
+// swiglu_block elements, e[i] = exp(-gate[b + i]) for the block, then
+// body(b, len, e) does the block's arithmetic.
+template <class T, class Body>
+void for_swiglu_blocks(const T* gate, int64_t n, Body body) {
   parallel_for(n, 1 << 15, [&](int64_t i0, int64_t i1) {
     T e[swiglu_block];
     for (int64_t b = i0; b < i1; b += swiglu_block) {
       const int64_t len = std::min(swiglu_block, i1 - b);
       const T* g = gate + b;
-      const T* u = up + b;
-      T* out = h + b;
       for (int64_t i = 0; i < len; ++i) e[i] = std::exp(-g[i]);
-      for (int64_t i = 0; i < len; ++i) out[i] = g[i] * (T(1) / (T(1) + e[i])) * u[i];
+      body(b, len, static_cast<const T*>(e));
     }
   });
 }
 
 template <class T>
+void swiglu_forward(const T* gate, const T* up, T* h, int64_t n) {
+  for_swiglu_blocks(gate, n, [&](int64_t b, int64_t len, const T* e) {
+    const T* g = gate + b;
+    const T* u = up + b;
+    T* out = h + b;
+    for (int64_t i = 0; i < len; ++i) out[i] = g[i] * (T(1) / (T(1) + e[i])) * u[i];
+  });
+}
+
+template <class T>
 void swiglu_backward(const T* dh, const T* gate, const T* up, T* dgate, T* dup, int64_t n) {
-  parallel_for(n, 1 << 15, [&](int64_t i0, int64_t i1) {
-    T e[swiglu_block];
-    for (int64_t b = i0; b < i1; b += swiglu_block) {
-      const int64_t len = std::min(swiglu_block, i1 - b);
-      const T* dhb = dh + b;
-      const T* g = gate + b;
-      const T* u = up + b;
-      T* dg = dgate + b;
-      T* du = dup + b;
-      for (int64_t i = 0; i < len; ++i) e[i] = std::exp(-g[i]);
-      for (int64_t i = 0; i < len; ++i) {
-        const T s = T(1) / (T(1) + e[i]), silu = g[i] * s;
-        du[i] = dhb[i] * silu;
-        dg[i] = dhb[i] * u[i] * (s * (T(1) + g[i] * (T(1) - s)));
-      }
+  for_swiglu_blocks(gate, n, [&](int64_t b, int64_t len, const T* e) {
+    const T* dhb = dh + b;
+    const T* g = gate + b;
+    const T* u = up + b;
+    T* dg = dgate + b;
+    T* du = dup + b;
+    for (int64_t i = 0; i < len; ++i) {
+      const T s = T(1) / (T(1) + e[i]), silu = g[i] * s;
+      du[i] = dhb[i] * silu;
+      dg[i] = dhb[i] * u[i] * (s * (T(1) + g[i] * (T(1) - s)));
     }
   });
 }

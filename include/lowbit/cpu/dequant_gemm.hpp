@@ -90,7 +90,9 @@ inline void decode_run(const quantized_view& w, const float* table, int64_t i0, 
 
 // Stores for blocked_gemm: finished fp32 output rows rounded once into the
 // destination dtype. forward_store adds bias[column] last (bias may be null);
-// matrix_store writes plainly. `ld` is the destination's row stride.
+// matrix_store writes plainly; accumulating_store adds the destination's
+// old value when `accumulate` is set (a weight gradient summed over
+// micro-batches). `ld` is the destination's row stride.
 //
 // blocked_gemm stores one panel (nr columns) of a micro-tile at a time; a
 // whole panel's row goes through a loop of constant length, which the
@@ -122,6 +124,20 @@ auto forward_store(TY* y, int64_t ld, const float* bias) {
 template <class TY>
 auto matrix_store(TY* y, int64_t ld) {
   return forward_store<TY>(y, ld, nullptr);
+}
+template <class TY>
+auto accumulating_store(TY* y, int64_t ld, bool accumulate) {
+  return [=](int64_t m0, int64_t mlen, int64_t p0, int64_t plen, const float* c, int64_t ldc) {
+    for (int64_t m = 0; m < mlen; ++m) {
+      TY* LOWBIT_RESTRICT row = y + (m0 + m) * ld + p0;
+      const float* LOWBIT_RESTRICT crow = c + m * ldc;
+      if (accumulate) {
+        for_row(plen, [&](int64_t j) { row[j] = from_float<TY>(add_rn(crow[j], to_float(row[j]))); });
+      } else {
+        for_row(plen, [&](int64_t j) { row[j] = from_float<TY>(crow[j]); });
+      }
+    }
+  };
 }
 
 // A dense operand as a contiguous float matrix: the data itself for float32,
@@ -304,18 +320,7 @@ inline void gemm_weight_grad(const tensor_view& dy, const tensor_view& x, const 
   };
   auto run = [&](auto wt) {
     using TW = decltype(wt);
-    TW* wp = static_cast<TW*>(dw.data);
-    auto store = [&](int64_t m0, int64_t mlen, int64_t p0, int64_t plen, const float* c, int64_t ldc) {
-      for (int64_t i = 0; i < mlen; ++i) {
-        TW* LOWBIT_RESTRICT row = wp + (m0 + i) * K + p0;
-        const float* LOWBIT_RESTRICT crow = c + i * ldc;
-        if (accumulate) {
-          for_row(plen, [&](int64_t j) { row[j] = from_float<TW>(add_rn(crow[j], to_float(row[j]))); });
-        } else {
-          for_row(plen, [&](int64_t j) { row[j] = from_float<TW>(crow[j]); });
-        }
-      }
-    };
+    const auto store = accumulating_store(static_cast<TW*>(dw.data), K, accumulate);
     if (in_place) blocked_gemm(N, K, M, columns_a{dyf, N}, dense_b{xf, K}, store);
     else blocked_gemm(N, K, M, pack_a, pack_b, store);
   };
