@@ -388,7 +388,8 @@ TEST_CASE("dequant_gemm rejects bad shapes, dtypes and device memory") {
   const tensor_view short_bias = make_flat_view(bias.data(), N - 1);
   check_invalid([&] { cpu::dequant_gemm_forward(xv, wv, N, K, &short_bias, yv); }, "bias has shape");
   const tensor_view u8_bias = make_flat_view(xu.data(), N);
-  check_invalid([&] { cpu::dequant_gemm_forward(xv, wv, N, K, &u8_bias, yv); }, "bias");
+  check_invalid([&] { cpu::dequant_gemm_forward(xv, wv, N, K, &u8_bias, yv); },
+                "bias must be float32, bfloat16, float16 or float64, got uint8");
   check_invalid([&] { cpu::dequant_gemm_forward(make_view(x.data(), {M, K}, device::cuda()), wv, N, K, nullptr, yv); },
                 "device memory");
   check_invalid([&] { cpu::dequant_gemm_forward(xv, wv, N, K, nullptr, make_view(y.data(), {M, N}, device::cuda())); },

@@ -165,6 +165,10 @@ inline void check_dense(const tensor_view& v, const char* fn, const char* name, 
 inline void check_weight(const quantized_view& w, const char* fn, int64_t n, int64_t k) {
   gemm_checks::check_weight(w, fn, n, k, gemm_checks::side::host);
 }
+inline int64_t check_activations(const tensor_view& in, const char* in_name, int64_t in_cols, const tensor_view& out,
+                                 const char* out_name, int64_t out_cols, const char* fn) {
+  return gemm_checks::check_activations(in, in_name, in_cols, out, out_name, out_cols, fn, gemm_checks::side::host);
+}
 
 }  // namespace gemm_detail
 
@@ -178,18 +182,10 @@ inline void dequant_gemm_forward(const tensor_view& x, const quantized_view& w, 
   using namespace gemm_detail;
   const char* fn = "dequant_gemm_forward";
   check_weight(w, fn, n, k);
-  check_dense(x, fn, "x", 2);
-  check_dense(y, fn, "y", 2);
-  const int64_t M = x.shape[0];
-  check_shape(x, fn, "x", M, k);
-  check_shape(y, fn, "y", M, n);
+  const int64_t M = check_activations(x, "x", k, y, "y", n, fn);
+  gemm_checks::check_bias(bias, fn, n, gemm_checks::side::host);
   std::vector<float> bias_f;
   if (bias) {
-    require(bias->ndim == 1 && bias->shape[0] == n, errc::invalid_argument,
-            fn_arg(fn, "bias") + " has shape " + bias->shape_string() + ", expected [" + std::to_string(n) + "]");
-    require(bias->dev.host_accessible(), errc::invalid_argument,
-            fn_arg(fn, "bias") + " is on device memory; the CPU path needs host memory");
-    require_contiguous(*bias, fn_arg(fn, "bias").c_str());
     bias_f.resize(size_t(n));
     if (bias->type == dtype::f64) {
       for (int64_t j = 0; j < n; ++j) bias_f[size_t(j)] = float(static_cast<const double*>(bias->data)[j]);
@@ -235,11 +231,7 @@ inline void dequant_gemm_backward_input(const tensor_view& dy, const quantized_v
   using namespace gemm_detail;
   const char* fn = "dequant_gemm_backward_input";
   check_weight(w, fn, n, k);
-  check_dense(dy, fn, "dy", 2);
-  check_dense(dx, fn, "dx", 2);
-  const int64_t M = dy.shape[0];
-  check_shape(dy, fn, "dy", M, n);
-  check_shape(dx, fn, "dx", M, k);
+  const int64_t M = check_activations(dy, "dy", n, dx, "dx", k, fn);
   if (M == 0 || k == 0) return;
   std::vector<float> dy_storage;
   const float* dyf = as_float(dy, dy_storage);

@@ -29,11 +29,8 @@ inline void gemm_forward(const tensor_view& x, const tensor_view& w, const tenso
   using namespace gemm_detail;
   const char* fn = "gemm_forward";
   check_dense(w, fn, "w", 2);
-  check_dense(x, fn, "x", 2);
-  check_dense(y, fn, "y", 2);
-  const int64_t M = x.shape[0], n = w.shape[0], k = w.shape[1];
-  check_shape(x, fn, "x", M, k);
-  check_shape(y, fn, "y", M, n);
+  const int64_t n = w.shape[0], k = w.shape[1];
+  const int64_t M = check_activations(x, "x", k, y, "y", n, fn);
   const float* bptr = nullptr;
   if (bias) {
     require(bias->ndim == 1 && bias->shape[0] == n && bias->type == dtype::f32, errc::invalid_argument,
@@ -72,11 +69,8 @@ inline void gemm_backward_input(const tensor_view& dy, const tensor_view& w, con
   using namespace gemm_detail;
   const char* fn = "gemm_backward_input";
   check_dense(w, fn, "w", 2);
-  check_dense(dy, fn, "dy", 2);
-  check_dense(dx, fn, "dx", 2);
-  const int64_t M = dy.shape[0], n = w.shape[0], k = w.shape[1];
-  check_shape(dy, fn, "dy", M, n);
-  check_shape(dx, fn, "dx", M, k);
+  const int64_t n = w.shape[0], k = w.shape[1];
+  const int64_t M = check_activations(dy, "dy", n, dx, "dx", k, fn);
   if (M == 0 || k == 0) return;
   std::vector<float> dy_storage;
   const float* dyf = as_float(dy, dy_storage);

@@ -195,11 +195,7 @@ inline void dequant_gemm_forward(const tensor_view& x, const quantized_view& w, 
   using namespace gemm_detail;
   const char* fn = "cuda::dequant_gemm_forward";
   check_weight(w, fn, n, k);
-  check_dense(x, fn, "x", 2);
-  check_dense(y, fn, "y", 2);
-  const int64_t M = x.shape[0];
-  check_shape(x, fn, "x", M, k);
-  check_shape(y, fn, "y", M, n);
+  const int64_t M = check_activations(x, "x", k, y, "y", n, fn);
   check_bias(bias, fn, n);
   if (M == 0 || n == 0) return;
   if (k == 0) {
@@ -259,11 +255,7 @@ inline void dequant_gemm_backward_input(const tensor_view& dy, const quantized_v
   using namespace gemm_detail;
   const char* fn = "cuda::dequant_gemm_backward_input";
   check_weight(w, fn, n, k);
-  check_dense(dy, fn, "dy", 2);
-  check_dense(dx, fn, "dx", 2);
-  const int64_t M = dy.shape[0];
-  check_shape(dy, fn, "dy", M, n);
-  check_shape(dx, fn, "dx", M, k);
+  const int64_t M = check_activations(dy, "dy", n, dx, "dx", k, fn);
   if (M == 0 || k == 0) return;
   if (n == 0) {
     fill_empty_product(dx.data, dx.type, M, k, nullptr, stream);

@@ -2,8 +2,9 @@
 // Argument checks shared by the CPU (cpu/dequant_gemm.hpp, cpu/gemm.hpp) and
 // CUDA (cuda/dequant_gemm.cuh) matrix products, so both sides reject the same
 // inputs with the same messages: dense operands (rank, float dtype,
-// contiguity), 2-D shapes, the quantized weight (valid layout holding
-// n * k elements) and the weight gradient's operands. The row gathers (cpu/dequantize_rows.hpp,
+// contiguity), 2-D shapes, a product's pair of activations, the quantized
+// weight (valid layout holding n * k elements) and its forward's bias, and
+// the weight gradient's operands. The row gathers (cpu/dequantize_rows.hpp,
 // cuda/dequantize_rows.cuh) share check_row_gather the same way. `side` says
 // which memory the calling implementation can read; each message names the
 // function and the argument.
@@ -46,6 +47,33 @@ inline void check_shape(const tensor_view& v, const char* fn, const char* name, 
   require(v.shape[0] == rows && v.shape[1] == cols, errc::invalid_argument,
           fn_arg(fn, name) + " has shape " + v.shape_string() + ", expected [" + std::to_string(rows) + ", " +
               std::to_string(cols) + "]");
+}
+
+// A product's two activations, dense 2-D floats with M rows each: `in`
+// [M, in_cols], which it reads, and `out` [M, out_cols], which it writes
+// (the forward's x and y, the input gradient's dy and dx). Returns M.
+inline int64_t check_activations(const tensor_view& in, const char* in_name, int64_t in_cols, const tensor_view& out,
+                                 const char* out_name, int64_t out_cols, const char* fn, side s) {
+  check_dense(in, fn, in_name, 2, s);
+  check_dense(out, fn, out_name, 2, s);
+  const int64_t M = in.shape[0];
+  check_shape(in, fn, in_name, M, in_cols);
+  check_shape(out, fn, out_name, M, out_cols);
+  return M;
+}
+
+// The quantized forward's optional bias (nullptr: none): 1-D [n], float32,
+// bfloat16, float16 or float64, contiguous.
+inline void check_bias(const tensor_view* bias, const char* fn, int64_t n, side s) {
+  if (!bias) return;
+  require(bias->ndim == 1 && bias->shape[0] == n, errc::invalid_argument,
+          fn_arg(fn, "bias") + " has shape " + bias->shape_string() + ", expected [" + std::to_string(n) + "]");
+  require(bias->type == dtype::f32 || bias->type == dtype::bf16 || bias->type == dtype::f16 ||
+              bias->type == dtype::f64,
+          errc::invalid_argument,
+          fn_arg(fn, "bias") + " must be float32, bfloat16, float16 or float64, got " + dtype_name(bias->type));
+  require_reachable(bias->dev, s, fn_arg(fn, "bias"));
+  require_contiguous(*bias, fn_arg(fn, "bias").c_str());
 }
 
 inline void check_weight(const quantized_view& w, const char* fn, int64_t n, int64_t k, side s) {

@@ -63,16 +63,11 @@ inline void check_weight(const quantized_view& w, const char* fn, int64_t n, int
 }
 
 inline void check_bias(const tensor_view* bias, const char* fn, int64_t n) {
-  if (!bias) return;
-  require(bias->ndim == 1 && bias->shape[0] == n, errc::invalid_argument,
-          fn_arg(fn, "bias") + " has shape " + bias->shape_string() + ", expected [" + std::to_string(n) + "]");
-  require(bias->type == dtype::f32 || bias->type == dtype::bf16 || bias->type == dtype::f16 ||
-              bias->type == dtype::f64,
-          errc::invalid_argument,
-          fn_arg(fn, "bias") + " must be float32, bfloat16, float16 or float64, got " + dtype_name(bias->type));
-  require(bias->dev.device_accessible(), errc::invalid_argument,
-          fn_arg(fn, "bias") + " is in host memory; the CUDA path needs device or managed memory");
-  require_contiguous(*bias, fn_arg(fn, "bias").c_str());
+  gemm_checks::check_bias(bias, fn, n, gemm_checks::side::device);
+}
+inline int64_t check_activations(const tensor_view& in, const char* in_name, int64_t in_cols, const tensor_view& out,
+                                 const char* out_name, int64_t out_cols, const char* fn) {
+  return gemm_checks::check_activations(in, in_name, in_cols, out, out_name, out_cols, fn, gemm_checks::side::device);
 }
 
 inline int log2_exact(int64_t v) {
