@@ -6,6 +6,9 @@ What it makes (under --out, normally tests/data/llama):
   tiny_gqa/                  2 layers, hidden 64, 4 query heads / 2 KV heads (GQA),
                              head_dim 16, rope_theta 1e4, separate lm_head.
       config.json, model.safetensors (float32), reference.safetensors
+  tiny_llama3_rope/          as tiny_gqa's shape, with Llama 3.1 / 3.2 rotary scaling
+                             (rope_parameters rope_type "llama3").
+      config.json, model.safetensors (float32), reference.safetensors
   tiny_tied/                 1 layer, hidden 32, 4 query heads / 1 KV head (MQA),
                              head_dim 8, rope_theta 5e5, lm_head tied to embed_tokens.
       config.json, model.safetensors (float32), reference.safetensors
@@ -14,7 +17,7 @@ What it makes (under --out, normally tests/data/llama):
                              model.safetensors.index.json), plus reference.safetensors.
   README.md                  what is there, versions, conventions.
 
-reference.safetensors of tiny_gqa / tiny_tied holds
+reference.safetensors of tiny_gqa / tiny_llama3_rope / tiny_tied holds
   input_ids      int64   [2, 24]   uniform in [0, 256), fixed generator
   logits_f32     float32 [2, 24, 256]  HF LlamaForCausalLM, float32, eager attention
   loss_f32       float32 [1]           HF loss with labels=input_ids (float32 model)
@@ -85,6 +88,31 @@ MODELS = {
             num_attention_heads=4,
             num_key_value_heads=2,
             rope_theta=10000.0,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "tiny_llama3_rope": dict(
+        seed=2468,
+        ids_seed=8642,
+        cfg=dict(
+            COMMON,
+            hidden_size=64,
+            intermediate_size=176,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            # Llama 3.1 / 3.2 rotary scaling with a small original context, so that
+            # head_dim 16's eight frequencies fall in all three bands: wavelength
+            # 2 pi under 64 / 8 (kept), 19.9 and 62.8 between (blended), the rest
+            # over 64 (divided by the factor).
+            rope_parameters=dict(
+                rope_type="llama3",
+                rope_theta=10000.0,
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=8.0,
+                original_max_position_embeddings=64,
+            ),
             tie_word_embeddings=False,
         ),
     ),
@@ -182,10 +210,32 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
 
-def rope_tables(head_dim: int, theta: float, seq: int, dtype=torch.float64):
-    """inv_freq[i] = theta^(-2i/head_dim), i = 0 .. head_dim/2-1; angle = pos * inv_freq."""
+def rope_theta_of(cfg: dict) -> float:
+    return cfg["rope_theta"] if "rope_theta" in cfg else cfg["rope_parameters"]["rope_theta"]
+
+
+def rope_inv_freq(head_dim: int, cfg: dict, dtype=torch.float64) -> torch.Tensor:
+    """inv_freq[i] = theta^(-2i/head_dim), i = 0 .. head_dim/2-1, then Llama 3's
+    scaling when rope_parameters asks for it: by wavelength w = 2 pi / f against the
+    original context L, f where w < L / high_freq_factor, f / factor where
+    w > L / low_freq_factor, and (1 - s) f / factor + s f in between (bounds
+    included), s = (L / w - low_freq_factor) / (high_freq_factor - low_freq_factor)."""
     i = torch.arange(head_dim // 2, dtype=dtype)
-    inv_freq = theta ** (-(2.0 * i) / head_dim)
+    inv_freq = rope_theta_of(cfg) ** (-(2.0 * i) / head_dim)
+    rp = cfg.get("rope_parameters") or {}
+    if rp.get("rope_type", "default") == "llama3":
+        factor, low, high = rp["factor"], rp["low_freq_factor"], rp["high_freq_factor"]
+        L = rp["original_max_position_embeddings"]
+        w = 2 * math.pi / inv_freq
+        s = (L / w - low) / (high - low)
+        blended = (1 - s) * inv_freq / factor + s * inv_freq
+        inv_freq = torch.where(w < L / high, inv_freq, torch.where(w > L / low, inv_freq / factor, blended))
+    return inv_freq
+
+
+def rope_tables(head_dim: int, cfg: dict, seq: int, dtype=torch.float64):
+    """angle = pos * inv_freq (rope_inv_freq)."""
+    inv_freq = rope_inv_freq(head_dim, cfg, dtype)
     ang = torch.arange(seq, dtype=dtype)[:, None] * inv_freq[None, :]  # [T, d/2]
     return torch.cos(ang), torch.sin(ang)
 
@@ -211,7 +261,7 @@ def forward_f64(sd: dict[str, torch.Tensor], cfg: dict, ids: torch.Tensor, inter
     d = hidden // H
     eps = cfg["rms_norm_eps"]
     B, T = ids.shape
-    cos, sin = rope_tables(d, cfg["rope_theta"], T)
+    cos, sin = rope_tables(d, cfg, T)
 
     x = sd["model.embed_tokens.weight"][ids]  # [B, T, hidden]
     causal = torch.ones(T, T, dtype=torch.bool).tril()
@@ -253,10 +303,17 @@ def check_hf_conventions(model: LlamaForCausalLM, cfg: dict) -> None:
     from transformers.models.llama import modeling_llama as ml
 
     d = cfg["hidden_size"] // cfg["num_attention_heads"]
-    # inv_freq = theta^(-2i/d)
+    # inv_freq = theta^(-2i/d), with Llama 3's scaling where configured
     inv = model.model.rotary_emb.inv_freq.double()
-    ref = cfg["rope_theta"] ** (-(2.0 * torch.arange(d // 2, dtype=torch.float64)) / d)
+    ref = rope_inv_freq(d, cfg)
     assert torch.allclose(inv, ref, rtol=1e-6, atol=0), (inv, ref)
+    plain = rope_theta_of(cfg) ** (-(2.0 * torch.arange(d // 2, dtype=torch.float64)) / d)
+    if (cfg.get("rope_parameters") or {}).get("rope_type") == "llama3":
+        # all three bands present: kept, blended, divided by the factor
+        factor = cfg["rope_parameters"]["factor"]
+        kept = torch.isclose(ref, plain, rtol=1e-12, atol=0)
+        divided = torch.isclose(ref, plain / factor, rtol=1e-12, atol=0)
+        assert kept.any() and divided.any() and (~kept & ~divided).any(), (ref, plain)
     # rotate_half pairs dim i with i + d/2
     x = torch.arange(d, dtype=torch.float64)
     rh = ml.rotate_half(x)
@@ -291,6 +348,8 @@ def hf_run(model: LlamaForCausalLM, ids: torch.Tensor):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="tests/data/llama")
+    ap.add_argument("--only", nargs="*", choices=sorted(MODELS), default=None,
+                    help="make only these folders (default: all; tiny_gqa also makes tiny_gqa_bf16_sharded)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(1)
@@ -298,6 +357,8 @@ def main() -> int:
     summary = []
     gqa_ids = None
     for name, spec in MODELS.items():
+        if args.only is not None and name not in args.only:
+            continue
         cfg = spec["cfg"]
         model = build_model(cfg, spec["seed"])
         check_hf_conventions(model, cfg)
@@ -406,6 +467,7 @@ safetensors {st}); the C++ tests only read these files. Regenerate with
 |---|---|---|---|---|---|---|---|
 | `tiny_gqa/` | 2 | 64 | 176 | 4 / 2 | 16 | 10000 | separate |
 | `tiny_tied/` | 1 | 32 | 96 | 4 / 1 | 8 | 500000 | tied to embed_tokens |
+| `tiny_llama3_rope/` | 2 | 64 | 176 | 4 / 2 | 16 | 10000, Llama 3 scaling (factor 8, low / high freq factors 1 / 8, original context 64) | separate |
 | `tiny_gqa_bf16_sharded/` | tiny_gqa weights cast to bfloat16, saved as shards + `model.safetensors.index.json` |
 
 All: vocab 256, rms_norm_eps 1e-5, no biases, SiLU MLP, float32 weights (except the bf16
@@ -445,7 +507,11 @@ converted exactly to float64, and `logits_f64_hf`.
 - RMSNorm: `y = x * rsqrt(mean(x^2) + eps) * weight` (HF does the normalisation in
   float32, then multiplies by weight).
 - RoPE ("rotate_half", non-interleaved): within each head, dim `i` is paired with dim
-  `i + head_dim/2`, `inv_freq[i] = theta^(-2i/head_dim)` for `i < head_dim/2`, angle
+  `i + head_dim/2`, `inv_freq[i] = theta^(-2i/head_dim)` for `i < head_dim/2` (Llama 3
+  scaling, in `tiny_llama3_rope`: by wavelength `w = 2 pi / f` against the original
+  context `L`, `f` kept where `w < L / high_freq_factor`, `f / factor` where
+  `w > L / low_freq_factor`, `(1 - s) f / factor + s f` between, with
+  `s = (L / w - low_freq_factor) / (high_freq_factor - low_freq_factor)`), angle
   `a = pos * inv_freq[i]`:
   `y[i] = x[i] cos a - x[i+d/2] sin a`, `y[i+d/2] = x[i+d/2] cos a + x[i] sin a`.
   Applied to q and k, positions 0..T-1. (The interleaved (2i, 2i+1) pairing gives

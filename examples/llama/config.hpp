@@ -6,12 +6,14 @@
 // field, and the parameter count.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -30,6 +32,16 @@ struct llama_config {
   float norm_eps = 1e-5f;
   float rope_theta = 10000.0f;
   bool tied_embeddings = false;  // output head shares the token embedding
+  // Rotary frequency scaling (Hugging Face `rope_scaling` or
+  // `rope_parameters`): "default" (none) or "llama3", Llama 3.1 / 3.2's
+  // rule (rope_frequencies below), whose four numbers are the config's
+  // factor, low_freq_factor, high_freq_factor and
+  // original_max_position_embeddings.
+  std::string rope_type = "default";
+  float rope_factor = 1.0f;
+  float rope_low_freq_factor = 1.0f;
+  float rope_high_freq_factor = 4.0f;
+  int rope_original_max_positions = 8192;
 
   int head_dim() const { return dim / n_heads; }
   int q_dim() const { return n_heads * head_dim(); }
@@ -48,6 +60,42 @@ struct llama_config {
          "n_heads " + std::to_string(n_heads) + " must be a multiple of n_kv_heads " + std::to_string(n_kv_heads));
     need(norm_eps > 0.0f, "norm_eps must be > 0");
     need(rope_theta > 1.0f, "rope_theta must be > 1");
+    need(rope_type == "default" || rope_type == "llama3",
+         "rope_type '" + rope_type + "' is not supported (default or llama3)");
+    if (rope_type == "llama3") {
+      need(rope_factor >= 1.0f, "llama3 rope scaling: factor must be >= 1");
+      need(rope_low_freq_factor > 0.0f && rope_high_freq_factor > rope_low_freq_factor,
+           "llama3 rope scaling: needs 0 < low_freq_factor < high_freq_factor");
+      need(rope_original_max_positions > 0, "llama3 rope scaling: original_max_position_embeddings must be > 0");
+    }
+  }
+
+  // The rotary inverse frequencies, i < head_dim / 2: theta^(-2i / head_dim)
+  // (Hugging Face LLaMA's convention), computed in double. "llama3"
+  // scaling then sorts them by wavelength 2 pi / f against the original
+  // context L: f kept where the wavelength is under L / high_freq_factor,
+  // f / factor where it is over L / low_freq_factor, and between the two
+  // (bounds included) the blend (1 - s) f / factor + s f with s = (L /
+  // wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor).
+  std::vector<double> rope_frequencies() const {
+    const int hd = head_dim();
+    std::vector<double> f(size_t(hd / 2));
+    for (int i = 0; i < hd / 2; ++i) f[size_t(i)] = std::pow(double(rope_theta), -double(2 * i) / double(hd));
+    if (rope_type == "llama3") {
+      const double pi = 3.14159265358979323846, L = rope_original_max_positions;
+      const double factor = rope_factor, low = rope_low_freq_factor, high = rope_high_freq_factor;
+      for (double& v : f) {
+        const double wavelength = 2.0 * pi / v;
+        if (wavelength < L / high) continue;
+        if (wavelength > L / low) {
+          v = v / factor;
+        } else {
+          const double smooth = (L / wavelength - low) / (high - low);
+          v = (1.0 - smooth) * v / factor + smooth * v;
+        }
+      }
+    }
+    return f;
   }
 
   // Parameters per layer and in total.
@@ -84,6 +132,12 @@ struct llama_config {
     j["max_position_embeddings"] = max_seq_len;
     j["rms_norm_eps"] = shortest_decimal(norm_eps);
     j["rope_theta"] = shortest_decimal(rope_theta);
+    if (rope_type != "default")
+      j["rope_scaling"] = {{"rope_type", rope_type},
+                           {"factor", shortest_decimal(rope_factor)},
+                           {"low_freq_factor", shortest_decimal(rope_low_freq_factor)},
+                           {"high_freq_factor", shortest_decimal(rope_high_freq_factor)},
+                           {"original_max_position_embeddings", rope_original_max_positions}};
     j["tie_word_embeddings"] = tied_embeddings;
     j["hidden_act"] = "silu";
     j["attention_bias"] = false;
@@ -116,19 +170,34 @@ struct llama_config {
     for (const char* key : {"attention_bias", "mlp_bias"})
       if (j.contains(key) && j[key].is_boolean() && j[key].get<bool>())
         fail(std::string(key) + " = true is not supported (LLaMA has no biases)");
-    // Rotary parameters: top-level rope_theta (older files) or
-    // rope_parameters {rope_type, rope_theta} (transformers 5); only plain
-    // ("default") rotary embeddings are implemented.
+    // Rotary parameters: top-level rope_theta and rope_scaling (older
+    // files, the Hub's Llama 3 configs) or rope_parameters {rope_type,
+    // rope_theta, ...} (transformers 5). Plain ("default") rotary
+    // embeddings and Llama 3's scaling ("llama3") are implemented.
+    llama_config c;
     float theta = get_float("rope_theta", 10000.0f);
     for (const char* key : {"rope_scaling", "rope_parameters"}) {
       if (!j.contains(key) || j[key].is_null()) continue;
       const nlohmann::json& r = j[key];
       if (!r.is_object()) fail(std::string("'") + key + "' must be an object");
       const std::string type = r.value("rope_type", r.value("type", std::string("default")));
-      if (type != "default") fail(std::string(key) + " rope_type '" + type + "' is not supported (only plain rotary embeddings)");
+      if (type != "default" && type != "llama3")
+        fail(std::string(key) + " rope_type '" + type + "' is not supported (only plain rotary embeddings and llama3)");
       if (r.contains("rope_theta") && r["rope_theta"].is_number()) theta = r["rope_theta"].get<float>();
+      if (type != "llama3") continue;
+      auto number = [&](const char* field) {
+        if (!r.contains(field) || !r[field].is_number())
+          fail(std::string(key) + " of rope_type 'llama3' lacks the number '" + field + "'");
+        return r[field].get<double>();
+      };
+      c.rope_type = type;
+      c.rope_factor = float(number("factor"));
+      c.rope_low_freq_factor = float(number("low_freq_factor"));
+      c.rope_high_freq_factor = float(number("high_freq_factor"));
+      if (!r.contains("original_max_position_embeddings") || !r["original_max_position_embeddings"].is_number_integer())
+        fail(std::string(key) + " of rope_type 'llama3' lacks the integer 'original_max_position_embeddings'");
+      c.rope_original_max_positions = r["original_max_position_embeddings"].get<int>();
     }
-    llama_config c;
     c.vocab_size = get_int("vocab_size", true, 0);
     c.dim = get_int("hidden_size", true, 0);
     c.n_layers = get_int("num_hidden_layers", true, 0);
@@ -176,6 +245,8 @@ struct llama_config {
       c.vocab_size = 128256, c.dim = 2048, c.n_layers = 16, c.n_heads = 32, c.n_kv_heads = 8;
       c.hidden_dim = 8192, c.max_seq_len = 131072, c.norm_eps = 1e-5f, c.rope_theta = 500000.0f;
       c.tied_embeddings = true;
+      c.rope_type = "llama3", c.rope_factor = 32.0f, c.rope_low_freq_factor = 1.0f, c.rope_high_freq_factor = 4.0f;
+      c.rope_original_max_positions = 8192;
       return c;
     }
     if (name == "tinyllama-1.1b") {
@@ -190,7 +261,8 @@ struct llama_config {
   std::string summary() const {
     std::ostringstream s;
     s << "dim " << dim << ", " << n_layers << " layers, " << n_heads << " heads (" << n_kv_heads << " kv), ffn "
-      << hidden_dim << ", vocab " << vocab_size << (tied_embeddings ? ", tied head" : "") << ", "
+      << hidden_dim << ", vocab " << vocab_size << (tied_embeddings ? ", tied head" : "")
+      << (rope_type == "llama3" ? ", llama3 rope scaling x" + std::to_string(int(rope_factor)) : std::string()) << ", "
       << n_params() << " parameters";
     return s.str();
   }

@@ -34,7 +34,7 @@ class llama_model {
               bool checkpointing)
       : cfg_(c), L_(L), w_(w), max_batch_(max_batch), max_seq_(max_seq), checkpointing_(checkpointing),
         recompute_(checkpointing, c.n_layers),
-        rope_(max_seq, c.head_dim(), double(c.rope_theta)) {
+        rope_(max_seq, c.rope_frequencies()) {
     lowbit::require(max_seq <= c.max_seq_len, lowbit::errc::invalid_argument,
                     "sequence length " + std::to_string(max_seq) + " exceeds the model's max_seq_len " +
                         std::to_string(c.max_seq_len));

@@ -111,21 +111,20 @@ void rmsnorm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx,
   });
 }
 
-// cos / sin of position p times frequency i: table[p * half + i], with
-// inv_freq_i = theta^(-2i / head_dim) (Hugging Face LLaMA's convention),
-// computed in double and rounded once.
+// cos / sin of position p times frequency i: table[p * half + i] for
+// the head_dim / 2 inverse frequencies given (llama_config::
+// rope_frequencies), computed in double and rounded once.
 template <class T>
 struct rope_table {
   int64_t half = 0;
   std::vector<T> cos, sin;
   rope_table() = default;
-  rope_table(int64_t seq, int64_t head_dim, double theta) : half(head_dim / 2) {
+  rope_table(int64_t seq, const std::vector<double>& inv_freq) : half(int64_t(inv_freq.size())) {
     cos.resize(static_cast<size_t>(seq * half));
     sin.resize(static_cast<size_t>(seq * half));
     for (int64_t p = 0; p < seq; ++p)
       for (int64_t i = 0; i < half; ++i) {
-        const double inv_freq = std::pow(theta, -double(2 * i) / double(head_dim));
-        const double a = double(p) * inv_freq;
+        const double a = double(p) * inv_freq[size_t(i)];
         cos[size_t(p * half + i)] = T(std::cos(a));
         sin[size_t(p * half + i)] = T(std::sin(a));
       }

@@ -64,7 +64,7 @@ class cuda_model {
     const int64_t SS =
         std::min<int64_t>(max_batch, std::max<int64_t>(1, attention_chunk_bytes / (per_sequence * 4))) * per_sequence;
     // rotary tables: the CPU trainer's (computed in double, rounded once)
-    const ops::rope_table<float> rope(max_seq, c.head_dim(), double(c.rope_theta));
+    const ops::rope_table<float> rope(max_seq, c.rope_frequencies());
     cos_.resize(int64_t(rope.cos.size()));
     sin_.resize(int64_t(rope.sin.size()));
     cos_.upload(rope.cos.data(), cos_.size());

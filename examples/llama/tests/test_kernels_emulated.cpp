@@ -39,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "../config.hpp"
 #include "../ops.hpp"
 
 using namespace llama;
@@ -289,7 +290,9 @@ template <class A>
 void check_permute_heads(int64_t B, int64_t S, int64_t heads, int64_t hd, uint64_t seed) {
   const int64_t M = B * S;
   const size_t n = size_t(M * heads * hd);
-  const ops::rope_table<float> rt(S, hd, 10000.0);
+  llama_config rope_cfg;  // theta 10000, one head of hd
+  rope_cfg.dim = int(hd), rope_cfg.n_heads = 1;
+  const ops::rope_table<float> rt(S, rope_cfg.rope_frequencies());
   const tolerance rope_tol = std::is_same<A, float>::value ? tolerance{1e-6, 0} : bf16_tol;
   const std::vector<A> src = to_act<A>(randn(n, seed));
   const std::vector<float> srcf = to_f32(src);

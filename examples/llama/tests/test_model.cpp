@@ -99,6 +99,90 @@ TEST_CASE("forward matches Hugging Face transformers: one kv head, tied embeddin
   CHECK(max_logit_error<float>("tiny_tied", matrix_storage::f32) < 1e-4);
 }
 
+TEST_CASE("forward matches Hugging Face transformers: Llama 3 rotary scaling") {
+  // config.json as transformers 5 writes it: rope_parameters of rope_type
+  // llama3; the frequencies fall in all three bands (kept, blended, divided;
+  // the generator asserts it), and the plain frequencies move the logits by
+  // up to 0.93 on this file.
+  const llama_config cfg = load_hf_config(data_dir + "/tiny_llama3_rope");
+  CHECK(cfg.rope_type == "llama3");
+  CHECK(cfg.rope_factor == 8.0f);
+  CHECK(cfg.rope_high_freq_factor == 8.0f);
+  CHECK(cfg.rope_original_max_positions == 64);
+  CHECK(max_logit_error<double>("tiny_llama3_rope", matrix_storage::f64) < 1e-9);
+  CHECK(max_logit_error<float>("tiny_llama3_rope", matrix_storage::f32) < 1e-4);
+}
+
+TEST_CASE("rotary frequencies: plain, and Llama 3's three bands against float64") {
+  llama_config c;  // head_dim 32, theta 10000
+  const std::vector<double> plain = c.rope_frequencies();
+  REQUIRE(plain.size() == 16);
+  for (int i = 0; i < 16; ++i) CHECK(plain[size_t(i)] == std::pow(10000.0, -double(2 * i) / 32.0));
+  c.rope_type = "llama3", c.rope_factor = 4.0f, c.rope_low_freq_factor = 1.0f, c.rope_high_freq_factor = 4.0f;
+  c.rope_original_max_positions = 256;  // bands: wavelength < 64 kept, > 256 divided by 4
+  c.validate();
+  const std::vector<double> f = c.rope_frequencies();
+  int kept = 0, divided = 0, blended = 0;
+  for (int i = 0; i < 16; ++i) {
+    const double p = plain[size_t(i)], w = 2 * 3.14159265358979323846 / p;
+    if (w < 64) {
+      CHECK(f[size_t(i)] == p);
+      ++kept;
+    } else if (w > 256) {
+      CHECK(f[size_t(i)] == doctest::Approx(p / 4).epsilon(1e-15));
+      ++divided;
+    } else {
+      const double s = (256 / w - 1) / 3;
+      CHECK(f[size_t(i)] == doctest::Approx((1 - s) * p / 4 + s * p).epsilon(1e-15));
+      ++blended;
+      CHECK(f[size_t(i)] < p);
+      CHECK(f[size_t(i)] > p / 4);
+    }
+  }
+  CHECK(kept > 0);
+  CHECK(divided > 0);
+  CHECK(blended > 0);
+}
+
+TEST_CASE("Llama 3 rotary scaling: the Hub's config form, round trip, presets and errors") {
+  // Llama-3.2-1B's config.json on the Hub: top-level rope_theta and rope_scaling.
+  nlohmann::json j = llama_config::preset("tiny").to_hf_json();
+  j["rope_theta"] = 500000.0;
+  j["rope_scaling"] = {{"factor", 32.0}, {"high_freq_factor", 4.0}, {"low_freq_factor", 1.0},
+                       {"original_max_position_embeddings", 8192}, {"rope_type", "llama3"}};
+  const llama_config c = llama_config::from_hf_json(j, "cfg");
+  CHECK(c.rope_type == "llama3");
+  CHECK(c.rope_theta == 500000.0f);
+  CHECK(c.rope_factor == 32.0f);
+  CHECK(c.rope_low_freq_factor == 1.0f);
+  CHECK(c.rope_high_freq_factor == 4.0f);
+  CHECK(c.rope_original_max_positions == 8192);
+  // written back (checkpoints and exported config.json) and read again unchanged
+  const nlohmann::json back = c.to_hf_json();
+  CHECK(back["rope_scaling"]["rope_type"] == "llama3");
+  CHECK(llama_config::from_hf_json(back, "back").to_hf_json() == back);
+  CHECK(llama_config().to_hf_json().contains("rope_scaling") == false);
+  // the 1B benchmark preset carries Llama-3.2-1B's scaling
+  const llama_config p = llama_config::preset("llama3.2-1b");
+  CHECK(p.rope_type == "llama3");
+  CHECK(p.rope_factor == 32.0f);
+  CHECK(p.rope_original_max_positions == 8192);
+
+  nlohmann::json missing = j;
+  missing["rope_scaling"].erase("low_freq_factor");
+  CHECK_THROWS_WITH_AS(llama_config::from_hf_json(missing, "cfg"),
+                       doctest::Contains("rope_scaling of rope_type 'llama3' lacks the number 'low_freq_factor'"),
+                       lowbit::error);
+  nlohmann::json bad = j;
+  bad["rope_scaling"]["high_freq_factor"] = 0.5;
+  CHECK_THROWS_WITH_AS(llama_config::from_hf_json(bad, "cfg"),
+                       doctest::Contains("needs 0 < low_freq_factor < high_freq_factor"), lowbit::error);
+  nlohmann::json yarn = j;
+  yarn["rope_scaling"]["rope_type"] = "yarn";
+  CHECK_THROWS_WITH_AS(llama_config::from_hf_json(yarn, "cfg"), doctest::Contains("rope_type 'yarn' is not supported"),
+                       lowbit::error);
+}
+
 TEST_CASE("bfloat16 checkpoint sharded over three files loads and matches its reference") {
   CHECK(max_logit_error<double>("tiny_gqa_bf16_sharded", matrix_storage::f64) < 1e-9);
   CHECK(max_logit_error<float>("tiny_gqa_bf16_sharded", matrix_storage::f32) < 1e-4);
