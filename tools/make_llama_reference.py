@@ -76,17 +76,22 @@ COMMON = dict(
     mlp_bias=False,
 )
 
+# tiny_gqa's shape, shared by tiny_llama3_rope
+GQA_SHAPE = dict(
+    hidden_size=64,
+    intermediate_size=176,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+
 MODELS = {
     "tiny_gqa": dict(
         seed=1234,
         ids_seed=4321,
         cfg=dict(
             COMMON,
-            hidden_size=64,
-            intermediate_size=176,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            **GQA_SHAPE,
             rope_theta=10000.0,
             tie_word_embeddings=False,
         ),
@@ -96,11 +101,7 @@ MODELS = {
         ids_seed=8642,
         cfg=dict(
             COMMON,
-            hidden_size=64,
-            intermediate_size=176,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            **GQA_SHAPE,
             # Llama 3.1 / 3.2 rotary scaling with a small original context, so that
             # head_dim 16's eight frequencies fall in all three bands: wavelength
             # 2 pi under 64 / 8 (kept), 19.9 and 62.8 between (blended), the rest
