@@ -100,7 +100,10 @@ class LlamaShape:
                 f"rope theta {self.rope_theta:g}, {self.n_params()} parameters")
 
 
-# Keep in step with llama_config::preset (examples/llama/config.hpp).
+# Keep in step with llama_config::preset (examples/llama/config.hpp). The
+# trainer's llama3.2-1b preset also carries Llama 3's rotary frequency
+# scaling; this peer keeps plain rotary frequencies, which change the
+# values of the rotation tables but none of the work or memory it measures.
 PRESETS = {
     "tiny": LlamaShape(),
     "llama2-7b": LlamaShape(vocab_size=32000, dim=4096, n_layers=32, n_heads=32, n_kv_heads=32,
