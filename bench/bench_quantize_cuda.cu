@@ -133,19 +133,7 @@ void bm_copy_d2d(benchmark::State& state) {
   const size_t bytes = size_t(state.range(0));
   try {
     if (!have_memory(state, 2 * bytes)) return;
-    device_buffer src(bytes), dst(bytes);
-    cudaStream_t s = gpu().stream;
-    LOWBIT_CUDA_CHECK(cudaMemsetAsync(src.as<void>(), 0x5a, bytes, s));
-    auto copy = [&] {
-      LOWBIT_CUDA_CHECK(cudaMemcpyAsync(dst.as<void>(), src.as<void>(), bytes, cudaMemcpyDeviceToDevice, s));
-    };
-    timed_on_stream(copy);
-    const double secs = run_timed_loop(state, copy);
-    const double total = 2.0 * double(bytes) * double(state.iterations());
-    state.SetBytesProcessed(int64_t(total));
-    state.counters["GBps"] = total / secs / 1e9;
-    state.counters["copy_GBps"] = copy_bandwidth(2 * bytes) / 1e9;
-    state.counters["pct_of_copy"] = 100.0 * (total / secs) / copy_bandwidth(2 * bytes);
+    time_copy_d2d(state, bytes);
   } catch (const std::exception& e) {
     fail(state, e.what());
   }

@@ -148,6 +148,25 @@ inline double copy_bandwidth(size_t traffic) {
   return bw;
 }
 
+// A benchmark row of a plain device-to-device copy of `bytes` bytes, timed
+// like the kernels' rows (GBps counts read + written), beside the ceiling
+// copy_bandwidth measures for the same traffic.
+inline void time_copy_d2d(benchmark::State& state, size_t bytes) {
+  device_buffer src(bytes), dst(bytes);
+  cudaStream_t s = gpu().stream;
+  LOWBIT_CUDA_CHECK(cudaMemsetAsync(src.as<void>(), 0x5a, bytes, s));
+  auto copy = [&] {
+    LOWBIT_CUDA_CHECK(cudaMemcpyAsync(dst.as<void>(), src.as<void>(), bytes, cudaMemcpyDeviceToDevice, s));
+  };
+  timed_on_stream(copy);
+  const double secs = run_timed_loop(state, copy);
+  const double total = 2.0 * double(bytes) * double(state.iterations());
+  state.SetBytesProcessed(int64_t(total));
+  state.counters["GBps"] = total / secs / 1e9;
+  state.counters["copy_GBps"] = copy_bandwidth(2 * bytes) / 1e9;
+  state.counters["pct_of_copy"] = 100.0 * (total / secs) / copy_bandwidth(2 * bytes);
+}
+
 // Device storage for one quantized tensor and a quantized_view of it.
 struct device_quantized {
   lowbit::blockwise_layout layout;

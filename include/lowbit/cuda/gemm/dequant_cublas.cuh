@@ -245,6 +245,25 @@ inline panel_plan plan_panels(bool backward, int64_t M, int64_t N, int64_t K, si
   return p;
 }
 
+// A staged panel's float32 products (cuBLAS wrote them [M][units], units
+// contiguous) into columns col0 .. col0 + units of the output (row length
+// out_ld), plus the bias's entries for those columns where there is one.
+inline void store_staged_panel(const float* stage, int64_t M, int64_t units, const tensor_view* bias,
+                               const tensor_view& out, int64_t out_ld, int64_t col0, cudaStream_t stream) {
+  finalize_args f;
+  f.partial = stage;
+  f.splits = 1;
+  f.M = M;
+  f.P = units;
+  f.bias = bias ? bias->data : nullptr;
+  f.bias_type = bias ? bias->type : dtype::f32;
+  f.out = out.data;
+  f.out_type = out.type;
+  f.out_ld = out_ld;
+  f.col0 = col0;
+  launch_finalize(f, stream);
+}
+
 // Y[M][N] = X[M][K] W^T (+ bias). x.type is the operand dtype T.
 template <decode_kind D, class T>
 void dequant_cublas_forward(const tensor_view& x, const weight_args& w, const quantized_view& whole,
@@ -270,20 +289,7 @@ void dequant_cublas_forward(const tensor_view& x, const weight_args& w, const qu
                                      cuda_type(x.type), int(K), x.data, cuda_type(x.type), int(K), &zero, c,
                                      staging ? CUDA_R_32F : cuda_type(y.type), staging ? int(nc) : int(N),
                                      compute_type(x.type), CUBLAS_GEMM_DEFAULT));
-    if (staging) {
-      finalize_args f;
-      f.partial = stage;
-      f.splits = 1;
-      f.M = M;
-      f.P = nc;
-      f.bias = bias ? bias->data : nullptr;
-      f.bias_type = bias ? bias->type : dtype::f32;
-      f.out = y.data;
-      f.out_type = y.type;
-      f.out_ld = N;
-      f.col0 = n0;
-      launch_finalize(f, stream);
-    }
+    if (staging) store_staged_panel(stage, M, nc, bias, y, N, n0, stream);
   }
 }
 
@@ -312,18 +318,7 @@ void dequant_cublas_backward(const tensor_view& dy, const weight_args& w, const 
                                      cuda_type(dy.type), int(kc), dy.data, cuda_type(dy.type), int(N), &zero, c,
                                      staging ? CUDA_R_32F : cuda_type(dx.type), staging ? int(kc) : int(K),
                                      compute_type(dy.type), CUBLAS_GEMM_DEFAULT));
-    if (staging) {
-      finalize_args f;
-      f.partial = stage;
-      f.splits = 1;
-      f.M = M;
-      f.P = kc;
-      f.out = dx.data;
-      f.out_type = dx.type;
-      f.out_ld = K;
-      f.col0 = k0;
-      launch_finalize(f, stream);
-    }
+    if (staging) store_staged_panel(stage, M, kc, nullptr, dx, K, k0, stream);
   }
 }
 
