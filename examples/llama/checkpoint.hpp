@@ -16,9 +16,12 @@
 // only then are the weights written.
 #pragma once
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -112,6 +115,29 @@ inline std::string config_difference(const llama_config& a, const llama_config& 
 }
 
 }  // namespace checkpoint_detail
+
+// Checks, before a run trains, that a checkpoint can later be written to
+// `path` (--save): not a directory, in an existing directory this process
+// may write to (the writer puts a temporary file there and renames it).
+inline void check_checkpoint_target(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  lowbit::require(!fs::is_directory(path, ec), lowbit::errc::invalid_argument,
+                  "--save '" + path + "' is a directory; name the checkpoint file");
+  const fs::path parent = fs::path(path).has_parent_path() ? fs::path(path).parent_path() : fs::path(".");
+  lowbit::require(fs::is_directory(parent, ec), lowbit::errc::io,
+                  "--save '" + path + "': the directory '" + parent.string() + "' does not exist");
+  lowbit::require(::access(parent.c_str(), W_OK | X_OK) == 0, lowbit::errc::io,
+                  "--save '" + path + "': cannot write into '" + parent.string() + "'");
+}
+
+// The --seed a checkpoint's run was started with.
+inline uint64_t checkpoint_seed(const std::string& path) {
+  const lowbit::safetensors_reader r = lowbit::safetensors_reader::open(path);
+  if (checkpoint_detail::meta(r, path, "format") != checkpoint_format)
+    throw lowbit::error(lowbit::errc::malformed_file, "'" + path + "' is not a lowbit LLaMA checkpoint");
+  return checkpoint_detail::meta_u64(r, path, "seed");
+}
 
 // The model config stored in a checkpoint (to build the model before loading).
 inline llama_config checkpoint_config(const std::string& path) {

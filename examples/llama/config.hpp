@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -58,13 +59,14 @@ struct llama_config {
     need(head_dim() % 2 == 0, "head_dim " + std::to_string(head_dim()) + " must be even for rotary embeddings");
     need(n_kv_heads <= n_heads && n_heads % n_kv_heads == 0,
          "n_heads " + std::to_string(n_heads) + " must be a multiple of n_kv_heads " + std::to_string(n_kv_heads));
-    need(norm_eps > 0.0f, "norm_eps must be > 0");
-    need(rope_theta > 1.0f, "rope_theta must be > 1");
+    need(norm_eps > 0.0f && std::isfinite(norm_eps), "norm_eps must be finite and > 0");
+    need(rope_theta > 1.0f && std::isfinite(rope_theta), "rope_theta must be finite and > 1");
     need(rope_type == "default" || rope_type == "llama3",
          "rope_type '" + rope_type + "' is not supported (default or llama3)");
     if (rope_type == "llama3") {
-      need(rope_factor >= 1.0f, "llama3 rope scaling: factor must be >= 1");
-      need(rope_low_freq_factor > 0.0f && rope_high_freq_factor > rope_low_freq_factor,
+      need(rope_factor >= 1.0f && std::isfinite(rope_factor), "llama3 rope scaling: factor must be finite and >= 1");
+      need(rope_low_freq_factor > 0.0f && rope_high_freq_factor > rope_low_freq_factor &&
+               std::isfinite(rope_high_freq_factor),
            "llama3 rope scaling: needs 0 < low_freq_factor < high_freq_factor");
       need(rope_original_max_positions > 0, "llama3 rope scaling: original_max_position_embeddings must be > 0");
     }
@@ -155,21 +157,32 @@ struct llama_config {
         if (required) fail(std::string("lacks '") + key + "'");
         return fallback;
       }
+      // read as 64 bits: get<int>() would wrap 4294967552 to 256
       if (!j[key].is_number_integer()) fail(std::string("'") + key + "' must be an integer");
-      return j[key].get<int>();
+      const int64_t v = j[key].get<int64_t>();
+      if (v < 1 || v > std::numeric_limits<int>::max())
+        fail(std::string("'") + key + "' = " + std::to_string(v) + " is out of range (1 to " +
+             std::to_string(std::numeric_limits<int>::max()) + ")");
+      return int(v);
+    };
+    auto get_bool = [&](const char* key, bool fallback) {
+      if (!j.contains(key) || j[key].is_null()) return fallback;
+      if (!j[key].is_boolean()) fail(std::string("'") + key + "' must be true or false, got " + j[key].type_name());
+      return j[key].get<bool>();
     };
     auto get_float = [&](const char* key, float fallback) {
       if (!j.contains(key) || j[key].is_null()) return fallback;
       if (!j[key].is_number()) fail(std::string("'") + key + "' must be a number");
-      return j[key].get<float>();
+      const double v = j[key].get<double>();
+      if (!std::isfinite(float(v))) fail(std::string("'") + key + "' = " + j[key].dump() + " is not a finite float");
+      return float(v);
     };
     if (j.contains("model_type") && j["model_type"] != "llama")
       fail("model_type is " + j["model_type"].dump() + ", only \"llama\" is supported");
     if (j.contains("hidden_act") && j["hidden_act"] != "silu")
       fail("hidden_act is " + j["hidden_act"].dump() + ", only \"silu\" (SwiGLU) is supported");
     for (const char* key : {"attention_bias", "mlp_bias"})
-      if (j.contains(key) && j[key].is_boolean() && j[key].get<bool>())
-        fail(std::string(key) + " = true is not supported (LLaMA has no biases)");
+      if (get_bool(key, false)) fail(std::string(key) + " = true is not supported (LLaMA has no biases)");
     // Rotary parameters: top-level rope_theta and rope_scaling (older
     // files, the Hub's Llama 3 configs) or rope_parameters {rope_type,
     // rope_theta, ...} (transformers 5). Plain ("default") rotary
@@ -180,10 +193,19 @@ struct llama_config {
       if (!j.contains(key) || j[key].is_null()) continue;
       const nlohmann::json& r = j[key];
       if (!r.is_object()) fail(std::string("'") + key + "' must be an object");
-      const std::string type = r.value("rope_type", r.value("type", std::string("default")));
+      std::string type = "default";
+      for (const char* field : {"type", "rope_type"}) {  // rope_type wins where both are given
+        if (!r.contains(field) || r[field].is_null()) continue;
+        if (!r[field].is_string())
+          fail(std::string(key) + "'s '" + field + "' must be a string, got " + r[field].type_name());
+        type = r[field].get<std::string>();
+      }
       if (type != "default" && type != "llama3")
         fail(std::string(key) + " rope_type '" + type + "' is not supported (only plain rotary embeddings and llama3)");
-      if (r.contains("rope_theta") && r["rope_theta"].is_number()) theta = r["rope_theta"].get<float>();
+      if (r.contains("rope_theta") && !r["rope_theta"].is_null()) {
+        if (!r["rope_theta"].is_number()) fail(std::string(key) + "'s 'rope_theta' must be a number");
+        theta = r["rope_theta"].get<float>();
+      }
       if (type != "llama3") continue;
       auto number = [&](const char* field) {
         if (!r.contains(field) || !r[field].is_number())
@@ -196,7 +218,11 @@ struct llama_config {
       c.rope_high_freq_factor = float(number("high_freq_factor"));
       if (!r.contains("original_max_position_embeddings") || !r["original_max_position_embeddings"].is_number_integer())
         fail(std::string(key) + " of rope_type 'llama3' lacks the integer 'original_max_position_embeddings'");
-      c.rope_original_max_positions = r["original_max_position_embeddings"].get<int>();
+      const int64_t original = r["original_max_position_embeddings"].get<int64_t>();
+      if (original < 1 || original > std::numeric_limits<int>::max())
+        fail(std::string(key) + "'s original_max_position_embeddings = " + std::to_string(original) +
+             " is out of range");
+      c.rope_original_max_positions = int(original);
     }
     c.vocab_size = get_int("vocab_size", true, 0);
     c.dim = get_int("hidden_size", true, 0);
@@ -207,10 +233,12 @@ struct llama_config {
     c.max_seq_len = get_int("max_position_embeddings", false, 2048);
     c.norm_eps = get_float("rms_norm_eps", 1e-6f);
     c.rope_theta = theta;
+    if (j.contains("head_dim") && !j["head_dim"].is_null() && !j["head_dim"].is_number_integer())
+      fail("'head_dim' must be an integer");
     if (j.contains("head_dim") && j["head_dim"].is_number_integer() && c.n_heads > 0 &&
-        j["head_dim"].get<int>() != c.dim / c.n_heads)
+        j["head_dim"].get<int64_t>() != int64_t(c.dim / c.n_heads))
       fail("head_dim != hidden_size / num_attention_heads is not supported");
-    c.tied_embeddings = j.value("tie_word_embeddings", false);
+    c.tied_embeddings = get_bool("tie_word_embeddings", false);
     try {
       c.validate();
     } catch (const lowbit::error& e) {

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -40,9 +41,17 @@ struct dataset {
                       double val_fraction) {
     lowbit::require(val_fraction > 0.0 && val_fraction < 1.0, lowbit::errc::invalid_argument,
                     "validation fraction must be in (0, 1)");
+    std::error_code ec;
+    lowbit::require(!std::filesystem::is_directory(path, ec), lowbit::errc::io,
+                    "corpus '" + path + "' is a directory; --data takes a file");
     std::ifstream f(path, std::ios::binary);
     if (!f) throw lowbit::error(lowbit::errc::io, "cannot open corpus '" + path + "'");
-    const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    std::string bytes;
+    try {
+      bytes.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    } catch (const std::exception& e) {
+      throw lowbit::error(lowbit::errc::io, "cannot read corpus '" + path + "': " + e.what());
+    }
     std::vector<int32_t> ids;
     if (fmt == corpus_format::text) {
       ids = tok.encode(bytes);
@@ -55,6 +64,9 @@ struct dataset {
       for (size_t i = 0; i < ids.size(); ++i) {
         uint32_t v = 0;
         for (size_t b = 0; b < w; ++b) v |= uint32_t(static_cast<unsigned char>(bytes[i * w + b])) << (8 * b);
+        lowbit::require(v < uint32_t(vocab_size), lowbit::errc::invalid_argument,
+                        "corpus '" + path + "': token " + std::to_string(v) + " at position " + std::to_string(i) +
+                            " is outside the model's vocabulary of " + std::to_string(vocab_size));
         ids[i] = int32_t(v);
       }
     }

@@ -45,6 +45,21 @@ inline lowbit::dtype parse_export_dtype(const std::string& s) {
   throw lowbit::error(lowbit::errc::invalid_argument, "--export-dtype must be f32, bf16 or f16, got '" + s + "'");
 }
 
+// Creates the export directory `dir` (and its parents) if needed and checks
+// that an export can go there: a directory, not one holding a sharded
+// checkpoint's index. The trainer calls it before training as well, so
+// that a bad --export-hf target fails at once rather than after the run.
+inline void prepare_export_dir(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  lowbit::require(!ec && fs::is_directory(dir), lowbit::errc::io,
+                  "export: cannot create the directory '" + dir + "'" + (ec ? ": " + ec.message() : ""));
+  lowbit::require(!fs::exists(fs::path(dir) / "model.safetensors.index.json"), lowbit::errc::invalid_argument,
+                  "export: '" + dir + "' holds model.safetensors.index.json (a sharded checkpoint, which loaders "
+                  "read instead of model.safetensors); export into a new or empty directory");
+}
+
 namespace export_detail {
 
 // Parameter p of w as float32 values (numel of them), decoded from its storage.
@@ -132,13 +147,7 @@ inline void export_hf(const std::string& dir, const llama_config& cfg, const wei
                                                            : (w.kind == matrix_storage::bf16 ? "bfloat16" : "float32")) +
                       ", which transformers has no matching bitsandbytes layout for: export them as float "
                       "(--export-dtype)");
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  lowbit::require(!ec && fs::is_directory(dir), lowbit::errc::io,
-                  "export: cannot create the directory '" + dir + "'" + (ec ? ": " + ec.message() : ""));
-  lowbit::require(!fs::exists(fs::path(dir) / "model.safetensors.index.json"), lowbit::errc::invalid_argument,
-                  "export: '" + dir + "' holds model.safetensors.index.json (a sharded checkpoint, which loaders "
-                  "read instead of model.safetensors); export into a new or empty directory");
+  prepare_export_dir(dir);
   const param_layout& L = *w.layout;
   lowbit::safetensors_writer out;
   for (size_t p = 0; p < L.params.size(); ++p) {
@@ -177,6 +186,7 @@ inline void export_hf(const std::string& dir, const llama_config& cfg, const wei
   if (!sentencepiece_model.empty()) {
     const fs::path target = fs::path(dir) / "tokenizer.model";
     if (!fs::exists(target) || !fs::equivalent(sentencepiece_model, target)) {
+      std::error_code ec;
       fs::copy_file(sentencepiece_model, target, fs::copy_options::overwrite_existing, ec);
       lowbit::require(!ec, lowbit::errc::io,
                       "export: cannot copy '" + sentencepiece_model + "' to '" + target.string() + "': " + ec.message());

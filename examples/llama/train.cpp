@@ -17,6 +17,7 @@
 #include <fstream>
 #include <memory>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -46,16 +47,19 @@ using namespace llama;
 struct options {
   std::string mode = "fp32-adamw";
   std::string preset = "tiny";
+  bool preset_given = false;  // --preset on the command line (checked against a --resume checkpoint)
   std::string config_path, init_dir, resume_path, save_path, log_path;
   std::string export_dir, export_dtype = "bf16";  // --export-hf, --export-dtype
   bool export_4bit = false;                       // --export-4bit
   std::string data = LLAMA_DEFAULT_DATA, data_format = "text", tokenizer_spec = "byte";
   std::string device = "auto", gpu_activations = "auto", grad_dtype = "f32";
   int64_t steps = 600, batch = 16, seq = 128, grad_accum = 1;
-  float lr = -1.0f, min_lr_ratio = 0.1f, weight_decay = 0.0f, clip = 1.0f, beta1 = 0.9f, beta2 = 0.95f;
+  float lr = 0.0f, min_lr_ratio = 0.1f, weight_decay = 0.0f, clip = 1.0f, beta1 = 0.9f, beta2 = 0.95f;
   int64_t warmup = 30, eval_every = 100, eval_batches = 8, log_every = 10, save_every = 0, stop_after = -1;
+  bool lr_given = false, stop_after_given = false;  // otherwise the mode's default, no stop
   uint64_t seed = 1337;
-  int64_t rounding_seed = -1;  // -1: the --seed
+  uint64_t rounding_seed = 0;
+  bool rounding_seed_given = false;  // otherwise the --seed
   bool checkpointing = false, fused_update = false, quiet = false;
   bool sync_gradient_checks = false;  // --sync-gradient-checks
   bool profile = false;               // --profile: time the phases of each step
@@ -156,6 +160,19 @@ bool parse_args(int argc, char** argv, options& o) {
       throw lowbit::error(lowbit::errc::invalid_argument, flag + " expects an integer, got '" + v + "'");
     return int64_t(x);
   };
+  auto to_u64 = [](const std::string& flag, const std::string& v) {
+    size_t used = 0;
+    unsigned long long x = 0;
+    try {
+      if (!v.empty() && v[0] != '-' && v[0] != '+') x = std::stoull(v, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != v.size() || v.empty())
+      throw lowbit::error(lowbit::errc::invalid_argument,
+                          flag + " expects an integer from 0 to 18446744073709551615, got '" + v + "'");
+    return uint64_t(x);
+  };
   auto to_float = [](const std::string& flag, const std::string& v) {
     size_t used = 0;
     float x = 0;
@@ -185,7 +202,10 @@ bool parse_args(int argc, char** argv, options& o) {
     else if (a == "--grad-dtype") o.grad_dtype = need(i);
     else if (a == "--logits-chunk-mib") o.logits_chunk_mib = to_int(a, need(i));
     else if (a == "--attention-chunk-mib") o.attention_chunk_mib = to_int(a, need(i));
-    else if (a == "--preset") o.preset = need(i);
+    else if (a == "--preset") {
+      o.preset = need(i);
+      o.preset_given = true;
+    }
     else if (a == "--config") o.config_path = need(i);
     else if (a == "--init") o.init_dir = need(i);
     else if (a == "--resume") o.resume_path = need(i);
@@ -207,15 +227,20 @@ bool parse_args(int argc, char** argv, options& o) {
     else if (a == "--eval-batches") o.eval_batches = to_int(a, need(i));
     else if (a == "--log-every") o.log_every = to_int(a, need(i));
     else if (a == "--save-every") o.save_every = to_int(a, need(i));
-    else if (a == "--stop-after") o.stop_after = to_int(a, need(i));
-    else if (a == "--sample-tokens") o.sample_tokens = to_int(a, need(i));
-    else if (a == "--seed") o.seed = uint64_t(to_int(a, need(i)));
-    else if (a == "--rounding-seed") {
-      o.rounding_seed = to_int(a, need(i));
-      lowbit::require(o.rounding_seed >= 0, lowbit::errc::invalid_argument,
-                      "--rounding-seed expects a non-negative integer, got " + std::to_string(o.rounding_seed));
+    else if (a == "--stop-after") {
+      o.stop_after = to_int(a, need(i));
+      o.stop_after_given = true;
     }
-    else if (a == "--lr") o.lr = to_float(a, need(i));
+    else if (a == "--sample-tokens") o.sample_tokens = to_int(a, need(i));
+    else if (a == "--seed") o.seed = to_u64(a, need(i));
+    else if (a == "--rounding-seed") {
+      o.rounding_seed = to_u64(a, need(i));
+      o.rounding_seed_given = true;
+    }
+    else if (a == "--lr") {
+      o.lr = to_float(a, need(i));
+      o.lr_given = true;
+    }
     else if (a == "--min-lr-ratio") o.min_lr_ratio = to_float(a, need(i));
     else if (a == "--weight-decay") o.weight_decay = to_float(a, need(i));
     else if (a == "--clip") o.clip = to_float(a, need(i));
@@ -238,6 +263,24 @@ bool parse_args(int argc, char** argv, options& o) {
   positive(o.grad_accum, "--grad-accum");
   positive(o.eval_batches, "--eval-batches");
   positive(o.log_every, "--log-every");
+  // Tokens per step: x and y hold that many ids, and the sessions size
+  // their activations by batch x seq; refuse products that would not fit
+  // (or overflow) before anything is allocated.
+  const int64_t max_tokens = int64_t(1) << 31;
+  lowbit::require(o.batch <= max_tokens / o.seq && o.batch * o.seq <= max_tokens / o.grad_accum,
+                  lowbit::errc::invalid_argument,
+                  "--batch " + std::to_string(o.batch) + " x --seq " + std::to_string(o.seq) + " x --grad-accum " +
+                      std::to_string(o.grad_accum) + " tokens per step is more than 2^31");
+  lowbit::require(!o.lr_given || o.lr > 0.0f, lowbit::errc::invalid_argument,
+                  "--lr must be > 0, got " + std::to_string(o.lr));
+  lowbit::require(o.timing_warmup >= 0, lowbit::errc::invalid_argument, "--timing-warmup must be >= 0");
+  lowbit::require(!o.stop_after_given || o.stop_after >= 0, lowbit::errc::invalid_argument,
+                  "--stop-after must be >= 0");
+  lowbit::require(o.peak_tflops > 0.0, lowbit::errc::invalid_argument, "--peak-tflops must be > 0");
+  lowbit::require(o.save_every == 0 || !o.save_path.empty(), lowbit::errc::invalid_argument,
+                  "--save-every needs --save FILE (where to write the checkpoints)");
+  lowbit::require(o.resume_path.empty() || o.init_dir.empty(), lowbit::errc::invalid_argument,
+                  "--init and --resume both give the weights; --resume alone continues the checkpoint's run");
   lowbit::require(o.warmup >= 0 && o.eval_every >= 0 && o.save_every >= 0 && o.sample_tokens >= 0,
                   lowbit::errc::invalid_argument, "--warmup, --eval-every, --save-every, --sample-tokens must be >= 0");
   lowbit::require(o.beta1 >= 0.0f && o.beta1 < 1.0f, lowbit::errc::invalid_argument, "--beta1 must be in [0, 1)");
@@ -258,6 +301,9 @@ bool parse_args(int argc, char** argv, options& o) {
   check_session_options(session_checks);
   lowbit::require(o.config_path.empty() || o.init_dir.empty(), lowbit::errc::invalid_argument,
                   "--config and --init both give the model config; use one");
+  lowbit::require(!o.preset_given || (o.config_path.empty() && o.init_dir.empty()), lowbit::errc::invalid_argument,
+                  std::string("--preset and ") + (o.config_path.empty() ? "--init" : "--config") +
+                      " both give the model config; use one");
   parse_grad_dtype(o.grad_dtype);  // f32 or bf16, else a clear error
   lowbit::require(o.logits_chunk_mib >= 1 && o.logits_chunk_mib <= (int64_t(1) << 20), lowbit::errc::invalid_argument,
                   "--logits-chunk-mib must be between 1 and 1048576, got " + std::to_string(o.logits_chunk_mib));
@@ -273,6 +319,15 @@ float lr_at(const options& o, float peak, int64_t step) {
   const double t = o.steps > o.warmup ? double(step - o.warmup) / double(o.steps - o.warmup) : 1.0;
   const double cosine = 0.5 * (1.0 + std::cos(3.141592653589793 * std::min(1.0, t)));
   return float(peak * (o.min_lr_ratio + (1.0 - o.min_lr_ratio) * cosine));
+}
+
+// A JSON number, or null where the value is not finite (JSON has no NaN);
+// finite values print as a plain `os << v` does.
+std::string json_number(double v) {
+  if (!std::isfinite(v)) return "null";
+  std::ostringstream os;
+  os << v;
+  return os.str();
 }
 
 std::string human_time(double s) {
@@ -337,24 +392,48 @@ int main(int argc, char** argv) {
                     lowbit::errc::invalid_argument,
                     "--export-4bit keeps NF4 / FP4 weights in bitsandbytes' 4-bit layout; mode '" + mode.name +
                         "' has none (export its weights as float with --export-dtype)");
-    const float peak_lr = o.lr > 0.0f ? o.lr : mode.default_lr;
+    const float peak_lr = o.lr_given ? o.lr : mode.default_lr;
+    // Output targets are checked now, not after the training they would keep.
+    if (!o.save_path.empty()) check_checkpoint_target(o.save_path);
+    if (!o.export_dir.empty()) prepare_export_dir(o.export_dir);
 
     // Model config: checkpoint > HF dir > config.json > preset.
     llama_config cfg;
-    if (!o.resume_path.empty()) cfg = checkpoint_config(o.resume_path);
-    else if (!o.init_dir.empty()) cfg = load_hf_config(o.init_dir);
+    if (!o.resume_path.empty()) {
+      // The checkpoint's seed first: with another one the data order differs.
+      const uint64_t saved_seed = checkpoint_seed(o.resume_path);
+      lowbit::require(saved_seed == o.seed, lowbit::errc::invalid_argument,
+                      "checkpoint '" + o.resume_path + "' was trained with --seed " + std::to_string(saved_seed) +
+                          ", this run uses " + std::to_string(o.seed) +
+                          " (the data order and rounding would differ; pass --seed " + std::to_string(saved_seed) + ")");
+      cfg = checkpoint_config(o.resume_path);
+      // A model named on the command line must be the checkpoint's.
+      if (!o.config_path.empty() || o.preset_given) {
+        const llama_config asked =
+            o.config_path.empty() ? llama_config::preset(o.preset) : llama_config::from_hf_file(o.config_path);
+        const std::string diff = checkpoint_detail::config_difference(cfg, asked);
+        lowbit::require(diff.empty(), lowbit::errc::invalid_argument,
+                        "checkpoint '" + o.resume_path + "' is for another model than " +
+                            (o.config_path.empty() ? "--preset " + o.preset : "--config " + o.config_path) + ": " +
+                            diff);
+      }
+    } else if (!o.init_dir.empty()) cfg = load_hf_config(o.init_dir);
     else if (!o.config_path.empty()) cfg = llama_config::from_hf_file(o.config_path);
     else cfg = llama_config::preset(o.preset);
     cfg.validate();
 
     std::unique_ptr<tokenizer> tok = make_tokenizer(o.tokenizer_spec);
-    lowbit::require(tok->vocab_size() <= cfg.vocab_size, lowbit::errc::invalid_argument,
+    const corpus_format corpus = parse_corpus_format(o.data_format);
+    // A pre-tokenized corpus needs no tokenizer: the default byte one then
+    // neither encodes the data nor decodes a sample (its ids are not bytes).
+    const bool has_tokenizer = corpus == corpus_format::text || o.tokenizer_spec != "byte";
+    lowbit::require(!has_tokenizer || tok->vocab_size() <= cfg.vocab_size, lowbit::errc::invalid_argument,
                     "tokenizer '" + tok->name() + "' has " + std::to_string(tok->vocab_size()) +
                         " tokens, more than the model's vocabulary of " + std::to_string(cfg.vocab_size));
     lowbit::require(o.seq <= cfg.max_seq_len, lowbit::errc::invalid_argument,
                     "--seq " + std::to_string(o.seq) + " exceeds the model's max_seq_len " +
                         std::to_string(cfg.max_seq_len));
-    const dataset data = dataset::load(o.data, parse_corpus_format(o.data_format), *tok, cfg.vocab_size, 0.1);
+    const dataset data = dataset::load(o.data, corpus, *tok, cfg.vocab_size, 0.1);
     data.require_fits(o.seq);
 
     session_options so;
@@ -370,7 +449,7 @@ int main(int argc, char** argv) {
     so.hparams.beta1 = o.beta1;
     so.hparams.beta2 = o.beta2;
     so.hparams.weight_decay = o.weight_decay;
-    so.hparams.seed = o.rounding_seed >= 0 ? uint64_t(o.rounding_seed) : o.seed;
+    so.hparams.seed = o.rounding_seed_given ? o.rounding_seed : o.seed;
     so.hparams.defer_gradient_checks = !o.sync_gradient_checks;
     // Large models take a while to allocate, draw or load and copy: say so.
     const bool slow_setup = !o.quiet && cfg.n_params() >= (int64_t(1) << 26);
@@ -394,9 +473,9 @@ int main(int argc, char** argv) {
     st.seed = o.seed;
     if (!o.resume_path.empty()) {
       st = run.load(o.resume_path);
-      lowbit::require(st.seed == o.seed, lowbit::errc::invalid_argument,
-                      "checkpoint was trained with --seed " + std::to_string(st.seed) + ", this run uses " +
-                          std::to_string(o.seed) + " (the data order and rounding would differ)");
+      if (st.step >= o.steps)
+        std::fprintf(stderr, "llama_train: note: the checkpoint is at step %lld, --steps is %lld: nothing to train\n",
+                     static_cast<long long>(st.step), static_cast<long long>(o.steps));
     }
     const int64_t P = run.layout().total();
 
@@ -435,7 +514,7 @@ int main(int argc, char** argv) {
     auto evaluate = [&]() { return run.evaluate(data, o.eval_batches); };
     auto log_eval = [&](int64_t step, double v) {
       if (!o.quiet) std::printf("step %5lld | validation loss %.4f\n", static_cast<long long>(step), v);
-      if (log) log << "{\"step\":" << step << ",\"val_loss\":" << v << "}\n" << std::flush;
+      if (log) log << "{\"step\":" << step << ",\"val_loss\":" << json_number(v) << "}\n" << std::flush;
     };
     auto save = [&]() {
       run.save(o.save_path, st);
@@ -443,8 +522,10 @@ int main(int argc, char** argv) {
     };
 
     double first_val = std::nan(""), last_val = std::nan("");
+    bool first_evaluated = false, evaluated = false;  // (a diverged run's losses are NaN)
     if (st.step == 0 && o.eval_every > 0) {
       first_val = evaluate();
+      first_evaluated = true;
       log_eval(0, first_val);
     }
     const int64_t end = o.stop_after >= 0 ? std::min(o.steps, o.stop_after) : o.steps;
@@ -469,7 +550,7 @@ int main(int argc, char** argv) {
       if (r.skipped) {
         ++skipped_steps;
         std::fprintf(stderr, "llama_train: step %lld: non-finite loss or gradient, update skipped\n",
-                     static_cast<long long>(step));
+                     static_cast<long long>(step + 1));  // numbered as the progress line and the log number it
       }
       st.step = step + 1;
       st.tokens += M;
@@ -482,7 +563,7 @@ int main(int argc, char** argv) {
       const double elapsed = std::chrono::duration<double>(now - t_start).count();
       const double tok_s = double(M) * double(steps_run + 1) / std::max(train_seconds, 1e-9);
       if (log)
-        log << "{\"step\":" << st.step << ",\"loss\":" << loss << ",\"lr\":" << lr << ",\"grad_norm\":"
+        log << "{\"step\":" << st.step << ",\"loss\":" << json_number(loss) << ",\"lr\":" << lr << ",\"grad_norm\":"
             << (std::isfinite(grad_norm) ? std::to_string(grad_norm) : "null") << ",\"tokens\":" << st.tokens
             << ",\"elapsed_s\":" << elapsed << ",\"tokens_per_s\":" << tok_s << "}\n";
       if (!o.quiet && (st.step % o.log_every == 0 || st.step == end)) {
@@ -498,6 +579,7 @@ int main(int argc, char** argv) {
       }
       if (o.eval_every > 0 && (st.step % o.eval_every == 0 || st.step == o.steps)) {
         last_val = evaluate();
+        evaluated = true;
         log_eval(st.step, last_val);
       }
       if (!o.save_path.empty() && o.save_every > 0 && st.step % o.save_every == 0 && st.step != end) save();
@@ -515,14 +597,22 @@ int main(int argc, char** argv) {
                     sentencepiece ? ", tokenizer.model" : "");
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-    if (std::isnan(last_val) && o.eval_every > 0) last_val = evaluate();
+    if (!evaluated && o.eval_every > 0) {
+      last_val = evaluate();
+      evaluated = true;
+    }
 
-    if (o.sample_tokens > 0 && !o.quiet) {
+    if (o.sample_tokens > 0 && !o.quiet && !has_tokenizer)
+      std::printf("no sample: the corpus is pre-tokenized and no --tokenizer was given to decode one\n");
+    if (o.sample_tokens > 0 && !o.quiet && has_tokenizer) {
       std::vector<int32_t> ctx = tok->encode(o.prompt);
       if (ctx.empty()) ctx.push_back(int32_t('\n'));
       std::mt19937_64 gen(o.seed + 7);
       std::vector<int32_t> generated;
-      std::vector<double> p(static_cast<size_t>(cfg.vocab_size));
+      // Only ids the tokenizer can decode (a model's vocabulary may be
+      // padded past the tokenizer's).
+      const int n_pick = std::min(cfg.vocab_size, tok->vocab_size());
+      std::vector<double> p(static_cast<size_t>(n_pick));
       for (int64_t t = 0; t < o.sample_tokens; ++t) {
         const int64_t len = std::min<int64_t>(int64_t(ctx.size()), o.seq);
         const int32_t* window = ctx.data() + (int64_t(ctx.size()) - len);
@@ -530,8 +620,8 @@ int main(int argc, char** argv) {
         run.last_logits(window, len, last.data());
         const float* logits = last.data();
         double mx = logits[0];
-        for (int v = 1; v < cfg.vocab_size; ++v) mx = std::max(mx, double(logits[v]));
-        for (int v = 0; v < cfg.vocab_size; ++v) p[size_t(v)] = std::exp((double(logits[v]) - mx) / o.temperature);
+        for (int v = 1; v < n_pick; ++v) mx = std::max(mx, double(logits[v]));
+        for (int v = 0; v < n_pick; ++v) p[size_t(v)] = std::exp((double(logits[v]) - mx) / o.temperature);
         std::discrete_distribution<int> pick(p.begin(), p.end());
         const int32_t next = int32_t(pick(gen));
         ctx.push_back(next);
@@ -543,11 +633,12 @@ int main(int argc, char** argv) {
     const double train_tok_s = timed_steps > 0 && o.timing_warmup > 0
                                    ? double(timed_steps * M) / std::max(timed_seconds, 1e-9)
                                    : double(steps_run * M) / std::max(train_seconds, 1e-9);
-    std::printf("llama_train: mode %s: %lld steps in %s (%.*f training tokens/s), final training loss %.4f",
-                mode.name.c_str(), static_cast<long long>(steps_run), human_time(seconds).c_str(),
-                train_tok_s < 100 ? 2 : 0, train_tok_s, loss);
-    if (!std::isnan(last_val)) std::printf(", validation loss %.4f", last_val);
-    if (!std::isnan(first_val)) std::printf(" (from %.4f at step 0)", first_val);
+    std::printf("llama_train: mode %s: %lld steps in %s", mode.name.c_str(), static_cast<long long>(steps_run),
+                human_time(seconds).c_str());
+    if (steps_run > 0)
+      std::printf(" (%.*f training tokens/s), final training loss %.4f", train_tok_s < 100 ? 2 : 0, train_tok_s, loss);
+    if (evaluated) std::printf(", validation loss %.4f", last_val);
+    if (evaluated && first_evaluated) std::printf(" (from %.4f at step 0)", first_val);
     if (skipped_steps) std::printf(", %lld steps skipped", static_cast<long long>(skipped_steps));
     struct rusage usage;
     double rss_mib = -1;
@@ -585,8 +676,9 @@ int main(int argc, char** argv) {
           << ",\"peak_rss_mib\":" << rss_mib << ",\"weight_bytes\":" << run.weight_bytes()
           << ",\"state_bytes\":" << run.optimizer().state_bytes() << ",\"gradient_bytes\":" << run.gradient_bytes()
           << ",\"activation_bytes\":" << run.activation_bytes()
-          << ",\"model_state_bytes_per_param\":" << double(states) / double(P) << ",\"final_loss\":" << loss
-          << ",\"val_loss\":" << (std::isnan(last_val) ? std::string("null") : std::to_string(last_val));
+          << ",\"model_state_bytes_per_param\":" << double(states) / double(P)
+          << ",\"final_loss\":" << (steps_run > 0 ? json_number(loss) : json_number(std::nan("")))
+          << ",\"val_loss\":" << (evaluated && std::isfinite(last_val) ? std::to_string(last_val) : std::string("null"));
       if (profile && profile->counted_steps() > 0) {
         log << ",\"profiled_steps\":" << profile->counted_steps() << ",\"host_ms_per_step\":" << host_ms_per_step
             << ",\"phase_ms_per_step\":{";
@@ -599,6 +691,10 @@ int main(int argc, char** argv) {
     return 0;
   } catch (const lowbit::error& e) {
     std::fprintf(stderr, "llama_train: error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "llama_train: error: out of host memory (a smaller --batch, --seq or model, or "
+                         "--checkpointing, needs less)\n");
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "llama_train: error: %s\n", e.what());

@@ -21,6 +21,9 @@ function(run_ok name)
   set(ERR "${err}" PARENT_SCOPE)
 endfunction()
 
+# Fails unless the run fails with `expect` on stderr before training: no
+# step's progress line (errors of the command line and of output targets
+# must not wait for the end of a run).
 function(run_fails name expect)
   execute_process(COMMAND ${TRAIN} ${ARGN} WORKING_DIRECTORY ${WORK_DIR}
                   RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
@@ -30,6 +33,10 @@ function(run_fails name expect)
   string(FIND "${err}" "${expect}" pos)
   if(pos EQUAL -1)
     message(FATAL_ERROR "${name}: stderr lacks '${expect}':\n${err}")
+  endif()
+  string(REGEX MATCH "step +[0-9]+/" progress "${out}")
+  if(progress)
+    message(FATAL_ERROR "${name}: failed only after training:\n${out}\n${err}")
   endif()
 endfunction()
 
@@ -100,7 +107,13 @@ require_contains("resume with another batch (stderr)" "${ERR}"
 # last step: no step runs) and start a run from it.
 run_ok(export --mode qft --steps 10 ${SMALL} --resume full.safetensors --export-hf exported --export-dtype f32
        --eval-every 0 --sample-tokens 0)
-require_contains("--export-hf output" "${OUT}" "exported the model to exported (config.json, model.safetensors in f32)")
+require_contains("--export-hf output" "${OUT}" "exported the model to exported (config.json, model.safetensors in f32)"
+                 "mode qft: 0 steps in")
+require_contains("--export-hf stderr" "${ERR}" "note: the checkpoint is at step 10, --steps is 10: nothing to train")
+string(FIND "${OUT}" "final training loss" no_loss)
+if(NOT no_loss EQUAL -1)
+  message(FATAL_ERROR "a run of no steps reported a training loss:\n${OUT}")
+endif()
 foreach(f config.json model.safetensors)
   if(NOT EXISTS ${WORK_DIR}/exported/${f})
     message(FATAL_ERROR "--export-hf wrote no ${f}")
@@ -136,7 +149,58 @@ run_fails(cpu_bf16_grads "--grad-dtype bf16 needs the CUDA backend" --device cpu
 run_fails(mode_mismatch "trained in mode 'qft', this run uses mode 'fp32-adamw'" --mode fp32-adamw --steps 10 ${SMALL}
           --resume full.safetensors)
 run_fails(missing_data "cannot open corpus" --data ${WORK_DIR}/nope.txt)
-run_fails(bad_rounding_seed "--rounding-seed expects a non-negative integer, got -1" --rounding-seed -1)
+run_fails(bad_rounding_seed "--rounding-seed expects an integer from 0 to 18446744073709551615, got '-1'"
+          --rounding-seed -1)
+run_fails(negative_seed "--seed expects an integer from 0 to" --seed -1)
+run_fails(seed_mismatch "checkpoint 'full.safetensors' was trained with --seed 1337, this run uses 5" --mode qft
+          --steps 10 ${SMALL} --seed 5 --resume full.safetensors)
+run_fails(resume_other_preset "is for another model than --preset llama2-7b: hidden_size 64 in the checkpoint, 4096"
+          --mode qft --steps 12 --preset llama2-7b --resume full.safetensors)
+run_fails(resume_and_init "--init and --resume both give the weights" --mode qft --steps 12 --resume full.safetensors
+          --init exported)
+run_fails(preset_and_config "--preset and --config both give the model config" ${SMALL} --preset tiny)
+run_fails(huge_batch "tokens per step is more than 2^31" --batch 1152921504606846976)
+run_fails(zero_lr "--lr must be > 0, got 0" --lr 0)
+run_fails(negative_stop "--stop-after must be >= 0" --stop-after -5)
+run_fails(save_every_alone "--save-every needs --save FILE" --save-every 5)
+# output targets that cannot be written are refused before the run
+run_fails(save_no_dir "--save '${WORK_DIR}/nope/x.safetensors': the directory '${WORK_DIR}/nope' does not exist"
+          ${SMALL} --steps 50 --save ${WORK_DIR}/nope/x.safetensors)
+run_fails(save_is_dir "is a directory; name the checkpoint file" ${SMALL} --steps 50 --save exported)
+file(WRITE ${WORK_DIR}/a_file "x")
+run_fails(export_into_file "export: cannot create the directory 'a_file'" ${SMALL} --steps 50 --export-hf a_file)
+run_fails(data_dir "corpus '${WORK_DIR}' is a directory" ${SMALL} --data ${WORK_DIR})
+# config.json values of the wrong type or range are named, not wrapped
+file(READ ${DATA_DIR}/tiny_gqa/config.json gqa_config)
+string(REPLACE "\"vocab_size\": 256" "\"vocab_size\": 4294967552" wrapped_config "${gqa_config}")
+file(WRITE ${WORK_DIR}/vocab_wrap.json "${wrapped_config}")
+run_fails(config_int_range "'vocab_size' = 4294967552 is out of range" --config vocab_wrap.json)
+string(REPLACE "\"tie_word_embeddings\": false" "\"tie_word_embeddings\": 1" tie_config "${gqa_config}")
+file(WRITE ${WORK_DIR}/tie_number.json "${tie_config}")
+run_fails(config_bool_type "'tie_word_embeddings' must be true or false, got number" --config tie_number.json)
+
+# A diverging run: the skipped steps are numbered as in the log, and every
+# log record stays valid JSON (NaN written as null).
+run_ok(diverge --mode fp32-adamw --steps 4 ${SMALL} --lr 1e30 --eval-every 2 --log diverge.jsonl --sample-tokens 0)
+require_contains("diverging run (stderr)" "${ERR}" "step 2: non-finite loss or gradient, update skipped")
+file(STRINGS ${WORK_DIR}/diverge.jsonl diverge_lines)
+foreach(line IN LISTS diverge_lines)
+  string(JSON type ERROR_VARIABLE json_error TYPE "${line}")
+  if(json_error)
+    message(FATAL_ERROR "diverge.jsonl: a record is not JSON (${json_error}): ${line}")
+  endif()
+endforeach()
+require_contains("diverge.jsonl" "${diverge_lines}" "{\"step\":2,\"loss\":null," "\"val_loss\":null")
+
+# A pre-tokenized corpus (uint16 ids: "AB" is 0x4241 = 16961, "CD" 0x4443 = 17475) with the
+# default byte tokenizer: no sample is decoded from ids that are not bytes.
+string(REPLACE "\"vocab_size\": 256" "\"vocab_size\": 17500" wide_config "${gqa_config}")
+file(WRITE ${WORK_DIR}/wide_vocab.json "${wide_config}")
+string(REPEAT "ABCD" 2000 id_text)
+file(WRITE ${WORK_DIR}/ids.u16 "${id_text}")
+run_ok(pretokenized --config wide_vocab.json --data ids.u16 --data-format u16 --steps 2 --batch 2 --seq 16
+       --eval-every 0)
+require_contains("pre-tokenized corpus output" "${OUT}" "no sample: the corpus is pre-tokenized")
 run_fails(rounding_mismatch "trained with rounding seed 1337, this run uses 7" --mode qft --steps 10 ${SMALL}
           --rounding-seed 7 --resume full.safetensors)
 message(STATUS "llama_train command line: all checks passed")
