@@ -183,6 +183,11 @@ inline void export_hf(const std::string& dir, const llama_config& cfg, const wei
   }
   export_detail::write_text_atomically((fs::path(dir) / "config.json").string(), config.dump(2) + "\n");
 
+  if (sentencepiece_model.empty() && fs::exists(fs::path(dir) / "tokenizer.model"))
+    std::fprintf(stderr,
+                 "export: note: '%s' is not this model's (it was trained with the byte tokenizer); a loader would "
+                 "take it for the model's tokenizer: remove it\n",
+                 (fs::path(dir) / "tokenizer.model").c_str());
   if (!sentencepiece_model.empty()) {
     const fs::path target = fs::path(dir) / "tokenizer.model";
     if (!fs::exists(target) || !fs::equivalent(sentencepiece_model, target)) {

@@ -435,6 +435,12 @@ int main(int argc, char** argv) {
                         std::to_string(cfg.max_seq_len));
     const dataset data = dataset::load(o.data, corpus, *tok, cfg.vocab_size, 0.1);
     data.require_fits(o.seq);
+    const double eval_windows = double(o.eval_batches) * double(o.batch) * double(o.grad_accum);
+    if (o.eval_every > 0 && eval_windows > double(data.val_windows(o.seq)))
+      std::fprintf(stderr,
+                   "llama_train: note: the validation loss reads %.0f windows of %lld tokens (--eval-batches x "
+                   "--batch x --grad-accum), the validation split holds %lld: windows are counted more than once\n",
+                   eval_windows, static_cast<long long>(o.seq), static_cast<long long>(data.val_windows(o.seq)));
 
     session_options so;
     so.batch = o.batch;
