@@ -11,6 +11,7 @@
 #include <lowbit/io/bnb_quant_state.hpp>
 
 #include <cstring>
+#include <limits>
 #include <random>
 
 #include "io_test_util.hpp"
@@ -562,4 +563,122 @@ TEST_CASE("bitsandbytes-written NF4 / FP4 weights load and dequantize to bitsand
       CHECK(differ > 0);
     }
   }
+}
+
+namespace {
+
+// A 4-element NF4 weight "w" (2 code bytes, 1 scale) whose quant_state JSON
+// is `state` (under `suffix`), as a crafted file would hold it.
+std::vector<uint8_t> crafted_weight(const std::string& state, const std::string& suffix = "bitsandbytes__nf4") {
+  safetensors_writer w;
+  w.add_owned("w", dtype::u8, {2, 1}, {0xf0, 0x7f});
+  w.add_owned("w.absmax", dtype::f32, {1}, floats_bytes({2.0f}));
+  w.add_owned("w.quant_map", dtype::f32, {16}, floats_bytes(stored_quant_map(format::nf4)));
+  w.add_owned("w.quant_state." + suffix, dtype::u8, {int64_t(state.size())},
+              std::vector<uint8_t>(state.begin(), state.end()));
+  return w.to_bytes();
+}
+
+std::string nf4_state(const std::string& shape) {
+  return "{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"bfloat16\", \"shape\": " + shape + "}";
+}
+
+// find_quantized_weights and load_quantized must both refuse `image` with
+// errc::malformed_file; returns find's message.
+std::string refused_by_both(const std::vector<uint8_t>& image) {
+  const auto r = safetensors_reader::parse(image.data(), image.size(), "crafted");
+  const auto found = catch_error([&] { find_quantized_weights(r); });
+  const auto loaded = catch_error([&] { load_quantized(r, "w"); });
+  CHECK(found.lowbit);
+  CHECK_MESSAGE(found.code == errc::malformed_file, found.message);
+  CHECK(loaded.lowbit);
+  CHECK_MESSAGE(loaded.code == errc::malformed_file, loaded.message);
+  CHECK(contains(found.message, "crafted"));
+  CHECK(found.message.size() < 400);
+  return found.message;
+}
+
+}  // namespace
+
+TEST_CASE("bnb quant state: the shape's element count must match the sizes of the keys in the file") {
+  const auto control = crafted_weight(nf4_state("[2, 2]"));
+  const auto r = safetensors_reader::parse(control.data(), control.size());
+  REQUIRE(find_quantized_weights(r).size() == 1);
+  CHECK(load_quantized(r, "w").tensor.shape == std::vector<int64_t>{2, 2});
+
+  // 464 bytes claiming 2^28 elements: refused before anything is allocated
+  const auto big = crafted_weight(nf4_state("[268435456]"));
+  const std::string msg = refused_by_both(big);
+  CHECK(contains(msg, "'w' holds 2 code bytes"));
+  CHECK(contains(msg, "[268435456]"));
+  CHECK(contains(msg, "134217728"));
+
+  // the codes fit the shape, the scales do not (2 blocks for 4 elements)
+  safetensors_writer w;
+  w.add_owned("w", dtype::u8, {2, 1}, {0xf0, 0x7f});
+  w.add_owned("w.absmax", dtype::f32, {2}, floats_bytes({2.0f, 1.0f}));
+  w.add_owned("w.quant_map", dtype::f32, {16}, floats_bytes(stored_quant_map(format::nf4)));
+  const std::string st = nf4_state("[4]");
+  w.add_owned("w.quant_state.bitsandbytes__nf4", dtype::u8, {int64_t(st.size())},
+              std::vector<uint8_t>(st.begin(), st.end()));
+  CHECK(contains(refused_by_both(w.to_bytes()), "'w.absmax' holds 2 scales"));
+}
+
+TEST_CASE("bnb quant state: shapes near INT64_MAX are malformed, with no overflow on the way") {
+  CHECK(contains(refused_by_both(crafted_weight(nf4_state("[9223372036854775807]"))), "more than lowbit's layouts hold"));
+  CHECK(contains(refused_by_both(crafted_weight(nf4_state("[4611686018427387905]"))), "more than"));
+  CHECK(contains(refused_by_both(crafted_weight(nf4_state("[0, 4, 4611686018427387904]"))), "overflows"));
+  // The layout itself: counts without overflow for any n, and a cap in validate().
+  const int64_t huge = std::numeric_limits<int64_t>::max();
+  const blockwise_layout l{format::nf4, huge, 64, true};
+  CHECK(l.n_blocks() == int64_t(1) << 57);        // ceil((2^63 - 1) / 64)
+  CHECK(l.n_nested_blocks() == int64_t(1) << 49);  // 2^57 / 256
+  CHECK(l.code_bytes() == int64_t(1) << 62);       // ceil((2^63 - 1) / 2)
+  const auto t = catch_error([&] { make_layout(format::nf4, huge, 64, false); });
+  CHECK(t.code == errc::invalid_argument);
+  CHECK(contains(t.message, "exceeds 2^62"));
+  const blockwise_layout most = make_layout(format::int8, max_layout_elements, 4096, false);
+  CHECK(most.total_bytes() == max_layout_elements + 4 * (max_layout_elements / 4096));
+}
+
+TEST_CASE("bnb quant state: two quant_state keys for one weight are malformed") {
+  std::vector<part> parts = parts_of(crafted_weight(nf4_state("[4]")));
+  const std::string fp4 = "{\"quant_type\": \"fp4\", \"blocksize\": 64, \"dtype\": \"bfloat16\", \"shape\": [4]}";
+  parts.push_back({"w.quant_state.bitsandbytes__fp4", dtype::u8, {}, {}});
+  set_text(parts.back(), fp4);
+  const std::string msg = refused_by_both(image_of(parts));
+  CHECK(contains(msg, "weight 'w' has two quant_state keys"));
+  CHECK(contains(msg, "w.quant_state.bitsandbytes__nf4"));
+  CHECK(contains(msg, "w.quant_state.bitsandbytes__fp4"));
+}
+
+// nlohmann's dump() recurses once per nesting level: a quant_state JSON
+// nested a million deep used to overflow the stack when its value went into
+// an error message.
+TEST_CASE("bnb quant state: deeply nested or huge JSON values give short malformed_file errors") {
+  const std::string deep = std::string(1000000, '[') + std::string(1000000, ']');
+  CHECK(contains(refused_by_both(crafted_weight(
+                     "{\"quant_type\": " + deep + ", \"blocksize\": 64, \"dtype\": \"bfloat16\", \"shape\": [4]}")),
+                 "\"quant_type\" an array of 1 element disagrees"));
+  CHECK(contains(refused_by_both(crafted_weight(nf4_state("[" + deep + "]"))), "got an array of 1 element"));
+  CHECK(contains(refused_by_both(crafted_weight(
+                     "{\"quant_type\": \"nf4\", \"blocksize\": " + deep + ", \"dtype\": \"bfloat16\", \"shape\": [4]}")),
+                 "\"blocksize\""));
+  const std::string long_type = "\"" + std::string(1 << 20, 'q') + "\"";
+  CHECK(contains(refused_by_both(crafted_weight(
+                     "{\"quant_type\": " + long_type + ", \"blocksize\": 64, \"dtype\": \"bfloat16\", \"shape\": [4]}")),
+                 "\"qqqq"));
+  // unsupported nested fields: still a short message, errc::unsupported
+  const auto image = crafted_weight("{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"bfloat16\", \"shape\": [4], "
+                                    "\"nested_blocksize\": 256, \"nested_dtype\": " + deep + ", \"nested_offset\": 0}");
+  const auto r = safetensors_reader::parse(image.data(), image.size());
+  const auto t = catch_error([&] { find_quantized_weights(r); });
+  CHECK(t.code == errc::unsupported);
+  CHECK(contains(t.message, "nested_dtype an array of 1 element"));
+  const auto bad = crafted_weight("{\"quant_type\": " + std::string(1000000, '['));
+  const auto rb = safetensors_reader::parse(bad.data(), bad.size());
+  const auto tb = catch_error([&] { find_quantized_weights(rb); });
+  CHECK(tb.code == errc::malformed_file);
+  CHECK(contains(tb.message, "is not valid JSON"));
+  CHECK(tb.message.size() < 400);
 }

@@ -138,6 +138,23 @@ TEST_CASE("dlpack: rank, shape, pointer and alignment errors") {
   o.shape[0] = int64_t(1) << 40;
   o.shape[1] = int64_t(1) << 40;
   CHECK(contains(catch_error([&] { from_dlpack(o.t); }).message, "overflows"));
+  // Empty, but the compact strides of [0, 4, 2^62] (null strides) would
+  // need 4 * 2^62: refused as well.
+  dl_fixture e;
+  e.t.ndim = 3;
+  e.t.data = nullptr;
+  e.shape[0] = 0;
+  e.shape[1] = 4;
+  e.shape[2] = int64_t(1) << 62;
+  const auto empty_huge = catch_error([&] { from_dlpack(e.t); });
+  CHECK(empty_huge.code == errc::invalid_argument);
+  CHECK(contains(empty_huge.message, "[0, 4, 4611686018427387904] overflows"));
+  e.shape[2] = int64_t(1) << 40;  // products that fit: an empty view with exact strides
+  const tensor_view ev = from_dlpack(e.t);
+  CHECK(ev.numel() == 0);
+  CHECK(ev.strides[0] == int64_t(1) << 42);
+  CHECK(ev.strides[1] == int64_t(1) << 40);
+  CHECK(ev.is_contiguous());
 
   dl_fixture n;
   n.t.shape = nullptr;

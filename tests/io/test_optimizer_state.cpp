@@ -693,3 +693,91 @@ TEST_CASE("optimizer state: device-resident states go through copy_to_host / cop
   CHECK(tl.code == errc::unsupported);
   CHECK(io_test::contains(tl.message, "loading device-resident optimizer states is not supported yet"));
 }
+
+// Rolling back: an optimizer that stepped past a checkpoint and loads it
+// again must continue as a fresh optimizer loaded from that file. The step
+// numbers at which a parameter's `steps` and `skipped` were last counted are
+// not saved; left from the abandoned step, they made the replayed step
+// count neither (Adam's bias correction then used the wrong t).
+TEST_CASE("optimizer state: loading into an optimizer that stepped past the checkpoint continues like a fresh load") {
+  target a;
+  const std::vector<float> w_at_save = a.w, b_at_save = a.b;
+  const std::vector<uint8_t> file = saved(a.opt);  // after 2 steps
+  run_steps(a.opt, 2, 3);                          // step 3, parameter 0's gradient NaN: skipped
+  REQUIRE(a.opt.step_count() == 3);
+  REQUIRE(a.opt.param(0).skipped == 1);
+  REQUIRE(a.opt.param(1).steps == 3);
+  const safetensors_reader r = safetensors_reader::parse(file.data(), file.size());
+  load_optimizer_state(a.opt, r);
+  a.w = w_at_save;  // the caller restores its weights
+  a.b = b_at_save;
+
+  target fresh;
+  fresh.w = w_at_save;
+  fresh.b = b_at_save;
+  load_optimizer_state(fresh.opt, r);
+  CHECK(fingerprint(a.opt) == fingerprint(fresh.opt));
+  run_steps(a.opt, 2, 5);  // the rolled-back step 3 again (NaN again), then two more
+  run_steps(fresh.opt, 2, 5);
+  CHECK(a.opt.param(0).skipped == 1);
+  CHECK(a.opt.param(0).steps == 4);
+  CHECK(a.opt.param(1).steps == 5);
+  CHECK(fingerprint(a.opt) == fingerprint(fresh.opt));
+  CHECK(a.w == fresh.w);
+  CHECK(a.b == fresh.b);
+}
+
+TEST_CASE("optimizer state: the file's parameter shape must be the parameter's, not just its element count") {
+  std::vector<float> w(32, 0.5f), g(32, 0.1f);
+  optimizer<adamw> saver;
+  saver.add_param(make_view(w.data(), {4, 8}), 0, "w");
+  saver.step({make_view(g.data(), {4, 8})});
+  const std::vector<uint8_t> file = saved(saver);
+
+  std::vector<float> w2(32, 0.5f);
+  optimizer<adamw> loader;
+  loader.add_param(make_view(w2.data(), {8, 4}), 0, "w");
+  loader.step({make_view(g.data(), {8, 4})});
+  check_rejected(loader, file, errc::invalid_argument, "parameter 'w' has shape [4, 8] in file, optimizer has [8, 4]");
+
+  std::vector<float> w3(32, 0.5f);  // the same shape loads
+  optimizer<adamw> same;
+  same.add_param(make_view(w3.data(), {4, 8}), 0, "w");
+  load_optimizer_state(same, safetensors_reader::parse(file.data(), file.size()));
+  CHECK(state_fingerprint(same) == state_fingerprint(saver));
+  CHECK(same.param(0).steps == 1);
+}
+
+// nlohmann's dump() recurses once per nesting level: a params entry nested
+// a million deep used to overflow the stack when it went into a message.
+TEST_CASE("optimizer state: deeply nested params metadata gives a short error") {
+  target t;
+  const std::vector<uint8_t> good = file_from<adamw8>({{"w", 5000}, {"b", 1000}});
+  const std::string deep = std::string(1000000, '[') + std::string(1000000, ']');
+  auto with_params = [&](const std::function<void(std::string&)>& edit) {
+    file_image im(good);
+    edit(im.metadata["optimizer.params"]);
+    return im.bytes();
+  };
+  const std::vector<uint8_t> deep_state = with_params([&](std::string& p) {
+    const std::size_t at = p.find("\"state1\":{") + 9;
+    p.replace(at, p.find('}', at) + 1 - at, deep);
+  });
+  check_rejected(t.opt, deep_state, errc::invalid_argument,
+                 "state1 of parameter 'w' is an array of 1 element in file, optimizer uses dynamic8 blocks of 256");
+  const std::vector<uint8_t> deep_shape = with_params([&](std::string& p) {
+    const std::size_t at = p.find("\"shape\":[5000]") + 8;
+    p.replace(at, 6, "[" + deep + "]");
+  });
+  check_rejected(t.opt, deep_shape, errc::malformed_file, "invalid shape (entry 0 is an array of 1 element)");
+  const std::vector<uint8_t> long_storage = with_params([&](std::string& p) {
+    const std::size_t at = p.find("\"storage\":\"float32\"") + 11;
+    p.replace(at, 7, std::string(1 << 20, 's'));
+  });
+  const io_test::thrown tl = io_test::catch_error([&] {
+    load_optimizer_state(t.opt, safetensors_reader::parse(long_storage.data(), long_storage.size()));
+  });
+  CHECK(tl.code == errc::invalid_argument);
+  CHECK(io_test::contains(tl.message, "\"ssss"));
+  CHECK(tl.message.size() < 400);
+}

@@ -403,7 +403,7 @@ TEST_CASE("safetensors writer: writes are atomic") {
     const auto t = catch_error([&] { w.write(path); });
     CHECK(t.code == errc::non_finite);
     CHECK(io_test::read_file(path) == old_bytes);
-    CHECK(dir.entries() == 1);  // no model.safetensors.tmp-<pid> left behind
+    CHECK(dir.entries() == 1);  // no model.safetensors.tmp-* left behind
   }
   SUBCASE("a successful write replaces the file") {
     const float b[3] = {3, 4, 5};
@@ -415,4 +415,93 @@ TEST_CASE("safetensors writer: writes are atomic") {
     CHECK(r.at("b").to_vector<float>() == std::vector<float>{3, 4, 5});
     CHECK(dir.entries() == 1);
   }
+}
+
+// A header can nest arrays a million deep in 2 MB. The reader must refuse
+// it like any bad shape, and never dump() such a value into a message
+// (nlohmann's dump recurses once per level: a stack overflow). Messages
+// show excerpts of a file's values, never whole values.
+TEST_CASE("safetensors: deeply nested or huge JSON values give short malformed_file errors") {
+  const std::size_t depth = 1000000;
+  const std::string deep = std::string(depth, '[') + std::string(depth, ']');
+  SUBCASE("a shape entry nested a million deep") {
+    const std::string msg =
+        expect_rejected(raw_file(R"({"t":{"dtype":"U8","shape":[)" + deep + R"(],"data_offsets":[0,0]}})"));
+    CHECK(contains(msg, "shape entries must be non-negative integers, got an array of 1 element"));
+    CHECK(msg.size() < 300);
+  }
+  SUBCASE("deep values elsewhere") {
+    CHECK(contains(expect_rejected(raw_file(R"({"t":{"dtype":)" + deep + R"(,"shape":[],"data_offsets":[0,0]}})")),
+                   "non-string \"dtype\""));
+    CHECK(contains(expect_rejected(raw_file(R"({"__metadata__":{"k":)" + deep + "}}")), "not a string"));
+    CHECK(contains(expect_rejected(raw_file(deep)), "not a JSON object"));
+  }
+  SUBCASE("unbalanced deep nesting is invalid JSON, reported briefly") {
+    const std::string msg = expect_rejected(raw_file(R"({"t":)" + std::string(depth, '[')));
+    CHECK(contains(msg, "header is not valid JSON"));
+    CHECK(msg.size() < 400);
+  }
+  SUBCASE("a megabyte-long string where a shape entry belongs is cut") {
+    const std::string msg = expect_rejected(
+        raw_file(R"({"t":{"dtype":"U8","shape":[")" + std::string(1 << 20, 'x') + R"("],"data_offsets":[0,0]}})"));
+    CHECK(contains(msg, "got \"xxxx"));
+    CHECK(contains(msg, "..."));
+    CHECK(msg.size() < 300);
+  }
+}
+
+// safetensors_tensor::view() derives strides from the later extents, so an
+// empty tensor [0, 4, 2^62] would need a first stride of 2^64: the reader
+// refuses it (the writer too), and accepts empty shapes whose strides fit.
+TEST_CASE("safetensors: empty tensors whose extents multiply past int64 are refused") {
+  CHECK(contains(expect_rejected(raw_file(R"({"t":{"dtype":"F32","shape":[0,4,4611686018427387904],"data_offsets":[0,0]}})")),
+                 "tensor 't': shape [0, 4, 4611686018427387904] overflows int64"));
+  CHECK(contains(expect_rejected(raw_file(R"({"t":{"dtype":"U8","shape":[4611686018427387904,4,0],"data_offsets":[0,0]}})")),
+                 "overflows"));
+  std::string header = R"({"t":{"dtype":"F32","shape":[0,4,1099511627776],"data_offsets":[0,0]}})";
+  header.resize((header.size() + 7) / 8 * 8, ' ');  // data 8-byte aligned, so view() may be taken
+  const auto image = raw_file(header);
+  const auto r = safetensors_reader::parse(image.data(), image.size());
+  const tensor_view v = r.at("t").view();
+  CHECK(v.numel() == 0);
+  CHECK(v.strides[0] == int64_t(1) << 42);
+  CHECK(v.strides[1] == int64_t(1) << 40);
+  CHECK(v.strides[2] == 1);
+
+  safetensors_writer w;
+  const auto t = catch_error([&] { w.add("t", dtype::f32, {0, 4, int64_t(1) << 62}, nullptr); });
+  CHECK(t.code == errc::invalid_argument);
+  CHECK(contains(t.message, "overflows"));
+  CHECK(w.size() == 0);
+}
+
+// Two writers of one path must not share a temporary file. Here the second
+// write runs inside the first one's fill function (same process, same
+// moment): with a shared name it truncated and renamed the first writer's
+// half-written file, so a corrupt file was published (and the first write
+// failed to rename a file that was gone).
+TEST_CASE("safetensors writer: concurrent writes of one path each use their own temporary file") {
+  io_test::scratch_dir dir;
+  const std::string path = dir.file("model.safetensors");
+  const std::vector<uint8_t> inner_bytes(10, 0xbb);
+  bool nested_done = false;
+  safetensors_writer outer;
+  outer.add_generated("outer", dtype::u8, {1000}, [&](uint8_t* dst, std::size_t n) {
+    if (!nested_done) {  // the first fill only (to_bytes below fills again)
+      nested_done = true;
+      safetensors_writer inner;
+      inner.add("inner", dtype::u8, {10}, inner_bytes.data());
+      inner.write(path);  // while the outer writer's temporary file is open
+      CHECK(io_test::read_file(path) == inner.to_bytes());
+    }
+    std::memset(dst, 0xaa, n);
+  });
+  outer.write(path);
+  REQUIRE(nested_done);
+  const std::vector<uint8_t> expected = outer.to_bytes();
+  CHECK(io_test::read_file(path) == expected);
+  const auto r = safetensors_reader::open(path);
+  REQUIRE(r.tensors().size() == 1);
+  CHECK(r.at("outer").to_vector<uint8_t>() == std::vector<uint8_t>(1000, 0xaa));
+  CHECK(dir.entries() == 1);  // no temporary left behind
 }

@@ -2,7 +2,10 @@
 // Non-owning tensor views: a pointer, dtype, shape, strides (in elements) and
 // the device the memory lives on. Every lowbit entry point takes views and
 // never allocates or frees the caller's tensors. Helpers build views from raw
-// pointers; io/dlpack.hpp builds them from a DLPack DLTensor.
+// pointers; io/dlpack.hpp builds them from a DLPack DLTensor. Shapes whose
+// non-zero extents multiply past int64 are refused wherever lowbit builds a
+// view (here, DLPack, safetensors), even when a zero extent makes them empty:
+// their row-major strides would not fit int64.
 #pragma once
 
 #include <cstdint>
@@ -41,6 +44,21 @@ inline const char* device_name(device_kind k) {
 
 constexpr int max_rank = 8;
 
+// The product of the non-zero extents of shape[0, ndim), or -1 when an extent
+// is negative or the product passes INT64_MAX. Zeros are skipped because a
+// row-major stride is the product of the later extents: [0, 4, 2^62] holds no
+// element, yet its first stride would be 2^64.
+inline int64_t nonzero_extent_product(const int64_t* shape, int ndim) {
+  int64_t p = 1;
+  for (int i = 0; i < ndim; ++i) {
+    if (shape[i] < 0) return -1;
+    if (shape[i] == 0) continue;
+    if (p > INT64_MAX / shape[i]) return -1;
+    p *= shape[i];
+  }
+  return p;
+}
+
 struct tensor_view {
   void* data = nullptr;
   dtype type = dtype::f32;
@@ -55,11 +73,17 @@ struct tensor_view {
     return n;
   }
   std::size_t nbytes() const { return std::size_t(numel()) * dtype_size(type); }
+  // Row-major with no gaps (extents of 1 may have any stride). A view
+  // whose extents multiply past int64 is not: no int64 stride can hold the
+  // product (a wrapped one could match a stride of 0).
   bool is_contiguous() const {
     int64_t expect = 1;
+    bool past_int64 = false;  // expect no longer fits
     for (int i = ndim - 1; i >= 0; --i) {
-      if (shape[i] != 1 && strides[i] != expect) return false;
-      expect *= shape[i];
+      if (shape[i] == 1) continue;
+      if (past_int64 || strides[i] != expect) return false;
+      if (shape[i] != 0 && expect > INT64_MAX / shape[i]) past_int64 = true;
+      else expect *= shape[i];
     }
     return true;
   }
@@ -88,6 +112,8 @@ inline tensor_view make_view(void* data, dtype type, std::initializer_list<int64
     require(s >= 0, errc::invalid_argument, "view shape has a negative extent");
     v.shape[v.ndim++] = s;
   }
+  require(nonzero_extent_product(v.shape, v.ndim) >= 0, errc::invalid_argument,
+          "view shape " + v.shape_string() + " overflows int64 (its non-zero extents multiply past it)");
   int64_t stride = 1;
   for (int i = v.ndim - 1; i >= 0; --i) {
     v.strides[i] = stride;

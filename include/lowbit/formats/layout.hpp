@@ -4,6 +4,8 @@
 // 32..4096); each block stores codes plus one scale (float32 absmax, or a
 // uint8 code when scales are double-quantized with nested blocks of 256).
 // This header answers "how many bytes / bits per parameter" for any layout.
+// A layout holds at most 2^62 elements, so that every count below, bytes
+// included, fits int64.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +19,9 @@ namespace lowbit {
 constexpr int nested_block_size = 256;  // bitsandbytes' nested (double-quant) block
 constexpr int min_block_size = 32;
 constexpr int max_block_size = 4096;
+// Largest element count a layout takes: an 8-bit layout's total bytes
+// (codes, then scales of up to an eighth more) stay below INT64_MAX.
+constexpr int64_t max_layout_elements = int64_t(1) << 62;
 
 inline bool is_valid_block_size(int64_t bs) {
   return bs >= min_block_size && bs <= max_block_size && (bs & (bs - 1)) == 0;
@@ -28,10 +33,14 @@ struct blockwise_layout {
   int32_t block_size = 64;
   bool nested = false;    // double-quantized scales
 
-  int64_t n_blocks() const { return (n + block_size - 1) / block_size; }
-  int64_t n_nested_blocks() const { return nested ? (n_blocks() + nested_block_size - 1) / nested_block_size : 0; }
+  // Rounded-up divisions written so that no intermediate passes n (an
+  // unvalidated n near INT64_MAX must not overflow on the way to validate()).
+  int64_t n_blocks() const { return n / block_size + (n % block_size != 0); }
+  int64_t n_nested_blocks() const {
+    return nested ? n_blocks() / nested_block_size + (n_blocks() % nested_block_size != 0) : 0;
+  }
   // packed codes: two per byte for 4-bit formats (element 2j in the high nibble)
-  int64_t code_bytes() const { return is_4bit(fmt) ? (n + 1) / 2 : n; }
+  int64_t code_bytes() const { return is_4bit(fmt) ? n / 2 + n % 2 : n; }
   // per-block scales: float32 absmax, or one uint8 code each when nested
   int64_t scale_bytes() const { return nested ? n_blocks() : 4 * n_blocks(); }
   // float32 absmax of each nested block (the shared 1 KiB map and the offset
@@ -42,6 +51,8 @@ struct blockwise_layout {
 
   void validate(const char* what = "layout") const {
     require(n >= 0, errc::invalid_argument, std::string(what) + ": element count must be >= 0");
+    require(n <= max_layout_elements, errc::invalid_argument,
+            std::string(what) + ": element count " + std::to_string(n) + " exceeds 2^62, the most a layout holds");
     require(is_valid_block_size(block_size), errc::invalid_argument,
             std::string(what) + ": block_size " + std::to_string(block_size) +
                 " is not a power of two in [32, 4096]");

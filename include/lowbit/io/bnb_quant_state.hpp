@@ -17,17 +17,23 @@
 // formats (int4, int8, dynamic8, udynamic8) use the same keys with the state
 // key NAME.quant_state.lowbit__<format> and "quant_type": "<format>"; for the
 // 8-bit ones NAME holds one code byte per element and quant_map 256 values.
-// Loading checks every key's dtype and size against make_layout's accounting
-// and that the stored maps are lowbit's tables (each entry within 4 float32
-// ulps: same_table_entry below says why; a custom quant_map is
-// errc::unsupported), then rebuilds the tensor with its logical
-// shape. Malformed content is errc::malformed_file naming the key at fault.
+// Finding a weight (find_quantized_weights) already checks its quant_state
+// JSON against the keys present: the element count its shape claims must
+// match the sizes of the codes and scales in the file, so a small file cannot
+// make a reader allocate for billions of elements, and a weight with two
+// quant_state keys is refused. Loading checks every key's dtype and size
+// against make_layout's accounting and that the stored maps are lowbit's
+// tables (each entry within 4 float32 ulps: same_table_entry below says why;
+// a custom quant_map is errc::unsupported), then rebuilds the tensor with its
+// logical shape (a rank-0 shape comes back as [1]: quantized_tensor has no
+// scalars). Malformed content is errc::malformed_file naming the key at fault.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -145,7 +151,36 @@ inline bool split_state_key(const std::string& key, std::string& name, format& f
   throw error(errc::unsupported, "'" + key + "': quantization type '" + suffix + "' is not supported by lowbit");
 }
 
-// Parses and checks the quant_state JSON of weight `name`.
+// The weight a second quant_state key claims: errc::malformed_file, since
+// the file does not say which format its codes are in.
+[[noreturn]] inline void two_quant_states(const safetensors_reader& r, const std::string& name,
+                                          const std::string& first_key, const std::string& second_key) {
+  throw error(errc::malformed_file, r.source() + ": weight '" + name + "' has two quant_state keys ('" + first_key +
+                                        "' and '" + second_key + "')");
+}
+
+// Checks that the keys of `info` present in the file have the sizes its
+// layout needs: the codes' bytes and the scales' element counts. (Dtypes,
+// missing keys and the maps are load_quantized's to check.)
+inline void check_sizes(const safetensors_reader& r, const quantized_weight_info& info, const std::string& where) {
+  const blockwise_layout l = info.layout();
+  const std::string claim = "the quant_state shape " + shape_string(info.shape) + " (" + std::to_string(l.n) +
+                            " elements, " + format_name(l.fmt) + " blocks of " + std::to_string(l.block_size) + ")";
+  auto check = [&](const std::string& key, int64_t have, int64_t need, const char* unit) {
+    if (have != need)
+      throw error(errc::malformed_file, where + ": '" + key + "' holds " + std::to_string(have) + " " + unit + " but " +
+                                            claim + " needs " + std::to_string(need));
+  };
+  // Codes by bytes: bitsandbytes may store them in another dtype (quant_storage).
+  check(info.name, int64_t(r.at(info.name).nbytes), l.code_bytes(), "code bytes");
+  if (const safetensors_tensor* a = r.find(info.name + ".absmax")) check(a->name, a->numel(), l.n_blocks(), "scales");
+  if (info.nested)
+    if (const safetensors_tensor* a = r.find(info.name + ".nested_absmax"))
+      check(a->name, a->numel(), l.n_nested_blocks(), "nested scales");
+}
+
+// Parses and checks the quant_state JSON of weight `name`, and the sizes of
+// the weight's keys against it.
 inline quantized_weight_info parse_state(const safetensors_reader& r, const std::string& name, format f,
                                          const std::string& state_key) {
   using nlohmann::json;
@@ -155,12 +190,7 @@ inline quantized_weight_info parse_state(const safetensors_reader& r, const std:
   if (st.type != dtype::u8 || st.shape.size() != 1) throw bad("must be a 1-D uint8 tensor of JSON text");
   if (utf8_error_offset(st.data, st.nbytes) != st.nbytes) throw bad("is not valid UTF-8");
   if (st.nbytes && std::memchr(st.data, 0, st.nbytes)) throw bad("contains a NUL byte");
-  json j;
-  try {
-    j = json::parse(st.data, st.data + st.nbytes);
-  } catch (const json::exception& e) {
-    throw bad(std::string("is not valid JSON: ") + e.what());
-  }
+  const json j = parse_json(st.data, st.data + st.nbytes, where);
   if (!j.is_object()) throw bad("is not a JSON object");
   auto field = [&](const char* k) -> const json& {
     auto it = j.find(k);
@@ -173,10 +203,10 @@ inline quantized_weight_info parse_state(const safetensors_reader& r, const std:
   info.fmt = f;
   const json& qt = field("quant_type");
   if (!qt.is_string() || qt.get<std::string>() != format_name(f))
-    throw bad("\"quant_type\" " + qt.dump() + " disagrees with the key suffix (" + format_name(f) + ")");
+    throw bad("\"quant_type\" " + json_excerpt(qt) + " disagrees with the key suffix (" + format_name(f) + ")");
   const json& bs = field("blocksize");
   const int64_t block = json_nonneg_int(bs);
-  if (block < 0) throw bad("\"blocksize\" must be a non-negative integer, got " + bs.dump());
+  if (block < 0) throw bad("\"blocksize\" must be a non-negative integer, got " + json_excerpt(bs));
   if (!is_valid_block_size(block))
     throw error(errc::unsupported, where + ": blocksize " + std::to_string(block) +
                                        " is not supported (lowbit takes powers of two in [32, 4096])");
@@ -186,21 +216,25 @@ inline quantized_weight_info parse_state(const safetensors_reader& r, const std:
   info.original_dtype = parse_original_dtype(dt.get<std::string>(), where);
   const json& sh = field("shape");
   if (!sh.is_array()) throw bad("\"shape\" must be an array");
-  int64_t n = 1;
   for (const json& d : sh) {
     const int64_t s = json_nonneg_int(d);
-    if (s < 0) throw bad("\"shape\" entries must be non-negative integers, got " + d.dump());
-    if (!mul_checked(n, s, n)) throw bad("\"shape\" " + sh.dump() + " overflows");
+    if (s < 0) throw bad("\"shape\" entries must be non-negative integers, got " + json_excerpt(d));
     info.shape.push_back(s);
   }
+  // Checked before any layout arithmetic (make_layout refuses more than 2^62).
+  if (nonzero_extent_product(info.shape.data(), int(info.shape.size())) < 0)
+    throw bad("\"shape\" " + shape_string(info.shape) + " overflows int64");
+  if (info.numel() > max_layout_elements)
+    throw bad("\"shape\" " + shape_string(info.shape) + " has " + std::to_string(info.numel()) +
+              " elements, more than lowbit's layouts hold (2^62)");
   info.nested = j.contains("nested_blocksize") || j.contains("nested_offset") || j.contains("nested_dtype");
   if (info.nested) {
     const json& nb = field("nested_blocksize");
     if (json_nonneg_int(nb) != nested_block_size)
-      throw error(errc::unsupported, where + ": nested_blocksize " + nb.dump() + " is not supported (only 256)");
+      throw error(errc::unsupported, where + ": nested_blocksize " + json_excerpt(nb) + " is not supported (only 256)");
     const json& nd = field("nested_dtype");
     if (!nd.is_string() || nd.get<std::string>() != "float32")
-      throw error(errc::unsupported, where + ": nested_dtype " + nd.dump() + " is not supported (only float32)");
+      throw error(errc::unsupported, where + ": nested_dtype " + json_excerpt(nd) + " is not supported (only float32)");
     const json& no = field("nested_offset");
     if (!no.is_number()) throw bad("\"nested_offset\" must be a number");
     const double off = no.get<double>();
@@ -213,6 +247,7 @@ inline quantized_weight_info parse_state(const safetensors_reader& r, const std:
       info.total_bytes += t->nbytes;
     }
   if (!r.contains(name)) throw bad("its packed weight '" + name + "' is missing");
+  check_sizes(r, info, where);
   return info;
 }
 
@@ -316,31 +351,39 @@ inline void save_quantized(safetensors_writer& w, const std::string& name, const
 }
 
 // Every quantized weight in the file (bitsandbytes 4-bit or lowbit layout),
-// found by its quant_state key, in file order. Parses each quant_state JSON;
-// the data keys are checked by load_quantized.
+// found by its quant_state key, in file order. Parses each quant_state JSON
+// and checks the sizes of the keys present against it (errc::malformed_file,
+// also for a weight with two quant_state keys); dtypes, missing keys and
+// maps are checked by load_quantized.
 inline std::vector<quantized_weight_info> find_quantized_weights(const safetensors_reader& r) {
   std::vector<quantized_weight_info> out;
+  std::map<std::string, std::string> state_of;  // weight name -> its quant_state key
   for (const safetensors_tensor& t : r.tensors()) {
     std::string name, suffix;
     format f;
-    if (io_detail::split_state_key(t.name, name, f, suffix)) out.push_back(io_detail::parse_state(r, name, f, t.name));
+    if (!io_detail::split_state_key(t.name, name, f, suffix)) continue;
+    auto seen = state_of.emplace(name, t.name);
+    if (!seen.second) io_detail::two_quant_states(r, name, seen.first->second, t.name);
+    out.push_back(io_detail::parse_state(r, name, f, t.name));
   }
   return out;
 }
 
 // The quantized weight stored under `name`, validated key by key.
 inline loaded_quantized load_quantized(const safetensors_reader& r, const std::string& name) {
-  quantized_weight_info info;
-  bool found = false;
-  for (int i = 0; i < format_count && !found; ++i) {
+  std::string state_key;
+  format fmt = format::nf4;
+  for (int i = 0; i < format_count; ++i) {
     const std::string key = name + ".quant_state." + quant_state_suffix(format(i));
-    if (r.contains(key)) {
-      info = io_detail::parse_state(r, name, format(i), key);
-      found = true;
-    }
+    if (!r.contains(key)) continue;
+    if (!state_key.empty()) io_detail::two_quant_states(r, name, state_key, key);
+    state_key = key;
+    fmt = format(i);
   }
+  const bool found = !state_key.empty();
   require(found, errc::invalid_argument,
           r.source() + ": '" + name + "' is not a quantized weight (no '" + name + ".quant_state.*' key)");
+  const quantized_weight_info info = io_detail::parse_state(r, name, fmt, state_key);
   const blockwise_layout l = info.layout();
   const std::string& s = r.source();
   // bitsandbytes may pack codes into another storage dtype (quant_storage); lowbit reads uint8 only.

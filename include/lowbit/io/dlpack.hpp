@@ -110,14 +110,16 @@ inline tensor_view from_dlpack(const DLTensor& t, const std::string& what = "DLT
           what + ": ndim " + std::to_string(t.ndim) + " is outside [0, " + std::to_string(max_rank) + "]");
   require(t.ndim == 0 || t.shape != nullptr, errc::invalid_argument, what + ": shape pointer is null");
   v.ndim = t.ndim;
-  int64_t numel = 1;
   for (int i = 0; i < t.ndim; ++i) {
     const int64_t s = t.shape[i];
     require(s >= 0, errc::invalid_argument, what + ": shape[" + std::to_string(i) + "] is negative");
-    require(s == 0 || numel <= INT64_MAX / s, errc::invalid_argument, what + ": element count overflows int64");
-    numel *= s;
     v.shape[i] = s;
   }
+  // Checked with zeros skipped: an empty tensor's compact strides are still
+  // products of its later extents.
+  require(nonzero_extent_product(v.shape, v.ndim) >= 0, errc::invalid_argument,
+          what + ": shape " + v.shape_string() + " overflows int64 (its non-zero extents multiply past it)");
+  const int64_t numel = v.numel();
   if (t.strides == nullptr) {
     int64_t stride = 1;
     for (int i = t.ndim - 1; i >= 0; --i) {

@@ -21,14 +21,16 @@
 // safetensors_writer or save_quantized for them); only the optimizer-owned
 // fp32 master copy is. Loading checks everything before writing a byte: the
 // composition (rule, state policy, weight policy), the parameter count,
-// names, order and sizes (errc::invalid_argument naming the mismatch, e.g.
+// names, order, sizes and shapes (errc::invalid_argument naming the mismatch, e.g.
 // "state policy int8 in file, optimizer uses int4"), every key's presence,
 // dtype and shape against the file's own metadata and the optimizer's
 // storages (errc::malformed_file), and that every qmap is lowbit's table
 // for the format, entry by entry within 4 float32 ulps (errc::invalid_argument;
 // bitsandbytes' maps differ by up to 2 with the CPU that made them:
 // io_detail::same_table_entry in bnb_quant_state.hpp). On any error the
-// optimizer is left exactly as it was. The memory policy, seed and parameter groups are
+// optimizer is left exactly as it was; after a load it continues exactly as
+// a fresh optimizer loaded from the same file would, also when it had
+// stepped past the checkpoint (a rollback). The memory policy, seed and parameter groups are
 // recorded but not checked: states saved under one memory policy load into
 // another, and hyperparameters and options stay the caller's (the same seed
 // is needed for a bit-identical continuation). Save and load between steps,
@@ -155,17 +157,22 @@ inline nlohmann::json storage_json(const optim::storage_view& s) {
   return j;
 }
 
-// Human description of a recorded storage: "float32", "dynamic8 blocks of 256".
+// Human description of a recorded storage: "float32", "dynamic8 blocks of
+// 256". `j` may come from a file: only excerpts of it are shown.
 inline std::string storage_description(const nlohmann::json& j) {
-  if (!j.is_object()) return j.dump();
+  // a short string as it is, anything else as an excerpt
+  auto text = [](const nlohmann::json& v) {
+    return v.is_string() && v.get_ref<const std::string&>().size() <= 40 ? v.get<std::string>() : json_excerpt(v);
+  };
+  if (!j.is_object()) return json_excerpt(j);
   auto st = j.find("storage");
-  if (st == j.end() || !st->is_string()) return j.dump();
-  if (st->get<std::string>() != "blockwise") return st->get<std::string>();
+  if (st == j.end() || !st->is_string()) return json_excerpt(j);
+  if (st->get<std::string>() != "blockwise") return text(*st);
   auto f = j.find("format");
   auto b = j.find("block_size");
-  return (f != j.end() && f->is_string() ? f->get<std::string>() : std::string("?")) + " blocks of " +
-         (b != j.end() ? b->dump() : std::string("?"));
+  return (f != j.end() ? text(*f) : std::string("?")) + " blocks of " + (b != j.end() ? text(*b) : std::string("?"));
 }
+
 
 inline std::vector<uint8_t> int64_bytes(int64_t v) {
   std::vector<uint8_t> b(8);
@@ -377,12 +384,10 @@ void load_optimizer_state(Opt& opt, const safetensors_reader& r, const std::stri
   compare("weight policy", "weight_policy", traits::weight_policy_name());
 
   // 2. The parameters, in registration order.
-  nlohmann::json params;
-  try {
-    params = nlohmann::json::parse(meta_at("params"));
-  } catch (const nlohmann::json::exception& e) {
-    f.malformed("__metadata__ '" + prefix + "params' is not valid JSON: " + e.what());
-  }
+  const std::string& params_text = meta_at("params");
+  const auto* params_bytes = reinterpret_cast<const uint8_t*>(params_text.data());
+  const nlohmann::json params = io_detail::parse_json(params_bytes, params_bytes + params_text.size(),
+                                                      r.source() + ": __metadata__ '" + prefix + "params'");
   if (!params.is_array()) f.malformed("__metadata__ '" + prefix + "params' is not a JSON array");
   if (int64_t(params.size()) != opt.size())
     f.mismatch("file holds " + std::to_string(params.size()) + " parameters under '" + prefix + "', optimizer has " +
@@ -417,12 +422,17 @@ void load_optimizer_state(Opt& opt, const safetensors_reader& r, const std::stri
     for (const nlohmann::json& d : js) {
       const int64_t s = io_detail::json_nonneg_int(d);
       if (s < 0 || !io_detail::mul_checked(prod, s, prod))
-        f.malformed("__metadata__ '" + prefix + "params': " + what + " has an invalid shape " + js.dump());
+        f.malformed("__metadata__ '" + prefix + "params': " + what + " has an invalid shape (entry " +
+                    std::to_string(shape.size()) + " is " + io_detail::json_excerpt(d) + ")");
       shape.push_back(s);
     }
     if (prod != numel)
-      f.malformed("__metadata__ '" + prefix + "params': " + what + " has shape " + js.dump() + " but numel " +
-                  std::to_string(numel));
+      f.malformed("__metadata__ '" + prefix + "params': " + what + " has shape " + io_detail::shape_string(shape) +
+                  " but numel " + std::to_string(numel));
+    // Same element count is not enough: a [4, 8] state is not a [8, 4] one.
+    if (shape != p.shape)
+      f.mismatch(what + " has shape " + io_detail::shape_string(shape) + " in file, optimizer has " +
+                 io_detail::shape_string(p.shape));
 
     const std::string base = prefix + p.name + ".";
     io_detail::param_load_plan& plan = plans[size_t(i)];
@@ -489,6 +499,11 @@ void load_optimizer_state(Opt& opt, const safetensors_reader& r, const std::stri
     optim::param_record& p = opt.param_mutable(i);
     p.steps = plan.steps;
     p.skipped = plan.skipped;
+    // The step-numbers at which apply() last counted `steps` and `skipped`
+    // are not saved: reset them as a fresh optimizer has them. Left as they
+    // were, an optimizer rolled back to an earlier step would find the next
+    // step "already counted" and use the wrong bias-correction t.
+    p.counted_step = p.previous_counted_step = p.skip_step = 0;
   }
   opt.set_step_count(step_count);
 }

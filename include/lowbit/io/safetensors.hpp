@@ -4,15 +4,20 @@
 // everything FORMATS.md lists before handing out a single pointer: the 8-byte
 // little-endian header length against the file size and a 100 MB cap, UTF-8
 // and JSON well-formedness, the type of every entry and field, known dtypes,
-// shapes whose element count and byte size overflow nothing, and data_offsets
+// shapes whose extents (zeros aside) and byte size overflow nothing, so that
+// every tensor's row-major strides fit int64 too, and data_offsets
 // that, sorted, tile the data section exactly (in range, ordered, no overlap,
 // no gap, no trailing bytes). Any violation is a lowbit::error with
 // errc::malformed_file naming the source and the tensor or field; the reader
 // never crashes on any input (a libFuzzer target checks this). The writer
 // collects named tensors (borrowed bytes, owned bytes, or a callback that
 // fills them when written) plus __metadata__, and writes header + data in
-// insertion order to `path.tmp-<pid>`, fsyncs and renames over `path`, so an
-// interrupted or failed write leaves any old file intact.
+// insertion order to a temporary file of its own next to `path` (created
+// with O_EXCL, so two writers never share one), fsyncs and renames it over
+// `path`, so an interrupted or failed write leaves any old file intact.
+// Error messages never dump() JSON values from a file (json_excerpt says
+// why); io/bnb_quant_state.hpp and io/optimizer_state.hpp use the same
+// helpers.
 #pragma once
 
 #include <fcntl.h>
@@ -21,6 +26,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -140,6 +146,47 @@ inline int64_t json_nonneg_int(const nlohmann::json& v) {
   return -1;
 }
 
+// What an error message shows of a JSON value read from a file: a number,
+// boolean or null as written, a string quoted and cut to max_chars, an array
+// or object by kind and size only. Never dump() such a value: dump recurses
+// once per level of nesting (a 2 MB header nests a million deep and overflows
+// the stack) and copies the whole value into the message.
+inline std::string json_excerpt(const nlohmann::json& v, std::size_t max_chars = 40) {
+  const std::string size = std::to_string(v.size());
+  if (v.is_array()) return "an array of " + size + (v.size() == 1 ? " element" : " elements");
+  if (v.is_object()) return "an object of " + size + (v.size() == 1 ? " member" : " members");
+  if (v.is_string()) {
+    const std::string& s = v.get_ref<const std::string&>();
+    const bool cut = s.size() > max_chars;
+    // `replace`: a cut may split a UTF-8 sequence, which dump() would refuse
+    return nlohmann::json(cut ? s.substr(0, max_chars) : s)
+               .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) +
+           (cut ? "..." : "");
+  }
+  return v.dump();  // a number, boolean or null: one short token
+}
+
+// Parses JSON text from a file. Invalid JSON is errc::malformed_file "<what>
+// is not valid JSON: <reason>", the reason cut to 200 characters (nlohmann
+// quotes the token it stopped at, which can be the rest of the file).
+// nlohmann parses iteratively: nesting depth costs heap, not stack.
+inline nlohmann::json parse_json(const uint8_t* first, const uint8_t* last, const std::string& what) {
+  try {
+    return nlohmann::json::parse(first, last);
+  } catch (const nlohmann::json::exception& e) {
+    std::string reason = e.what();
+    if (reason.size() > 200) reason = reason.substr(0, 200) + "...";
+    throw error(errc::malformed_file, what + " is not valid JSON: " + reason);
+  }
+}
+
+// "[2, 3]"; "[]" for a scalar.
+inline std::string shape_string(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
 inline std::string errno_text() { return std::strerror(errno); }
 
 // Writes all of [p, p + n) to fd, retrying short writes and EINTR.
@@ -170,14 +217,27 @@ struct mapped_file {
   }
 };
 
-// A temporary file that is closed and removed unless commit() renames it
-// over its target.
+// A new temporary file next to `target_path`, closed and removed unless
+// commit() renames it over the target. Its name, `target.tmp-<pid>-<n>`, is
+// created with O_EXCL, so it is this writer's alone: two writers of one path
+// (threads, or processes that reuse a pid) never truncate or fill each
+// other's file, and a name left by a crashed writer is skipped. Mode 0644
+// less the umask, as a plain open() would create.
 struct temp_file {
   int fd = -1;
   std::string tmp, target;
-  temp_file(std::string tmp_path, std::string target_path) : tmp(std::move(tmp_path)), target(std::move(target_path)) {
-    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) throw error(errc::io, "cannot create '" + tmp + "' (for '" + target + "'): " + errno_text());
+  explicit temp_file(std::string target_path) : target(std::move(target_path)) {
+    static std::atomic<unsigned long long> counter{0};
+    const std::string stem = target + ".tmp-" + std::to_string(long(::getpid())) + "-";
+    for (int attempt = 0; fd < 0; ++attempt) {
+      tmp = stem + std::to_string(counter.fetch_add(1));
+      fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+      if (fd < 0 && (errno != EEXIST || attempt == 1000)) {
+        const std::string reason = errno_text();
+        tmp.clear();  // not ours: never unlink it
+        throw error(errc::io, "cannot create a temporary file '" + stem + "*' (for '" + target + "'): " + reason);
+      }
+    }
   }
   temp_file(const temp_file&) = delete;
   temp_file& operator=(const temp_file&) = delete;
@@ -217,14 +277,10 @@ struct safetensors_tensor {
 
   int64_t numel() const {
     int64_t n = 1;
-    for (int64_t s : shape) n *= s;  // cannot overflow: checked when parsed
+    for (int64_t s : shape) n *= s;  // cannot overflow: checked when parsed (or added to a writer)
     return n;
   }
-  std::string shape_string() const {
-    std::string s = "[";
-    for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-    return s + "]";
-  }
+  std::string shape_string() const { return io_detail::shape_string(shape); }
   bool is_aligned() const { return reinterpret_cast<std::uintptr_t>(data) % dtype_size(type) == 0; }
 
   // A read-only (by contract) host view. Throws when the rank exceeds
@@ -240,7 +296,7 @@ struct safetensors_tensor {
     v.data = const_cast<uint8_t*>(data);
     v.type = type;
     v.ndim = int(shape.size());
-    int64_t stride = 1;
+    int64_t stride = 1;  // no overflow: the reader refuses shapes whose non-zero extents pass int64
     for (int i = v.ndim - 1; i >= 0; --i) {
       v.shape[i] = shape[size_t(i)];
       v.strides[i] = stride;
@@ -353,12 +409,7 @@ class safetensors_reader {
       fail("header contains a NUL byte (byte " + std::to_string(8 + (static_cast<const uint8_t*>(nul) - h)) +
            " of the file)");
 
-    json j;
-    try {
-      j = json::parse(h, h + header_size_);
-    } catch (const json::exception& e) {
-      fail(std::string("header is not valid JSON: ") + e.what());
-    }
+    const json j = io_detail::parse_json(h, h + header_size_, source_ + ": header");
     if (!j.is_object()) fail("header is not a JSON object");
 
     const std::size_t data_size = size - 8 - header_size_;
@@ -387,16 +438,18 @@ class safetensors_reader {
       t.name = key;
       t.dtype_string = f_dtype->get<std::string>();
       t.type = parse_safetensors_dtype(t.dtype_string, source_ + ": " + what);
-      int64_t numel = 1;
       for (const json& d : *f_shape) {
         const int64_t s = io_detail::json_nonneg_int(d);
-        if (s < 0) fail(what + ": shape entries must be non-negative integers, got " + d.dump());
-        if (!io_detail::mul_checked(numel, s, numel)) fail(what + ": shape " + f_shape->dump() + " overflows");
+        if (s < 0) fail(what + ": shape entries must be non-negative integers, got " + io_detail::json_excerpt(d));
         t.shape.push_back(s);
       }
+      // Zeros skipped: view() computes strides from the later extents.
+      const int64_t product = nonzero_extent_product(t.shape.data(), int(t.shape.size()));
+      if (product < 0) fail(what + ": shape " + t.shape_string() + " overflows int64");
+      const int64_t numel = t.numel();
       int64_t nbytes = 0;
       if (!io_detail::mul_checked(numel, int64_t(dtype_size(t.type)), nbytes))
-        fail(what + ": shape " + f_shape->dump() + " overflows");
+        fail(what + ": shape " + t.shape_string() + " overflows (" + t.dtype_string + " bytes past int64)");
       const int64_t begin = io_detail::json_nonneg_int((*f_offsets)[0]);
       const int64_t end = io_detail::json_nonneg_int((*f_offsets)[1]);
       if (begin < 0 || end < 0) fail(what + ": data_offsets must be non-negative integers");
@@ -552,14 +605,13 @@ class safetensors_writer {
     return need;
   }
 
-  // Writes the file atomically: to `path.tmp-<pid>`, fsync, rename over
-  // `path`, fsync the directory. On any failure the temporary file is
+  // Writes the file atomically: to a new `path.tmp-<pid>-<n>`, fsync, rename
+  // over `path`, fsync the directory. On any failure the temporary file is
   // removed, `path` is untouched, and lowbit::error(errc::io) names the file
   // (errors thrown by fill functions propagate unchanged).
   void write(const std::string& path) const {
     const std::string h = header();
-    const std::string tmp = path + ".tmp-" + std::to_string(long(::getpid()));
-    io_detail::temp_file out(tmp, path);
+    io_detail::temp_file out(path);
     uint8_t len[8];
     put_length(len, h.size());
     if (!io_detail::write_all(out.fd, len, 8) || !io_detail::write_all(out.fd, h.data(), h.size()))
@@ -596,10 +648,11 @@ class safetensors_writer {
     require(io_detail::is_utf8(name), errc::invalid_argument, "tensor name is not valid UTF-8");
     require(name != "__metadata__", errc::invalid_argument, "'__metadata__' is reserved and cannot name a tensor");
     require(names_.count(name) == 0, errc::invalid_argument, "duplicate tensor name '" + name + "'");
+    // The reader's rule: no negative extent, non-zero extents within int64.
+    require(nonzero_extent_product(shape.data(), int(shape.size())) >= 0, errc::invalid_argument,
+            "tensor '" + name + "': shape has a negative extent or overflows");
     int64_t numel = 1, nbytes = 0;
-    for (int64_t s : shape)
-      require(io_detail::mul_checked(numel, s, numel), errc::invalid_argument,
-              "tensor '" + name + "': shape has a negative extent or overflows");
+    for (int64_t s : shape) numel *= s;
     require(io_detail::mul_checked(numel, int64_t(dtype_size(t)), nbytes), errc::invalid_argument,
             "tensor '" + name + "': byte size overflows");
     entry e;
