@@ -64,8 +64,9 @@ const char* const quantize_usage =
     "\n"
     "Which tensors: by default the 2-D ones whose names do not match\n"
     "'embed|norm|lm_head'. --include REGEX replaces that rule: every floating\n"
-    "tensor whose name matches REGEX (any rank). --exclude REGEX then drops\n"
-    "names that match it. Regexes are ECMAScript, searched anywhere in the name.\n"
+    "tensor whose name matches REGEX (any rank but 0: scalars and empty tensors\n"
+    "are always copied). --exclude REGEX then drops names that match it.\n"
+    "Regexes are ECMAScript, searched anywhere in the name.\n"
     "\n"
     "  --format F        nf4, fp4 (bitsandbytes keys ...quant_state.bitsandbytes__F),\n"
     "                    int4, int8 (same layout, ...quant_state.lowbit__F)\n"
@@ -126,6 +127,14 @@ int64_t product(const std::vector<int64_t>& shape) {
 }
 
 bool quantizable_dtype(dtype t) { return t == dtype::f32 || t == dtype::bf16 || t == dtype::f16; }
+
+// total += add, refusing a sum past the type's range (inspect adds counts a
+// file claims; the library validates them, this keeps the sums honest).
+template <class T>
+void add_to_total(T& total, T add, const std::string& what) {
+  if (__builtin_add_overflow(total, add, &total))
+    throw lowbit::error(errc::malformed_file, what + " overflows " + std::to_string(sizeof(T) * 8) + "-bit integers");
+}
 
 // The tensor's elements as float (any alignment).
 std::vector<float> to_floats(const lowbit::safetensors_tensor& t) {
@@ -267,17 +276,17 @@ void run_inspect(const std::string& path) {
       rows.push_back({q.name, layout_label(q.fmt, q.block_size, q.nested) + " (" +
                                   lowbit::dtype_name(q.original_dtype) + ")",
                       bracket_shape(q.shape), std::to_string(q.total_bytes), bits});
-      total_bytes += q.total_bytes;
-      total_params += n;
-      quant_params += n;
-      quant_bytes += q.total_bytes;
+      add_to_total(total_bytes, q.total_bytes, path + ": the total of tensor bytes");
+      add_to_total(total_params, n, path + ": the total parameter count");
+      add_to_total(quant_params, n, path + ": the quantized parameter count");
+      add_to_total(quant_bytes, q.total_bytes, path + ": the total of quantized bytes");
       continue;
     }
     if (grouped.count(t.name)) continue;
     std::snprintf(bits, sizeof bits, "%.3f", 8.0 * double(lowbit::dtype_size(t.type)));
     rows.push_back({t.name, t.dtype_string, bracket_shape(t.shape), std::to_string(t.nbytes), bits});
-    total_bytes += t.nbytes;
-    total_params += t.numel();
+    add_to_total(total_bytes, t.nbytes, path + ": the total of tensor bytes");
+    add_to_total(total_params, t.numel(), path + ": the total parameter count");
   }
   std::size_t w[4] = {4, 4, 5, 5};
   for (const row& x : rows) {
@@ -325,9 +334,11 @@ struct quantize_summary {
   std::size_t file_before = 0, file_after = 0;
 };
 
+// Never a scalar: a quantized weight's logical shape has rank >= 1 (it would
+// come back from dequantize as [1]).
 bool selected_for_quantization(const lowbit::safetensors_tensor& t, const quantize_options& o) {
   static const std::regex default_skip("embed|norm|lm_head");
-  if (!quantizable_dtype(t.type) || t.numel() == 0) return false;
+  if (!quantizable_dtype(t.type) || t.shape.empty() || t.numel() == 0) return false;
   const bool chosen = o.has_include ? std::regex_search(t.name, o.include)
                                     : (t.shape.size() == 2 && !std::regex_search(t.name, default_skip));
   return chosen && !(o.has_exclude && std::regex_search(t.name, o.exclude));
@@ -356,7 +367,7 @@ quantize_summary run_quantize(const std::string& in, const std::string& out, con
     ++next;
     const int64_t n = t.numel();
     const lowbit::blockwise_layout layout = lowbit::make_layout(o.fmt, n, o.block_size, o.nested);
-    store.emplace_back(layout, t.shape.empty() ? std::vector<int64_t>{1} : t.shape);
+    store.emplace_back(layout, t.shape);
     lowbit::quantized_tensor& q = store.back();
     const std::vector<float> x = to_floats(t);
     std::vector<float> y(x.size());
