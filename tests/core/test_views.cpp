@@ -81,6 +81,20 @@ TEST_CASE("is_contiguous does not let a product past int64 wrap into a match") {
   CHECK_FALSE(v.is_contiguous());
   v.shape[0] = 1;  // an extent of 1 takes any stride: the last two dims alone are row-major
   CHECK(v.is_contiguous());
-  v.shape[0] = 0;  // empty, but still no int64 stride for dim 0
+  v.shape[0] = 0;  // empty: no element is addressed, whatever the strides (make_view and DLPack refuse the shape)
+  CHECK(v.is_contiguous());
+}
+
+TEST_CASE("an empty view is contiguous whatever its strides (torch and numpy export zero-length axes with stride 0)") {
+  float x = 0;
+  tensor_view v = make_view(&x, {0, 64});
+  v.strides[0] = 0;  // numpy's np.zeros((0, 64)) and torch's empty(64, 0).t() alike
+  CHECK(v.is_contiguous());
+  v = make_view(&x, {64, 0});
+  v.strides[0] = 1;
+  v.strides[1] = 64;
+  CHECK(v.is_contiguous());
+  v = make_view(&x, {2, 3});
+  v.strides[0] = 0;  // the same strides with elements: not contiguous
   CHECK_FALSE(v.is_contiguous());
 }

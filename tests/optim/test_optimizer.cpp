@@ -107,6 +107,28 @@ TEST_CASE("global-norm clipping equals stepping with pre-scaled gradients") {
   CHECK(a2 == b2);
 }
 
+TEST_CASE("a caller's grad_scale must be finite and >= 0; nothing moves when it is not") {
+  const int n = 600;
+  std::vector<float> w = ref::normal(n, 41), g = ref::normal(n, 42);
+  optimizer<adamw, states::fp32> opt;
+  opt.add_param(make_flat_view(w.data(), n), 0, "w");
+  const std::vector<float> before = w;
+  opt.begin_step();
+  for (float bad : {std::nanf(""), INFINITY, -1.0f}) {
+    CHECK_THROWS_WITH_AS(opt.step_param(0, make_flat_view(g.data(), n), bad),
+                         doctest::Contains("optimizer.step_param of 'w': grad_scale must be finite and >= 0"),
+                         lowbit::error);
+    CHECK_THROWS_WITH_AS(opt.step_param_range(0, 0, make_flat_view(g.data(), n), bad),
+                         doctest::Contains("optimizer.step_param_range of 'w': grad_scale must be finite and >= 0"),
+                         lowbit::error);
+  }
+  CHECK(w == before);
+  CHECK(opt.param(0).steps == 0);
+  CHECK(opt.step_param(0, make_flat_view(g.data(), n), 0.0f));  // a zero factor is a zero gradient
+  opt.end_step();
+  CHECK(opt.param(0).steps == 1);
+}
+
 TEST_CASE("check_gradients = false: the same update without the gradient pass") {
   const int n = 7000;
   std::vector<float> a = ref::normal(n, 31), b = a;

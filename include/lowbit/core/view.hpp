@@ -73,10 +73,14 @@ struct tensor_view {
     return n;
   }
   std::size_t nbytes() const { return std::size_t(numel()) * dtype_size(type); }
-  // Row-major with no gaps (extents of 1 may have any stride). A view
-  // whose extents multiply past int64 is not: no int64 stride can hold the
-  // product (a wrapped one could match a stride of 0).
+  // Row-major with no gaps (extents of 1 may have any stride; a view with
+  // no element is contiguous whatever its strides, as torch and numpy say:
+  // they export zero-length axes with stride 0). A view whose extents
+  // multiply past int64 is not: no int64 stride can hold the product (a
+  // wrapped one could match a stride of 0).
   bool is_contiguous() const {
+    for (int i = 0; i < ndim; ++i)
+      if (shape[i] == 0) return true;
     int64_t expect = 1;
     bool past_int64 = false;  // expect no longer fits
     for (int i = ndim - 1; i >= 0; --i) {

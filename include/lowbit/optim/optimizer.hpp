@@ -19,6 +19,7 @@
 #include <cmath>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -196,6 +197,10 @@ class optimizer {
             "optimizer.add_param: no parameter group " + std::to_string(group_index));
     param_record r;
     r.name = name.empty() ? "param" + std::to_string(params_.size()) : std::move(name);
+    // Names key the saved states (save_optimizer_state): refuse a second
+    // one now rather than when a checkpoint is written.
+    require(!names_.count(r.name), errc::invalid_argument,
+            "optimizer.add_param: a parameter is already named '" + r.name + "'; names must be unique");
     r.group = group_index;
     r.id = uint32_t(params_.size());
     const std::string what = "weight '" + r.name + "'";
@@ -231,6 +236,7 @@ class optimizer {
     const int64_t n = r.weight.n;
     r.state1 = make_state(0, n, r.state1_tables);
     if (Rule::n_states == 2) r.state2 = make_state(1, n, r.state2_tables);
+    names_.insert(r.name);
     params_.push_back(std::move(r));
     return int(params_.size()) - 1;
   }
@@ -251,6 +257,7 @@ class optimizer {
   bool step_param(int i, const tensor_view& grad, float grad_scale = 1.0f) {
     require(in_step_, errc::invalid_argument, "optimizer.step_param: call begin_step() first");
     param_record& r = params_.at(size_t(i));
+    check_grad_scale(grad_scale, "optimizer.step_param of '" + r.name + "'");
     check_grad(r, grad);
     if (!options_.check_gradients) return apply(i, grad, grad_scale, true);
     if (deferring_) return apply(i, grad, grad_scale, true, 0, -1, queue_check(i, grad.data, grad.type, r.weight.n));
@@ -278,6 +285,7 @@ class optimizer {
     require(in_step_, errc::invalid_argument, "optimizer.step_param_range: call begin_step() first");
     param_record& r = params_.at(size_t(i));
     const std::string what = "optimizer.step_param_range of '" + r.name + "'";
+    check_grad_scale(grad_scale, what);
     require(std::string(MemoryPolicy::name) == "host" || std::string(MemoryPolicy::name) == "device",
             errc::unsupported,
             what + ": memory::" + MemoryPolicy::name + " steps whole tensors only (use step_param)");
@@ -426,6 +434,14 @@ class optimizer {
     return s;
   }
 
+  // A caller's clipping factor: a NaN one (from a NaN global norm) would
+  // write NaN weights while the gradient itself passed the checks, and a
+  // negative one would ascend.
+  static void check_grad_scale(float s, const std::string& what) {
+    require(std::isfinite(s) && s >= 0.0f, errc::invalid_argument,
+            what + ": grad_scale must be finite and >= 0, got " + std::to_string(s));
+  }
+
   void check_grad(const param_record& r, const tensor_view& g) const {
     const std::string what = "gradient of '" + r.name + "'";
     require_contiguous(g, what.c_str());
@@ -533,6 +549,7 @@ class optimizer {
   MemoryPolicy memory_;
   std::vector<hparams> groups_;
   std::vector<param_record> params_;
+  std::set<std::string> names_;  // of params_, unique
   std::vector<void*> owned_;
   std::map<format, std::unique_ptr<format_tables>> tables_;
   int64_t step_ = 0;
