@@ -21,11 +21,13 @@ that torch's loader does not cast them to the parameters' dtype.) 8-bit
 codes are shaped like the parameter, as in bitsandbytes; 4-bit codes are
 the packed bytes. The reverse direction fills the optimizer's own image
 (its metadata, key order, dtypes and sizes) with the dictionary's tensors,
-checking each one and naming the key that does not fit; the C loader then
-checks the whole image again before it changes anything. A parameter the
-dictionary has no state for (bitsandbytes leaves out parameters it never
-stepped) keeps a fresh state, which is only allowed while this optimizer
-has not stepped it either.
+checking each one (dtype, element count, and shape: per-element tensors
+must have the parameter's shape, the others be flat) and naming the key
+that does not fit; keys of "state" must be int parameter indices. The C
+loader then checks the whole image again before it changes anything. A
+parameter the dictionary has no state for (bitsandbytes leaves out
+parameters it never stepped) keeps a fresh state, which is only allowed
+while this optimizer has not stepped it either.
 
 Tensors are made and read through a small "kit" per framework: numpy here
 (bfloat16 states as their uint16 bit patterns), torch in torch_optim.py.
@@ -156,7 +158,12 @@ def state_dict_to_image(state_dict, template, kit, composition):
     params = _params_of(metadata)
     by_name = {p["name"]: i for i, p in enumerate(params)}
     given = state_dict["state"]
-    unknown = [k for k in given if not (isinstance(k, int) and 0 <= k < len(params))]
+    for k in given:
+        if not isinstance(k, int) or isinstance(k, bool):
+            raise InvalidArgument("state_dict['state']: key %r is not a parameter index: the keys must be ints "
+                                  "(the parameter's position in param_groups, 0 to %d), as optimizer.state_dict() "
+                                  "writes them" % (k, len(params) - 1))
+    unknown = [k for k in given if not 0 <= k < len(params)]
     if unknown:
         raise InvalidArgument("state_dict: state for parameter %r, this optimizer has parameters 0 to %d"
                               % (unknown[0], len(params) - 1))
@@ -205,7 +212,8 @@ def state_dict_to_image(state_dict, template, kit, composition):
         if key not in tensors:
             raise InvalidArgument("%s: no '%s' (this optimizer's parameter '%s' keeps %s)"
                                   % (where, key, pname, ", ".join(_keys_of(entries, pname))))
-        value = kit.read(tensors[key], dtype, _numel(shape), "%s['%s']" % (where, key))
+        value = kit.read(tensors[key], dtype, _numel(shape), "%s['%s']" % (where, key),
+                         _expected_shape(params[i], key, shape))
         if len(value) != len(data):
             raise InvalidArgument("%s['%s']: %d bytes, this optimizer's needs %d" % (where, key, len(value), len(data)))
         out.append([name, dtype, shape, value])
@@ -217,6 +225,28 @@ def state_dict_to_image(state_dict, template, kit, composition):
         if e[0] == PREFIX + "step_count":
             e[3] = struct.pack("<q", step_count)
     return build_image(metadata, [tuple(e) for e in out])
+
+
+def _expected_shape(param, key, shape):
+    """The shape a dictionary's tensor ``key`` must have for ``param`` (an
+    entry of the image's params metadata) whose tensor in the image has
+    ``shape``: per-element tensors (float32 / bfloat16 states, 8-bit codes,
+    float32 masters: one value per parameter element) the parameter's
+    shape, as bitsandbytes and state_dict() write them; the rest (packed
+    4-bit codes, absmax, qmap) flat, as both write them."""
+    if key in ("state1", "state2", "master") and _numel(shape) == param["numel"]:
+        return tuple(int(d) for d in param["shape"])
+    return (_numel(shape),)
+
+
+def check_shape(got, want, where):
+    """Raise InvalidArgument unless a tensor's shape ``got`` is ``want``
+    (None: not checked)."""
+    if want is None or tuple(got) == tuple(want):
+        return
+    raise InvalidArgument("%s: shape %s, this optimizer's needs %s%s" % (
+        where, tuple(got), tuple(want),
+        "" if len(want) == 1 else " (its parameter's shape; the states of another parameter?)"))
 
 
 def _keys_of(entries, pname):
@@ -237,11 +267,12 @@ class NumpyKit:
     def make(self, dtype, shape, data):
         return self.np.frombuffer(bytearray(data), dtype=self.dtypes[dtype]).reshape(shape)
 
-    def read(self, value, dtype, numel, where):
+    def read(self, value, dtype, numel, where, shape=None):
         a = self.np.asarray(value)
         want = self.np.dtype(self.dtypes[dtype])
         if a.dtype != want:
             raise InvalidArgument("%s: dtype %s, this optimizer stores %s (%s)" % (where, a.dtype, want, dtype))
         if a.size != numel:
             raise InvalidArgument("%s: %d elements, this optimizer stores %d" % (where, a.size, numel))
+        check_shape(a.shape, shape, where)
         return self.np.ascontiguousarray(a).tobytes()

@@ -13,6 +13,7 @@ Formulas and behaviour: docs/OPTIMIZERS.md.
 
 import ctypes
 import dataclasses
+import math
 import os
 import struct
 import typing
@@ -120,6 +121,41 @@ def _fill_hparams(rule, c, values):
             setattr(c, key, float(value))
 
 
+def check_hparams(rule, values, where="hparams"):
+    """Raise InvalidArgument, naming ``where`` and the key, for values the
+    C library would refuse (rules.hpp's validate(), on the float32 values
+    it stores): lr and weight_decay finite and >= 0, eps finite and > 0,
+    betas and momentum in [0, 1). ``values``: the rule's keys (betas as a
+    pair); absent keys are not checked."""
+    def f32(key, v):
+        try:
+            return ctypes.c_float(float(v)).value
+        except (TypeError, ValueError):
+            raise InvalidArgument("%s: %s must be a number, got %r" % (where, key, v)) from None
+
+    for key, value in values.items():
+        if key not in RULE_DEFAULTS.get(rule, {}) and key not in ("beta1", "beta2"):
+            continue
+        if key == "betas":
+            try:
+                b1, b2 = value
+            except (TypeError, ValueError):
+                raise InvalidArgument("%s: betas must be a pair (beta1, beta2), got %r" % (where, value)) from None
+            checks = [("beta1", b1), ("beta2", b2)]
+        else:
+            checks = [(key, value)]
+        for name, v in checks:
+            x = f32(name, v)
+            if name in ("beta1", "beta2", "momentum"):
+                ok, rule_text = 0.0 <= x < 1.0, "in [0, 1)"
+            elif name == "eps":
+                ok, rule_text = math.isfinite(x) and x > 0.0, "finite and > 0"
+            else:
+                ok, rule_text = math.isfinite(x) and x >= 0.0, "finite and >= 0"
+            if not ok:
+                raise InvalidArgument("%s: %s must be %s (as a float32), got %r" % (where, name, rule_text, v))
+
+
 def _short_f32(value):
     """The shortest decimal that rounds to the same float32 as ``value``
     (so a stored 1e-3 reads back as 0.001, not 0.0010000000474974513)."""
@@ -207,6 +243,12 @@ class Optimizer:
     def __exit__(self, *exc):
         self.close()
         return False
+
+    def __reduce_ex__(self, protocol):
+        # copy.copy would share (and free twice) the C optimizer; deepcopy
+        # and pickle cannot reach its states.
+        raise TypeError("lowbit.Optimizer cannot be copied or pickled (its states live in the C library); use "
+                        "state_dict() / load_state_dict() or save() / load() into a new optimizer")
 
     def _h(self):
         if self._handle is None:

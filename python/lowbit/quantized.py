@@ -46,6 +46,26 @@ def quantized_sizes(format, numel, block_size=64, nested=False):
     return QuantizedSizes(s.code_bytes, s.n_blocks, s.n_nested_blocks, s.total_bytes)
 
 
+def _checked_shape(shape):
+    """``shape`` as a tuple of ints, every extent >= 0."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise InvalidArgument("shape: expected a sequence of extents, got %r" % (shape,)) from None
+    out = []
+    for d in dims:
+        try:
+            if isinstance(d, bool) or int(d) != d:
+                raise ValueError
+            d = int(d)
+        except (TypeError, ValueError):
+            raise InvalidArgument("shape: extents must be integers, got %r in %r" % (d, dims)) from None
+        if d < 0:
+            raise InvalidArgument("shape: extents must be >= 0, got %d in %r" % (d, dims))
+        out.append(d)
+    return tuple(out)
+
+
 class CQuantizedRef:
     """A lowbit_c_quantized struct over a QuantizedTensor's buffers, holding
     their DLPack capsules (and the buffers) while it lives. ``ptr`` is the
@@ -99,7 +119,7 @@ class QuantizedTensor:
     def __init__(self, format, shape, block_size, nested, codes, absmax=None, absmax_codes=None,
                  nested_absmax=None, nested_offset=None):
         self.format = str(format)
-        self.shape = tuple(int(s) for s in shape)
+        self.shape = _checked_shape(shape)
         n = 1
         for s in self.shape:
             n *= s
@@ -123,7 +143,7 @@ class QuantizedTensor:
         """
         if isinstance(shape, int):
             shape = (shape,)
-        shape = tuple(int(s) for s in shape)
+        shape = _checked_shape(shape)
         numel = 1
         for s in shape:
             numel *= s

@@ -14,25 +14,36 @@ recipe) and stochastic rounding, never holding a float32 master:
   backward, as soon as its gradient exists, and the gradient is dropped
   (QFT's and LOMO's fused backward-update), so no model-sized gradient
   buffer ever exists. Call ``opt.step()`` after ``loss.backward()`` to
-  close the step.
+  close the step. Each layer can be stepped once per step: a layer used
+  more than once per forward (shared), or a second backward before
+  ``opt.step()`` (gradient accumulation), raises InvalidArgument at the
+  layer's second gradient; use ``fused=False`` there.
 - ``fused=False``: the gradient is kept in ``layer.weight_grad`` (summed
-  over backward calls, like ``.grad``) and ``opt.step()`` applies it.
+  over backward calls and over a shared layer's uses, like ``.grad``) and
+  ``opt.step()`` applies it.
 
 Biases are ordinary torch parameters (optimize them with a torch
-optimizer). Both modes give the same weights bit for bit: lowbit's random
-streams are keyed by (seed, step, tensor, element), not by call order.
-Gradient clipping by a global norm needs all gradients first: use
-``fused=False`` and ``max_grad_norm``, or pass your own factor as
-``grad_scale``. :func:`quantize_linears_` turns a model's Linears into
-QuantizedLinears and :func:`dequantize_linears_` turns them back (to save
-the trained model as plain float weights). Import needs torch (``import
+optimizer). Both modes give the same weights bit for bit (where fused
+mode applies): lowbit's random streams are keyed by (seed, step, tensor,
+element), not by call order. Gradient clipping by a global norm needs all
+gradients first: use ``fused=False`` and ``max_grad_norm`` (refused with
+``fused=True``), or pass your own factor as ``grad_scale``. The quantized
+buffers follow the module to another device but keep their dtype when the
+module is cast (``model.to(torch.bfloat16)`` casts the biases only).
+:func:`quantize_linears_` turns a model's Linears into QuantizedLinears
+and :func:`dequantize_linears_` turns them back (to save the trained
+model as plain float weights). Import needs torch (``import
 lowbit.torch_nn``).
 """
 
 import copy
+import ctypes
+import dataclasses
+import math
 
 import torch
 
+from ._errors import InvalidArgument
 from .gemm import dequant_linear, dequant_linear_backward_input
 from .optimizer import Optimizer
 from .quantized import _BUFFERS as QUANTIZED_BUFFERS
@@ -49,6 +60,7 @@ class _QuantizedLinearFunction(torch.autograd.Function):
     def forward(ctx, x, bias, anchor, layer):
         ctx.layer = layer
         ctx.has_bias = bias is not None
+        ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.save_for_backward(x)
         if layer._torch_products(x):
             y = torch.nn.functional.linear(x.float(), layer.dequantized_weight(torch.float32),
@@ -70,7 +82,10 @@ class _QuantizedLinearFunction(torch.autograd.Function):
                 dx = dequant_linear_backward_input(dy, layer.weight_q)
         dy2 = dy.reshape(-1, n).float()
         layer._receive_weight_grad(dy2.t() @ x.reshape(-1, k).float())
-        db = dy2.sum(0).to(dy.dtype) if ctx.has_bias and ctx.needs_input_grad[1] else None
+        # summed in float32 and given in the bias's own dtype (a float32 bias
+        # with bfloat16 activations keeps a float32 gradient, as torch's
+        # Linear under autocast does)
+        db = dy2.sum(0).to(ctx.bias_dtype) if ctx.has_bias and ctx.needs_input_grad[1] else None
         return dx, db, None, None
 
 
@@ -206,6 +221,32 @@ class QuantizedLinear(torch.nn.Module):
 
     def set_extra_state(self, state):
         pass  # _load_from_state_dict has checked it against this layer's format
+
+    def _apply(self, fn, recurse=True):
+        # Module.to / .half() / .bfloat16() / .double() / .cuda() /
+        # .share_memory() all come here. The quantized weight's buffers
+        # (uint8 codes, float32 scales) are a format, not float data: they
+        # follow the module to another device (or into shared memory) but
+        # never change dtype; the bias follows the module as usual.
+        names = ["weight_" + n for n in QUANTIZED_BUFFERS if self._buffers.get("weight_" + n) is not None]
+        kept = {n: self._buffers[n] for n in names}
+        for n in names:
+            self._buffers[n] = None  # hidden from Module._apply
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for n, buf in kept.items():
+                self._buffers[n] = buf
+        moved = {}
+        for n, buf in kept.items():
+            out = fn(buf)
+            if out is None:
+                out = buf
+            if out.dtype != buf.dtype:  # a cast: keep the dtype, take the device only
+                out = buf.to(device=out.device)
+            moved[n] = out
+        self._buffers.update(moved)  # all or nothing: a failing fn leaves every buffer as it was
+        return self
 
     def dequantized_weight(self, dtype=torch.float32):
         """The weight as a dense (out, in) tensor (a new one)."""
@@ -359,13 +400,39 @@ class QuantizedWeightOptimizer:
     taken) or a list of layers, all of one format. Other keyword arguments
     go to :class:`~lowbit.Optimizer` (``lr``, ``betas``, ``weight_decay``,
     ``seed``, ``stable_weight_scales``, ...). See the module docstring for
-    ``fused``."""
+    ``fused``.
 
-    def __init__(self, layers, rule="lion", states="int8", fused=True, stable_weight_scales=True, **kwargs):
+    ``max_grad_norm`` > 0 clips by the global L2 norm of all layers' weight
+    gradients (times ``grad_scale``), summed in float64 over the finite
+    gradients as lowbit's own ``step()`` does; the StepReport gives that
+    norm and the clipping factor. It needs ``fused=False`` (a fused step
+    updates each layer before the other layers' gradients exist).
+
+    A layer used more than once per forward (a shared layer) receives
+    several gradients per step: with ``fused=False`` they sum in
+    ``weight_grad`` and the layer is stepped once. ``fused=True`` cannot
+    do that (it would step the layer per use, the later uses' input
+    gradients computed from the already-updated weight), so a second
+    gradient for a layer within one step raises InvalidArgument (so does
+    a second backward before ``step()``, e.g. gradient accumulation); the
+    layers that backward had already stepped keep that update.
+
+    The layers' buffers are registered with the C optimizer when it is
+    built: build it after moving the model (``.to(device)``,
+    ``share_memory()``, ``load_state_dict(assign=True)`` replace them);
+    a step over a replaced buffer raises InvalidArgument naming the layer
+    before anything is updated. Optimizers cannot be copied or pickled;
+    save their ``state_dict()``."""
+
+    def __init__(self, layers, rule="lion", states="int8", fused=True, stable_weight_scales=True, max_grad_norm=0.0,
+                 **kwargs):
         if isinstance(layers, torch.nn.Module):
             named = [(name + ".weight", m) for name, m in layers.named_modules() if isinstance(m, QuantizedLinear)]
         else:
             named = [("layer%d.weight" % i, m) for i, m in enumerate(layers)]
+        bad = [type(m).__name__ for _, m in named if not isinstance(m, QuantizedLinear)]
+        if bad:
+            raise InvalidArgument("QuantizedWeightOptimizer: layers must be QuantizedLinear, got %s" % bad[0])
         layers = [m for _, m in named]
         if not layers:
             raise ValueError("QuantizedWeightOptimizer: no QuantizedLinear layers given")
@@ -373,15 +440,37 @@ class QuantizedWeightOptimizer:
         if len(formats) != 1:
             raise ValueError("QuantizedWeightOptimizer: layers of several formats %s; use one optimizer per format"
                              % sorted(formats))
-        memory = "device" if layers[0].weight_q.codes.device.type == "cuda" else "host"
-        self._opt = Optimizer(rule, states=states, weights=formats.pop(), memory=memory,
-                              stable_weight_scales=stable_weight_scales, **kwargs)
-        self.layers = layers
-        self._index = {}
-        for name, layer in named:  # the names key saved states
-            self._index[id(layer)] = self._opt.add_param(layer.weight_q, name=name)
         self.fused = bool(fused)
+        try:
+            max_grad_norm = float(max_grad_norm)
+        except (TypeError, ValueError):
+            raise InvalidArgument("max_grad_norm: expected a number, got %r" % (max_grad_norm,)) from None
+        if not math.isfinite(max_grad_norm) or max_grad_norm < 0:
+            raise InvalidArgument("max_grad_norm: must be finite and >= 0, got %r" % max_grad_norm)
+        if self.fused and max_grad_norm > 0:
+            raise InvalidArgument(
+                "QuantizedWeightOptimizer: max_grad_norm needs fused=False (a fused step updates each layer "
+                "during the backward, before the other layers' gradients, and so the global norm, exist); pass "
+                "fused=False, or set your own clipping factor as grad_scale")
+        memory = "device" if layers[0].weight_q.codes.device.type == "cuda" else "host"
+        # max_grad_norm goes to the C side too, which checks it (e.g. that
+        # check_gradients is on); its begin / step_param / end_step path
+        # does not clip: step() below does.
+        self._opt = Optimizer(rule, states=states, weights=formats.pop(), memory=memory,
+                              stable_weight_scales=stable_weight_scales, max_grad_norm=max_grad_norm, **kwargs)
+        self.max_grad_norm = max_grad_norm
+        self.layers = layers
+        self._names = [name for name, _ in named]
+        self._index = {}
+        self._registered = {}  # id(layer) -> [(buffer name, data_ptr, dtype)] handed to the C optimizer
+        for name, layer in named:  # the names key saved states
+            if id(layer) in self._index:
+                raise InvalidArgument("QuantizedWeightOptimizer: layer '%s' is given twice" % name)
+            q = layer.weight_q
+            self._index[id(layer)] = self._opt.add_param(q, name=name)
+            self._registered[id(layer)] = [(key, buf.data_ptr(), buf.dtype) for key, buf in q.buffers().items()]
         self._in_step = False
+        self._stepped = set()  # fused: id of each layer stepped in the open step
         self.grad_scale = 1.0
         if self.fused:
             for layer in layers:
@@ -392,35 +481,104 @@ class QuantizedWeightOptimizer:
         """The underlying :class:`lowbit.Optimizer` (hyperparameters, memory, save / load)."""
         return self._opt
 
+    def __reduce_ex__(self, protocol):
+        raise TypeError("QuantizedWeightOptimizer cannot be copied or pickled (its states live in the C library); "
+                        "save opt.state_dict() and load it into a new optimizer")
+
+    def _check_storage(self):
+        """Raise, naming the layer, where a registered buffer was replaced
+        (the C optimizer would update the old memory, or freed memory)."""
+        for layer in self.layers:
+            for key, ptr, dtype in self._registered[id(layer)]:
+                buf = layer._buffers.get("weight_" + key)
+                if buf is not None and buf.data_ptr() == ptr and buf.dtype == dtype:
+                    continue
+                if buf is None:
+                    what = "weight_%s is gone" % key
+                elif buf.dtype != dtype:
+                    what = "weight_%s is now %s, was %s" % (key, buf.dtype, dtype)
+                else:
+                    what = "weight_%s moved from 0x%x to 0x%x" % (key, ptr, buf.data_ptr())
+                raise InvalidArgument(
+                    "QuantizedWeightOptimizer: layer '%s': its storage was replaced after the optimizer was built "
+                    "(%s; e.g. by .to(device), share_memory() or load_state_dict(assign=True)); build the optimizer "
+                    "after moving / sharing the model" % (self._name_of(layer), what))
+
     def _stream(self):
         if self._opt.composition.endswith("/device"):
             self._opt.set_stream(torch.cuda.current_stream(self.layers[0].weight_q.codes.device))
 
+    def _name_of(self, layer):
+        for name, m in zip(self._names, self.layers):
+            if m is layer:
+                return name[:-len(".weight")] if name.endswith(".weight") else name
+        return type(layer).__name__
+
     def _step_now(self, layer, dw):
         if not self._in_step:
+            self._check_storage()  # every layer, before the first update of the step
             self._stream()
             self._opt.begin_step()
             self._in_step = True
+            self._stepped = set()
+        if id(layer) in self._stepped:
+            raise InvalidArgument(
+                "QuantizedWeightOptimizer (fused): layer '%s' got a second weight gradient within one optimizer "
+                "step: it is used more than once per forward (a shared layer), or backward ran again before "
+                "opt.step(). A fused step updates a layer as its gradient arrives, so a second gradient would be "
+                "computed from and applied to an already-updated weight; use fused=False for shared layers "
+                "(their gradients then sum in weight_grad), and call opt.step() after each backward"
+                % self._name_of(layer))
         self._opt.step_param(self._index[id(layer)], dw, grad_scale=self.grad_scale)
+        self._stepped.add(id(layer))
+
+    def _global_norm(self, layers):
+        """The float64 L2 norm of the finite weight gradients of ``layers``
+        (each summed in float64, chunk by chunk: no float64 copy of a whole
+        gradient), with one host synchronization."""
+        sums = []
+        for layer in layers:
+            flat = layer.weight_grad.reshape(-1)
+            total = torch.zeros((), dtype=torch.float64, device=flat.device)
+            for chunk in flat.split(1 << 22):
+                c = chunk.to(torch.float64)
+                total += torch.dot(c, c)
+            sums.append(total)
+        if not sums:
+            return 0.0
+        values = torch.stack([s.to("cpu") for s in sums]).tolist()
+        return math.sqrt(sum(v for v in values if math.isfinite(v)))
 
     def step(self):
         """Fused: closes the step the backward began (returns its
         StepReport; None if no gradient arrived). Unfused: steps every layer
-        that has a ``weight_grad`` and clears it."""
+        that has a ``weight_grad`` and clears it (clipping by
+        ``max_grad_norm`` first, when set)."""
         if self.fused:
             if not self._in_step:
                 return None
             self._in_step = False
+            self._stepped = set()
             return self._opt.end_step()
+        self._check_storage()
+        todo = [layer for layer in self.layers if layer.weight_grad is not None]
+        grad_scale = float(self.grad_scale)
+        norm, clip = None, 1.0
+        if self.max_grad_norm > 0:
+            norm = self._global_norm(todo) * abs(grad_scale)
+            if norm > self.max_grad_norm:
+                clip = ctypes.c_float(self.max_grad_norm / (norm + 1e-6)).value  # as lowbit's step() computes it
+            grad_scale *= clip
         self._stream()
         self._opt.begin_step()
         try:
-            for layer in self.layers:
-                if layer.weight_grad is not None:
-                    self._opt.step_param(self._index[id(layer)], layer.weight_grad, grad_scale=self.grad_scale)
-                    layer.weight_grad = None
+            for layer in todo:
+                self._opt.step_param(self._index[id(layer)], layer.weight_grad, grad_scale=grad_scale)
+                layer.weight_grad = None
         finally:
             report = self._opt.end_step()
+        if norm is not None:
+            report = dataclasses.replace(report, grad_norm=norm, grad_scale=clip)
         return report
 
     def state_dict(self):
@@ -437,7 +595,7 @@ class QuantizedWeightOptimizer:
 
         self._opt.load_state_dict(state_dict, _kit=_TorchKit())
 
-    def zero_grad(self):
+    def zero_grad(self, set_to_none=True):
         """Drop gradients kept by unfused layers."""
         for layer in self.layers:
             layer.weight_grad = None

@@ -132,6 +132,32 @@ class ErrorTest(unittest.TestCase):
         self.assertEqual(len(opt), 0)
 
 
+    def test_negative_extents(self):
+        for shape in ((-2, -4), (3, -1), -5):
+            with self.assertRaisesRegex(lowbit.InvalidArgument, r"shape: extents must be >= 0, got -"):
+                lowbit.QuantizedTensor.empty("nf4", shape)
+        with self.assertRaisesRegex(lowbit.InvalidArgument, r"extents must be integers, got 2.5"):
+            lowbit.QuantizedTensor.empty("nf4", (2.5, 4))
+        codes = np.zeros(4, np.uint8)
+        with self.assertRaisesRegex(lowbit.InvalidArgument, r"extents must be >= 0"):
+            lowbit.QuantizedTensor("nf4", (-2, -4), 64, False, codes, absmax=np.ones(1, np.float32))
+        self.assertEqual(lowbit.QuantizedTensor.empty("nf4", (0, 4)).numel, 0)
+
+    def test_optimizer_cannot_be_copied(self):
+        import copy
+        import io
+        import pickle
+
+        w = np.ones(64, np.float32)
+        opt = lowbit.Optimizer("adamw", "fp32", "fp32")
+        opt.add_param(w)
+        for how in (copy.copy, copy.deepcopy, lambda o: pickle.dump(o, io.BytesIO())):
+            with self.assertRaisesRegex(TypeError, r"lowbit.Optimizer cannot be copied or pickled .*state_dict"):
+                how(opt)
+        opt.step([np.ones(64, np.float32)])  # the original is untouched
+        self.assertEqual(opt.param_info(0).steps, 1)
+
+
 class FileErrorTest(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="lowbit-test-")

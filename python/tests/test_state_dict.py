@@ -14,8 +14,10 @@ Properties checked (all exact):
 - a dictionary in bitsandbytes' form (no "lowbit" entry, no skip counts,
   qmaps 1 ulp off, parameters it never stepped left out) loads and
   continues identically;
-- wrong dtypes, sizes, groups, maps or missing keys raise InvalidArgument
-  naming the key, and leave states and hyperparameters as they were.
+- wrong dtypes, sizes, shapes (per-element states must have the
+  parameter's shape, the others be flat), groups, maps, missing keys or
+  keys that are not int indices raise InvalidArgument naming the key, and
+  leave states and hyperparameters as they were.
 """
 
 import copy
@@ -231,6 +233,16 @@ class StateDictTest(unittest.TestCase):
                 r"state_dict\['state'\]\[0\]\['state1'\]: dtype float32")
         refused(set_quant(0, "absmax1", np.zeros(31, np.float32)), r"\['absmax1'\]: 31 elements")
         refused(set_quant(1, "state1", np.zeros(300, np.uint16)), r"\['state'\]\[1\]\['state1'\]")
+        # the right element count in another shape: the states of another
+        # parameter, or flattened per-element states; absmax / qmap flat
+        refused(set_quant(0, "state1", sd["state"][0][QUANT]["state1"].reshape(128, 64)),
+                r"\[0\]\['state1'\]: shape \(128, 64\), this optimizer's needs \(64, 128\)")
+        refused(set_quant(0, "state2", sd["state"][0][QUANT]["state2"].reshape(-1)),
+                r"\[0\]\['state2'\]: shape \(8192,\), this optimizer's needs \(64, 128\)")
+        refused(set_quant(0, "absmax1", sd["state"][0][QUANT]["absmax1"].reshape(4, 8)),
+                r"\['absmax1'\]: shape \(4, 8\), this optimizer's needs \(32,\)")
+        refused(lambda d: d["state"].__setitem__("0", d["state"].pop(0)),
+                r"key '0' is not a parameter index: the keys must be ints")
         refused(lambda d: d["state"][2][QUANT].pop("state2"), r"\['state'\]\[2\]: no 'state2'")
         refused(lambda d: d["state"][0].__setitem__("step", -1), r"\['step'\]: expected a count")
         refused(lambda d: d["state"].__setitem__(3, d["state"][0]), r"parameter 3, this optimizer has parameters 0 to 2")
