@@ -1,6 +1,9 @@
 // examples/llama/hf_checkpoint.hpp
 // Loading a Hugging Face LLaMA checkpoint directory: config.json plus
-// model.safetensors, or shards listed by model.safetensors.index.json.
+// model.safetensors, or shards listed by model.safetensors.index.json (read
+// as one set of tensors: a quantized weight's keys may span shards; a tensor
+// found in a shard other than the one the index's weight_map names, or in
+// two shards, is an error rather than a silent pick).
 // Tensors may be float32, bfloat16 or float16, or bitsandbytes 4-bit / lowbit
 // quantized (codes + quant_state keys, read with lowbit::load_quantized and
 // dequantized). Every parameter of the layout must be present with its exact
@@ -10,6 +13,7 @@
 // (older checkpoints carry rotary inv_freq buffers).
 #pragma once
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -39,40 +43,54 @@ class hf_weights {
       }
       if (!j.contains("weight_map") || !j["weight_map"].is_object())
         throw lowbit::error(lowbit::errc::malformed_file, "'" + index + "' has no weight_map object");
-      std::map<std::string, int> shard_of_file;
+      std::map<std::string, std::string> file_of;  // tensor -> shard, as the index says
+      std::vector<std::string> files;             // shards in first-mention order
       for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
         if (!it.value().is_string()) throw lowbit::error(lowbit::errc::malformed_file, "'" + index + "': weight_map values must be file names");
         const std::string file = it.value().get<std::string>();
         if (file.find('/') != std::string::npos || file.find("..") != std::string::npos)
           throw lowbit::error(lowbit::errc::malformed_file, "'" + index + "': shard name '" + file + "' is not a plain file name");
-        if (!shard_of_file.count(file)) {
-          shard_of_file[file] = int(shards_.size());
-          shards_.push_back(lowbit::safetensors_reader::open(dir + "/" + file));
+        if (std::find(files.begin(), files.end(), file) == files.end()) files.push_back(file);
+        file_of[it.key()] = file;
+      }
+      std::vector<lowbit::safetensors_reader> shards;
+      for (const std::string& file : files) {
+        shards.push_back(lowbit::safetensors_reader::open(dir + "/" + file));
+        // A tensor the index places in another shard is a stale or
+        // mismatched copy: which of the two is meant cannot be told.
+        for (const lowbit::safetensors_tensor& t : shards.back().tensors()) {
+          auto placed = file_of.find(t.name);
+          if (placed != file_of.end() && placed->second != file)
+            throw lowbit::error(lowbit::errc::malformed_file, "'" + index + "' places tensor '" + t.name + "' in '" +
+                                                                  placed->second + "', but '" + file + "' holds it too");
         }
       }
+      shard_count_ = shards.size();
+      // One reader over all shards, so that a quantized weight's keys may lie
+      // in different shards (as a size-based split leaves them).
+      reader_ = lowbit::safetensors_reader::combine(shards, dir);
     } else if (std::ifstream(single).good()) {
-      shards_.push_back(lowbit::safetensors_reader::open(single));
+      reader_ = lowbit::safetensors_reader::open(single);
+      shard_count_ = 1;
     } else {
       throw lowbit::error(lowbit::errc::io, "'" + dir + "' has neither model.safetensors nor model.safetensors.index.json");
     }
-    for (size_t s = 0; s < shards_.size(); ++s) {
-      for (const lowbit::quantized_weight_info& q : lowbit::find_quantized_weights(shards_[s])) {
-        quantized_[q.name] = int(s);
-        for (const std::string& k : q.keys) quantized_keys_.insert(k);
-      }
-      for (const lowbit::safetensors_tensor& t : shards_[s].tensors())
-        if (!quantized_keys_.count(t.name)) dense_[t.name] = int(s);
+    for (const lowbit::quantized_weight_info& q : lowbit::find_quantized_weights(reader_)) {
+      quantized_.insert(q.name);
+      for (const std::string& k : q.keys) quantized_keys_.insert(k);
     }
+    for (const lowbit::safetensors_tensor& t : reader_.tensors())
+      if (!quantized_keys_.count(t.name)) dense_.insert(t.name);
   }
 
-  size_t shard_count() const { return shards_.size(); }
+  size_t shard_count() const { return shard_count_; }
 
   // Tensor `name` as float values, checked against `shape`.
   std::vector<float> read(const std::string& name, const std::vector<int64_t>& shape) {
     used_.insert(name);
     const std::string want = shape_string(shape);
-    if (auto q = quantized_.find(name); q != quantized_.end()) {
-      lowbit::loaded_quantized l = lowbit::load_quantized(shards_[size_t(q->second)], name);
+    if (quantized_.count(name)) {
+      lowbit::loaded_quantized l = lowbit::load_quantized(reader_, name);
       if (l.tensor.shape != shape)
         throw lowbit::error(lowbit::errc::invalid_argument, dir_ + ": quantized tensor '" + name + "' has shape " +
                                                                 shape_string(l.tensor.shape) + ", the model needs " + want);
@@ -80,10 +98,9 @@ class hf_weights {
       lowbit::cpu::dequantize(l.tensor.view(), lowbit::make_flat_view(out.data(), l.tensor.layout.n));
       return out;
     }
-    auto d = dense_.find(name);
-    if (d == dense_.end())
+    if (!dense_.count(name))
       throw lowbit::error(lowbit::errc::invalid_argument, dir_ + ": the checkpoint has no tensor '" + name + "'");
-    const lowbit::safetensors_tensor& t = shards_[size_t(d->second)].at(name);
+    const lowbit::safetensors_tensor& t = reader_.at(name);
     if (t.shape != shape)
       throw lowbit::error(lowbit::errc::invalid_argument,
                           dir_ + ": tensor '" + name + "' has shape " + t.shape_string() + ", the model needs " + want);
@@ -110,10 +127,10 @@ class hf_weights {
   // Keys present in the files that read() never asked for.
   std::vector<std::string> unused() const {
     std::vector<std::string> out;
-    for (const auto& kv : dense_)
-      if (!used_.count(kv.first)) out.push_back(kv.first);
-    for (const auto& kv : quantized_)
-      if (!used_.count(kv.first)) out.push_back(kv.first);
+    for (const std::string& k : dense_)
+      if (!used_.count(k)) out.push_back(k);
+    for (const std::string& k : quantized_)
+      if (!used_.count(k)) out.push_back(k);
     return out;
   }
 
@@ -124,8 +141,9 @@ class hf_weights {
     return out + "]";
   }
   std::string dir_;
-  std::vector<lowbit::safetensors_reader> shards_;
-  std::map<std::string, int> dense_, quantized_;
+  lowbit::safetensors_reader reader_;  // the file, or every shard's tensors at once
+  size_t shard_count_ = 0;
+  std::set<std::string> dense_, quantized_;  // names: plain tensors, quantized weights
   std::set<std::string> quantized_keys_, used_;
 };
 

@@ -505,3 +505,43 @@ TEST_CASE("safetensors writer: concurrent writes of one path each use their own 
   CHECK(r.at("outer").to_vector<uint8_t>() == std::vector<uint8_t>(1000, 0xaa));
   CHECK(dir.entries() == 1);  // no temporary left behind
 }
+
+TEST_CASE("combine: one reader over several files' tensors, kept alive without the parts; a name in two parts is refused") {
+  io_test::scratch_dir dir;
+  const std::vector<float> a = {1, 2, 3}, b = {4, 5};
+  const std::vector<int32_t> c = {7, 8, 9, 10};
+  {
+    safetensors_writer w1, w2;
+    w1.add("a", dtype::f32, {3}, a.data());
+    w1.set_metadata("format", "pt");
+    w2.add("b", dtype::f32, {1, 2}, b.data());
+    w2.add("c", dtype::i32, {4}, c.data());
+    w2.set_metadata("format", "other");
+    w1.write(dir.file("one.safetensors"));
+    w2.write(dir.file("two.safetensors"));
+  }
+  safetensors_reader both;
+  {
+    std::vector<safetensors_reader> parts = {safetensors_reader::open(dir.file("one.safetensors")),
+                                             safetensors_reader::open(dir.file("two.safetensors"))};
+    both = safetensors_reader::combine(parts, "both");
+  }  // the parts are gone; their mappings live on in `both`
+  CHECK(both.source() == "both");
+  REQUIRE(both.tensors().size() == 3);
+  CHECK(both.at("a").to_vector<float>() == a);
+  CHECK(both.at("b").to_vector<float>() == b);
+  CHECK(both.at("b").shape == std::vector<int64_t>{1, 2});
+  CHECK(both.at("c").to_vector<int32_t>() == c);
+  CHECK(both.metadata().at("format") == "pt");  // the earlier part's value
+  {
+    safetensors_writer w3;
+    w3.add("b", dtype::f32, {2}, b.data());
+    w3.write(dir.file("three.safetensors"));
+  }
+  const std::vector<safetensors_reader> clash = {safetensors_reader::open(dir.file("two.safetensors")),
+                                                 safetensors_reader::open(dir.file("three.safetensors"))};
+  const io_test::thrown t = catch_error([&] { safetensors_reader::combine(clash, "clash"); });
+  CHECK(t.code == errc::malformed_file);
+  CHECK(contains(t.message, "tensor 'b' is in both '" + dir.file("two.safetensors") + "' and '" +
+                                dir.file("three.safetensors") + "'"));
+}

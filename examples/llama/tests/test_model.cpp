@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
@@ -383,6 +384,78 @@ TEST_CASE("Hugging Face loading errors name the problem") {
   const param_layout L2(untied);
   weight_store<float> w2(L2, matrix_storage::f32);
   CHECK_THROWS_WITH_AS(load_hf_weights(data_dir + "/tiny_tied", w2), doctest::Contains("no tensor 'lm_head.weight'"),
+                       lowbit::error);
+}
+
+TEST_CASE("a sharded checkpoint is read through its weight_map: a quantized weight's keys may span shards, a "
+          "tensor in a shard the index does not name is refused") {
+  namespace fs = std::filesystem;
+  const std::string src = data_dir + "/tiny_gqa", whole_dir = "hf_whole_test", dir = "hf_span_test";
+  const std::string qname = "model.layers.0.self_attn.q_proj.weight";
+  for (const std::string& d : {whole_dir, dir}) {
+    fs::remove_all(d);
+    fs::create_directories(d);
+    fs::copy_file(src + "/config.json", d + "/config.json");
+  }
+  // One file: tiny_gqa with q_proj as NF4 (nested scales) under bitsandbytes keys.
+  const lowbit::safetensors_reader orig = lowbit::safetensors_reader::open(src + "/model.safetensors");
+  const lowbit::safetensors_tensor& qt = orig.at(qname);
+  REQUIRE(qt.type == lowbit::dtype::f32);
+  const std::vector<float> qv = qt.to_vector<float>();
+  lowbit::quantized_tensor q(lowbit::make_layout(lowbit::format::nf4, qt.numel(), 64, true));
+  q.shape = qt.shape;
+  lowbit::cpu::quantize(lowbit::make_flat_view(qv.data(), qt.numel()), q.view());
+  {
+    lowbit::safetensors_writer w;
+    for (const lowbit::safetensors_tensor& t : orig.tensors())
+      if (t.name != qname) w.add(t.name, t.type, t.shape, t.data);
+    lowbit::save_quantized(w, qname, q, lowbit::dtype::f32);
+    w.write(whole_dir + "/model.safetensors");
+  }
+  // Two shards: q_proj's packed codes in the first with every plain tensor,
+  // its scales and quant_state in the second.
+  const lowbit::safetensors_reader whole = lowbit::safetensors_reader::open(whole_dir + "/model.safetensors");
+  const std::vector<std::string> qkeys = lowbit::quantized_keys(qname, lowbit::format::nf4, true);
+  const std::string shard1 = "model-00001-of-00002.safetensors", shard2 = "model-00002-of-00002.safetensors";
+  auto in_second = [&](const std::string& name) {
+    return name != qkeys[0] && std::find(qkeys.begin(), qkeys.end(), name) != qkeys.end();
+  };
+  auto write_shards = [&](const std::string& extra_in_second) {
+    lowbit::safetensors_writer w1, w2;
+    nlohmann::json index = {{"metadata", nlohmann::json::object()}, {"weight_map", nlohmann::json::object()}};
+    for (const lowbit::safetensors_tensor& t : whole.tensors()) {
+      (in_second(t.name) ? w2 : w1).add(t.name, t.type, t.shape, t.data);
+      index["weight_map"][t.name] = in_second(t.name) ? shard2 : shard1;
+    }
+    std::vector<float> zeros;
+    if (!extra_in_second.empty()) {  // a stale copy, filled with zeros, in the shard the index does not name
+      const lowbit::safetensors_tensor& t = whole.at(extra_in_second);
+      zeros.assign(size_t(t.numel()), 0.0f);
+      w2.add(t.name, t.type, t.shape, zeros.data());
+    }
+    w1.write(dir + "/" + shard1);
+    w2.write(dir + "/" + shard2);
+    std::ofstream(dir + "/model.safetensors.index.json") << index.dump();
+  };
+  write_shards("");
+  const llama_config cfg = load_hf_config(whole_dir);
+  const param_layout L(cfg);
+  weight_store<float> a(L, matrix_storage::f32), b(L, matrix_storage::f32);
+  CHECK(load_hf_weights(whole_dir, a) == 0);
+  CHECK(load_hf_weights(dir, b) == 0);
+  for (size_t p = 0; p < L.params.size(); ++p) {
+    if (!L.params[p].matrix) continue;
+    std::vector<float> va(size_t(L.params[p].numel)), vb(va.size());
+    a.get_matrix(int(p), va.data());
+    b.get_matrix(int(p), vb.data());
+    CHECK(va == vb);
+  }
+  // the stale copy is refused, naming the tensor and both shards
+  write_shards("lm_head.weight");
+  weight_store<float> c(L, matrix_storage::f32);
+  CHECK_THROWS_WITH_AS(load_hf_weights(dir, c),
+                       doctest::Contains("places tensor 'lm_head.weight' in '" + shard1 + "', but '" + shard2 +
+                                         "' holds it too"),
                        lowbit::error);
 }
 

@@ -363,6 +363,35 @@ class safetensors_reader {
     return r;
   }
 
+  // One reader over the tensors of several readers (the shards of one
+  // checkpoint): every tensor of every part, each still pointing into its
+  // own file, whose mapping the result keeps alive; a tensor's offset is
+  // within its own file's data section, and file_size / header_size are
+  // the parts' sums. A name held by two parts is errc::malformed_file (a
+  // loader could not tell which is meant). Metadata: the union; where two
+  // parts give a key different values, the earlier part's.
+  static safetensors_reader combine(const std::vector<safetensors_reader>& parts, std::string source_name) {
+    safetensors_reader r;
+    r.source_ = std::move(source_name);
+    auto keep = std::make_shared<std::vector<std::shared_ptr<const void>>>();
+    std::map<std::string, const std::string*> part_of;  // tensor name -> its part's source
+    for (const safetensors_reader& part : parts) {
+      keep->push_back(part.keepalive_);
+      r.file_size_ += part.file_size_;
+      r.header_size_ += part.header_size_;
+      for (const safetensors_tensor& t : part.tensors_) {
+        auto seen = part_of.emplace(t.name, &part.source_);
+        if (!seen.second)
+          r.fail("tensor '" + t.name + "' is in both '" + *seen.first->second + "' and '" + part.source_ + "'");
+        r.index_[t.name] = r.tensors_.size();
+        r.tensors_.push_back(t);
+      }
+      for (const auto& kv : part.metadata_) r.metadata_.emplace(kv.first, kv.second);
+    }
+    r.keepalive_ = keep;
+    return r;
+  }
+
   const std::string& source() const { return source_; }
   std::size_t file_size() const { return file_size_; }
   std::size_t header_size() const { return header_size_; }  // the JSON length N (incl. padding)
