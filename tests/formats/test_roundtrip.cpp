@@ -198,6 +198,32 @@ TEST_CASE("all-zero blocks decode to exact zeros on every format") {
     }
 }
 
+TEST_CASE("a block of subnormal values (its reciprocal absmax overflows) decodes to zeros, never to +-absmax") {
+  // 1 / 1e-39 is +infinity in float32: with that multiplier the block's
+  // zeros became NaN (code 0, decoding to -absmax on NF4) and every other
+  // element +-absmax. Blocks of normal values keep their codes (the other
+  // tests), and such a block holds nothing above float32's normal range.
+  for (int f = 0; f < format_count; ++f) {
+    const format fmt = format(f);
+    std::vector<float> x(128, 0.0f);
+    x[3] = 1e-39f;
+    x[5] = is_unsigned_format(fmt) ? 5e-40f : -5e-40f;
+    x[64] = 0.25f;  // the second block is normal
+    x[70] = is_unsigned_format(fmt) ? 0.125f : -0.125f;
+    quantized_tensor q(make_layout(fmt, 128, 64, false));
+    cpu::quantize(make_flat_view(x.data(), 128), q.view());
+    CHECK(q.absmax[0] == 1e-39f);
+    std::vector<float> y(128, 7.0f);
+    cpu::dequantize(q.view(), make_flat_view(y.data(), 128));
+    for (int i = 0; i < 64; ++i) {
+      CAPTURE(format_name(fmt));
+      CAPTURE(i);
+      CHECK(std::fabs(y[size_t(i)]) <= (has_zero_code(fmt) ? 0.0f : 1e-39f / 16.0f));
+    }
+    CHECK(y[64] == 0.25f);
+  }
+}
+
 TEST_CASE("a format without a zero code rejects nested scales") {
   try {
     (void)make_layout(format::ulinear4, 100, 128, true);

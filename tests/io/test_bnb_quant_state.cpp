@@ -682,3 +682,53 @@ TEST_CASE("bnb quant state: deeply nested or huge JSON values give short malform
   CHECK(contains(tb.message, "is not valid JSON"));
   CHECK(tb.message.size() < 400);
 }
+
+// tests/data/bnb/thresholds.safetensors (tools/make_bnb_fixture.py): every
+// decision point of the NF4 and FP4 encoders (the float32 midpoints of
+// neighbouring values), with the 24 floats on either side (FP4 on both
+// signs), in blocks of scale 1, and the codes bitsandbytes 0.50's CPU
+// quantize_4bit gave them. NF4: the same bytes. FP4: the same bytes but for
+// two known differences of bitsandbytes' CPU path, which decode alike or
+// differ only on an exact tie: the sign of a zero code (it writes 0b1000,
+// "negative zero", for small positive inputs and 0 for some small negative
+// ones; lowbit takes the input's sign), and an input exactly on a negative
+// midpoint takes the larger magnitude (lowbit, like bitsandbytes' CUDA
+// kernel, compares magnitudes with strict >: the smaller).
+TEST_CASE("NF4 and FP4 codes on and around every decision point, against bitsandbytes' CPU quantizer") {
+  const std::string dir = std::string(LOWBIT_TEST_DATA_DIR) + "/bnb/";
+  const safetensors_reader r = safetensors_reader::open(dir + "thresholds.safetensors");
+  const std::vector<float> x = r.at("input").to_vector<float>();
+  REQUIRE(x.size() % 64 == 0);
+  REQUIRE(x.size() > 1000);
+  for (format f : {format::nf4, format::fp4}) {
+    const std::string name = format_name(f);
+    CAPTURE(name);
+    const std::vector<uint8_t> packed = r.at(name + ".codes").to_vector<uint8_t>();
+    quantized_tensor q(make_layout(f, int64_t(x.size()), 64, false));
+    cpu::quantize(make_flat_view(x.data(), int64_t(x.size())), q.view());
+    for (float a : q.absmax) REQUIRE(a == 1.0f);
+    REQUIRE(q.codes.size() == packed.size());
+    int zero_sign = 0, negative_tie = 0, other = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      const int shift = i % 2 ? 0 : 4;  // element 2j in the high nibble
+      const int mine = (q.codes[i / 2] >> shift) & 15, theirs = (packed[i / 2] >> shift) & 15;
+      if (mine == theirs) continue;
+      const float v = x[i];
+      if (f == format::fp4 && fp4_value(mine) == 0.0f && fp4_value(theirs) == 0.0f) {
+        ++zero_sign;
+      } else if (f == format::fp4 && v < 0.0f && std::fabs(fp4_value(theirs)) > std::fabs(fp4_value(mine)) &&
+                 v == float((double(fp4_value(mine)) + double(fp4_value(theirs))) / 2.0)) {  // the float32 midpoint
+        ++negative_tie;
+      } else {
+        if (++other <= 4) MESSAGE("input " << v << ": lowbit code " << mine << ", bitsandbytes " << theirs);
+      }
+    }
+    CHECK(other == 0);
+    if (f == format::fp4) {  // the fixture holds both kinds
+      CHECK(zero_sign > 0);
+      CHECK(negative_tie == 7);  // one per negative midpoint
+    } else {
+      CHECK(zero_sign + negative_tie == 0);
+    }
+  }
+}

@@ -129,6 +129,25 @@ TEST_CASE("a caller's grad_scale must be finite and >= 0; nothing moves when it 
   CHECK(opt.param(0).steps == 1);
 }
 
+TEST_CASE("8-bit states whose block absmax is subnormal do not move weights whose gradient is zero") {
+  // One tiny gradient leaves a momentum block of absmax ~1e-40 (subnormal):
+  // its reciprocal is +infinity, which made the block's zeros NaN on
+  // re-encoding, decoded as -absmax: Lion's sign then moved every weight of
+  // the block by lr on a step whose gradient was exactly zero.
+  const int n = 4096;
+  std::vector<float> w(n, 0.5f), g(n, 0.0f);
+  optimizer<lion, states::int8> opt(lion::hparams{});
+  opt.add_param(make_flat_view(w.data(), n), 0, "w");
+  g[1] = 1e-38f;
+  opt.step({make_flat_view(g.data(), n)});
+  const std::vector<float> after_first = w;
+  g[1] = 0.0f;
+  for (int s = 0; s < 3; ++s) opt.step({make_flat_view(g.data(), n)});
+  int moved = 0;
+  for (int i = 0; i < n; ++i) moved += w[size_t(i)] != after_first[size_t(i)] && i != 1;
+  CHECK(moved == 0);
+}
+
 TEST_CASE("check_gradients = false: the same update without the gradient pass") {
   const int n = 7000;
   std::vector<float> a = ref::normal(n, 31), b = a;

@@ -48,8 +48,16 @@ LOWBIT_HD bool is_finite_scale(float absmax) { return absmax <= float_max; }  //
 
 // Multiplier that maps a block into [-1, 1]. x * (1/absmax) as in
 // bitsandbytes (a multiply by the reciprocal, not a division). An all-zero
-// block gets 0, so every element encodes to the format's zero code.
-LOWBIT_HD float inverse_scale(float absmax) { return absmax > 0.0f ? reciprocal_rn(absmax) : 0.0f; }
+// block gets 0, so every element encodes to the format's zero code; so does
+// a block whose absmax is too small for its reciprocal to be a float
+// (absmax below about 2.9e-39, subnormal): with an infinite multiplier its
+// zeros would become NaN and take the table's first code (decoding to
+// -absmax), and its other elements +-absmax. Such blocks hold only values
+// below float32's normal range and decode to zeros.
+LOWBIT_HD float inverse_scale(float absmax) {
+  const float r = absmax > 0.0f ? reciprocal_rn(absmax) : 0.0f;
+  return r <= 3.402823466e38f ? r : 0.0f;  // an overflowed reciprocal (+infinity) -> 0
+}
 
 template <format F, class T>
 LOWBIT_HD uint8_t encode_element(T x, float inv, const float* dyn) {
