@@ -185,6 +185,7 @@ class session_base {
   virtual int64_t gradient_bytes() const = 0;
   virtual int64_t activation_bytes() const = 0;
   virtual std::string device_description() const = 0;
+  virtual bool on_cuda() const { return false; }  // the CUDA backend (CUDA-only options apply)
   // Peak device memory in use so far (CUDA only; < 0 on the CPU).
   virtual double peak_device_mib() const { return -1.0; }
   // Device memory in use before the run allocated anything (CUDA context,

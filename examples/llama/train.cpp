@@ -70,6 +70,7 @@ struct options {
   int64_t timing_warmup = 0;   // first steps left out of the final tokens/s
   int64_t logits_chunk_mib = 64;
   int64_t attention_chunk_mib = 32;
+  std::vector<std::string> cuda_only_flags;  // given options that only the CUDA backend uses
 };
 
 void print_help() {
@@ -200,8 +201,13 @@ bool parse_args(int argc, char** argv, options& o) {
     else if (a == "--timing-warmup") o.timing_warmup = to_int(a, need(i));
     else if (a == "--gpu-activations") o.gpu_activations = need(i);
     else if (a == "--grad-dtype") o.grad_dtype = need(i);
-    else if (a == "--logits-chunk-mib") o.logits_chunk_mib = to_int(a, need(i));
-    else if (a == "--attention-chunk-mib") o.attention_chunk_mib = to_int(a, need(i));
+    else if (a == "--logits-chunk-mib") {
+      o.logits_chunk_mib = to_int(a, need(i));
+      o.cuda_only_flags.push_back(a);
+    } else if (a == "--attention-chunk-mib") {
+      o.attention_chunk_mib = to_int(a, need(i));
+      o.cuda_only_flags.push_back(a);
+    }
     else if (a == "--preset") {
       o.preset = need(i);
       o.preset_given = true;
@@ -249,7 +255,10 @@ bool parse_args(int argc, char** argv, options& o) {
     else if (a == "--temperature") o.temperature = to_float(a, need(i));
     else if (a == "--checkpointing") o.checkpointing = true;
     else if (a == "--fused-update") o.fused_update = true;
-    else if (a == "--sync-gradient-checks") o.sync_gradient_checks = true;
+    else if (a == "--sync-gradient-checks") {
+      o.sync_gradient_checks = true;
+      o.cuda_only_flags.push_back(a);
+    }
     else if (a == "--quiet") o.quiet = true;
     else if (a == "--profile") o.profile = true;
     else throw lowbit::error(lowbit::errc::invalid_argument, "unknown option '" + a + "' (try --help)");
@@ -279,6 +288,9 @@ bool parse_args(int argc, char** argv, options& o) {
   lowbit::require(o.peak_tflops > 0.0, lowbit::errc::invalid_argument, "--peak-tflops must be > 0");
   lowbit::require(o.save_every == 0 || !o.save_path.empty(), lowbit::errc::invalid_argument,
                   "--save-every needs --save FILE (where to write the checkpoints)");
+  lowbit::require(!o.sync_gradient_checks || o.fused_update, lowbit::errc::invalid_argument,
+                  "--sync-gradient-checks applies to --fused-update (the two-pass update checks the whole "
+                  "gradient buffer itself)");
   lowbit::require(o.resume_path.empty() || o.init_dir.empty(), lowbit::errc::invalid_argument,
                   "--init and --resume both give the weights; --resume alone continues the checkpoint's run");
   lowbit::require(o.warmup >= 0 && o.eval_every >= 0 && o.save_every >= 0 && o.sample_tokens >= 0,
@@ -465,6 +477,9 @@ int main(int argc, char** argv) {
                   o.init_dir.empty() ? "random init" : o.init_dir.c_str());
     const std::unique_ptr<session_base> session = make_session(cfg, mode, so, o.device, o.gpu_activations);
     session_base& run = *session;
+    lowbit::require(run.on_cuda() || o.cuda_only_flags.empty(), lowbit::errc::invalid_argument,
+                    (o.cuda_only_flags.empty() ? std::string() : o.cuda_only_flags.front()) +
+                        " applies to the CUDA path only (this run trains on the CPU)");
     if (!o.init_dir.empty()) {
       const size_t unused = load_hf_weights(o.init_dir, run.weights());
       if (unused) std::fprintf(stderr, "llama_train: note: %zu tensors in '%s' are not used by the model\n", unused, o.init_dir.c_str());

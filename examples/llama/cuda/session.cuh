@@ -148,6 +148,7 @@ class cuda_session final : public session_base {
   int64_t weight_bytes() const override { return dev_->bytes(); }
   int64_t gradient_bytes() const override { return grads32_.bytes() + grads16_.bytes() + chunk_grad_bytes_; }
   int64_t activation_bytes() const override { return model_->activation_bytes(); }
+  bool on_cuda() const override { return true; }
   std::string device_description() const override {
     std::string d = "cuda (" + cuda_device_name() + "), " + lowbit::dtype_name(lowbit::dtype_of<A>::value) +
                     " activations, " + lowbit::dtype_name(opts_.grad_dtype) + " gradients";

@@ -163,6 +163,13 @@ run_fails(huge_batch "tokens per step is more than 2^31" --batch 115292150460684
 run_fails(zero_lr "--lr must be > 0, got 0" --lr 0)
 run_fails(negative_stop "--stop-after must be >= 0" --stop-after -5)
 run_fails(save_every_alone "--save-every needs --save FILE" --save-every 5)
+run_fails(cpu_logits_chunk "--logits-chunk-mib applies to the CUDA path only" --device cpu ${SMALL}
+          --logits-chunk-mib 8)
+run_fails(cpu_attention_chunk "--attention-chunk-mib applies to the CUDA path only" --device cpu ${SMALL}
+          --attention-chunk-mib 8)
+run_fails(cpu_sync_checks "--sync-gradient-checks applies to the CUDA path only" --device cpu ${SMALL}
+          --fused-update --clip 0 --sync-gradient-checks)
+run_fails(sync_checks_two_pass "--sync-gradient-checks applies to --fused-update" --sync-gradient-checks)
 # output targets that cannot be written are refused before the run
 run_fails(save_no_dir "--save '${WORK_DIR}/nope/x.safetensors': the directory '${WORK_DIR}/nope' does not exist"
           ${SMALL} --steps 50 --save ${WORK_DIR}/nope/x.safetensors)

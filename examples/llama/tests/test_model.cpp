@@ -453,10 +453,8 @@ TEST_CASE("a sharded checkpoint is read through its weight_map: a quantized weig
   // the stale copy is refused, naming the tensor and both shards
   write_shards("lm_head.weight");
   weight_store<float> c(L, matrix_storage::f32);
-  CHECK_THROWS_WITH_AS(load_hf_weights(dir, c),
-                       doctest::Contains("places tensor 'lm_head.weight' in '" + shard1 + "', but '" + shard2 +
-                                         "' holds it too"),
-                       lowbit::error);
+  const std::string stale = "places tensor 'lm_head.weight' in '" + shard1 + "', but '" + shard2 + "' holds it too";
+  CHECK_THROWS_WITH_AS(load_hf_weights(dir, c), doctest::Contains(stale.c_str()), lowbit::error);
 }
 
 TEST_CASE("a checkpoint with bitsandbytes NF4 weights loads: dequantized exactly, re-quantized to the same codes") {
